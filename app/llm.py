@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import httpx2
 import openai
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,20 @@ def clean_text(delta: str) -> str:
     return delta
 
 
+# Far above the streams one worker holds (5,000 open in the benchmark): every answer keeps its
+# upstream connection for its whole length, so a pool cap below that queues answers behind
+# each other until they time out.
+UPSTREAM_MAX_CONNECTIONS = 10_000
+
+
+def default_http_client() -> Any:
+    """openai's aiohttp transport: under many concurrent streams it holds up where the default
+    httpx one spends its time in the pool (bench/RESULTS.md)."""
+    limits = httpx2.Limits(max_connections=UPSTREAM_MAX_CONNECTIONS,
+                           max_keepalive_connections=UPSTREAM_MAX_CONNECTIONS)
+    return openai.DefaultAioHttpClient(limits=limits)
+
+
 class LLM:
     """One client for the life of the app; `stream` yields str deltas, then at most one Usage."""
 
@@ -92,7 +107,7 @@ class LLM:
             base_url=base_url or None,
             timeout=timeout_s,
             max_retries=max_retries,
-            http_client=http_client,
+            http_client=http_client if http_client is not None else default_http_client(),
         )
 
     async def aclose(self) -> None:
@@ -100,27 +115,39 @@ class LLM:
 
     async def stream(self, messages: Sequence[dict[str, str]]) -> AsyncIterator[str | Usage]:
         loop = asyncio.get_running_loop()
+        body = {
+            "model": self.model,
+            "messages": list(messages),
+            "max_tokens": self._max_tokens,
+            "temperature": self._temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         try:
             # One timer for the whole answer, pushed forward on every chunk: it fires when the
             # first chunk, or the next one, is more than LLM_TIMEOUT_S late.
             async with asyncio.timeout(self._timeout_s) as deadline:
-                chunks = await self._client.chat.completions.create(  # type: ignore[call-overload]
-                    model=self.model,
-                    messages=list(messages),
-                    max_tokens=self._max_tokens,
-                    temperature=self._temperature,
-                    stream=True,
-                    stream_options={"include_usage": True},
+                # The SDK's low-level post with cast_to=object keeps its retries, errors and SSE
+                # decoding but hands us each chunk as the parsed JSON dict: building a pydantic
+                # ChatCompletionChunk per token (and transforming the request params) was the
+                # largest share of our CPU per token (bench/RESULTS.md).
+                chunks = await self._client.post(
+                    "/chat/completions", body=body, cast_to=object, stream=True,
+                    stream_cls=openai.AsyncStream[object],
                 )
                 try:
                     async for chunk in chunks:
                         deadline.reschedule(loop.time() + self._timeout_s)
-                        if chunk.choices:
-                            delta = chunk.choices[0].delta.content
+                        if not isinstance(chunk, dict):
+                            raise TypeError("a stream chunk that is not a JSON object")
+                        choices = chunk.get("choices")
+                        if choices:
+                            delta = (choices[0].get("delta") or {}).get("content")
                             if delta:
                                 yield clean_text(delta)
-                        if chunk.usage is not None:
-                            yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                        usage = chunk.get("usage")
+                        if usage:
+                            yield Usage(usage["prompt_tokens"], usage["completion_tokens"])
                 finally:
                     await chunks.close()
         except asyncio.CancelledError:
