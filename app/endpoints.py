@@ -7,14 +7,12 @@ before a stream starts, so a refusal is a plain HTTP error and never a half-open
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -28,12 +26,11 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .eventlog import Event
+from .sse import EventStreamResponse
 
 MAX_BODY_BYTES = 100 * 1024
 MESSAGE_TIMEOUT_S = 30.0
 HISTORY_PAGE_MAX = 200
-# sse-starlette's keep-alive comment interval; proxies drop connections idle for ~60 s.
-PING_S = 15
 # A client that stops reading must not hold a stream (and its buffers) forever.
 SEND_TIMEOUT_S = 30
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -104,17 +101,8 @@ def chat_service(request: Request) -> ChatService:
     return service
 
 
-async def sse_frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
-    # A comment at once, so proxies and clients see bytes before the first token.
-    yield b": ok\n\n"
-    async with contextlib.aclosing(events):  # type: ignore[type-var]
-        async for event in events:
-            yield event.frame
-
-
-def event_stream(events: AsyncIterator[Event]) -> EventSourceResponse:
-    return EventSourceResponse(sse_frames(events), ping=PING_S, headers=SSE_HEADERS,
-                               send_timeout=SEND_TIMEOUT_S)
+def event_stream(events: AsyncIterator[Event]) -> EventStreamResponse:
+    return EventStreamResponse(events, headers=SSE_HEADERS, send_timeout_s=SEND_TIMEOUT_S)
 
 
 async def start_chat(request: Request) -> tuple[ChatService, Any]:

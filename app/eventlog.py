@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 TERMINAL_KINDS = frozenset({"done", "error"})
+# Proxies drop connections idle for ~60 s; a subscriber that waited this long gets KEEPALIVE.
+KEEPALIVE_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +47,20 @@ def encode_event(seq: int, kind: str, payload: Any) -> Event:
     return Event(seq, kind, data, frame)
 
 
+# Not part of any answer: an SSE comment a subscriber yields when the answer has been quiet
+# for KEEPALIVE_S. Consumers that look at `kind` skip it; the SSE response just sends its frame.
+KEEPALIVE = Event(-1, "keepalive", "", b": ping\n\n")
+
+
 class EventLog(Protocol):
     def start(self, answer_id: str) -> None: ...
 
     def append(self, answer_id: str, kind: str, payload: Any) -> Event: ...
 
     def subscribe(self, answer_id: str, after: int) -> AsyncIterator[Event] | None:
-        """Events with seq > after (meta always), then live ones; None if the log has no such answer."""
+        """Events with seq > after (meta always), then live ones; None if the log has no such answer.
+
+        While waiting for a live event, yields KEEPALIVE every KEEPALIVE_S."""
 
     async def aclose(self) -> None: ...
 
@@ -102,7 +111,11 @@ class MemoryEventLog:
                     yield event
                 if event.is_terminal:
                     return
-            await answer.changed.wait()
+            try:
+                async with asyncio.timeout(KEEPALIVE_S):
+                    await answer.changed.wait()
+            except TimeoutError:
+                yield KEEPALIVE
 
     def _forget_expired(self) -> None:
         cutoff = time.monotonic() - self._retention_s
