@@ -105,42 +105,58 @@ class ChatService:
     # -- starting an answer ------------------------------------------------------------------
 
     async def start_answer(self, question: str, session_id: uuid.UUID | None) -> StartedAnswer:
-        """Commit the shopper's message and an empty answer row, then start generating."""
-        started, history = await self._record_question(question, session_id)
-        answer_key = str(started.answer_id)
+        """Commit the shopper's message and an empty answer row while the upstream call starts.
+
+        The model's first token takes far longer than the commit, so the request goes out as
+        soon as the prompt is known (after the history read) instead of after the commit; the
+        first token still waits for the commit, so no answer is ever shown for a question
+        that was not saved.
+        """
+        user_message_id, answer_id = uuid.uuid4(), uuid.uuid4()
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task: asyncio.Task[str] | None = None
+        try:
+            async with db.connection(self._pool) as conn, conn.transaction():
+                history: list[tuple[str, str]] = []
+                new_session = True
+                if session_id is not None:
+                    cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s",
+                                             (session_id,))
+                    if await cur.fetchone() is not None:
+                        new_session = False
+                        history = await self._history_window_rows(conn, session_id)
+                if new_session:
+                    # An unknown id from the client is never adopted: the server makes the id,
+                    # so one shopper cannot pick another's future session id.
+                    session_id = uuid.uuid4()
+                assert session_id is not None
+                started = StartedAnswer(session_id, user_message_id, answer_id)
+                prompt = build_messages(self._system_prompt, history, question)
+                task = asyncio.create_task(self._generate(started, prompt, committed),
+                                           name=f"answer-{answer_id}")
+                if new_session:
+                    await conn.execute("INSERT INTO conversations (id) VALUES (%s)",
+                                       (session_id,))
+                await conn.execute(
+                    "INSERT INTO messages (id, conversation_id, sender, text, status, model)"
+                    " VALUES (%s, %s, 'user', %s, 'complete', NULL),"
+                    " (%s, %s, 'ai', '', 'streaming', %s)",
+                    (user_message_id, session_id, question, answer_id, session_id,
+                     self._llm.model),
+                )
+        except BaseException:
+            # The question is not saved, so there is no answer: stop the call quietly.
+            committed.cancel()
+            if task is not None:
+                task.cancel()
+            raise
+        committed.set_result(None)
+        answer_key = str(answer_id)
         self._events.start(answer_key)
         self._events.append(answer_key, "meta", meta_payload(started))
-        prompt = build_messages(self._system_prompt, history, question)
-        task = asyncio.create_task(self._generate(started, prompt), name=f"answer-{answer_key}")
-        self._running[started.answer_id] = task
-        task.add_done_callback(lambda _: self._running.pop(started.answer_id, None))
+        self._running[answer_id] = task
+        task.add_done_callback(lambda _: self._running.pop(answer_id, None))
         return started
-
-    async def _record_question(
-        self, question: str, session_id: uuid.UUID | None
-    ) -> tuple[StartedAnswer, list[tuple[str, str]]]:
-        user_message_id, answer_id = uuid.uuid4(), uuid.uuid4()
-        async with db.connection(self._pool) as conn, conn.transaction():
-            history: list[tuple[str, str]] = []
-            if session_id is not None:
-                cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s",
-                                         (session_id,))
-                if await cur.fetchone() is not None:
-                    history = await self._history_window_rows(conn, session_id)
-                else:
-                    session_id = None
-            if session_id is None:
-                # An unknown id from the client is never adopted: the server makes the id, so
-                # one shopper cannot pick another's future session id.
-                session_id = uuid.uuid4()
-                await conn.execute("INSERT INTO conversations (id) VALUES (%s)", (session_id,))
-            await conn.execute(
-                "INSERT INTO messages (id, conversation_id, sender, text, status, model)"
-                " VALUES (%s, %s, 'user', %s, 'complete', NULL),"
-                " (%s, %s, 'ai', '', 'streaming', %s)",
-                (user_message_id, session_id, question, answer_id, session_id, self._llm.model),
-            )
-        return StartedAnswer(session_id, user_message_id, answer_id), history
 
     async def _history_window_rows(self, conn: Any, session_id: uuid.UUID) -> list[tuple[str, str]]:
         if self._history_window == 0:
@@ -156,7 +172,9 @@ class ChatService:
 
     # -- generating --------------------------------------------------------------------------
 
-    async def _generate(self, started: StartedAnswer, prompt: list[dict[str, str]]) -> str:
+    async def _generate(self, started: StartedAnswer, prompt: list[dict[str, str]],
+                        committed: asyncio.Future[None]) -> str:
+        """Relay the answer; nothing reaches the event log or the database before `committed`."""
         answer_key = str(started.answer_id)
         parts: list[str] = []
         usage: Usage | None = None
@@ -167,9 +185,13 @@ class ChatService:
                 if isinstance(item, Usage):
                     usage = item
                 else:
+                    if not committed.done():
+                        await committed
                     parts.append(item)
                     self._events.append(answer_key, "token", {"text": item})
         except asyncio.CancelledError:
+            if committed.cancelled():
+                raise  # the question was never saved (see start_answer): nothing to keep
             # Cancelled by the shopper (cancel) or by shutdown: either way, keep what was said.
             current = asyncio.current_task()
             if current is not None:
@@ -177,6 +199,8 @@ class ChatService:
             status = "interrupted" if self._interrupting else "cancelled"
         except UpstreamError as exc:
             failure, status = exc, "error"
+        # An upstream failure can come before the commit; its answer row must exist first.
+        await committed
         text = "".join(parts)
         await self._save_answer(started.answer_id, text, status, usage)
         if status in ("complete", "cancelled"):
