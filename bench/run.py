@@ -364,9 +364,7 @@ async def open_streams(server: Server, count: int, ramp: float) -> dict[str, Any
     peak, peak_open = baseline, 0
     while not task.done():
         await asyncio.sleep(0.5)
-        rss = server.rss()
-        if rss > peak:
-            peak, peak_open = rss, load.open_streams
+        peak = max(peak, server.rss())
         peak_open = max(peak_open, load.open_streams)
     results = task.result()
     summary = summarise(results, SLOW_TOKENS)
