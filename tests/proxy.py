@@ -67,8 +67,17 @@ def running_nginx(upstreams: Sequence[str], directory: Path) -> Iterator[int]:
     conf = nginx_conf_for(port, upstreams, directory)
     log = (directory / "nginx.log").open("wb")
     process = subprocess.Popen(
-        [nginx, "-e", "stderr", "-p", str(directory), "-c", str(conf),
-         "-g", f"daemon off; pid {directory / 'nginx.pid'};"],
+        [
+            nginx,
+            "-e",
+            "stderr",
+            "-p",
+            str(directory),
+            "-c",
+            str(conf),
+            "-g",
+            f"daemon off; pid {directory / 'nginx.pid'};",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

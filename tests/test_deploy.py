@@ -89,8 +89,18 @@ def test_nginx_accepts_the_config() -> None:
     assert nginx is not None, "install Debian's nginx: apt-get install -y nginx"
     conf = nginx_conf_for(listen_port=18080, upstreams=["127.0.0.1:18001"])
     result = subprocess.run(
-        [nginx, "-t", "-e", "stderr", "-p", str(conf.parent), "-c", str(conf),
-         "-g", f"pid {conf.parent / 'nginx.pid'};"],
+        [
+            nginx,
+            "-t",
+            "-e",
+            "stderr",
+            "-p",
+            str(conf.parent),
+            "-c",
+            str(conf),
+            "-g",
+            f"pid {conf.parent / 'nginx.pid'};",
+        ],
         capture_output=True,
         text=True,
         check=False,
