@@ -12,6 +12,7 @@ import uvicorn
 
 from . import db
 from .config import ConfigError, Settings
+from .logs import configure_logging
 
 log = logging.getLogger("app")
 
@@ -31,31 +32,40 @@ def with_database(settings: Settings) -> Settings:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level, settings.log_format)
     settings = with_database(settings)
     command = argv[0] if argv else "serve"
     if command == "migrate":
-        applied = asyncio.run(db.migrate(settings.database_url))
+        applied = asyncio.run(migrate_when_reachable(settings))
         print(f"applied {len(applied)} migrations" + (f": {', '.join(applied)}" if applied else ""))
         return 0
     if command != "serve":
         print(f"unknown command {command!r}; use: python -m app [serve|migrate]", file=sys.stderr)
         return 2
-    from .main import SHUTDOWN_GRACE_S, create_app
+    from .main import create_app
     from .server import AppServer
 
     app = create_app(settings)
     # proxy_headers off: the client address is worked out by the app from TRUSTED_PROXIES.
     # The graceful-shutdown timeout is a backstop behind the answers' own grace period.
+    # log_config None and access_log off: logging is ours (app.logs), one line per request.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, proxy_headers=False,
-                            log_level="info", timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 15)
-    AppServer(config, app, SHUTDOWN_GRACE_S).run()
+                            log_config=None, access_log=False, log_level=settings.log_level.lower(),
+                            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 15)
+    # A start-up that fails (a database still unreachable after DB_STARTUP_TIMEOUT_S) makes
+    # uvicorn exit with status 3, for the supervisor to restart.
+    AppServer(config, app, settings.shutdown_grace_s).run()
     return 0
+
+
+async def migrate_when_reachable(settings: Settings) -> list[str]:
+    await db.wait_until_reachable(settings.database_url, settings.db_startup_timeout_s)
+    return await db.migrate(settings.database_url)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from . import db
 from .errors import DatabaseUnavailable, NotFound
 from .eventlog import Event, EventLog, encode_event
 from .llm import LLM, UpstreamError, Usage
+from .logs import log_answer
+from .metrics import Metrics
 from .prompt import SYSTEM_PROMPT, build_messages
 
 log = logging.getLogger(__name__)
@@ -87,7 +90,8 @@ INTERRUPTED_MESSAGE = "The answer was cut off. Please ask again."
 
 class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM, *,
-                 history_window: int, system_prompt: str = SYSTEM_PROMPT) -> None:
+                 history_window: int, system_prompt: str = SYSTEM_PROMPT,
+                 metrics: Metrics | None = None) -> None:
         self._pool = pool
         self._events = events
         self._llm = llm
@@ -97,6 +101,8 @@ class ChatService:
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
         self._running: dict[uuid.UUID, asyncio.Task[str]] = {}
         self._interrupting = False
+        # Tests that build a service alone get a registry nobody reads.
+        self._metrics = metrics if metrics is not None else Metrics()
 
     @property
     def running_count(self) -> int:
@@ -106,12 +112,15 @@ class ChatService:
 
     async def start_answer(self, question: str, session_id: uuid.UUID | None) -> StartedAnswer:
         """Commit the shopper's message and an empty answer row, then start generating."""
+        asked_at = time.monotonic()
         started, history = await self._record_question(question, session_id)
         answer_key = str(started.answer_id)
         self._events.start(answer_key)
         self._events.append(answer_key, "meta", meta_payload(started))
         prompt = build_messages(self._system_prompt, history, question)
-        task = asyncio.create_task(self._generate(started, prompt), name=f"answer-{answer_key}")
+        # The task copies this request's context, so its log line carries the request id.
+        task = asyncio.create_task(self._generate(started, prompt, asked_at),
+                                   name=f"answer-{answer_key}")
         self._running[started.answer_id] = task
         task.add_done_callback(lambda _: self._running.pop(started.answer_id, None))
         return started
@@ -156,17 +165,21 @@ class ChatService:
 
     # -- generating --------------------------------------------------------------------------
 
-    async def _generate(self, started: StartedAnswer, prompt: list[dict[str, str]]) -> str:
+    async def _generate(self, started: StartedAnswer, prompt: list[dict[str, str]],
+                        asked_at: float) -> str:
         answer_key = str(started.answer_id)
         parts: list[str] = []
         usage: Usage | None = None
         failure: UpstreamError | None = None
         status = "complete"
+        first_token_at: float | None = None
         try:
             async for item in self._llm.stream(prompt):
                 if isinstance(item, Usage):
                     usage = item
                 else:
+                    if first_token_at is None:
+                        first_token_at = time.monotonic()
                     parts.append(item)
                     self._events.append(answer_key, "token", {"text": item})
         except asyncio.CancelledError:
@@ -177,8 +190,10 @@ class ChatService:
             status = "interrupted" if self._interrupting else "cancelled"
         except UpstreamError as exc:
             failure, status = exc, "error"
+            self._metrics.upstream_errors.labels(kind=exc.code).inc()
         text = "".join(parts)
         await self._save_answer(started.answer_id, text, status, usage)
+        self._observe_finished(started, status, asked_at, first_token_at, usage, len(parts))
         if status in ("complete", "cancelled"):
             self._events.append(answer_key, "done", {
                 "messageId": answer_key, "text": text, "status": status,
@@ -192,6 +207,25 @@ class ChatService:
             self._events.append(answer_key, "error", {
                 "code": failure.code, "message": failure.message, "retryable": failure.retryable})
         return status
+
+    def _observe_finished(self, started: StartedAnswer, status: str, asked_at: float,
+                          first_token_at: float | None, usage: Usage | None,
+                          deltas: int) -> None:
+        """The answer's metrics and its one log line, once it is saved."""
+        duration_s = time.monotonic() - asked_at
+        first_token_s = None if first_token_at is None else first_token_at - asked_at
+        self._metrics.observe_answer(
+            status, duration_s, first_token_s,
+            tokens_in=usage.prompt_tokens if usage else 0,
+            tokens_out=usage.completion_tokens if usage else 0)
+        log_answer(
+            message_id=started.answer_id, session_id=started.session_id, status=status,
+            model=self._llm.model,
+            time_to_first_token_ms=None if first_token_s is None else first_token_s * 1000,
+            duration_ms=duration_s * 1000,
+            tokens_in=usage.prompt_tokens if usage else None,
+            tokens_out=usage.completion_tokens if usage else None,
+            deltas=deltas)
 
     async def _save_answer(self, answer_id: uuid.UUID, text: str, status: str,
                            usage: Usage | None) -> None:

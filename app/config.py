@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .logs import LogFormat
+
 
 class ConfigError(Exception):
     """A setting in the environment has a value the service cannot use."""
@@ -31,7 +33,15 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "TEMPERATURE": ("0.7", "Sampling temperature."),
     "ALLOWED_ORIGINS": ("", "Comma-separated origins allowed to call the chat API from a browser."),
     "DB_POOL_MAX": ("10", "Most database connections per instance."),
+    "DB_STARTUP_TIMEOUT_S": ("120", "Seconds to keep retrying an unreachable database at start."),
+    "SHUTDOWN_GRACE_S": ("20",
+                         "On SIGTERM, seconds answers get to finish before they are saved as interrupted."),
+    "LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR."),
+    "LOG_FORMAT": ("text", "text (for people) or json (one object per line, for log collectors)."),
+    "METRICS_TOKEN": ("", "When set, GET /metrics asks for the header Authorization: Bearer <token>."),
 }
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _split_list(raw: str) -> tuple[str, ...]:
@@ -54,6 +64,11 @@ class Settings:
     temperature: float = 0.7
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     db_pool_max: int = 10
+    db_startup_timeout_s: float = 120.0
+    shutdown_grace_s: float = 20.0
+    log_level: str = "INFO"
+    log_format: LogFormat = "text"
+    metrics_token: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +90,11 @@ class Settings:
             temperature=reader.number("TEMPERATURE", low=0, high=2),
             allowed_origins=_split_list(reader.text("ALLOWED_ORIGINS")),
             db_pool_max=reader.integer("DB_POOL_MAX", low=1, high=1000),
+            db_startup_timeout_s=reader.number("DB_STARTUP_TIMEOUT_S", low=0, high=3600),
+            shutdown_grace_s=reader.number("SHUTDOWN_GRACE_S", low=0, high=3600),
+            log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, upper=True),
+            log_format="json" if reader.choice("LOG_FORMAT", ("text", "json")) == "json" else "text",
+            metrics_token=reader.text("METRICS_TOKEN"),
         )
 
 
@@ -108,6 +128,13 @@ class _Reader:
             raise ConfigError(f"{name} must be a number, got {raw!r}") from None
         if not low <= value <= high:
             raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    def choice(self, name: str, options: tuple[str, ...], *, upper: bool = False) -> str:
+        raw = self.text(name)
+        value = raw.upper() if upper else raw.lower()
+        if value not in options:
+            raise ConfigError(f"{name} must be one of {', '.join(options)}, got {raw!r}")
         return value
 
     def boolean(self, name: str) -> bool:

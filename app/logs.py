@@ -147,11 +147,16 @@ def log_answer(
     model: str,
     time_to_first_token_ms: float | None,
     duration_ms: float,
-    tokens_in: int,
-    tokens_out: int,
+    tokens_in: int | None,
+    tokens_out: int | None,
+    deltas: int,
     request_id: str | None = None,
 ) -> None:
-    """The one line per finished answer. Ids are shortened; the text is never logged."""
+    """The one line per finished answer. Ids are shortened; the text is never logged.
+
+    Token counts are the provider's (None when it sent no usage, as for a cancelled answer);
+    `deltas` is how many text pieces were streamed.
+    """
     answer_logger.info(
         "answer",
         extra={
@@ -164,5 +169,6 @@ def log_answer(
             "duration_ms": round(duration_ms, 1),
             "tokens_in": tokens_in,
             "tokens_out": tokens_out,
+            "deltas": deltas,
         },
     )

@@ -18,16 +18,23 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from . import db, endpoints
+from .access import AccessMiddleware
 from .chat import ChatService
 from .config import Settings
-from .errors import AppError, app_error_handler, http_error_handler, unexpected_error_handler
+from .errors import (
+    AppError,
+    RateLimited,
+    app_error_handler,
+    http_error_handler,
+    unexpected_error_handler,
+)
 from .eventlog import MemoryEventLog
 from .llm import LLM
+from .metrics import Metrics, metrics_endpoint
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-SHUTDOWN_GRACE_S = 20.0
 
 
 async def demo_page(request: Request) -> Response:
@@ -47,6 +54,7 @@ routes = [
     Route("/chat/history/{session_id}", endpoints.history, methods=["GET"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
     Route("/readyz", endpoints.readyz, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
     Route("/", demo_page, methods=["GET"]),
     Route("/widget.js", widget_script, methods=["GET"]),
 ]
@@ -59,16 +67,28 @@ def build_llm(settings: Settings, http_client: Any = None) -> LLM:
                http_client=http_client)
 
 
+async def counted_app_error_handler(request: Request, exc: Exception) -> Response:
+    """app_error_handler, counting rate-limit refusals by the limit that refused."""
+    if isinstance(exc, RateLimited):
+        metrics: Metrics = request.app.state.metrics
+        metrics.rate_limit_refusals.labels(limit=exc.limit or "unnamed").inc()
+    return await app_error_handler(request, exc)
+
+
 def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     """The app; `llm_http_client` lets tests route the model's HTTP calls through respx."""
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await db.wait_until_reachable(settings.database_url, settings.db_startup_timeout_s)
         await db.migrate(settings.database_url)
         pool = db.create_pool(settings.database_url, settings.db_pool_max)
         await pool.open(wait=True, timeout=30)
+        metrics.watch_pool(pool.get_stats)
         llm = build_llm(settings, llm_http_client)
-        chat = ChatService(pool, MemoryEventLog(), llm, history_window=settings.history_window)
+        chat = ChatService(pool, MemoryEventLog(), llm, history_window=settings.history_window,
+                           metrics=metrics)
         # With one instance and no shared event log, an answer left 'streaming' had its
         # producer die with the previous process.
         interrupted = await chat.interrupt_orphans()
@@ -80,14 +100,17 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         try:
             yield
         finally:
-            await chat.shutdown(SHUTDOWN_GRACE_S)
+            await chat.shutdown(settings.shutdown_grace_s)
             await llm.aclose()
+            metrics.watch_pool(None)
             await pool.close()
 
     # sse-starlette ends every stream the moment uvicorn sees SIGTERM; our streams end when their
     # answers end, and AppServer gives answers a grace period first.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     middleware = [
+        # Outermost: it sees every response, CORS refusals included, and times the whole request.
+        Middleware(AccessMiddleware, metrics=metrics),
         Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins),
                    allow_methods=["GET", "POST"],
                    allow_headers=["content-type", "last-event-id"],
@@ -95,13 +118,15 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
                                    "ratelimit-reset"],
                    max_age=600),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         exception_handlers={
-            AppError: app_error_handler,
+            AppError: counted_app_error_handler,
             HTTPException: http_error_handler,
             Exception: unexpected_error_handler,
         },
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
+    return app

@@ -10,6 +10,7 @@ messages) so that the number of series stays bounded whatever the traffic.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
@@ -21,6 +22,10 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import Unauthorized
 
 # Seconds from the shopper's message to the first token: dominated by the LLM's own latency.
 TIME_TO_FIRST_TOKEN_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
@@ -197,3 +202,21 @@ class PoolCollector:
             )
         )
         return metrics
+
+
+def bearer_token_matches(authorization: str | None, expected: str) -> bool:
+    """Whether an Authorization header carries `expected`, compared in constant time."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(token.strip().encode(), expected.encode())
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """GET /metrics: the Prometheus text format; asks for a bearer token when METRICS_TOKEN is set."""
+    expected: str = request.app.state.settings.metrics_token
+    if expected and not bearer_token_matches(request.headers.get("authorization"), expected):
+        raise Unauthorized()
+    metrics: Metrics = request.app.state.metrics
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)

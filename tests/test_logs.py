@@ -62,6 +62,7 @@ def test_answer_line_shortens_ids_and_carries_the_figures(
                 duration_ms=2500.0,
                 tokens_in=120,
                 tokens_out=80,
+                deltas=42,
             )
     finally:
         request_id_var.reset(token)
@@ -72,7 +73,7 @@ def test_answer_line_shortens_ids_and_carries_the_figures(
     assert line["session_id"] == SESSION_ID[:8]
     assert line["message_id"] == MESSAGE_ID[:8]
     assert line["request_id"] == "req-from-context"
-    assert line["ttft_ms"] == 412.0 and line["tokens_out"] == 80
+    assert line["ttft_ms"] == 412.0 and line["tokens_out"] == 80 and line["deltas"] == 42
     assert line["status"] == "complete" and line["model"] == "gpt-4o-mini"
 
 
