@@ -8,8 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from . import db
 from .config import ConfigError, Settings
 from .logs import configure_logging
@@ -48,15 +46,12 @@ def main(argv: list[str]) -> int:
         print(f"unknown command {command!r}; use: python -m app [serve|migrate]", file=sys.stderr)
         return 2
     from .main import create_app
-    from .server import AppServer
+    from .server import AppServer, server_config
 
     app = create_app(settings)
-    # proxy_headers off: the client address is worked out by the app from TRUSTED_PROXIES.
-    # The graceful-shutdown timeout is a backstop behind the answers' own grace period.
     # log_config None and access_log off: logging is ours (app.logs), one line per request.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, proxy_headers=False,
-                            log_config=None, access_log=False, log_level=settings.log_level.lower(),
-                            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 15)
+    config = server_config(app, settings.host, settings.port, settings.shutdown_grace_s,
+                           log_config=None, access_log=False, log_level=settings.log_level.lower())
     # A start-up that fails (a database still unreachable after DB_STARTUP_TIMEOUT_S) makes
     # uvicorn exit with status 3, for the supervisor to restart.
     AppServer(config, app, settings.shutdown_grace_s).run()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logs import log_request, request_id_from, request_id_var
@@ -22,6 +23,12 @@ REQUEST_ID_HEADER = "X-Request-ID"
 def route_template(scope: Scope) -> str:
     """The matched route's path template (`/chat/history/{sessionId}`), never the raw path."""
     route = scope.get("route")
+    if route is None:
+        # Refused by a middleware before routing (a rate limit, a foreign origin): match here.
+        for candidate in getattr(scope.get("app"), "routes", ()):
+            if candidate.matches(scope)[0] is not Match.NONE:
+                route = candidate
+                break
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else UNMATCHED_ROUTE
 

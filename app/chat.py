@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,7 @@ from .llm import LLM, UpstreamError, Usage
 from .logs import log_answer
 from .metrics import Metrics
 from .prompt import SYSTEM_PROMPT, build_messages
+from .ratelimit import estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,14 @@ INTERRUPTED_MESSAGE = "The answer was cut off. Please ask again."
 class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM, *,
                  history_window: int, system_prompt: str = SYSTEM_PROMPT,
+                 record_tokens: Callable[[int], Awaitable[None]] | None = None,
                  metrics: Metrics | None = None) -> None:
         self._pool = pool
         self._events = events
         self._llm = llm
         self._history_window = history_window
         self._system_prompt = system_prompt
+        self._record_tokens = record_tokens
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
         self._running: dict[uuid.UUID, asyncio.Task[str]] = {}
@@ -193,6 +196,7 @@ class ChatService:
             self._metrics.upstream_errors.labels(kind=exc.code).inc()
         text = "".join(parts)
         await self._save_answer(started.answer_id, text, status, usage)
+        await self._count_tokens(prompt, text, usage)
         self._observe_finished(started, status, asked_at, first_token_at, usage, len(parts))
         if status in ("complete", "cancelled"):
             self._events.append(answer_key, "done", {
@@ -226,6 +230,17 @@ class ChatService:
             tokens_in=usage.prompt_tokens if usage else None,
             tokens_out=usage.completion_tokens if usage else None,
             deltas=deltas)
+
+    async def _count_tokens(self, prompt: list[dict[str, str]], text: str,
+                            usage: Usage | None) -> None:
+        """Charge the day's token budget: the upstream's count, or an estimate if it never came."""
+        if self._record_tokens is None:
+            return
+        if usage is not None:
+            tokens = usage.prompt_tokens + usage.completion_tokens
+        else:
+            tokens = estimate_tokens(sum(len(m["content"]) for m in prompt), len(text))
+        await self._record_tokens(tokens)
 
     async def _save_answer(self, answer_id: uuid.UUID, text: str, status: str,
                            usage: Usage | None) -> None:

@@ -20,17 +20,14 @@ from starlette.routing import Route
 from . import db, endpoints
 from .access import AccessMiddleware
 from .chat import ChatService
+from .clientip import parse_networks
 from .config import Settings
-from .errors import (
-    AppError,
-    RateLimited,
-    app_error_handler,
-    http_error_handler,
-    unexpected_error_handler,
-)
+from .errors import AppError, app_error_handler, http_error_handler, unexpected_error_handler
 from .eventlog import MemoryEventLog
 from .llm import LLM
 from .metrics import Metrics, metrics_endpoint
+from .middleware import OriginGuard, RequestLimit, SecurityHeaders
+from .ratelimit import RateLimits, Rule, parse_limit
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +64,23 @@ def build_llm(settings: Settings, http_client: Any = None) -> LLM:
                http_client=http_client)
 
 
-async def counted_app_error_handler(request: Request, exc: Exception) -> Response:
-    """app_error_handler, counting rate-limit refusals by the limit that refused."""
-    if isinstance(exc, RateLimited):
-        metrics: Metrics = request.app.state.metrics
-        metrics.rate_limit_refusals.labels(limit=exc.limit or "unnamed").inc()
-    return await app_error_handler(request, exc)
+def build_rate_limits(settings: Settings) -> RateLimits:
+    return RateLimits(
+        enabled=settings.rate_limit_enabled,
+        every_request=Rule("ip", parse_limit("RATE_LIMIT_IP", settings.rate_limit_ip), "sliding"),
+        chat_rules=(
+            Rule("chat_ip", parse_limit("RATE_LIMIT_CHAT_IP", settings.rate_limit_chat_ip),
+                 "moving"),
+            Rule("chat_ip_daily",
+                 parse_limit("RATE_LIMIT_CHAT_IP_DAILY", settings.rate_limit_chat_ip_daily),
+                 "sliding"),
+        ),
+        session_rule=Rule("session", parse_limit("RATE_LIMIT_SESSION", settings.rate_limit_session),
+                          "moving"),
+        daily_token_budget=settings.daily_token_budget,
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+    )
 
 
 def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
@@ -87,8 +95,13 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         await pool.open(wait=True, timeout=30)
         metrics.watch_pool(pool.get_stats)
         llm = build_llm(settings, llm_http_client)
+        limits = build_rate_limits(settings)
+        # Counted where they are decided: the per-IP limit refuses in middleware, the others in
+        # the endpoint, and both go through here.
+        limits.on_refusal = lambda name: metrics.rate_limit_refusals.labels(limit=name).inc()
+        metrics.redis_fallback.set_function(lambda: 1.0 if limits.redis_state == "down" else 0.0)
         chat = ChatService(pool, MemoryEventLog(), llm, history_window=settings.history_window,
-                           metrics=metrics)
+                           record_tokens=limits.record_tokens, metrics=metrics)
         # With one instance and no shared event log, an answer left 'streaming' had its
         # producer die with the previous process.
         interrupted = await chat.interrupt_orphans()
@@ -97,11 +110,13 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         app.state.settings = settings
         app.state.pool = pool
         app.state.chat = chat
+        app.state.limits = limits
         try:
             yield
         finally:
             await chat.shutdown(settings.shutdown_grace_s)
             await llm.aclose()
+            await limits.aclose()
             metrics.watch_pool(None)
             await pool.close()
 
@@ -111,18 +126,22 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     middleware = [
         # Outermost: it sees every response, CORS refusals included, and times the whole request.
         Middleware(AccessMiddleware, metrics=metrics),
+        Middleware(SecurityHeaders),
+        # Before CORS, so a disallowed origin's preflight gets our 403 body, not a bare 400.
+        Middleware(OriginGuard, allowed_origins=settings.allowed_origins),
         Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins),
                    allow_methods=["GET", "POST"],
                    allow_headers=["content-type", "last-event-id"],
                    expose_headers=["retry-after", "ratelimit-limit", "ratelimit-remaining",
-                                   "ratelimit-reset"],
+                                   "ratelimit-reset", "ratelimit-policy"],
                    max_age=600),
+        Middleware(RequestLimit, trusted_proxies=parse_networks(settings.trusted_proxies)),
     ]
     app = Starlette(
         routes=routes,
         middleware=middleware,
         exception_handlers={
-            AppError: counted_app_error_handler,
+            AppError: app_error_handler,
             HTTPException: http_error_handler,
             Exception: unexpected_error_handler,
         },
