@@ -34,9 +34,11 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 # log lines or fields; anything else is replaced by a new id.
 _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
-# Attributes every LogRecord has; anything else on a record came in through `extra`.
+# Attributes every LogRecord has; anything else on a record came in through `extra`. uvicorn
+# adds `color_message` (the message with terminal colour codes) to its own records.
 _RECORD_ATTRIBUTES = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
+    | {"message", "asctime", "color_message"}
 )
 
 
