@@ -51,7 +51,7 @@ REQUEST_DURATION_BUCKETS = (
 
 # The `*_created` timestamp series double the output and no dashboard reads them. (The switch is
 # process-wide in prometheus-client; nothing else in this process exports metrics.)
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 UNMATCHED_ROUTE = "unmatched"
 """The route label of requests that matched no route, so that random paths add no series."""
