@@ -123,8 +123,10 @@ def configure_logging(level: str = "INFO", log_format: LogFormat = "text") -> No
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
-    # httpx logs every request at INFO with its URL; the OpenAI client's are noise per answer.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every request at INFO with its URL: one line of noise per answer. The OpenAI
+    # SDK talks through httpx2 (openai 3.x) or httpx (older releases).
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def log_request(request_id: str, method: str, route: str, status: int, latency_ms: float) -> None:
