@@ -106,3 +106,13 @@ def test_nginx_accepts_the_config() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_and_env_example_name_only_real_settings() -> None:
+    from app.config import VARIABLES
+
+    environment = compose()["services"]["app"]["environment"]
+    assert set(environment) <= set(VARIABLES)
+    example = (ROOT / "app/deploy/.env.example").read_text()
+    named = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", example, re.MULTILINE))
+    assert "OPENAI_API_KEY" in named and named <= set(VARIABLES)
