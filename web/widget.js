@@ -423,6 +423,8 @@ class SupportChat extends HTMLElement {
           turn.sources = Array.isArray(data.sources) ? data.sources : [];
           return "done";
         } else if (frame.event === "error") {
+          // The instance writing it stopped: the saved answer can be followed elsewhere.
+          if (data.code === "interrupted" && data.retryable) return "dropped";
           turn.error = data;
           return "error";
         }
@@ -662,7 +664,7 @@ class SupportChat extends HTMLElement {
     const { badge, launcher } = this.#el;
     const unread = this.#unread;
     badge.hidden = !unread;
-    badge.textContent = String(unread);
+    badge.textContent = unread ? String(unread) : "";
     launcher.setAttribute("aria-label", this.hasAttribute("open") ? "Close chat"
       : unread ? `Open chat, ${unread} unread answer${unread === 1 ? "" : "s"}` : "Open chat");
   }
