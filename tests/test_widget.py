@@ -139,8 +139,9 @@ class FakeModel:
 
     async def shop_page(self, request: Request) -> Response:
         # The script tag twice on purpose: the widget must be defined (and shown) only once.
+        open_at_load = " data-open" if "open" in request.query_params else ""
         tag = (f'<script src="{self.widget_src}" defer data-title="Shop Help" data-greeting="Hej! '
-               'Ask us anything." data-accent="#8a3ffc" data-position="left"></script>')
+               f'Ask us anything." data-accent="#8a3ffc" data-position="left"{open_at_load}></script>')
         return HTMLResponse(f"<!doctype html><title>Another shop</title>"
                             f"<h1>Another shop</h1>{tag}{tag}")
 
@@ -402,9 +403,16 @@ def test_history_comes_back_after_a_reload(page: Page, fake_model: FakeModel) ->
     fake_model.answer(first, "Yes, ", "we do.")
     fake_model.answer(second, "5-7 ", "business days.")
     open_chat(page)
-    ask(page, first)
+    with page.expect_request("**/chat/stream") as first_post:
+        ask(page, first)
+    assert first_post.value.post_data_json == {"message": first}  # no session id until meta
     expect(page.locator(AI)).to_have_text("Yes, we do.")
-    ask(page, second)
+    with page.expect_request("**/chat/stream") as second_post:
+        ask(page, second)
+    session_id = page.evaluate("key => localStorage.getItem(key)",
+                               f"support-chat:{page.url.rstrip('/')}:sessionId")
+    assert session_id
+    assert second_post.value.post_data_json == {"message": second, "sessionId": session_id}
     expect(page.locator(AI).nth(1)).to_have_attribute("data-status", "complete")
 
     page.reload()
@@ -583,12 +591,16 @@ def test_embedding_on_an_allowed_origin_works_and_others_are_refused(
         new_context: Callable[..., BrowserContext], chat_app: AppProcess,
         fake_model: FakeModel) -> None:
     page = new_context().new_page()
-    page.goto(f"{chat_app.shop_origin}/shop")
+    page.goto(f"{chat_app.shop_origin}/shop?open")
     expect(page.locator("support-chat")).to_have_count(1)
+    expect(page.locator("[data-chat-input]")).to_be_visible()  # data-open
     expect(page.locator("h2")).to_have_text("Shop Help")
     expect(page.locator(".greeting")).to_have_text("Hej! Ask us anything.")
+    expect(page.locator("header")).to_have_css("background-color", "rgb(138, 63, 252)")
     launcher_box = page.locator("[data-chat-launcher]").bounding_box()
     assert launcher_box is not None and launcher_box["x"] < DESKTOP["width"] / 2  # data-position
+    page.evaluate("window.SupportChat.close()")
+    expect(page.locator("[data-chat-input]")).to_be_hidden()
     page.evaluate("window.SupportChat.open()")
     expect(page.locator("[data-chat-input]")).to_be_visible()
     asked = question("Hello from another shop")
@@ -597,8 +609,6 @@ def test_embedding_on_an_allowed_origin_works_and_others_are_refused(
     expect(page.locator(AI)).to_have_text("Hello, neighbour!")
     page.evaluate("window.SupportChat.reset()")
     expect(page.locator("[data-chat-message]")).to_have_count(0)
-    page.evaluate("window.SupportChat.close()")
-    expect(page.locator("[data-chat-input]")).to_be_hidden()
 
     # Same page, an origin not in ALLOWED_ORIGINS: the browser refuses the app's answer.
     refused = new_context().new_page()

@@ -95,7 +95,6 @@ const TEMPLATE = `<style>${STYLES}</style>
  </form>
 </section>`;
 
-
 // EventSource can neither POST nor set headers, so streams are read with fetch and parsed
 // here: the part of the SSE format the API uses (event, data, id, comments), any line ending.
 async function* readSse(body) {
@@ -132,7 +131,6 @@ async function* readSse(body) {
     reader.cancel().catch(() => {});
   }
 }
-
 
 // Groups: 1 code, 2 bold, 3+4 the character before an italic and the italic (no lookbehind,
 // which older Safari cannot parse), 5+6 a link's text and address, 7 a bare address.
@@ -204,7 +202,6 @@ function renderMarkdown(text) {
   return root;
 }
 
-
 const sleep = (ms, signal) => new Promise((resolve) => {
   const timer = setTimeout(resolve, ms);
   signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
@@ -230,7 +227,6 @@ const NOTES = {
   interrupted: "This answer was interrupted.",
 };
 
-
 class SupportChat extends HTMLElement {
   #root;
   #el;
@@ -243,6 +239,7 @@ class SupportChat extends HTMLElement {
   #unread = 0;
   #noticeTimer = 0;
   #noticeKind = "";
+  #historyLoaded = null;
 
   connectedCallback() {
     if (this.#root) return;
@@ -281,11 +278,10 @@ class SupportChat extends HTMLElement {
     addEventListener("online", () => { if (this.#noticeKind === "offline") this.#clearNotice(); });
 
     this.#sessionId = storage()?.getItem(this.#storageKey()) || null;
-    if (this.#sessionId) this.#loadHistory();
+    if (this.#sessionId) this.#historyLoaded = this.#loadHistory();
     const openAtLoad = this.getAttribute("open-at-load");
     if (openAtLoad !== null && openAtLoad !== "false") this.open();
   }
-
 
   open() {
     this.setAttribute("open", "");
@@ -308,8 +304,10 @@ class SupportChat extends HTMLElement {
   }
 
   reset() {
-    if (this.#turn) {
-      this.#turn.abort.abort();
+    const turn = this.#turn;
+    if (turn) { // a new conversation: this answer is no longer wanted
+      if (turn.messageId) this.#requestCancel(turn);
+      turn.abort.abort();
       this.#endTurn();
     }
     this.#sessionId = this.#oldestId = null;
@@ -320,7 +318,6 @@ class SupportChat extends HTMLElement {
     this.#stickToBottom = true;
     if (this.hasAttribute("open")) this.#el.input.focus();
   }
-
 
   #url(path, params) {
     const base = (this.getAttribute("api") || location.origin).replace(/\/+$/, "");
@@ -337,11 +334,12 @@ class SupportChat extends HTMLElement {
     storage()?.setItem(this.#storageKey(), id);
   }
 
-
   async #send() {
     const { input } = this.#el;
     const text = input.value.trim();
     if (!text || this.#turn) return;
+    await this.#historyLoaded; // so the new message lands below the old ones
+    if (this.#turn) return;
     this.#clearNotice();
     input.value = "";
     this.#autogrow();
@@ -383,7 +381,7 @@ class SupportChat extends HTMLElement {
   }
 
   #beginTurn() {
-    const turn = { messageId: null, lastEventId: 0, text: "", el: null, abort: new AbortController() };
+    const turn = { lastEventId: 0, text: "", abort: new AbortController() };
     this.#turn = turn;
     this.#el.send.disabled = true;
     this.#el.typing.hidden = false;
@@ -495,10 +493,9 @@ class SupportChat extends HTMLElement {
   #requestCancel(turn) {
     if (turn.cancelSent) return;
     turn.cancelSent = true;
-    const path = `/chat/messages/${encodeURIComponent(turn.messageId)}/cancel`;
-    fetch(this.#url(path, { sessionId: this.#sessionId || "" }), { method: "POST" }).catch(() => {});
+    const url = this.#url(`/chat/messages/${encodeURIComponent(turn.messageId)}/cancel`, { sessionId: this.#sessionId || "" });
+    fetch(url, { method: "POST" }).catch(() => {});
   }
-
 
   #addMessage(sender, text, { id, status } = {}, before = null) {
     const el = node("div", "msg");
@@ -538,7 +535,6 @@ class SupportChat extends HTMLElement {
     this.#fillAnswer(turn.el, turn.text, turn.status || "complete", turn.sources);
     this.#scrollToBottom();
   }
-
 
   async #fetchHistory(before) {
     const params = { limit: String(HISTORY_PAGE) };
@@ -614,7 +610,6 @@ class SupportChat extends HTMLElement {
     if (this.#hasMore && this.hasAttribute("open") && log.scrollHeight <= log.clientHeight) this.#loadOlder();
   }
 
-
   #notice(text, clearAfterMs = 0, kind = "") {
     clearTimeout(this.#noticeTimer);
     this.#noticeKind = kind;
@@ -645,8 +640,6 @@ class SupportChat extends HTMLElement {
         : "Please wait a moment and try again."}`, Math.max(wait, 5) * 1000);
     } else if (status === 503) {
       this.#notice("Our assistant is unavailable right now. Please try again in a minute.");
-    } else if (status === 413) {
-      this.#notice("That message is too long. Please shorten it and try again.");
     } else if (status < 500 && reason) {
       this.#notice(`Your message couldn't be sent: ${reason}`);
     } else {
@@ -658,7 +651,6 @@ class SupportChat extends HTMLElement {
     this.#notice(error.code === "connection_lost" ? "The connection dropped and we couldn't reconnect."
       : "Sorry, the assistant couldn't finish this answer. Please try again.");
   }
-
 
   #renderBadge() {
     const { badge, launcher } = this.#el;
