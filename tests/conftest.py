@@ -106,6 +106,10 @@ class Reply:
     tail: bytes | None = None
     # Stop sending after the tokens and hang (a stalled upstream).
     stall_after_tokens: bool = False
+    # The connection is reset after the tokens.
+    reset_after_tokens: bool = False
+    # Raised instead of answering (a network failure).
+    exception: Exception | None = None
 
 
 class FakeUpstream:
@@ -123,6 +127,8 @@ class FakeUpstream:
     def respond(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(json.loads(request.content))
         reply = self.replies.pop(0) if self.replies else self.default
+        if reply.exception is not None:
+            raise reply.exception
         if reply.status != 200:
             body = reply.error_body or {"error": {"message": "upstream failure", "type": "x"}}
             return httpx.Response(reply.status, json=body, headers={"retry-after-ms": "5"})
@@ -137,6 +143,8 @@ class FakeUpstream:
                 if index and reply.delay:
                     await asyncio.sleep(reply.delay)
                 yield chunk_line(token)
+            if reply.reset_after_tokens:
+                raise httpx.ReadError("connection reset by peer")
             if reply.stall_after_tokens:
                 await asyncio.sleep(3600)
             if reply.tail is not None:
