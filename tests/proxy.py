@@ -22,6 +22,14 @@ _UPSTREAM_SERVERS = re.compile(r"^(\s*)server app:8000;\n", re.MULTILINE)
 _LISTEN = re.compile(r"^(\s*)listen 8080;", re.MULTILINE)
 
 
+def nginx_binary() -> str:
+    """Debian's nginx (`apt-get install -y nginx`; .ci/run installs it when missing)."""
+    # /usr/sbin is not on every user's PATH.
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    assert found is not None, "install Debian's nginx: apt-get install -y nginx"
+    return found
+
+
 def nginx_conf_for(
     listen_port: int, upstreams: Sequence[str], directory: Path | None = None
 ) -> Path:
@@ -61,8 +69,7 @@ def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
 @contextmanager
 def running_nginx(upstreams: Sequence[str], directory: Path) -> Iterator[int]:
     """nginx in the foreground in front of `upstreams`; yields the port it listens on."""
-    nginx = shutil.which("nginx")
-    assert nginx is not None, "install Debian's nginx: apt-get install -y nginx"
+    nginx = nginx_binary()
     port = free_port()
     conf = nginx_conf_for(port, upstreams, directory)
     log = (directory / "nginx.log").open("wb")

@@ -9,14 +9,13 @@ nginx configuration that tests/test_proxy.py runs with a real nginx; the Dockerf
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.proxy import NGINX_CONF, nginx_conf_for
+from tests.proxy import NGINX_CONF, nginx_binary, nginx_conf_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,8 +84,7 @@ def test_image_runs_as_non_root_and_starts_the_app() -> None:
 
 
 def test_nginx_accepts_the_config() -> None:
-    nginx = shutil.which("nginx")
-    assert nginx is not None, "install Debian's nginx: apt-get install -y nginx"
+    nginx = nginx_binary()
     conf = nginx_conf_for(listen_port=18080, upstreams=["127.0.0.1:18001"])
     result = subprocess.run(
         [
