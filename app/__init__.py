@@ -1,0 +1,1 @@
+"""Self-hosted AI live-chat support for online stores."""

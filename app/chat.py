@@ -1,0 +1,347 @@
+"""The conversation rules: history, persistence, and one generation per answer.
+
+An answer is an asyncio task owned by this service, not by the HTTP request that asked for it: a
+shopper who drops the connection still gets the answer saved, and can follow it again from the
+event log. The shopper's message is committed before the answer starts; the answer row is written
+once, when it ends, with its final status. No path loses text that was already streamed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import class_row
+from psycopg_pool import AsyncConnectionPool
+
+from . import db
+from .errors import DatabaseUnavailable, NotFound
+from .eventlog import Event, EventLog, encode_event
+from .llm import LLM, UpstreamError, Usage
+from .prompt import SYSTEM_PROMPT, build_messages
+
+log = logging.getLogger(__name__)
+
+# Statuses an answer can end in; 'streaming' is the only one that is not final.
+FINAL_STATUSES = frozenset({"complete", "error", "cancelled", "interrupted"})
+_SAVE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class StartedAnswer:
+    session_id: uuid.UUID
+    user_message_id: uuid.UUID
+    answer_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Message:
+    id: uuid.UUID
+    sender: str
+    text: str
+    status: str
+    created_at: datetime
+    seq: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": str(self.id), "sender": self.sender, "text": self.text,
+                "status": self.status, "createdAt": self.created_at.isoformat()}
+
+
+@dataclass(frozen=True)
+class AnswerRecord:
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    text: str
+    status: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    session_id: uuid.UUID
+    messages: list[Message]
+    has_more: bool
+
+
+def meta_payload(started: StartedAnswer) -> dict[str, str]:
+    return {"sessionId": str(started.session_id), "messageId": str(started.answer_id),
+            "userMessageId": str(started.user_message_id)}
+
+
+def usage_payload(usage: Usage | None) -> dict[str, int]:
+    if usage is None:
+        return {}
+    return {"promptTokens": usage.prompt_tokens, "completionTokens": usage.completion_tokens,
+            "totalTokens": usage.prompt_tokens + usage.completion_tokens}
+
+
+INTERRUPTED_MESSAGE = "The answer was cut off. Please ask again."
+
+
+class ChatService:
+    def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM, *,
+                 history_window: int, system_prompt: str = SYSTEM_PROMPT) -> None:
+        self._pool = pool
+        self._events = events
+        self._llm = llm
+        self._history_window = history_window
+        self._system_prompt = system_prompt
+        # The answers this instance is producing. Keep a hard reference to each task: the event
+        # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
+        self._running: dict[uuid.UUID, asyncio.Task[str]] = {}
+        self._interrupting = False
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    # -- starting an answer ------------------------------------------------------------------
+
+    async def start_answer(self, question: str, session_id: uuid.UUID | None) -> StartedAnswer:
+        """Commit the shopper's message and an empty answer row, then start generating."""
+        started, history = await self._record_question(question, session_id)
+        answer_key = str(started.answer_id)
+        self._events.start(answer_key)
+        self._events.append(answer_key, "meta", meta_payload(started))
+        prompt = build_messages(self._system_prompt, history, question)
+        task = asyncio.create_task(self._generate(started, prompt), name=f"answer-{answer_key}")
+        self._running[started.answer_id] = task
+        task.add_done_callback(lambda _: self._running.pop(started.answer_id, None))
+        return started
+
+    async def _record_question(
+        self, question: str, session_id: uuid.UUID | None
+    ) -> tuple[StartedAnswer, list[tuple[str, str]]]:
+        user_message_id, answer_id = uuid.uuid4(), uuid.uuid4()
+        async with db.connection(self._pool) as conn, conn.transaction():
+            history: list[tuple[str, str]] = []
+            if session_id is not None:
+                cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s",
+                                         (session_id,))
+                if await cur.fetchone() is not None:
+                    history = await self._history_window_rows(conn, session_id)
+                else:
+                    session_id = None
+            if session_id is None:
+                # An unknown id from the client is never adopted: the server makes the id, so
+                # one shopper cannot pick another's future session id.
+                session_id = uuid.uuid4()
+                await conn.execute("INSERT INTO conversations (id) VALUES (%s)", (session_id,))
+            await conn.execute(
+                "INSERT INTO messages (id, conversation_id, sender, text, status, model)"
+                " VALUES (%s, %s, 'user', %s, 'complete', NULL),"
+                " (%s, %s, 'ai', '', 'streaming', %s)",
+                (user_message_id, session_id, question, answer_id, session_id, self._llm.model),
+            )
+        return StartedAnswer(session_id, user_message_id, answer_id), history
+
+    async def _history_window_rows(self, conn: Any, session_id: uuid.UUID) -> list[tuple[str, str]]:
+        if self._history_window == 0:
+            return []
+        # Answers still streaming have no text yet, and failed ones may be empty: skip both.
+        cur = await conn.execute(
+            "SELECT sender, text FROM messages WHERE conversation_id = %s AND text <> ''"
+            " ORDER BY seq DESC LIMIT %s",
+            (session_id, self._history_window),
+        )
+        rows = await cur.fetchall()
+        return [(sender, text) for sender, text in reversed(rows)]
+
+    # -- generating --------------------------------------------------------------------------
+
+    async def _generate(self, started: StartedAnswer, prompt: list[dict[str, str]]) -> str:
+        answer_key = str(started.answer_id)
+        parts: list[str] = []
+        usage: Usage | None = None
+        failure: UpstreamError | None = None
+        status = "complete"
+        try:
+            async for item in self._llm.stream(prompt):
+                if isinstance(item, Usage):
+                    usage = item
+                else:
+                    parts.append(item)
+                    self._events.append(answer_key, "token", {"text": item})
+        except asyncio.CancelledError:
+            # Cancelled by the shopper (cancel) or by shutdown: either way, keep what was said.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            status = "interrupted" if self._interrupting else "cancelled"
+        except UpstreamError as exc:
+            failure, status = exc, "error"
+        text = "".join(parts)
+        await self._save_answer(started.answer_id, text, status, usage)
+        if status in ("complete", "cancelled"):
+            self._events.append(answer_key, "done", {
+                "messageId": answer_key, "text": text, "status": status,
+                "usage": usage_payload(usage)})
+        elif status == "interrupted":
+            # Retryable: the widget resumes, and another instance serves the saved text.
+            self._events.append(answer_key, "error", {
+                "code": "interrupted", "message": INTERRUPTED_MESSAGE, "retryable": True})
+        else:
+            assert failure is not None
+            self._events.append(answer_key, "error", {
+                "code": failure.code, "message": failure.message, "retryable": failure.retryable})
+        return status
+
+    async def _save_answer(self, answer_id: uuid.UUID, text: str, status: str,
+                           usage: Usage | None) -> None:
+        """Write the answer's one row; retry through a short database outage."""
+        prompt_tokens = usage.prompt_tokens if usage else None
+        completion_tokens = usage.completion_tokens if usage else None
+        delay = 0.5
+        for attempt in range(1, _SAVE_ATTEMPTS + 1):
+            try:
+                async with db.connection(self._pool) as conn:
+                    await conn.execute(
+                        "UPDATE messages SET text = %s, status = %s, prompt_tokens = %s,"
+                        " completion_tokens = %s, finished_at = now() WHERE id = %s",
+                        (text, status, prompt_tokens, completion_tokens, answer_id),
+                    )
+                return
+            except DatabaseUnavailable:
+                if attempt == _SAVE_ATTEMPTS:
+                    log.error("could not save answer %s after %d attempts",
+                              str(answer_id)[:8], attempt)
+                    return
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def find_answer(self, answer_id: uuid.UUID, session_id: uuid.UUID) -> AnswerRecord:
+        """The answer if it belongs to this session; otherwise NotFound, as if it did not exist."""
+        async with db.connection(self._pool) as conn:
+            cur = conn.cursor(row_factory=class_row(AnswerRecord))
+            await cur.execute(
+                "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens"
+                " FROM messages WHERE id = %s AND conversation_id = %s AND sender = 'ai'",
+                (answer_id, session_id),
+            )
+            record = await cur.fetchone()
+        if record is None:
+            raise NotFound("This message was not found.")
+        return record
+
+    def new_answer_events(self, started: StartedAnswer) -> AsyncIterator[Event]:
+        """The events of an answer this instance just started (no ownership check needed)."""
+        events = self._events.subscribe(str(started.answer_id), after=0)
+        assert events is not None, "start_answer puts every new answer in the event log"
+        return events
+
+    async def follow(self, answer_id: uuid.UUID, session_id: uuid.UUID,
+                     after: int) -> AsyncIterator[Event]:
+        """The answer's events after `after`: live from the event log, or rebuilt from the record."""
+        record = await self.find_answer(answer_id, session_id)
+        live = self._events.subscribe(str(answer_id), after)
+        if live is not None:
+            return live
+        if record.status == "streaming" and answer_id not in self._running:
+            record = await self._mark_interrupted(record)
+        return _replay_record(record, after)
+
+    async def _mark_interrupted(self, record: AnswerRecord) -> AnswerRecord:
+        """An answer left 'streaming' with no producer: its instance died mid-answer."""
+        async with db.connection(self._pool) as conn:
+            await conn.execute(
+                "UPDATE messages SET status = 'interrupted', finished_at = now()"
+                " WHERE id = %s AND status = 'streaming'", (record.id,))
+        return AnswerRecord(record.id, record.conversation_id, record.text, "interrupted",
+                            record.prompt_tokens, record.completion_tokens)
+
+    async def interrupt_orphans(self) -> int:
+        """At start-up of a single instance: answers still 'streaming' lost their producer."""
+        async with db.connection(self._pool) as conn:
+            cur = await conn.execute(
+                "UPDATE messages SET status = 'interrupted', finished_at = now()"
+                " WHERE status = 'streaming'")
+            return cur.rowcount
+
+    async def history(self, session_id: uuid.UUID, limit: int,
+                      before: uuid.UUID | None) -> HistoryPage:
+        async with db.connection(self._pool) as conn:
+            cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s", (session_id,))
+            if await cur.fetchone() is None:
+                raise NotFound("This conversation was not found.")
+            before_seq: int | None = None
+            if before is not None:
+                cur = await conn.execute(
+                    "SELECT seq FROM messages WHERE id = %s AND conversation_id = %s",
+                    (before, session_id))
+                row = await cur.fetchone()
+                if row is None:
+                    raise NotFound("This message was not found.")
+                before_seq = row[0]
+            rows = conn.cursor(row_factory=class_row(Message))
+            await rows.execute(
+                "SELECT id, sender, text, status, created_at, seq FROM messages"
+                " WHERE conversation_id = %s AND (%s::bigint IS NULL OR seq < %s)"
+                " ORDER BY seq DESC LIMIT %s",
+                (session_id, before_seq, before_seq, limit + 1),
+            )
+            newest_first = await rows.fetchall()
+        has_more = len(newest_first) > limit
+        return HistoryPage(session_id, list(reversed(newest_first[:limit])), has_more)
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    async def cancel(self, answer_id: uuid.UUID, session_id: uuid.UUID) -> str:
+        """Stop an answer this instance is producing; return the answer's status."""
+        record = await self.find_answer(answer_id, session_id)
+        task = self._running.get(answer_id)
+        if task is None:
+            return record.status
+        task.cancel()
+        # shield: a shopper who leaves mid-cancel must not cancel the save of the partial text.
+        return await asyncio.shield(task)
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Let answers finish for `grace_s`, then save the rest as 'interrupted'."""
+        pending = list(self._running.values())
+        if pending:
+            log.info("waiting up to %.0fs for %d answers to finish", grace_s, len(pending))
+            _, still_running = await asyncio.wait(pending, timeout=grace_s)
+            if still_running:
+                self._interrupting = True
+                for task in still_running:
+                    task.cancel()
+                await asyncio.wait(still_running, timeout=10)
+
+
+def _replay_record(record: AnswerRecord, after: int) -> AsyncIterator[Event]:
+    """A finished answer from PostgreSQL: meta, its whole text as one token, then the end."""
+    answer_key = str(record.id)
+    events = [encode_event(0, "meta", {"sessionId": str(record.conversation_id),
+                                       "messageId": answer_key})]
+    if after < 1 and record.text:
+        events.append(encode_event(1, "token", {"text": record.text}))
+    end_seq = 2
+    if record.status in ("complete", "cancelled"):
+        usage = None
+        if record.prompt_tokens is not None and record.completion_tokens is not None:
+            usage = Usage(record.prompt_tokens, record.completion_tokens)
+        events.append(encode_event(end_seq, "done", {
+            "messageId": answer_key, "text": record.text, "status": record.status,
+            "usage": usage_payload(usage)}))
+    elif record.status == "interrupted":
+        events.append(encode_event(end_seq, "error", {
+            "code": "interrupted", "message": INTERRUPTED_MESSAGE, "retryable": False}))
+    else:
+        events.append(encode_event(end_seq, "error", {
+            "code": "upstream_error", "retryable": False,
+            "message": "The assistant could not finish this answer. Please ask again."}))
+
+    async def replay() -> AsyncIterator[Event]:
+        for event in events:
+            yield event
+
+    return replay()

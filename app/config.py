@@ -1,0 +1,119 @@
+"""Settings, read once from the environment into a frozen object.
+
+Every variable is listed in `VARIABLES` with its default and meaning; a test holds the README's
+configuration table to this list, so an undocumented setting fails the suite.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class ConfigError(Exception):
+    """A setting in the environment has a value the service cannot use."""
+
+
+# name -> (default, one-line meaning). The README's configuration table mirrors this.
+VARIABLES: dict[str, tuple[str, str]] = {
+    "HOST": ("127.0.0.1", "Address to listen on."),
+    "PORT": ("8000", "Port to listen on."),
+    "DATABASE_URL": ("", "PostgreSQL URL; unset starts an embedded PostgreSQL with data in .data/."),
+    "REDIS_URL": ("", "Redis URL for shared limits and resumable streams; unset: per-process memory."),
+    "OPENAI_API_KEY": ("", "API key for the model provider."),
+    "OPENAI_BASE_URL": ("", "Any OpenAI-compatible server (Ollama, vLLM, LiteLLM); unset: OpenAI."),
+    "OPENAI_MODEL": ("gpt-4o-mini", "Model name sent upstream."),
+    "LLM_TIMEOUT_S": ("30", "Seconds to wait for the first chunk, and at most between two chunks."),
+    "MAX_MESSAGE_CHARS": ("5000", "Longest shopper message accepted."),
+    "HISTORY_WINDOW": ("10", "How many earlier messages of the conversation go into the prompt."),
+    "MAX_TOKENS": ("500", "Longest answer, in tokens."),
+    "TEMPERATURE": ("0.7", "Sampling temperature."),
+    "ALLOWED_ORIGINS": ("", "Comma-separated origins allowed to call the chat API from a browser."),
+    "DB_POOL_MAX": ("10", "Most database connections per instance."),
+}
+
+
+def _split_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = ""
+    redis_url: str = ""
+    openai_api_key: str = ""
+    openai_base_url: str = ""
+    openai_model: str = "gpt-4o-mini"
+    llm_timeout_s: float = 30.0
+    max_message_chars: int = 5000
+    history_window: int = 10
+    max_tokens: int = 500
+    temperature: float = 0.7
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    db_pool_max: int = 10
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every variable once; a bad value raises ConfigError naming the variable."""
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        return cls(
+            host=reader.text("HOST"),
+            port=reader.integer("PORT", low=1, high=65535),
+            database_url=reader.text("DATABASE_URL"),
+            redis_url=reader.text("REDIS_URL"),
+            openai_api_key=reader.text("OPENAI_API_KEY"),
+            openai_base_url=reader.text("OPENAI_BASE_URL"),
+            openai_model=reader.text("OPENAI_MODEL"),
+            llm_timeout_s=reader.number("LLM_TIMEOUT_S", low=0.1, high=600),
+            max_message_chars=reader.integer("MAX_MESSAGE_CHARS", low=1, high=100_000),
+            history_window=reader.integer("HISTORY_WINDOW", low=0, high=200),
+            max_tokens=reader.integer("MAX_TOKENS", low=1, high=100_000),
+            temperature=reader.number("TEMPERATURE", low=0, high=2),
+            allowed_origins=_split_list(reader.text("ALLOWED_ORIGINS")),
+            db_pool_max=reader.integer("DB_POOL_MAX", low=1, high=1000),
+        )
+
+
+class _Reader:
+    """Reads variables with their documented defaults and checks their ranges."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str) -> str:
+        value = self._env.get(name)
+        if value is None or value.strip() == "":
+            return VARIABLES[name][0]
+        return value.strip()
+
+    def integer(self, name: str, *, low: int, high: int) -> int:
+        raw = self.text(name)
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    def number(self, name: str, *, low: float, high: float) -> float:
+        raw = self.text(name)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    def boolean(self, name: str) -> bool:
+        raw = self.text(name).lower()
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")

@@ -1,0 +1,201 @@
+"""Thin handlers: parse and validate, call the chat service, answer.
+
+Everything that can refuse a request (bad input, unknown ids, a database that is down) happens
+before a stream starts, so a refusal is a plain HTTP error and never a half-open stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .chat import ChatService
+from .errors import (
+    BadRequest,
+    DatabaseUnavailable,
+    GatewayTimeout,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from .eventlog import Event
+
+MAX_BODY_BYTES = 100 * 1024
+MESSAGE_TIMEOUT_S = 30.0
+HISTORY_PAGE_MAX = 200
+# sse-starlette's keep-alive comment interval; proxies drop connections idle for ~60 s.
+PING_S = 15
+# A client that stops reading must not hold a stream (and its buffers) forever.
+SEND_TIMEOUT_S = 30
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    message: str
+    session_id: uuid.UUID | None
+
+
+def parse_uuid(raw: object, name: str) -> uuid.UUID:
+    """Only the canonical 36-character form: ids end up in URLs, headers and logs."""
+    if not isinstance(raw, str) or len(raw) != 36:
+        raise BadRequest(f"{name} must be a UUID.")
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a UUID.") from None
+
+
+async def read_json_body(request: Request) -> Any:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType()
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge()
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("The request body is not valid JSON.") from None
+
+
+def validate_message(raw: object, max_chars: int) -> str:
+    if not isinstance(raw, str):
+        raise BadRequest("message must be a string.")
+    if not raw.strip():
+        raise BadRequest("Please type a message.")
+    if len(raw) > max_chars:
+        raise BadRequest(f"The message is too long (at most {max_chars} characters).")
+    # Postgres text cannot hold NUL, so reject it here rather than fail in the INSERT.
+    if "\x00" in raw:
+        raise BadRequest("The message contains a NUL character.")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("The message contains invalid Unicode.") from None
+    return raw
+
+
+def parse_chat_request(body: Any, max_chars: int) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise BadRequest('The request body must be a JSON object like {"message": "..."}.')
+    message = validate_message(body.get("message"), max_chars)
+    raw_session = body.get("sessionId")
+    session_id = None if raw_session is None else parse_uuid(raw_session, "sessionId")
+    return ChatRequest(message, session_id)
+
+
+def chat_service(request: Request) -> ChatService:
+    service: ChatService = request.app.state.chat
+    return service
+
+
+async def sse_frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    # A comment at once, so proxies and clients see bytes before the first token.
+    yield b": ok\n\n"
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            yield event.frame
+
+
+def event_stream(events: AsyncIterator[Event]) -> EventSourceResponse:
+    return EventSourceResponse(sse_frames(events), ping=PING_S, headers=SSE_HEADERS,
+                               send_timeout=SEND_TIMEOUT_S)
+
+
+async def start_chat(request: Request) -> tuple[ChatService, Any]:
+    settings = request.app.state.settings
+    chat_request = parse_chat_request(await read_json_body(request), settings.max_message_chars)
+    service = chat_service(request)
+    started = await service.start_answer(chat_request.message, chat_request.session_id)
+    return service, started
+
+
+async def chat_stream(request: Request) -> Response:
+    service, started = await start_chat(request)
+    return event_stream(service.new_answer_events(started))
+
+
+async def chat_message(request: Request) -> Response:
+    """The original JSON API: the whole answer at once."""
+    service, started = await start_chat(request)
+    events = service.new_answer_events(started)
+    try:
+        async with asyncio.timeout(MESSAGE_TIMEOUT_S):
+            async for event in events:
+                if event.kind == "done":
+                    return JSONResponse({"reply": event.payload["text"],
+                                         "sessionId": str(started.session_id),
+                                         "messageId": str(started.answer_id)})
+                if event.kind == "error":
+                    raise ServiceUnavailable(event.payload["message"])
+    except TimeoutError:
+        raise GatewayTimeout() from None
+    raise ServiceUnavailable()
+
+
+def last_event_id(request: Request) -> int:
+    raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId") or "0"
+    if not raw.isdigit() or len(raw) > 12:
+        raise BadRequest("Last-Event-ID must be a whole number.")
+    return int(raw)
+
+
+def session_param(request: Request) -> uuid.UUID:
+    return parse_uuid(request.query_params.get("sessionId"), "sessionId")
+
+
+async def resume_stream(request: Request) -> Response:
+    answer_id = parse_uuid(request.path_params["message_id"], "messageId")
+    session_id = session_param(request)
+    after = last_event_id(request)
+    events = await chat_service(request).follow(answer_id, session_id, after)
+    return event_stream(events)
+
+
+async def cancel_answer(request: Request) -> Response:
+    answer_id = parse_uuid(request.path_params["message_id"], "messageId")
+    session_id = session_param(request)
+    status = await chat_service(request).cancel(answer_id, session_id)
+    return JSONResponse({"messageId": str(answer_id), "status": status})
+
+
+async def history(request: Request) -> Response:
+    session_id = parse_uuid(request.path_params["session_id"], "sessionId")
+    raw_limit = request.query_params.get("limit", "50")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= HISTORY_PAGE_MAX:
+        raise BadRequest(f"limit must be a whole number from 1 to {HISTORY_PAGE_MAX}.")
+    raw_before = request.query_params.get("before")
+    before = None if raw_before is None else parse_uuid(raw_before, "before")
+    page = await chat_service(request).history(session_id, int(raw_limit), before)
+    return JSONResponse({"sessionId": str(page.session_id),
+                         "messages": [m.to_json() for m in page.messages],
+                         "hasMore": page.has_more})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    pool = request.app.state.pool
+    try:
+        async with pool.connection(timeout=2.0) as conn:
+            await conn.execute("SELECT 1")
+    except Exception:
+        raise DatabaseUnavailable("The database is not reachable.") from None
+    return JSONResponse({"status": "ready", "database": "up"})

