@@ -166,7 +166,8 @@ async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path) -> Sync
         if removed:
             await conn.execute("DELETE FROM knowledge_articles WHERE path = ANY(%s)", [removed])
 
-        added, updated = [], []
+        added: list[str] = []
+        updated: list[str] = []
         for article in articles:
             previous_hash = indexed.get(article.path)
             if previous_hash == article.content_hash:

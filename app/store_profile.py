@@ -222,5 +222,5 @@ def build_system_prompt(profile: StoreProfile, chunks: Sequence[KnowledgeChunk])
     if chunks:
         lines += ["", "Store information (from the store's help centre):"]
         for chunk in chunks:
-            lines += ["", f"## {chunk.title}: {chunk.heading}", chunk.text.strip()]
+            lines += ["", f"## {chunk.label}", chunk.text.strip()]
     return "\n".join(lines)
