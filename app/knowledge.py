@@ -311,6 +311,19 @@ async def _vocabulary(conn: AsyncConnection) -> frozenset[str]:
     return _vocabulary_cache[fingerprint]
 
 
+_ANSWER_PIECE = re.compile(r"\s*\S+")
+
+
+def answer_pieces(text: str) -> list[str]:
+    """A knowledge-base answer cut into word-sized token events, so it streams like a model's
+    answer; joined, the pieces are exactly `text`."""
+    pieces = _ANSWER_PIECE.findall(text)
+    tail = text[len("".join(pieces)) :]
+    if tail:
+        pieces.append(tail)
+    return pieces
+
+
 def knowledge_only_answer(profile: StoreProfile, chunks: Sequence[KnowledgeChunk]) -> str:
     """An answer made of the best chunk, lightly framed; or, with no chunk, where to get help."""
     if not chunks:

@@ -176,7 +176,7 @@ FILLER_WORDS = frozenset(
     """
     hi hello hey thanks thank thx pls plz please ok okay u ur im ive id dont cant wont isnt
     want wanna need know tell ask asking question help get got getting take make give
-    would could should also still really just like one thing something anything
+    would could should also still really just like one thing something anything long
     or and not
     """.split()  # noqa: SIM905
 )
@@ -187,7 +187,11 @@ _MIN_TYPO_LENGTH = 5
 _TYPO_CUTOFF = 0.8
 # Endings that make another form of a word the articles use: "opened" is "open", not a typo.
 _INFLECTIONS = ("s", "es", "ed", "d", "ing", "er", "ly")
-_PRONOUNS = frozenset({"it", "them", "this", "that", "these", "those", "him", "her"})
+# Words that stand for the thing being talked about; skipped so "send it back" is "send back".
+_SKIPPED_IN_PHRASES = frozenset(
+    {"it", "them", "this", "that", "these", "those", "him", "her", "something", "anything",
+     "everything", "stuff", "my", "the", "a", "an"}
+)
 
 
 def question_words(question: str) -> list[str]:
@@ -240,9 +244,9 @@ def _fix_typo(word: str, vocabulary: frozenset[str]) -> str:
 
 
 def _find_phrases(words: list[str]) -> dict[int, str]:
-    """Which shopper phrase each word index belongs to; longest phrases win, pronouns are
+    """Which shopper phrase each word index belongs to; longest phrases win; words like "it" are
     skipped so that "send it back" is the phrase "send back"."""
-    positions = [index for index, word in enumerate(words) if word not in _PRONOUNS]
+    positions = [index for index, word in enumerate(words) if word not in _SKIPPED_IN_PHRASES]
     sequence = [words[index] for index in positions]
     phrase_at: dict[int, str] = {}
     for phrase in _PHRASES_LONGEST_FIRST:
