@@ -94,8 +94,10 @@ class RateLimits:
         self._redis: dict[str, RateLimiter] | None = None
         if redis_url:
             self._redis_client = redis_client(redis_url)
+            # The storage talks through our pool (bounded timeouts, any URL redis-py takes,
+            # unix sockets included); the URI only tells `limits` which client to use.
             storage = RedisStorage(
-                "async+" + redis_url, implementation="redispy", wrap_exceptions=True,
+                "async+redis://", implementation="redispy", wrap_exceptions=True,
                 key_prefix=f"{redis_prefix}:limits",
                 connection_pool=self._redis_client.connection_pool)  # type: ignore[arg-type]
             self._redis = self._limiters(storage)
