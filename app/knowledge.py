@@ -335,8 +335,16 @@ def knowledge_only_answer(profile: StoreProfile, chunks: Sequence[KnowledgeChunk
         )
     best = chunks[0]
     topic = best.title[0].lower() + best.title[1:] if best.title[1:2].islower() else best.title
-    about = topic if best.heading == best.title else f'{topic} ("{best.heading}")'
-    answer = f"Here is what our help centre says about {about}:\n\n{best.text.strip()}"
+    quoted = [best.text.strip()]
+    if best.heading == best.title:
+        # An article's intro is a line of summary: quote the article's next best section too.
+        detail = next((c for c in chunks[1:] if c.path == best.path), None)
+        if detail is not None:
+            quoted.append(f"{detail.heading}: {detail.text.strip()}")
+        about = topic
+    else:
+        about = f'{topic} ("{best.heading}")'
+    answer = f"Here is what our help centre says about {about}:\n\n" + "\n\n".join(quoted)
     related = []
     for chunk in chunks[1:]:
         if chunk.title != best.title and chunk.title not in related:

@@ -227,6 +227,21 @@ def test_a_knowledge_only_answer_quotes_the_best_chunk() -> None:
     assert profile.support_hours in answer and profile.contact_email in answer
 
 
+def test_an_intro_is_quoted_with_the_articles_next_section() -> None:
+    profile = load_profile(DEFAULT_PROFILE_PATH)
+    chunks = [
+        KnowledgeChunk("Refunds", "Refunds", "How you get your money back.", "refunds.md", 2.0),
+        KnowledgeChunk("Returns and exchanges", "Our returns window", "Within 14 days.",
+                       "returns.md", 1.5),
+        KnowledgeChunk("Refunds", "When you will be refunded", "In 3 days.", "refunds.md", 1.0),
+    ]
+    answer = knowledge_only_answer(profile, chunks)
+    assert answer.startswith("Here is what our help centre says about refunds:\n\n"
+                             "How you get your money back.\n\n"
+                             "When you will be refunded: In 3 days.\n\n"
+                             "See also: Returns and exchanges.")
+
+
 def test_with_no_match_the_answer_gives_support_hours_and_contact() -> None:
     profile = load_profile(DEFAULT_PROFILE_PATH)
     answer = knowledge_only_answer(profile, [])
