@@ -1,4 +1,5 @@
-"""`python -m app` serves; `python -m app migrate` applies migrations and exits."""
+"""`python -m app` serves; `python -m app migrate` applies migrations and exits;
+`python -m app knowledge sync` indexes the knowledge folder and exits."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 from . import db
 from .config import ConfigError, Settings
+from .knowledge import KnowledgeError, sync_knowledge
 from .logs import configure_logging
+from .store_profile import ProfileError
 
 log = logging.getLogger("app")
 
@@ -29,6 +32,18 @@ def with_database(settings: Settings) -> Settings:
     return dataclasses.replace(settings, database_url=server.get_uri())
 
 
+async def sync_knowledge_command(settings: Settings, knowledge_dir: Path) -> int:
+    await migrate_when_reachable(settings)
+    pool = db.create_pool(settings.database_url, 2)
+    await pool.open(wait=True, timeout=30)
+    try:
+        report = await sync_knowledge(pool, knowledge_dir)
+    finally:
+        await pool.close()
+    print(f"knowledge base {knowledge_dir}: {report.summary()}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     try:
         settings = Settings.from_env()
@@ -36,15 +51,32 @@ def main(argv: list[str]) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    settings = with_database(settings)
     command = argv[0] if argv else "serve"
+    usage = "use: python -m app [serve|migrate|knowledge sync]"
+    if command not in ("serve", "migrate", "knowledge") or (
+            command == "knowledge" and argv[1:] != ["sync"]):
+        print(f"unknown command {' '.join(argv)!r}; {usage}", file=sys.stderr)
+        return 2
+    if command in ("serve", "knowledge"):
+        from .main import load_store
+
+        try:
+            # Before the database starts: a wrong profile costs the operator nothing to fix.
+            _, knowledge_dir = load_store(settings)
+        except (ProfileError, KnowledgeError) as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+    settings = with_database(settings)
     if command == "migrate":
         applied = asyncio.run(migrate_when_reachable(settings))
         print(f"applied {len(applied)} migrations" + (f": {', '.join(applied)}" if applied else ""))
         return 0
-    if command != "serve":
-        print(f"unknown command {command!r}; use: python -m app [serve|migrate]", file=sys.stderr)
-        return 2
+    if command == "knowledge":
+        try:
+            return asyncio.run(sync_knowledge_command(settings, knowledge_dir))
+        except KnowledgeError as exc:
+            print(f"knowledge error: {exc}", file=sys.stderr)
+            return 2
     from .main import create_app
     from .server import AppServer, server_config
 

@@ -13,21 +13,25 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import class_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import db
 from .errors import DatabaseUnavailable, NotFound
 from .eventlog import Event, EventLog, encode_event
+from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
 from .llm import LLM, UpstreamError, Usage
 from .logs import log_answer
 from .metrics import Metrics
-from .prompt import SYSTEM_PROMPT, build_messages
+from .prompt import build_messages
 from .ratelimit import estimate_tokens
+from .store_profile import StoreProfile, build_system_prompt
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,8 @@ class AnswerRecord:
     status: str
     prompt_tokens: int | None
     completion_tokens: int | None
+    fallback: bool
+    sources: list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -86,19 +92,36 @@ def usage_payload(usage: Usage | None) -> dict[str, int]:
             "totalTokens": usage.prompt_tokens + usage.completion_tokens}
 
 
+def sources_payload(chunks: list[KnowledgeChunk]) -> list[dict[str, str]]:
+    """The articles an answer drew on, each once, best first: the widget shows "From: …"."""
+    articles = {chunk.path: chunk.title for chunk in chunks}
+    return [{"title": title, "path": path} for path, title in articles.items()]
+
+
+def done_payload(answer_key: str, text: str, status: str, usage: Usage | None,
+                 sources: list[dict[str, str]], fallback: bool) -> dict[str, Any]:
+    return {"messageId": answer_key, "text": text, "status": status,
+            "usage": usage_payload(usage), "sources": sources, "fallback": fallback}
+
+
 INTERRUPTED_MESSAGE = "The answer was cut off. Please ask again."
 
 
+# The `model` of answers in the log when no model is configured (knowledge-only mode).
+KNOWLEDGE_ONLY_MODEL = "knowledge-only"
+
+
 class ChatService:
-    def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM, *,
-                 history_window: int, system_prompt: str = SYSTEM_PROMPT,
+    def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
+                 history_window: int, profile: StoreProfile,
                  record_tokens: Callable[[int], Awaitable[None]] | None = None,
                  metrics: Metrics | None = None) -> None:
         self._pool = pool
         self._events = events
+        # None: knowledge-only mode, every answer comes from the knowledge base.
         self._llm = llm
         self._history_window = history_window
-        self._system_prompt = system_prompt
+        self._profile = profile
         self._record_tokens = record_tokens
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
@@ -111,6 +134,10 @@ class ChatService:
     def running_count(self) -> int:
         return len(self._running)
 
+    @property
+    def mode(self) -> str:
+        return "llm" if self._llm is not None else "knowledge-only"
+
     # -- starting an answer ------------------------------------------------------------------
 
     async def start_answer(self, question: str, session_id: uuid.UUID | None) -> StartedAnswer:
@@ -120,9 +147,8 @@ class ChatService:
         answer_key = str(started.answer_id)
         self._events.start(answer_key)
         self._events.append(answer_key, "meta", meta_payload(started))
-        prompt = build_messages(self._system_prompt, history, question)
         # The task copies this request's context, so its log line carries the request id.
-        task = asyncio.create_task(self._generate(started, prompt, asked_at),
+        task = asyncio.create_task(self._generate(started, history, question, asked_at),
                                    name=f"answer-{answer_key}")
         self._running[started.answer_id] = task
         task.add_done_callback(lambda _: self._running.pop(started.answer_id, None))
@@ -150,7 +176,8 @@ class ChatService:
                 "INSERT INTO messages (id, conversation_id, sender, text, status, model)"
                 " VALUES (%s, %s, 'user', %s, 'complete', NULL),"
                 " (%s, %s, 'ai', '', 'streaming', %s)",
-                (user_message_id, session_id, question, answer_id, session_id, self._llm.model),
+                (user_message_id, session_id, question, answer_id, session_id,
+                 self._llm.model if self._llm else None),
             )
         return StartedAnswer(session_id, user_message_id, answer_id), history
 
@@ -168,40 +195,64 @@ class ChatService:
 
     # -- generating --------------------------------------------------------------------------
 
-    async def _generate(self, started: StartedAnswer, prompt: list[dict[str, str]],
-                        asked_at: float) -> str:
+    async def _generate(self, started: StartedAnswer, history: list[tuple[str, str]],
+                        question: str, asked_at: float) -> str:
         answer_key = str(started.answer_id)
         parts: list[str] = []
         usage: Usage | None = None
         failure: UpstreamError | None = None
         status = "complete"
+        chunks: list[KnowledgeChunk] = []
+        prompt: list[dict[str, str]] = []
+        fallback = False
         first_token_at: float | None = None
         try:
-            async for item in self._llm.stream(prompt):
-                if isinstance(item, Usage):
-                    usage = item
-                else:
-                    if first_token_at is None:
-                        first_token_at = time.monotonic()
-                    parts.append(item)
-                    self._events.append(answer_key, "token", {"text": item})
+            chunks = await self._find_knowledge(question, history)
+            if self._llm is None:
+                self._answer_from_knowledge(answer_key, chunks, parts)
+            else:
+                system_prompt = build_system_prompt(self._profile, chunks)
+                prompt = build_messages(system_prompt, history, question)
+                try:
+                    async for item in self._llm.stream(prompt):
+                        if isinstance(item, Usage):
+                            usage = item
+                        else:
+                            if first_token_at is None:
+                                first_token_at = time.monotonic()
+                            parts.append(item)
+                            self._events.append(answer_key, "token", {"text": item})
+                except UpstreamError as exc:
+                    self._metrics.upstream_errors.labels(kind=exc.code).inc()
+                    # Before the first token the shopper has seen nothing, so the knowledge
+                    # base can still answer; after it, a second voice would contradict the first.
+                    # A rejected key or request is a configuration fault: it stays an error.
+                    if parts or not exc.retryable:
+                        raise
+                    log.warning("the model failed before its first token (%s): answering from "
+                                "the knowledge base", exc.code)
+                    fallback = True
+                    self._answer_from_knowledge(answer_key, chunks, parts)
         except asyncio.CancelledError:
             # Cancelled by the shopper (cancel) or by shutdown: either way, keep what was said.
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
             status = "interrupted" if self._interrupting else "cancelled"
-        except UpstreamError as exc:
+        except UpstreamError as exc:  # counted where it was caught first, above
             failure, status = exc, "error"
-            self._metrics.upstream_errors.labels(kind=exc.code).inc()
         text = "".join(parts)
-        await self._save_answer(started.answer_id, text, status, usage)
-        await self._count_tokens(prompt, text, usage)
-        self._observe_finished(started, status, asked_at, first_token_at, usage, len(parts))
+        sources = sources_payload(chunks)
+        await self._save_answer(started.answer_id, text, status, usage, sources, fallback)
+        if prompt and not fallback:
+            await self._count_tokens(prompt, text, usage)
+        if first_token_at is None and parts:
+            first_token_at = time.monotonic()  # a knowledge-base answer: all of it at once
+        self._observe_finished(started, status, asked_at, first_token_at, usage, len(parts),
+                               fallback)
         if status in ("complete", "cancelled"):
-            self._events.append(answer_key, "done", {
-                "messageId": answer_key, "text": text, "status": status,
-                "usage": usage_payload(usage)})
+            self._events.append(answer_key, "done",
+                                done_payload(answer_key, text, status, usage, sources, fallback))
         elif status == "interrupted":
             # Retryable: the widget resumes, and another instance serves the saved text.
             self._events.append(answer_key, "error", {
@@ -214,7 +265,7 @@ class ChatService:
 
     def _observe_finished(self, started: StartedAnswer, status: str, asked_at: float,
                           first_token_at: float | None, usage: Usage | None,
-                          deltas: int) -> None:
+                          deltas: int, fallback: bool) -> None:
         """The answer's metrics and its one log line, once it is saved."""
         duration_s = time.monotonic() - asked_at
         first_token_s = None if first_token_at is None else first_token_at - asked_at
@@ -224,12 +275,35 @@ class ChatService:
             tokens_out=usage.completion_tokens if usage else 0)
         log_answer(
             message_id=started.answer_id, session_id=started.session_id, status=status,
-            model=self._llm.model,
+            model=self._llm.model if self._llm is not None else KNOWLEDGE_ONLY_MODEL,
+            fallback=fallback,
             time_to_first_token_ms=None if first_token_s is None else first_token_s * 1000,
             duration_ms=duration_s * 1000,
             tokens_in=usage.prompt_tokens if usage else None,
             tokens_out=usage.completion_tokens if usage else None,
             deltas=deltas)
+
+    async def _find_knowledge(self, question: str,
+                              history: list[tuple[str, str]]) -> list[KnowledgeChunk]:
+        """The knowledge base's best chunks for the question; a follow-up such as "and to
+        Europe?" is searched again together with the shopper's previous message."""
+        try:
+            chunks = await search_knowledge(self._pool, question)
+            earlier = [text for sender, text in history if sender == "user"]
+            if not chunks and earlier:
+                chunks = await search_knowledge(self._pool, f"{earlier[-1]} {question}")
+            return chunks
+        except (PoolTimeout, psycopg.Error) as exc:
+            # The answer can still be given without the articles; losing it would be worse.
+            log.warning("knowledge search failed: %s", type(exc).__name__)
+            return []
+
+    def _answer_from_knowledge(self, answer_key: str, chunks: list[KnowledgeChunk],
+                               parts: list[str]) -> None:
+        """Stream the framed best chunk with the same token events a model's answer uses."""
+        for piece in answer_pieces(knowledge_only_answer(self._profile, chunks)):
+            parts.append(piece)
+            self._events.append(answer_key, "token", {"text": piece})
 
     async def _count_tokens(self, prompt: list[dict[str, str]], text: str,
                             usage: Usage | None) -> None:
@@ -243,7 +317,8 @@ class ChatService:
         await self._record_tokens(tokens)
 
     async def _save_answer(self, answer_id: uuid.UUID, text: str, status: str,
-                           usage: Usage | None) -> None:
+                           usage: Usage | None, sources: list[dict[str, str]],
+                           fallback: bool) -> None:
         """Write the answer's one row; retry through a short database outage."""
         prompt_tokens = usage.prompt_tokens if usage else None
         completion_tokens = usage.completion_tokens if usage else None
@@ -253,8 +328,10 @@ class ChatService:
                 async with db.connection(self._pool) as conn:
                     await conn.execute(
                         "UPDATE messages SET text = %s, status = %s, prompt_tokens = %s,"
-                        " completion_tokens = %s, finished_at = now() WHERE id = %s",
-                        (text, status, prompt_tokens, completion_tokens, answer_id),
+                        " completion_tokens = %s, sources = %s, fallback = %s,"
+                        " finished_at = now() WHERE id = %s",
+                        (text, status, prompt_tokens, completion_tokens, Jsonb(sources),
+                         fallback, answer_id),
                     )
                 return
             except DatabaseUnavailable:
@@ -272,8 +349,8 @@ class ChatService:
         async with db.connection(self._pool) as conn:
             cur = conn.cursor(row_factory=class_row(AnswerRecord))
             await cur.execute(
-                "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens"
-                " FROM messages WHERE id = %s AND conversation_id = %s AND sender = 'ai'",
+                "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens,"
+                " fallback, sources FROM messages WHERE id = %s AND conversation_id = %s AND sender = 'ai'",
                 (answer_id, session_id),
             )
             record = await cur.fetchone()
@@ -304,8 +381,7 @@ class ChatService:
             await conn.execute(
                 "UPDATE messages SET status = 'interrupted', finished_at = now()"
                 " WHERE id = %s AND status = 'streaming'", (record.id,))
-        return AnswerRecord(record.id, record.conversation_id, record.text, "interrupted",
-                            record.prompt_tokens, record.completion_tokens)
+        return replace(record, status="interrupted")
 
     async def interrupt_orphans(self) -> int:
         """At start-up of a single instance: answers still 'streaming' lost their producer."""
@@ -378,9 +454,8 @@ def _replay_record(record: AnswerRecord, after: int) -> AsyncIterator[Event]:
         usage = None
         if record.prompt_tokens is not None and record.completion_tokens is not None:
             usage = Usage(record.prompt_tokens, record.completion_tokens)
-        events.append(encode_event(end_seq, "done", {
-            "messageId": answer_key, "text": record.text, "status": record.status,
-            "usage": usage_payload(usage)}))
+        events.append(encode_event(end_seq, "done", done_payload(
+            answer_key, record.text, record.status, usage, record.sources, record.fallback)))
     elif record.status == "interrupted":
         events.append(encode_event(end_seq, "error", {
             "code": "interrupted", "message": INTERRUPTED_MESSAGE, "retryable": False}))

@@ -154,12 +154,14 @@ def log_answer(
     tokens_in: int | None,
     tokens_out: int | None,
     deltas: int,
+    fallback: bool = False,
     request_id: str | None = None,
 ) -> None:
     """The one line per finished answer. Ids are shortened; the text is never logged.
 
     Token counts are the provider's (None when it sent no usage, as for a cancelled answer);
-    `deltas` is how many text pieces were streamed.
+    `deltas` is how many text pieces were streamed; `fallback` marks an answer the knowledge
+    base gave because the model failed before its first token.
     """
     answer_logger.info(
         "answer",
@@ -169,6 +171,7 @@ def log_answer(
             "session_id": short_id(session_id),
             "status": status,
             "model": model,
+            "fallback": fallback,
             "ttft_ms": None if time_to_first_token_ms is None else round(time_to_first_token_ms, 1),
             "duration_ms": round(duration_ms, 1),
             "tokens_in": tokens_in,
