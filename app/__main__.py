@@ -1,4 +1,5 @@
-"""`python -m app` serves; `python -m app migrate` applies migrations and exits."""
+"""`python -m app` serves; `python -m app migrate` applies migrations and exits;
+`python -m app knowledge sync` indexes the knowledge folder and exits."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import logging
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from . import db
 from .config import ConfigError, Settings
+from .knowledge import KnowledgeError, sync_knowledge
+from .logs import configure_logging
+from .store_profile import ProfileError
 
 log = logging.getLogger("app")
 
@@ -30,32 +32,67 @@ def with_database(settings: Settings) -> Settings:
     return dataclasses.replace(settings, database_url=server.get_uri())
 
 
+async def sync_knowledge_command(settings: Settings, knowledge_dir: Path) -> int:
+    await migrate_when_reachable(settings)
+    pool = db.create_pool(settings.database_url, 2)
+    await pool.open(wait=True, timeout=30)
+    try:
+        report = await sync_knowledge(pool, knowledge_dir)
+    finally:
+        await pool.close()
+    print(f"knowledge base {knowledge_dir}: {report.summary()}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    settings = with_database(settings)
+    configure_logging(settings.log_level, settings.log_format)
     command = argv[0] if argv else "serve"
+    usage = "use: python -m app [serve|migrate|knowledge sync]"
+    if command not in ("serve", "migrate", "knowledge") or (
+            command == "knowledge" and argv[1:] != ["sync"]):
+        print(f"unknown command {' '.join(argv)!r}; {usage}", file=sys.stderr)
+        return 2
+    if command in ("serve", "knowledge"):
+        from .main import load_store
+
+        try:
+            # Before the database starts: a wrong profile costs the operator nothing to fix.
+            _, knowledge_dir = load_store(settings)
+        except (ProfileError, KnowledgeError) as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+    settings = with_database(settings)
     if command == "migrate":
-        applied = asyncio.run(db.migrate(settings.database_url))
+        applied = asyncio.run(migrate_when_reachable(settings))
         print(f"applied {len(applied)} migrations" + (f": {', '.join(applied)}" if applied else ""))
         return 0
-    if command != "serve":
-        print(f"unknown command {command!r}; use: python -m app [serve|migrate]", file=sys.stderr)
-        return 2
-    from .main import SHUTDOWN_GRACE_S, create_app
-    from .server import AppServer
+    if command == "knowledge":
+        try:
+            return asyncio.run(sync_knowledge_command(settings, knowledge_dir))
+        except KnowledgeError as exc:
+            print(f"knowledge error: {exc}", file=sys.stderr)
+            return 2
+    from .main import create_app
+    from .server import AppServer, server_config
 
     app = create_app(settings)
-    # proxy_headers off: the client address is worked out by the app from TRUSTED_PROXIES.
-    # The graceful-shutdown timeout is a backstop behind the answers' own grace period.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, proxy_headers=False,
-                            log_level="info", timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 15)
-    AppServer(config, app, SHUTDOWN_GRACE_S).run()
+    # log_config None and access_log off: logging is ours (app.logs), one line per request.
+    config = server_config(app, settings.host, settings.port, settings.shutdown_grace_s,
+                           log_config=None, access_log=False, log_level=settings.log_level.lower())
+    # A start-up that fails (a database still unreachable after DB_STARTUP_TIMEOUT_S) makes
+    # uvicorn exit with status 3, for the supervisor to restart.
+    AppServer(config, app, settings.shutdown_grace_s).run()
     return 0
+
+
+async def migrate_when_reachable(settings: Settings) -> list[str]:
+    await db.wait_until_reachable(settings.database_url, settings.db_startup_timeout_s)
+    return await db.migrate(settings.database_url)
 
 
 if __name__ == "__main__":

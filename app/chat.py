@@ -10,20 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import class_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import db
 from .errors import DatabaseUnavailable, NotFound
 from .eventlog import Event, EventLog, encode_event
+from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
 from .llm import LLM, UpstreamError, Usage
-from .prompt import SYSTEM_PROMPT, build_messages
+from .logs import log_answer
+from .metrics import Metrics
+from .prompt import build_messages
+from .ratelimit import estimate_tokens
+from .store_profile import StoreProfile, build_system_prompt
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,8 @@ class AnswerRecord:
     status: str
     prompt_tokens: int | None
     completion_tokens: int | None
+    fallback: bool
+    sources: list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -82,36 +92,63 @@ def usage_payload(usage: Usage | None) -> dict[str, int]:
             "totalTokens": usage.prompt_tokens + usage.completion_tokens}
 
 
+def sources_payload(chunks: list[KnowledgeChunk]) -> list[dict[str, str]]:
+    """The articles an answer drew on, each once, best first: the widget shows "From: …"."""
+    articles = {chunk.path: chunk.title for chunk in chunks}
+    return [{"title": title, "path": path} for path, title in articles.items()]
+
+
+def done_payload(answer_key: str, text: str, status: str, usage: Usage | None,
+                 sources: list[dict[str, str]], fallback: bool) -> dict[str, Any]:
+    return {"messageId": answer_key, "text": text, "status": status,
+            "usage": usage_payload(usage), "sources": sources, "fallback": fallback}
+
+
 INTERRUPTED_MESSAGE = "The answer was cut off. Please ask again."
 
 
+# The `model` of answers in the log when no model is configured (knowledge-only mode).
+KNOWLEDGE_ONLY_MODEL = "knowledge-only"
+
+
 class ChatService:
-    def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM, *,
-                 history_window: int, system_prompt: str = SYSTEM_PROMPT) -> None:
+    def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
+                 history_window: int, profile: StoreProfile,
+                 record_tokens: Callable[[int], Awaitable[None]] | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._pool = pool
         self._events = events
+        # None: knowledge-only mode, every answer comes from the knowledge base.
         self._llm = llm
         self._history_window = history_window
-        self._system_prompt = system_prompt
+        self._profile = profile
+        self._record_tokens = record_tokens
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
         self._running: dict[uuid.UUID, asyncio.Task[str]] = {}
         self._interrupting = False
+        # Tests that build a service alone get a registry nobody reads.
+        self._metrics = metrics if metrics is not None else Metrics()
 
     @property
     def running_count(self) -> int:
         return len(self._running)
 
+    @property
+    def mode(self) -> str:
+        return "llm" if self._llm is not None else "knowledge-only"
+
     # -- starting an answer ------------------------------------------------------------------
 
     async def start_answer(self, question: str, session_id: uuid.UUID | None) -> StartedAnswer:
-        """Commit the shopper's message and an empty answer row while the upstream call starts.
+        """Commit the shopper's message and an empty answer row while the answer starts.
 
-        The model's first token takes far longer than the commit, so the request goes out as
-        soon as the prompt is known (after the history read) instead of after the commit; the
-        first token still waits for the commit, so no answer is ever shown for a question
-        that was not saved.
+        The knowledge search and the model's first token take far longer than the commit, so
+        the answer's task starts as soon as the history is read instead of after the commit;
+        its first token (and anything it saves) still waits for the commit, so no answer is
+        ever shown or kept for a question that was not saved.
         """
+        asked_at = time.monotonic()
         user_message_id, answer_id = uuid.uuid4(), uuid.uuid4()
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task: asyncio.Task[str] | None = None
@@ -131,9 +168,10 @@ class ChatService:
                     session_id = uuid.uuid4()
                 assert session_id is not None
                 started = StartedAnswer(session_id, user_message_id, answer_id)
-                prompt = build_messages(self._system_prompt, history, question)
-                task = asyncio.create_task(self._generate(started, prompt, committed),
-                                           name=f"answer-{answer_id}")
+                # The task copies this request's context, so its log line carries the request id.
+                task = asyncio.create_task(
+                    self._generate(started, history, question, asked_at, committed),
+                    name=f"answer-{answer_id}")
                 if new_session:
                     await conn.execute("INSERT INTO conversations (id) VALUES (%s)",
                                        (session_id,))
@@ -142,10 +180,10 @@ class ChatService:
                     " VALUES (%s, %s, 'user', %s, 'complete', NULL),"
                     " (%s, %s, 'ai', '', 'streaming', %s)",
                     (user_message_id, session_id, question, answer_id, session_id,
-                     self._llm.model),
+                     self._llm.model if self._llm else None),
                 )
         except BaseException:
-            # The question is not saved, so there is no answer: stop the call quietly.
+            # The question is not saved, so there is no answer: stop its task quietly.
             committed.cancel()
             if task is not None:
                 task.cancel()
@@ -172,23 +210,48 @@ class ChatService:
 
     # -- generating --------------------------------------------------------------------------
 
-    async def _generate(self, started: StartedAnswer, prompt: list[dict[str, str]],
-                        committed: asyncio.Future[None]) -> str:
-        """Relay the answer; nothing reaches the event log or the database before `committed`."""
+    async def _generate(self, started: StartedAnswer, history: list[tuple[str, str]],
+                        question: str, asked_at: float, committed: asyncio.Future[None]) -> str:
+        """Produce the answer; nothing reaches the event log or the database before `committed`."""
         answer_key = str(started.answer_id)
         parts: list[str] = []
         usage: Usage | None = None
         failure: UpstreamError | None = None
         status = "complete"
+        chunks: list[KnowledgeChunk] = []
+        prompt: list[dict[str, str]] = []
+        fallback = False
+        first_token_at: float | None = None
         try:
-            async for item in self._llm.stream(prompt):
-                if isinstance(item, Usage):
-                    usage = item
-                else:
-                    if not committed.done():
-                        await committed
-                    parts.append(item)
-                    self._events.append(answer_key, "token", {"text": item})
+            chunks = await self._find_knowledge(question, history)
+            if self._llm is None:
+                await committed
+                self._answer_from_knowledge(answer_key, chunks, parts)
+            else:
+                system_prompt = build_system_prompt(self._profile, chunks)
+                prompt = build_messages(system_prompt, history, question)
+                try:
+                    async for item in self._llm.stream(prompt):
+                        if isinstance(item, Usage):
+                            usage = item
+                        else:
+                            if first_token_at is None:
+                                await committed
+                                first_token_at = time.monotonic()
+                            parts.append(item)
+                            self._events.append(answer_key, "token", {"text": item})
+                except UpstreamError as exc:
+                    self._metrics.upstream_errors.labels(kind=exc.code).inc()
+                    # Before the first token the shopper has seen nothing, so the knowledge
+                    # base can still answer; after it, a second voice would contradict the first.
+                    # A rejected key or request is a configuration fault: it stays an error.
+                    if parts or not exc.retryable:
+                        raise
+                    log.warning("the model failed before its first token (%s): answering from "
+                                "the knowledge base", exc.code)
+                    fallback = True
+                    await committed
+                    self._answer_from_knowledge(answer_key, chunks, parts)
         except asyncio.CancelledError:
             if committed.cancelled():
                 raise  # the question was never saved (see start_answer): nothing to keep
@@ -197,16 +260,22 @@ class ChatService:
             if current is not None:
                 current.uncancel()
             status = "interrupted" if self._interrupting else "cancelled"
-        except UpstreamError as exc:
+        except UpstreamError as exc:  # counted where it was caught first, above
             failure, status = exc, "error"
-        # An upstream failure can come before the commit; its answer row must exist first.
+        # A failure can come before the commit; the answer row must exist before its update.
         await committed
         text = "".join(parts)
-        await self._save_answer(started.answer_id, text, status, usage)
+        sources = sources_payload(chunks)
+        await self._save_answer(started.answer_id, text, status, usage, sources, fallback)
+        if prompt and not fallback:
+            await self._count_tokens(prompt, text, usage)
+        if first_token_at is None and parts:
+            first_token_at = time.monotonic()  # a knowledge-base answer: all of it at once
+        self._observe_finished(started, status, asked_at, first_token_at, usage, len(parts),
+                               fallback)
         if status in ("complete", "cancelled"):
-            self._events.append(answer_key, "done", {
-                "messageId": answer_key, "text": text, "status": status,
-                "usage": usage_payload(usage)})
+            self._events.append(answer_key, "done",
+                                done_payload(answer_key, text, status, usage, sources, fallback))
         elif status == "interrupted":
             # Retryable: the widget resumes, and another instance serves the saved text.
             self._events.append(answer_key, "error", {
@@ -217,8 +286,62 @@ class ChatService:
                 "code": failure.code, "message": failure.message, "retryable": failure.retryable})
         return status
 
+    def _observe_finished(self, started: StartedAnswer, status: str, asked_at: float,
+                          first_token_at: float | None, usage: Usage | None,
+                          deltas: int, fallback: bool) -> None:
+        """The answer's metrics and its one log line, once it is saved."""
+        duration_s = time.monotonic() - asked_at
+        first_token_s = None if first_token_at is None else first_token_at - asked_at
+        self._metrics.observe_answer(
+            status, duration_s, first_token_s,
+            tokens_in=usage.prompt_tokens if usage else 0,
+            tokens_out=usage.completion_tokens if usage else 0)
+        log_answer(
+            message_id=started.answer_id, session_id=started.session_id, status=status,
+            model=self._llm.model if self._llm is not None else KNOWLEDGE_ONLY_MODEL,
+            fallback=fallback,
+            time_to_first_token_ms=None if first_token_s is None else first_token_s * 1000,
+            duration_ms=duration_s * 1000,
+            tokens_in=usage.prompt_tokens if usage else None,
+            tokens_out=usage.completion_tokens if usage else None,
+            deltas=deltas)
+
+    async def _find_knowledge(self, question: str,
+                              history: list[tuple[str, str]]) -> list[KnowledgeChunk]:
+        """The knowledge base's best chunks for the question; a follow-up such as "and to
+        Europe?" is searched again together with the shopper's previous message."""
+        try:
+            chunks = await search_knowledge(self._pool, question)
+            earlier = [text for sender, text in history if sender == "user"]
+            if not chunks and earlier:
+                chunks = await search_knowledge(self._pool, f"{earlier[-1]} {question}")
+            return chunks
+        except (PoolTimeout, psycopg.Error) as exc:
+            # The answer can still be given without the articles; losing it would be worse.
+            log.warning("knowledge search failed: %s", type(exc).__name__)
+            return []
+
+    def _answer_from_knowledge(self, answer_key: str, chunks: list[KnowledgeChunk],
+                               parts: list[str]) -> None:
+        """Stream the framed best chunk with the same token events a model's answer uses."""
+        for piece in answer_pieces(knowledge_only_answer(self._profile, chunks)):
+            parts.append(piece)
+            self._events.append(answer_key, "token", {"text": piece})
+
+    async def _count_tokens(self, prompt: list[dict[str, str]], text: str,
+                            usage: Usage | None) -> None:
+        """Charge the day's token budget: the upstream's count, or an estimate if it never came."""
+        if self._record_tokens is None:
+            return
+        if usage is not None:
+            tokens = usage.prompt_tokens + usage.completion_tokens
+        else:
+            tokens = estimate_tokens(sum(len(m["content"]) for m in prompt), len(text))
+        await self._record_tokens(tokens)
+
     async def _save_answer(self, answer_id: uuid.UUID, text: str, status: str,
-                           usage: Usage | None) -> None:
+                           usage: Usage | None, sources: list[dict[str, str]],
+                           fallback: bool) -> None:
         """Write the answer's one row; retry through a short database outage."""
         prompt_tokens = usage.prompt_tokens if usage else None
         completion_tokens = usage.completion_tokens if usage else None
@@ -228,8 +351,10 @@ class ChatService:
                 async with db.connection(self._pool) as conn:
                     await conn.execute(
                         "UPDATE messages SET text = %s, status = %s, prompt_tokens = %s,"
-                        " completion_tokens = %s, finished_at = now() WHERE id = %s",
-                        (text, status, prompt_tokens, completion_tokens, answer_id),
+                        " completion_tokens = %s, sources = %s, fallback = %s,"
+                        " finished_at = now() WHERE id = %s",
+                        (text, status, prompt_tokens, completion_tokens, Jsonb(sources),
+                         fallback, answer_id),
                     )
                 return
             except DatabaseUnavailable:
@@ -247,8 +372,8 @@ class ChatService:
         async with db.connection(self._pool) as conn:
             cur = conn.cursor(row_factory=class_row(AnswerRecord))
             await cur.execute(
-                "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens"
-                " FROM messages WHERE id = %s AND conversation_id = %s AND sender = 'ai'",
+                "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens,"
+                " fallback, sources FROM messages WHERE id = %s AND conversation_id = %s AND sender = 'ai'",
                 (answer_id, session_id),
             )
             record = await cur.fetchone()
@@ -279,8 +404,7 @@ class ChatService:
             await conn.execute(
                 "UPDATE messages SET status = 'interrupted', finished_at = now()"
                 " WHERE id = %s AND status = 'streaming'", (record.id,))
-        return AnswerRecord(record.id, record.conversation_id, record.text, "interrupted",
-                            record.prompt_tokens, record.completion_tokens)
+        return replace(record, status="interrupted")
 
     async def interrupt_orphans(self) -> int:
         """At start-up of a single instance: answers still 'streaming' lost their producer."""
@@ -353,9 +477,8 @@ def _replay_record(record: AnswerRecord, after: int) -> AsyncIterator[Event]:
         usage = None
         if record.prompt_tokens is not None and record.completion_tokens is not None:
             usage = Usage(record.prompt_tokens, record.completion_tokens)
-        events.append(encode_event(end_seq, "done", {
-            "messageId": answer_key, "text": record.text, "status": record.status,
-            "usage": usage_payload(usage)}))
+        events.append(encode_event(end_seq, "done", done_payload(
+            answer_key, record.text, record.status, usage, record.sources, record.fallback)))
     elif record.status == "interrupted":
         events.append(encode_event(end_seq, "error", {
             "code": "interrupted", "message": INTERRUPTED_MESSAGE, "retryable": False}))

@@ -56,6 +56,16 @@ BENCH_REDIS_DB = 13
 LITELLM_MASTER_KEY = "sk-bench-0123456789abcdef0123456789abcdef0123456789abcdef"
 SLOW_TIMING = "bench-timing:ttft=200,tokens=20,gap=2000"
 SLOW_TOKENS = 20
+# Rate limits on, every check done on Redis, but high enough that the load (all from one
+# address) is never refused: what the limits cost, not what they refuse.
+LIMITS_ON = {
+    "RATE_LIMIT_ENABLED": "true",
+    "RATE_LIMIT_IP": "10000000/15minutes",
+    "RATE_LIMIT_CHAT_IP": "10000000/15minutes",
+    "RATE_LIMIT_CHAT_IP_DAILY": "10000000/day",
+    "RATE_LIMIT_SESSION": "10000000/15minutes",
+    "DAILY_TOKEN_BUDGET": "0",
+}
 
 
 @dataclasses.dataclass
@@ -158,6 +168,7 @@ def app_service(database_url: str, extra_env: dict[str, str], tag: str) -> procs
         "HOST": HOST, "PORT": str(APP_PORT),
         "DATABASE_URL": database_url,
         "REDIS_URL": f"redis://{HOST}:6379/{BENCH_REDIS_DB}",
+        "REDIS_PREFIX": "bench",
         "OPENAI_BASE_URL": f"http://{HOST}:{UPSTREAM_PORT}/v1",
         "OPENAI_API_KEY": "bench",
         "OPENAI_MODEL": "bench",
@@ -223,7 +234,7 @@ def app_debug_figures() -> dict[str, Any]:
         if line.startswith("#"):
             continue
         name, _, value = line.rpartition(" ")
-        if "task" in name or "running" in name or "open_streams" in name:
+        if "active_streams" in name or "pool_connections" in name or "waiting" in name:
             with contextlib.suppress(ValueError):
                 figures[name] = float(value)
     return figures
@@ -320,6 +331,14 @@ async def sweep(servers: list[Server], floor: Server, plan: Plan) -> dict[str, A
         measured = await measure_rate([floor, *active], rate, seconds, rounds)
         points[rate] = measured
         floor_point = measured[floor.name]
+        if not harness_ok(floor_point):
+            # Other work on this shared machine can disturb one round: measure the floor once
+            # more before calling the rate beyond what the machine can measure.
+            log(f"  floor off nominal ({fmt(floor_point.summary.ttft_p50_ms)}/"
+                f"{fmt(floor_point.summary.ttft_p99_ms)} ms); measuring it once more")
+            again = await measure_rate([floor], rate, seconds, rounds)
+            if harness_ok(again[floor.name]):
+                floor_point = measured[floor.name] = again[floor.name]
         if not harness_ok(floor_point):
             harness_limit = rate
             log(f"  harness limit: the floor itself is {floor_point.summary.ttft_p50_ms:.1f}/"
@@ -561,7 +580,7 @@ async def run(args: argparse.Namespace) -> int:
             app.stop()
             services.remove(app)
             flush_bench_redis()
-            limited = start_app(database_url, {"RATE_LIMIT_ENABLED": "true"}, "-limits")
+            limited = start_app(database_url, LIMITS_ON, "-limits")
             services.append(limited)
             limited_server = dataclasses.replace(app_server, service=limited,
                                                  target=dataclasses.replace(
