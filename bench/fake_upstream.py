@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import re
 import signal
@@ -258,6 +259,11 @@ class FakeUpstream:
 
 
 async def serve(host: str, port: int, timing: Timing) -> None:
+    # A full collection over a heap grown by thousands of streams pauses the loop for tens of
+    # ms, which would show up as latency of the floor: freeze what start-up made, collect rarely.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
     upstream = FakeUpstream(timing)
     server = await asyncio.start_server(upstream.handle, host, port, backlog=4096)
     stop = asyncio.Event()
