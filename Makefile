@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test migrate lint venv venv-test clean
+.PHONY: run test migrate lint venv venv-test clean bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: venv-test
 lint: venv-test
 	$(PY) -m ruff check app tests
 	$(PY) -m mypy app
+
+# The side-by-side benchmark of issue 8 (a few minutes; not part of `make test`): our app, the
+# upstream called directly and the LiteLLM proxy (installed once into bench/.venv-litellm).
+# Needs PostgreSQL and Redis on 127.0.0.1 and two cores; writes bench/RESULTS.md and the plot.
+bench: venv
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

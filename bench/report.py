@@ -260,9 +260,10 @@ def write(results: dict[str, Any], bench: Path = BENCH, plot_python: Path | None
     if plot:
         md += ["## Added time to first token against arrival rate", "",
                "![added TTFT](added_ttft.png)", ""]
-    notes = results.get("notes")
-    if notes:
-        md += ["## Notes", "", notes.strip(), ""]
+    # What was tried and what is proposed: written by hand, kept beside the generated part.
+    analysis = bench / "analysis.md"
+    if analysis.exists():
+        md += [analysis.read_text().strip(), ""]
     (bench / "RESULTS.md").write_text("\n".join(md))
     text = plain_table(header, table) + "\n\n"
     text += "\n".join(f"{'MET    ' if met else ('n/a    ' if met is None else 'NOT MET')} "

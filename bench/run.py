@@ -79,8 +79,11 @@ class Plan:
     high_rate: float = 40.0
     high_seconds: float = 8.0
     rounds: int = 2
-    sweep_rates: tuple[float, ...] = (5, 10, 20, 40, 60, 80, 100, 120, 160, 200, 250, 300)
+    # Below 5/s only for a peer whose knee is there (LiteLLM's is, on one core).
+    sweep_rates: tuple[float, ...] = (1, 2, 3, 5, 10, 20, 30, 40, 50, 60, 80, 100, 120, 160,
+                                      200, 250, 300)
     sweep_seconds: float = 4.0
+    low_sweep_seconds: float = 10.0  # enough arrivals for a p99 at 1-3 streams/s
     open_streams_app: int = 5000
     # Opening streams costs more than keeping them: a ramp the server can take without
     # queueing (the point is memory, not how fast streams open).
@@ -333,7 +336,14 @@ async def sweep(servers: list[Server], floor: Server, plan: Plan) -> dict[str, A
     harness_limit: float | None = None
     for rate in rates:
         seconds, rounds = required.get(rate, (plan.sweep_seconds, 1))
+        if rate < plan.low_rate:
+            seconds = plan.low_sweep_seconds
         active = [s for s in servers if s.name in alive or rate in required]
+        if rate < plan.low_rate:
+            # Our app is measured from 5/s up; below that only a peer that needs it.
+            active = [s for s in active if s.name != "app"]
+            if not active:
+                continue
         if not active and rate > max(required):
             break
         log(f"rate {rate:g}/s: {', '.join(s.name for s in [floor, *active])} "
