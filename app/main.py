@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from . import db, endpoints
+from . import db, endpoints, openapi
 from .chat import ChatService
 from .config import Settings
 from .errors import AppError, app_error_handler, http_error_handler, unexpected_error_handler
@@ -49,6 +49,7 @@ routes = [
     Route("/readyz", endpoints.readyz, methods=["GET"]),
     Route("/", demo_page, methods=["GET"]),
     Route("/widget.js", widget_script, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
 ]
 
 
