@@ -19,10 +19,13 @@ from starlette.routing import Route
 
 from . import db, endpoints, openapi
 from .chat import ChatService
+from .clientip import parse_networks
 from .config import Settings
 from .errors import AppError, app_error_handler, http_error_handler, unexpected_error_handler
 from .eventlog import MemoryEventLog
 from .llm import LLM
+from .middleware import OriginGuard, RequestLimit, SecurityHeaders
+from .ratelimit import RateLimits, Rule, parse_limit
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,25 @@ def build_llm(settings: Settings, http_client: Any = None) -> LLM:
                http_client=http_client)
 
 
+def build_rate_limits(settings: Settings) -> RateLimits:
+    return RateLimits(
+        enabled=settings.rate_limit_enabled,
+        every_request=Rule("ip", parse_limit("RATE_LIMIT_IP", settings.rate_limit_ip), "sliding"),
+        chat_rules=(
+            Rule("chat_ip", parse_limit("RATE_LIMIT_CHAT_IP", settings.rate_limit_chat_ip),
+                 "moving"),
+            Rule("chat_ip_daily",
+                 parse_limit("RATE_LIMIT_CHAT_IP_DAILY", settings.rate_limit_chat_ip_daily),
+                 "sliding"),
+        ),
+        session_rule=Rule("session", parse_limit("RATE_LIMIT_SESSION", settings.rate_limit_session),
+                          "moving"),
+        daily_token_budget=settings.daily_token_budget,
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+    )
+
+
 def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     """The app; `llm_http_client` lets tests route the model's HTTP calls through respx."""
 
@@ -69,7 +91,9 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         pool = db.create_pool(settings.database_url, settings.db_pool_max)
         await pool.open(wait=True, timeout=30)
         llm = build_llm(settings, llm_http_client)
-        chat = ChatService(pool, MemoryEventLog(), llm, history_window=settings.history_window)
+        limits = build_rate_limits(settings)
+        chat = ChatService(pool, MemoryEventLog(), llm, history_window=settings.history_window,
+                           record_tokens=limits.record_tokens)
         # With one instance and no shared event log, an answer left 'streaming' had its
         # producer die with the previous process.
         interrupted = await chat.interrupt_orphans()
@@ -78,23 +102,29 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         app.state.settings = settings
         app.state.pool = pool
         app.state.chat = chat
+        app.state.limits = limits
         try:
             yield
         finally:
             await chat.shutdown(SHUTDOWN_GRACE_S)
             await llm.aclose()
+            await limits.aclose()
             await pool.close()
 
     # sse-starlette ends every stream the moment uvicorn sees SIGTERM; our streams end when their
     # answers end, and AppServer gives answers a grace period first.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     middleware = [
+        Middleware(SecurityHeaders),
+        # Before CORS, so a disallowed origin's preflight gets our 403 body, not a bare 400.
+        Middleware(OriginGuard, allowed_origins=settings.allowed_origins),
         Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins),
                    allow_methods=["GET", "POST"],
                    allow_headers=["content-type", "last-event-id"],
                    expose_headers=["retry-after", "ratelimit-limit", "ratelimit-remaining",
-                                   "ratelimit-reset"],
+                                   "ratelimit-reset", "ratelimit-policy"],
                    max_age=600),
+        Middleware(RequestLimit, trusted_proxies=parse_networks(settings.trusted_proxies)),
     ]
     return Starlette(
         routes=routes,

