@@ -87,6 +87,7 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
 
 _ERROR_RESPONSE_NAMES = {
     400: "BadRequest",
+    403: "OriginNotAllowed",
     404: "NotFound",
     413: "PayloadTooLarge",
     415: "UnsupportedMediaType",
@@ -140,7 +141,11 @@ def _message_path(description: str) -> dict[str, Any]:
 @functools.cache
 def build_openapi(max_message_chars: int) -> dict[str, Any]:
     """The document for an app whose MAX_MESSAGE_CHARS is `max_message_chars`."""
-    chat_refusals = _error_responses(400, 413, 415, 429, 503)
+    # Every endpoint but the health checks counts against the per-IP limit (429), and every
+    # /chat/ endpoint refuses a browser page on an origin outside ALLOWED_ORIGINS (403).
+    chat_refusals = _error_responses(400, 403, 413, 415, 429, 503)
+    chat_reads = _error_responses(400, 403, 404, 429, 503)
+    limited = _error_responses(429)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -201,7 +206,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {"description": STREAM_DESCRIPTION, "content": EVENT_STREAM},
-                        **_error_responses(400, 404, 503),
+                        **chat_reads,
                     },
                 },
             },
@@ -217,7 +222,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         "200": {"description": "The answer's status after the cancel (an answer"
                                                " that had already ended keeps its status).",
                                 "content": _json("CancelResult")},
-                        **_error_responses(400, 404, 503),
+                        **chat_reads,
                     },
                 },
             },
@@ -238,7 +243,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {"description": "The page.", "content": _json("HistoryPage")},
-                        **_error_responses(400, 404, 503),
+                        **chat_reads,
                     },
                 },
             },
@@ -254,7 +259,9 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "operationId": "readyz",
                     "summary": "The service can answer: its database is reachable.",
                     "responses": {
-                        "200": {"description": "Ready.", "content": _json("Ready")},
+                        "200": {"description": "Ready; `degraded` when Redis is down (the limits"
+                                               " then count per instance).",
+                                "content": _json("Ready")},
                         **_error_responses(503),
                     },
                 },
@@ -265,7 +272,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "summary": "This document.",
                     "responses": {"200": {"description": "The OpenAPI document.",
                                           "content": {"application/json": {
-                                              "schema": {"type": "object"}}}}},
+                                              "schema": {"type": "object"}}}},
+                                  **limited},
                 },
             },
             "/": {
@@ -273,7 +281,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "operationId": "demoPage",
                     "summary": "The demo store page, with the widget on it.",
                     "responses": {"200": {"description": "An HTML page.",
-                                          "content": {"text/html": {"schema": {"type": "string"}}}}},
+                                          "content": {"text/html": {"schema": {"type": "string"}}}},
+                                  **limited},
                 },
             },
             "/widget.js": {
@@ -282,7 +291,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "summary": "The chat widget, to embed with a script tag.",
                     "responses": {"200": {"description": "JavaScript.",
                                           "content": {"text/javascript": {
-                                              "schema": {"type": "string"}}}}},
+                                              "schema": {"type": "string"}}}},
+                                  **limited},
                 },
             },
         },
@@ -339,8 +349,11 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "properties": {"status": {"const": "ok"}},
                 },
                 "Ready": {
-                    "type": "object", "required": ["status", "database"],
-                    "properties": {"status": {"const": "ready"}, "database": {"const": "up"}},
+                    "type": "object", "required": ["status", "database", "redis"],
+                    "properties": {"status": {"enum": ["ready", "degraded"]},
+                                   "database": {"const": "up"},
+                                   "redis": {"enum": ["up", "down", "off"],
+                                             "description": "`off` when REDIS_URL is unset."}},
                 },
                 "Error": {
                     "type": "object",
@@ -423,6 +436,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 "BadRequest": _error_response(
                     "The body or a parameter is not valid (a blank or too long message, an id that"
                     " is not a UUID, JSON that does not parse, NUL or invalid Unicode)."),
+                "OriginNotAllowed": _error_response(
+                    "A browser page on an origin outside ALLOWED_ORIGINS called the chat API."),
                 "NotFound": _error_response(
                     "No such session or message, or it belongs to another session (the two are"
                     " answered alike)."),
@@ -430,12 +445,15 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 "UnsupportedMediaType": _error_response(
                     "The body is not sent as `application/json`."),
                 "RateLimited": _error_response(
-                    "Too many messages; wait the number of seconds in Retry-After.",
+                    "Too many requests or messages (per IP, per conversation); wait the number of"
+                    " seconds in Retry-After.",
                     headers={"Retry-After": {"description": "Seconds to wait.", "required": True,
-                                             "schema": {"type": "string",
-                                                        "pattern": "^[0-9]+$"}}}),
+                                             "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                             "RateLimit-Policy": {"description": "The limit that refused.",
+                                                  "schema": {"type": "string"}}}),
                 "ServiceUnavailable": _error_response(
-                    "The database or the model is not answering; try again in a moment."),
+                    "The database or the model is not answering, or the day's token budget is"
+                    " spent (`budget_exhausted`); try again later."),
                 "GatewayTimeout": _error_response(
                     "The answer took longer than a non-streaming request may wait (30 s)."),
             },

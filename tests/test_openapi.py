@@ -17,14 +17,13 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from starlette.routing import Route
 
 from app.main import create_app, routes
 from app.openapi import build_openapi
-from app.server import AppServer
+from app.server import AppServer, server_config
 from tests.conftest import FakeUpstream, Reply, make_settings, parse_sse
 
 MAX_MESSAGE_CHARS = 5000
@@ -107,7 +106,7 @@ async def test_stream_events_match_their_documented_schemas(
 
 
 @pytest.fixture(scope="module")
-def live_url(database_url: str) -> Iterator[str]:
+def live_url(database_url: str, redis_url: str) -> Iterator[str]:
     """The app on a loopback port, in its own thread and event loop (schemathesis is synchronous)."""
     upstream = FakeUpstream()
     ready = threading.Event()
@@ -115,10 +114,14 @@ def live_url(database_url: str) -> Iterator[str]:
 
     async def serve() -> None:
         llm_client = httpx.AsyncClient(transport=httpx.MockTransport(upstream.respond))
-        app = create_app(make_settings(database_url, max_message_chars=MAX_MESSAGE_CHARS),
-                         llm_http_client=llm_client)
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                lifespan="on", timeout_graceful_shutdown=5)
+        # The limits stay on (their code runs on every request), set high enough that a few
+        # hundred generated requests from one address are not refused.
+        settings = make_settings(database_url, redis_url, max_message_chars=MAX_MESSAGE_CHARS,
+                                 rate_limit_ip="100000/minute", rate_limit_chat_ip="100000/minute",
+                                 rate_limit_chat_ip_daily="100000/day",
+                                 rate_limit_session="100000/minute")
+        app = create_app(settings, llm_http_client=llm_client)
+        config = server_config(app, "127.0.0.1", 0, grace_s=2.0, log_level="warning")
         server = AppServer(config, app, grace_s=2.0)
         state["server"] = server
         task = asyncio.create_task(server.serve())
