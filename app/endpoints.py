@@ -46,6 +46,17 @@ class ChatRequest:
     session_id: uuid.UUID | None
 
 
+def whole_number(raw: str, max_digits: int) -> int | None:
+    """ASCII digits only, and few of them; None otherwise.
+
+    str.isdigit() alone is not enough: it says yes to "²" (which int() refuses: a 500) and to
+    "٣" (which int() reads as 3), and int() refuses more than 4300 digits.
+    """
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > max_digits:
+        return None
+    return int(raw)
+
+
 def parse_uuid(raw: object, name: str) -> uuid.UUID:
     """Only the canonical 36-character form: ids end up in URLs, headers and logs."""
     if not isinstance(raw, str) or len(raw) != 36:
@@ -61,7 +72,8 @@ async def read_json_body(request: Request) -> Any:
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise UnsupportedMediaType()
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    declared_bytes = None if declared is None else whole_number(declared, 18)
+    if declared_bytes is not None and declared_bytes > MAX_BODY_BYTES:
         raise PayloadTooLarge()
     body = bytearray()
     async for chunk in request.stream():
@@ -159,9 +171,10 @@ async def chat_message(request: Request) -> Response:
 
 def last_event_id(request: Request) -> int:
     raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId") or "0"
-    if not raw.isdigit() or len(raw) > 12:
+    after = whole_number(raw, 12)
+    if after is None:
         raise BadRequest("Last-Event-ID must be a whole number.")
-    return int(raw)
+    return after
 
 
 def session_param(request: Request) -> uuid.UUID:
@@ -185,12 +198,12 @@ async def cancel_answer(request: Request) -> Response:
 
 async def history(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "sessionId")
-    raw_limit = request.query_params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= HISTORY_PAGE_MAX:
+    limit = whole_number(request.query_params.get("limit", "50"), 3)
+    if limit is None or not 1 <= limit <= HISTORY_PAGE_MAX:
         raise BadRequest(f"limit must be a whole number from 1 to {HISTORY_PAGE_MAX}.")
     raw_before = request.query_params.get("before")
     before = None if raw_before is None else parse_uuid(raw_before, "before")
-    page = await chat_service(request).history(session_id, int(raw_limit), before)
+    page = await chat_service(request).history(session_id, limit, before)
     return JSONResponse({"sessionId": str(page.session_id),
                          "messages": [m.to_json() for m in page.messages],
                          "hasMore": page.has_more})
