@@ -62,9 +62,14 @@ def parse_uuid(raw: object, name: str) -> uuid.UUID:
     if not isinstance(raw, str) or len(raw) != 36:
         raise BadRequest(f"{name} must be a UUID.")
     try:
-        return uuid.UUID(raw)
+        parsed = uuid.UUID(raw)
     except ValueError:
         raise BadRequest(f"{name} must be a UUID.") from None
+    # uuid.UUID() drops hyphens wherever they are and int() takes full-width digits and a
+    # trailing newline, so "…567812345678----" or "…56781234567\n" would pass the length check.
+    if str(parsed) != raw.lower():
+        raise BadRequest(f"{name} must be a UUID.")
+    return parsed
 
 
 async def read_json_body(request: Request) -> Any:
