@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 TERMINAL_KINDS = frozenset({"done", "error"})
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +42,12 @@ def encode_event(seq: int, kind: str, payload: Any) -> Event:
     # ensure_ascii=False keeps emoji as UTF-8, not six-byte escapes. json never emits a raw
     # newline or carriage return, so one `data:` line can hold any text.
     data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    # ensure_ascii=False leaves a lone surrogate as it is, and UTF-8 cannot carry one (a browser
+    # would read U+FFFD): write it as a JSON \udXXX escape, which JSON.parse turns back into the
+    # same UTF-16 unit. Any text then round-trips, and every frame is valid UTF-8.
+    data = _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", data)
     id_line = f"id: {seq}\n" if kind == "token" else ""
-    frame = f"{id_line}event: {kind}\ndata: {data}\n\n".encode("utf-8", "surrogatepass")
+    frame = f"{id_line}event: {kind}\ndata: {data}\n\n".encode()
     return Event(seq, kind, data, frame)
 
 
