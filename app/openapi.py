@@ -353,7 +353,10 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "properties": {"status": {"enum": ["ready", "degraded"]},
                                    "database": {"const": "up"},
                                    "redis": {"enum": ["up", "down", "off"],
-                                             "description": "`off` when REDIS_URL is unset."}},
+                                             "description": "`off` when REDIS_URL is unset."},
+                                   "mode": {"enum": ["llm", "knowledge-only"],
+                                            "description": "`knowledge-only` without a model:"
+                                                           " answers come from the articles."}},
                 },
                 "Error": {
                     "type": "object",
@@ -402,7 +405,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 "DoneEvent": {
                     "description": "`event: done`: the answer ended and is saved.",
                     "type": "object",
-                    "required": ["messageId", "text", "status", "usage"],
+                    "required": ["messageId", "text", "status", "usage", "sources", "fallback"],
                     "properties": {
                         "messageId": UUID,
                         "text": {"type": "string", "description": "The whole answer."},
@@ -416,6 +419,16 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                                 "totalTokens": {"type": "integer", "minimum": 0},
                             },
                         },
+                        "sources": {
+                            "type": "array",
+                            "description": "The knowledge articles the answer drew on, best first.",
+                            "items": {"type": "object", "required": ["title", "path"],
+                                      "properties": {"title": {"type": "string"},
+                                                     "path": {"type": "string"}}},
+                        },
+                        "fallback": {"type": "boolean",
+                                     "description": "The model failed before its first token and"
+                                                    " the answer came from the knowledge base."},
                     },
                 },
                 "ErrorEvent": {

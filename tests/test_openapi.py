@@ -93,7 +93,7 @@ async def test_stream_events_match_their_documented_schemas(
     meta = events[0].data
     resumed = await client.get(f"/chat/stream/{meta['messageId']}",
                                params={"sessionId": meta["sessionId"]})
-    upstream.queue(*[Reply(status=500)] * 3)
+    upstream.queue(Reply(status=401))  # not retryable, so no fallback: an error event
     failed = await client.post("/chat/stream", json={"message": "hi"})
     seen = set()
     for event in events + parse_sse(resumed.text) + parse_sse(failed.text):
