@@ -112,6 +112,7 @@ class LLM:
                     stream=True,
                     stream_options={"include_usage": True},
                 )
+                finished = False
                 try:
                     async for chunk in chunks:
                         deadline.reschedule(loop.time() + self._timeout_s)
@@ -119,10 +120,16 @@ class LLM:
                             delta = chunk.choices[0].delta.content
                             if delta:
                                 yield clean_text(delta)
+                            finished = finished or chunk.choices[0].finish_reason is not None
                         if chunk.usage is not None:
                             yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                 finally:
                     await chunks.close()
+                if not finished:
+                    # The SDK ends the stream quietly when a body delimited by closing the
+                    # connection is cut: without a finish_reason the answer is not complete.
+                    log.warning("the model's stream ended without a finish_reason")
+                    raise UpstreamError("upstream_unreachable", _DOWN, retryable=True)
         except asyncio.CancelledError:
             raise
         except UpstreamError:
