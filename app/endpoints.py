@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -29,6 +28,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .eventlog import Event
+from .sse import AnswerStreamResponse
 
 MAX_BODY_BYTES = 100 * 1024
 MESSAGE_TIMEOUT_S = 30.0
@@ -130,9 +130,9 @@ async def sse_frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
             yield event.frame
 
 
-def event_stream(events: AsyncIterator[Event]) -> EventSourceResponse:
-    return EventSourceResponse(sse_frames(events), ping=PING_S, headers=SSE_HEADERS,
-                               send_timeout=SEND_TIMEOUT_S)
+def event_stream(events: AsyncIterator[Event]) -> AnswerStreamResponse:
+    return AnswerStreamResponse(sse_frames(events), ping=PING_S, headers=SSE_HEADERS,
+                                send_timeout=SEND_TIMEOUT_S)
 
 
 async def start_chat(request: Request) -> tuple[ChatService, Any, dict[str, str]]:
