@@ -208,7 +208,9 @@ async def start_app(database_url: str, redis_url: str) -> AsyncIterator[Callable
     running: list[tuple[AppServer, asyncio.Task[None]]] = []
 
     async def start(**overrides: Any) -> RunningApp:
-        settings = make_settings(database_url, **{"redis_url": redis_url, **overrides})
+        # database_url may be overridden too (the fault tests' own PostgreSQL).
+        settings = make_settings(overrides.pop("database_url", database_url),
+                                 **{"redis_url": redis_url, **overrides})
         app = create_app(settings, llm_http_client=httpx.AsyncClient())
         config = server_config(app, "127.0.0.1", 0, grace_s=2.0, log_level="warning")
         server = AppServer(config, app, grace_s=2.0)
