@@ -175,11 +175,15 @@ async def chat_message(request: Request) -> Response:
 
 
 def last_event_id(request: Request) -> int:
-    raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId") or "0"
-    after = whole_number(raw, 12)
-    if after is None:
-        raise BadRequest("Last-Event-ID must be a whole number.")
-    return after
+    """The header, else the query parameter, else 0; either one, when sent, must be valid."""
+    values: list[int] = []
+    for raw in (request.headers.get("last-event-id"), request.query_params.get("lastEventId")):
+        if raw:
+            value = whole_number(raw, 12)
+            if value is None:
+                raise BadRequest("Last-Event-ID must be a whole number.")
+            values.append(value)
+    return values[0] if values else 0
 
 
 def session_param(request: Request) -> uuid.UUID:
