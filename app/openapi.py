@@ -196,11 +196,12 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         _message_path("The answer's id (`messageId` of the `meta` event)."),
                         _session_query("The session the answer belongs to."),
                         {"name": "Last-Event-ID", "in": "header", "required": False,
-                         "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                         "schema": {"type": "string", "pattern": "^[0-9]{0,12}$"},
                          "description": "The id of the last token received; the browser sends it"
-                                        " when an EventSource reconnects."},
+                                        " when an EventSource reconnects. Empty or absent: from"
+                                        " the start."},
                         {"name": "lastEventId", "in": "query", "required": False,
-                         "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                         "schema": {"type": "string", "pattern": "^[0-9]{0,12}$"},
                          "description": "The same as Last-Event-ID, for clients that cannot set"
                                         " headers; the header wins when both are sent."},
                     ],
@@ -263,6 +264,23 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                                                " then count per instance).",
                                 "content": _json("Ready")},
                         **_error_responses(503),
+                    },
+                },
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (not rate-limited, like the health checks).",
+                    "description": "With METRICS_TOKEN set, send it as `Authorization: Bearer"
+                                   " <token>`.",
+                    "responses": {
+                        "200": {"description": "The Prometheus text format.",
+                                "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        "401": {"description": "METRICS_TOKEN is set and the request does not"
+                                               " carry it.",
+                                "headers": {"WWW-Authenticate": {
+                                    "required": True, "schema": {"const": "Bearer"}}},
+                                "content": _json("Error")},
                     },
                 },
             },
