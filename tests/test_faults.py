@@ -376,6 +376,7 @@ class ChunkedFakeOpenAI:
         self.chunked = chunked
         self.delay = delay
         self.open_connections = 0
+        self.busy = 0  # responses being written
         self.requests = 0
         self._server: asyncio.Server | None = None
 
@@ -401,34 +402,41 @@ class ChunkedFakeOpenAI:
         try:
             while True:  # keep-alive: the SDK's pool reuses connections
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))
-                await reader.readexactly(length)
-                self.requests += 1
-                framing = b"transfer-encoding: chunked\r\n" if self.chunked else \
-                    b"connection: close\r\n"
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                             + framing + b"\r\n")
-                for index, token in enumerate(self.tokens):
-                    if index and self.delay:
-                        await asyncio.sleep(self.delay)
-                    writer.write(self._frame(chunk_line(token)))
-                    await writer.drain()
-                writer.write(self._frame(chunk_line(None, finish="stop")))
-                writer.write(self._frame(chunk_line(usage={"prompt_tokens": 5,
-                                                           "completion_tokens": 3,
-                                                           "total_tokens": 8})))
-                writer.write(self._frame(b"data: [DONE]\n\n"))
+                await self._answer(reader, writer, head)
                 if not self.chunked:
-                    await writer.drain()
-                    return
-                writer.write(b"0\r\n\r\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, StopIteration):
+                    return  # a close-delimited body ends the connection
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self.open_connections -= 1
             writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      head: bytes) -> None:
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+        self.requests += 1
+        self.busy += 1
+        try:
+            framing = b"transfer-encoding: chunked\r\n" if self.chunked else \
+                b"connection: close\r\n"
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         + framing + b"\r\n")
+            for index, token in enumerate(self.tokens):
+                if index and self.delay:
+                    await asyncio.sleep(self.delay)
+                writer.write(self._frame(chunk_line(token)))
+                await writer.drain()
+            writer.write(self._frame(chunk_line(None, finish="stop")))
+            writer.write(self._frame(chunk_line(usage={"prompt_tokens": 5, "completion_tokens": 3,
+                                                       "total_tokens": 8})))
+            writer.write(self._frame(b"data: [DONE]\n\n"))
+            if self.chunked:
+                writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        finally:
+            self.busy -= 1
 
 
 @pytest.fixture
@@ -537,3 +545,86 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_answer_still_saved
     assert still_answering, "the connection outlived the answer: not cut by the send timeout"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     figure("half-open client: connection cut after (s)", f"{cut_after:.1f}, send timeout 1 s")
+
+
+# httpx's default max_keepalive_connections, for the client start_app gives the model.
+HTTPX_KEEPALIVE_LIMIT = 20
+
+
+async def open_and_drop(app: RunningApp, number: int) -> bool:
+    """A shopper who asks, sees the answer start, and closes the tab: True if a token came."""
+    host, port = app.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        body = f'{{"message": "drop {number}"}}'.encode()
+        writer.write(b"POST /chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        seen = b""
+        while b"event: token" not in seen:
+            chunk = await asyncio.wait_for(reader.read(4096), 30)
+            if not chunk:
+                return False
+            seen += chunk
+        return seen.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.transport.abort()  # gone: no goodbye
+
+
+async def test_500_streams_opened_and_dropped_leave_nothing_behind(start_app: Any,
+                                                                   query: Any) -> None:
+    streams = 500
+    async with ChunkedFakeOpenAI([f"t{n} " for n in range(10)], delay=0.02) as model:
+        app: RunningApp = await start_app(openai_base_url=f"http://127.0.0.1:{model.port}/v1",
+                                          rate_limit_enabled=False, llm_timeout_s=10.0)
+        await open_and_drop(app, -1)
+        await wait_until_idle(app)
+        pool = app.app.state.pool
+
+        def database_connections() -> int:
+            return int(query("SELECT count(*) FROM pg_stat_activity"
+                             " WHERE datname = current_database() AND pid <> pg_backend_pid()")[0][0])
+
+        def app_tasks() -> list[str]:
+            """Tasks of the app and the test, not of the fake model's server (counted apart)."""
+            names = [t.get_coro().__qualname__ for t in asyncio.all_tasks()]  # type: ignore[union-attr]
+            return sorted(name for name in names if not name.startswith("ChunkedFakeOpenAI"))
+
+        baseline_tasks = len(app_tasks())
+        baseline_connections = len(app.server.server_state.connections)
+        started = time.monotonic()
+        opened = await asyncio.gather(*[open_and_drop(app, n) for n in range(streams)])
+        all_dropped = time.monotonic()
+        peak_db = database_connections()
+        await wait_until_idle(app)
+        answered = time.monotonic()
+
+        deadline = time.monotonic() + 10
+        while (len(app_tasks()) > baseline_tasks
+               or len(app.server.server_state.connections) > baseline_connections):
+            assert time.monotonic() < deadline, (
+                f"tasks {app_tasks()} vs {baseline_tasks}, connections "
+                f"{len(app.server.server_state.connections)} vs {baseline_connections}")
+            await asyncio.sleep(0.05)
+        final_tasks = len(app_tasks())
+        stats = pool.get_stats()
+        leftover_db = database_connections()
+        upstream_open, upstream_busy = model.open_connections, model.busy
+
+    assert all(opened)
+    saved = query("SELECT status, count(*) FROM messages WHERE sender = 'ai' AND id IN ("
+                  " SELECT a.id FROM messages q JOIN messages a ON a.conversation_id ="
+                  " q.conversation_id AND a.sender = 'ai' WHERE q.text LIKE 'drop %%'"
+                  " AND q.text <> 'drop -1') GROUP BY status")
+    assert saved == [("complete", streams)]
+    # Nothing checked out or waited for, no connection beyond the pool, no answer upstream.
+    assert stats.get("requests_waiting", 0) == 0
+    assert stats["pool_available"] == stats["pool_size"] <= app.app.state.settings.db_pool_max
+    assert leftover_db <= stats["pool_size"]
+    # The model's client keeps at most its keep-alive limit of idle connections, none busy.
+    assert upstream_busy == 0
+    assert upstream_open <= HTTPX_KEEPALIVE_LIMIT
+    figure("500 streams opened and dropped", f"all first tokens in {all_dropped - started:.1f}s, "
+           f"all 500 answers saved complete {answered - started:.1f}s after the first request")
+    figure("500 streams: afterwards", f"asyncio tasks {baseline_tasks} before, {final_tasks} after; "
+           f"database connections {leftover_db} (pool {stats['pool_size']}, peak {peak_db}), "
+           f"upstream answers in flight 0 ({upstream_open} idle keep-alive connections)")
