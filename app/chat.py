@@ -104,6 +104,7 @@ def done_payload(answer_key: str, text: str, status: str, usage: Usage | None,
             "usage": usage_payload(usage), "sources": sources, "fallback": fallback}
 
 
+NOT_SAVED_MESSAGE = "We could not keep this answer. Please ask again in a moment."
 INTERRUPTED_MESSAGE = "The answer was cut off. Please ask again."
 
 
@@ -243,14 +244,19 @@ class ChatService:
             failure, status = exc, "error"
         text = "".join(parts)
         sources = sources_payload(chunks)
-        await self._save_answer(started.answer_id, text, status, usage, sources, fallback)
+        saved = await self._save_answer(started.answer_id, text, status, usage, sources,
+                                        fallback)
         if prompt and not fallback:
             await self._count_tokens(prompt, text, usage)
         if first_token_at is None and parts:
             first_token_at = time.monotonic()  # a knowledge-base answer: all of it at once
         self._observe_finished(started, status, asked_at, first_token_at, usage, len(parts),
                                fallback)
-        if status in ("complete", "cancelled"):
+        if not saved:
+            # `done` tells the shopper the answer is kept: it was not, so say so instead.
+            self._events.append(answer_key, "error", {
+                "code": "not_saved", "message": NOT_SAVED_MESSAGE, "retryable": True})
+        elif status in ("complete", "cancelled"):
             self._events.append(answer_key, "done",
                                 done_payload(answer_key, text, status, usage, sources, fallback))
         elif status == "interrupted":
@@ -318,8 +324,8 @@ class ChatService:
 
     async def _save_answer(self, answer_id: uuid.UUID, text: str, status: str,
                            usage: Usage | None, sources: list[dict[str, str]],
-                           fallback: bool) -> None:
-        """Write the answer's one row; retry through a short database outage."""
+                           fallback: bool) -> bool:
+        """Write the answer's one row; retry through a short database outage. False: not saved."""
         prompt_tokens = usage.prompt_tokens if usage else None
         completion_tokens = usage.completion_tokens if usage else None
         delay = 0.5
@@ -333,14 +339,14 @@ class ChatService:
                         (text, status, prompt_tokens, completion_tokens, Jsonb(sources),
                          fallback, answer_id),
                     )
-                return
+                return True
             except DatabaseUnavailable:
-                if attempt == _SAVE_ATTEMPTS:
-                    log.error("could not save answer %s after %d attempts",
-                              str(answer_id)[:8], attempt)
-                    return
-                await asyncio.sleep(delay)
-                delay *= 2
+                if attempt < _SAVE_ATTEMPTS:
+                    await asyncio.sleep(delay)
+                    delay *= 2
+        log.error("could not save answer %s after %d attempts", str(answer_id)[:8],
+                  _SAVE_ATTEMPTS)
+        return False
 
     # -- reading -----------------------------------------------------------------------------
 

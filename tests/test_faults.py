@@ -27,6 +27,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from app import chat as chat_module
 from app import db, endpoints
 from tests.conftest import FakeUpstream, Reply, RunningApp, SSEEvent, chunk_line, read_events
 from tests.faultproxy import FaultProxy
@@ -628,3 +629,25 @@ async def test_500_streams_opened_and_dropped_leave_nothing_behind(start_app: An
     figure("500 streams: afterwards", f"asyncio tasks {baseline_tasks} before, {final_tasks} after; "
            f"database connections {leftover_db} (pool {stats['pool_size']}, peak {peak_db}), "
            f"upstream answers in flight 0 ({upstream_open} idle keep-alive connections)")
+
+
+async def test_an_answer_that_cannot_be_saved_is_not_announced_as_saved(
+        own_postgres: OwnPostgres, start_app: Any, upstream: FakeUpstream,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # One attempt instead of five (about 30 s of retries): the database stays down past it.
+    monkeypatch.setattr(chat_module, "_SAVE_ATTEMPTS", 1)
+    upstream.queue(Reply(tokens=[f"w{n} " for n in range(8)], delay=0.1))
+    app: RunningApp = await start_app(database_url=own_postgres.url, rate_limit_enabled=False)
+    events: list[SSEEvent] = []
+    try:
+        async with app.client() as http, http.stream(
+                "POST", "/chat/stream", json={"message": "hi"}) as response:
+            async for event in read_events(response):
+                events.append(event)
+                if event.event == "token" and event.id == "1":
+                    await asyncio.to_thread(own_postgres.stop, crash=True)
+    finally:
+        await asyncio.to_thread(own_postgres.start)
+    # `done` tells the shopper the answer is kept; it was not, so it must not say so.
+    assert events[-1].event == "error", events[-1]
+    assert events[-1].data["code"] == "not_saved" and events[-1].data["retryable"] is True
