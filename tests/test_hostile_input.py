@@ -427,3 +427,15 @@ async def test_ids_are_version_4_uuids_drawn_from_the_os_random_source(
         assert made.version == 4 and made.variant == uuid.RFC_4122
         # The id is the OS's 16 random bytes with only the version and variant bits set.
         assert any(uuid.UUID(bytes=raw, version=4) == made for raw in drawn), text
+
+
+async def test_another_sessions_message_as_a_history_cursor_is_404_like_an_unknown_one(
+        client: httpx.AsyncClient) -> None:
+    mine = (await stream_chat(client, {"message": "mine"}))[0].data
+    theirs = (await stream_chat(client, {"message": "theirs"}))[0].data
+    history = f"/chat/history/{mine['sessionId']}"
+    foreign = await client.get(history, params={"before": theirs["messageId"]})
+    unknown = await client.get(history, params={"before": str(uuid.uuid4())})
+    assert foreign.status_code == unknown.status_code == 404
+    assert foreign.json() == unknown.json()
+    assert theirs["messageId"] not in foreign.text
