@@ -31,6 +31,13 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "TEMPERATURE": ("0.7", "Sampling temperature."),
     "ALLOWED_ORIGINS": ("", "Comma-separated origins allowed to call the chat API from a browser."),
     "DB_POOL_MAX": ("10", "Most database connections per instance."),
+    "REDIS_KEY_PREFIX": ("chat:", "Prefix of every Redis key, so deployments (or test runs) can"
+                                  " share one Redis."),
+    "STREAM_TTL_S": ("3600", "Seconds an answer's events stay in Redis for resume after it ends;"
+                             " later resumes are served from PostgreSQL."),
+    "STREAM_MAXLEN": ("10000", "Most events kept in Redis per answer."),
+    "ANSWER_LEASE_S": ("15", "Seconds after its producer's last heartbeat that other instances"
+                             " treat an answer as cut off."),
 }
 
 
@@ -54,6 +61,10 @@ class Settings:
     temperature: float = 0.7
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     db_pool_max: int = 10
+    redis_key_prefix: str = "chat:"
+    stream_ttl_s: int = 3600
+    stream_maxlen: int = 10000
+    answer_lease_s: float = 15.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +86,10 @@ class Settings:
             temperature=reader.number("TEMPERATURE", low=0, high=2),
             allowed_origins=_split_list(reader.text("ALLOWED_ORIGINS")),
             db_pool_max=reader.integer("DB_POOL_MAX", low=1, high=1000),
+            redis_key_prefix=reader.text("REDIS_KEY_PREFIX"),
+            stream_ttl_s=reader.integer("STREAM_TTL_S", low=1, high=30 * 86400),
+            stream_maxlen=reader.integer("STREAM_MAXLEN", low=100, high=1_000_000),
+            answer_lease_s=reader.number("ANSWER_LEASE_S", low=1, high=300),
         )
 
 

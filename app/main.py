@@ -21,8 +21,9 @@ from . import db, endpoints
 from .chat import ChatService
 from .config import Settings
 from .errors import AppError, app_error_handler, http_error_handler, unexpected_error_handler
-from .eventlog import MemoryEventLog
+from .eventlog import EventLog, MemoryEventLog
 from .llm import LLM
+from .redis_eventlog import RedisEventLog
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,15 @@ def build_llm(settings: Settings, http_client: Any = None) -> LLM:
                http_client=http_client)
 
 
+def build_event_log(settings: Settings) -> EventLog:
+    """Redis Streams when REDIS_URL is set (answers resumable on any instance), else memory."""
+    if not settings.redis_url:
+        return MemoryEventLog()
+    return RedisEventLog(settings.redis_url, key_prefix=settings.redis_key_prefix,
+                         stream_ttl_s=settings.stream_ttl_s, stream_maxlen=settings.stream_maxlen,
+                         lease_s=settings.answer_lease_s)
+
+
 def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     """The app; `llm_http_client` lets tests route the model's HTTP calls through respx."""
 
@@ -68,9 +78,11 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         pool = db.create_pool(settings.database_url, settings.db_pool_max)
         await pool.open(wait=True, timeout=30)
         llm = build_llm(settings, llm_http_client)
-        chat = ChatService(pool, MemoryEventLog(), llm, history_window=settings.history_window)
-        # With one instance and no shared event log, an answer left 'streaming' had its
-        # producer die with the previous process.
+        events = build_event_log(settings)
+        await events.open()
+        chat = ChatService(pool, events, llm, history_window=settings.history_window)
+        # An answer left 'streaming' that no instance produces had its producer die: with one
+        # instance, with the previous process; with Redis, whichever instance let its lease go.
         interrupted = await chat.interrupt_orphans()
         if interrupted:
             log.warning("marked %d answers from a previous run as interrupted", interrupted)
@@ -81,6 +93,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             yield
         finally:
             await chat.shutdown(SHUTDOWN_GRACE_S)
+            await events.aclose()
             await llm.aclose()
             await pool.close()
 
