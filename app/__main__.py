@@ -8,8 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from . import db
 from .config import ConfigError, Settings
 
@@ -47,13 +45,10 @@ def main(argv: list[str]) -> int:
         print(f"unknown command {command!r}; use: python -m app [serve|migrate]", file=sys.stderr)
         return 2
     from .main import SHUTDOWN_GRACE_S, create_app
-    from .server import AppServer
+    from .server import AppServer, server_config
 
     app = create_app(settings)
-    # proxy_headers off: the client address is worked out by the app from TRUSTED_PROXIES.
-    # The graceful-shutdown timeout is a backstop behind the answers' own grace period.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, proxy_headers=False,
-                            log_level="info", timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 15)
+    config = server_config(app, settings.host, settings.port, SHUTDOWN_GRACE_S, log_level="info")
     AppServer(config, app, SHUTDOWN_GRACE_S).run()
     return 0
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -25,6 +25,7 @@ from .errors import DatabaseUnavailable, NotFound, ServiceUnavailable
 from .eventlog import Event, EventLog, SharedLogUnavailable, encode_event
 from .llm import LLM, UpstreamError, Usage
 from .prompt import SYSTEM_PROMPT, build_messages
+from .ratelimit import estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,14 @@ INTERRUPTED_MESSAGE = "The answer was cut off. Please ask again."
 
 class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM, *,
-                 history_window: int, system_prompt: str = SYSTEM_PROMPT) -> None:
+                 history_window: int, system_prompt: str = SYSTEM_PROMPT,
+                 record_tokens: Callable[[int], Awaitable[None]] | None = None) -> None:
         self._pool = pool
         self._events = events
         self._llm = llm
         self._history_window = history_window
         self._system_prompt = system_prompt
+        self._record_tokens = record_tokens
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
         self._running: dict[uuid.UUID, asyncio.Task[str]] = {}
@@ -188,6 +191,7 @@ class ChatService:
             failure, status = exc, "error"
         text = "".join(parts)
         await self._save_answer(started.answer_id, text, status, usage)
+        await self._count_tokens(prompt, text, usage)
         if status in ("complete", "cancelled"):
             self._events.append(answer_key, "done", {
                 "messageId": answer_key, "text": text, "status": status,
@@ -201,6 +205,17 @@ class ChatService:
             self._events.append(answer_key, "error", {
                 "code": failure.code, "message": failure.message, "retryable": failure.retryable})
         return status
+
+    async def _count_tokens(self, prompt: list[dict[str, str]], text: str,
+                            usage: Usage | None) -> None:
+        """Charge the day's token budget: the upstream's count, or an estimate if it never came."""
+        if self._record_tokens is None:
+            return
+        if usage is not None:
+            tokens = usage.prompt_tokens + usage.completion_tokens
+        else:
+            tokens = estimate_tokens(sum(len(m["content"]) for m in prompt), len(text))
+        await self._record_tokens(tokens)
 
     async def _save_answer(self, answer_id: uuid.UUID, text: str, status: str,
                            usage: Usage | None) -> None:

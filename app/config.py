@@ -31,8 +31,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "TEMPERATURE": ("0.7", "Sampling temperature."),
     "ALLOWED_ORIGINS": ("", "Comma-separated origins allowed to call the chat API from a browser."),
     "DB_POOL_MAX": ("10", "Most database connections per instance."),
-    "REDIS_KEY_PREFIX": ("chat:", "Prefix of every Redis key, so deployments (or test runs) can"
-                                  " share one Redis."),
+    "REDIS_PREFIX": ("chat", "Prefix of every Redis key, so deployments can share a Redis."),
+    "RATE_LIMIT_ENABLED": ("true", "false turns every rate limit and the token budget off."),
+    "RATE_LIMIT_IP": ("100/15minutes", "Requests per client IP on every endpoint but health checks."),
+    "RATE_LIMIT_CHAT_IP": ("50/15minutes", "Chat messages per client IP."),
+    "RATE_LIMIT_CHAT_IP_DAILY": ("200/day", "Chat messages per client IP per day."),
+    "RATE_LIMIT_SESSION": ("20/15minutes", "Chat messages per conversation."),
+    "DAILY_TOKEN_BUDGET": ("0", "Tokens the whole deployment may spend per day; 0 is no budget."),
+    "TRUSTED_PROXIES": ("", "Comma-separated proxy addresses or CIDRs whose X-Forwarded-For is believed."),
     "STREAM_TTL_S": ("3600", "Seconds an answer's events stay in Redis for resume after it ends;"
                              " later resumes are served from PostgreSQL."),
     "STREAM_MAXLEN": ("10000", "Most events kept in Redis per answer."),
@@ -61,7 +67,14 @@ class Settings:
     temperature: float = 0.7
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     db_pool_max: int = 10
-    redis_key_prefix: str = "chat:"
+    redis_prefix: str = "chat"
+    rate_limit_enabled: bool = True
+    rate_limit_ip: str = "100/15minutes"
+    rate_limit_chat_ip: str = "50/15minutes"
+    rate_limit_chat_ip_daily: str = "200/day"
+    rate_limit_session: str = "20/15minutes"
+    daily_token_budget: int = 0
+    trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
     stream_ttl_s: int = 3600
     stream_maxlen: int = 10000
     answer_lease_s: float = 15.0
@@ -86,7 +99,14 @@ class Settings:
             temperature=reader.number("TEMPERATURE", low=0, high=2),
             allowed_origins=_split_list(reader.text("ALLOWED_ORIGINS")),
             db_pool_max=reader.integer("DB_POOL_MAX", low=1, high=1000),
-            redis_key_prefix=reader.text("REDIS_KEY_PREFIX"),
+            redis_prefix=reader.text("REDIS_PREFIX"),
+            rate_limit_enabled=reader.boolean("RATE_LIMIT_ENABLED"),
+            rate_limit_ip=reader.rate("RATE_LIMIT_IP"),
+            rate_limit_chat_ip=reader.rate("RATE_LIMIT_CHAT_IP"),
+            rate_limit_chat_ip_daily=reader.rate("RATE_LIMIT_CHAT_IP_DAILY"),
+            rate_limit_session=reader.rate("RATE_LIMIT_SESSION"),
+            daily_token_budget=reader.integer("DAILY_TOKEN_BUDGET", low=0, high=10**12),
+            trusted_proxies=reader.networks("TRUSTED_PROXIES"),
             stream_ttl_s=reader.integer("STREAM_TTL_S", low=1, high=30 * 86400),
             stream_maxlen=reader.integer("STREAM_MAXLEN", low=100, high=1_000_000),
             answer_lease_s=reader.number("ANSWER_LEASE_S", low=1, high=300),
@@ -124,6 +144,26 @@ class _Reader:
         if not low <= value <= high:
             raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
         return value
+
+    def rate(self, name: str) -> str:
+        from .ratelimit import parse_limit
+
+        raw = self.text(name)
+        try:
+            parse_limit(name, raw)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return raw
+
+    def networks(self, name: str) -> tuple[str, ...]:
+        from .clientip import parse_networks
+
+        entries = _split_list(self.text(name))
+        try:
+            parse_networks(entries)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        return entries
 
     def boolean(self, name: str) -> bool:
         raw = self.text(name).lower()

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .chat import ChatService
+from .clientip import limit_key
 from .errors import (
     BadRequest,
     DatabaseUnavailable,
@@ -117,22 +118,29 @@ def event_stream(events: AsyncIterator[Event]) -> EventSourceResponse:
                                send_timeout=SEND_TIMEOUT_S)
 
 
-async def start_chat(request: Request) -> tuple[ChatService, Any]:
+async def start_chat(request: Request) -> tuple[ChatService, Any, dict[str, str]]:
+    """Validate, apply the limits, then start the answer: every refusal comes before a stream."""
     settings = request.app.state.settings
     chat_request = parse_chat_request(await read_json_body(request), settings.max_message_chars)
+    limits = request.app.state.limits
+    session_key = None if chat_request.session_id is None else str(chat_request.session_id)
+    limit_headers = await limits.check_chat(limit_key(request.state.client_ip), session_key)
+    await limits.check_budget()
     service = chat_service(request)
     started = await service.start_answer(chat_request.message, chat_request.session_id)
-    return service, started
+    return service, started, limit_headers
 
 
 async def chat_stream(request: Request) -> Response:
-    service, started = await start_chat(request)
-    return event_stream(service.new_answer_events(started))
+    service, started, limit_headers = await start_chat(request)
+    response = event_stream(service.new_answer_events(started))
+    response.headers.update(limit_headers)
+    return response
 
 
 async def chat_message(request: Request) -> Response:
     """The original JSON API: the whole answer at once."""
-    service, started = await start_chat(request)
+    service, started, limit_headers = await start_chat(request)
     events = service.new_answer_events(started)
     try:
         async with asyncio.timeout(MESSAGE_TIMEOUT_S):
@@ -140,7 +148,8 @@ async def chat_message(request: Request) -> Response:
                 if event.kind == "done":
                     return JSONResponse({"reply": event.payload["text"],
                                          "sessionId": str(started.session_id),
-                                         "messageId": str(started.answer_id)})
+                                         "messageId": str(started.answer_id)},
+                                        headers=limit_headers)
                 if event.kind == "error":
                     raise ServiceUnavailable(event.payload["message"])
     except TimeoutError:
@@ -192,10 +201,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """503 without the database; 200 but "degraded" without Redis (limits count per instance)."""
     pool = request.app.state.pool
     try:
         async with pool.connection(timeout=2.0) as conn:
             await conn.execute("SELECT 1")
     except Exception:
         raise DatabaseUnavailable("The database is not reachable.") from None
-    return JSONResponse({"status": "ready", "database": "up"})
+    redis_state = await request.app.state.limits.redis_health()
+    status = "degraded" if redis_state == "down" else "ready"
+    return JSONResponse({"status": status, "database": "up", "redis": redis_state})

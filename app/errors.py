@@ -79,6 +79,13 @@ class ServiceUnavailable(AppError):
     message = "The assistant is temporarily unavailable. Please try again in a moment."
 
 
+class BudgetExhausted(ServiceUnavailable):
+    """The deployment's daily token budget is spent: no more paid calls today."""
+
+    code = "budget_exhausted"
+    message = "The assistant is temporarily unavailable. Please try again later."
+
+
 class DatabaseUnavailable(ServiceUnavailable):
     """The database could not be reached in acceptable time."""
 

@@ -19,10 +19,13 @@ from starlette.routing import Route
 
 from . import db, endpoints
 from .chat import ChatService
+from .clientip import parse_networks
 from .config import Settings
 from .errors import AppError, app_error_handler, http_error_handler, unexpected_error_handler
 from .eventlog import EventLog, MemoryEventLog
 from .llm import LLM
+from .middleware import OriginGuard, RequestLimit, SecurityHeaders
+from .ratelimit import RateLimits, Rule, parse_limit
 from .redis_eventlog import RedisEventLog
 
 log = logging.getLogger(__name__)
@@ -64,9 +67,28 @@ def build_event_log(settings: Settings) -> EventLog:
     """Redis Streams when REDIS_URL is set (answers resumable on any instance), else memory."""
     if not settings.redis_url:
         return MemoryEventLog()
-    return RedisEventLog(settings.redis_url, key_prefix=settings.redis_key_prefix,
+    return RedisEventLog(settings.redis_url, key_prefix=settings.redis_prefix,
                          stream_ttl_s=settings.stream_ttl_s, stream_maxlen=settings.stream_maxlen,
                          lease_s=settings.answer_lease_s)
+
+
+def build_rate_limits(settings: Settings) -> RateLimits:
+    return RateLimits(
+        enabled=settings.rate_limit_enabled,
+        every_request=Rule("ip", parse_limit("RATE_LIMIT_IP", settings.rate_limit_ip), "sliding"),
+        chat_rules=(
+            Rule("chat_ip", parse_limit("RATE_LIMIT_CHAT_IP", settings.rate_limit_chat_ip),
+                 "moving"),
+            Rule("chat_ip_daily",
+                 parse_limit("RATE_LIMIT_CHAT_IP_DAILY", settings.rate_limit_chat_ip_daily),
+                 "sliding"),
+        ),
+        session_rule=Rule("session", parse_limit("RATE_LIMIT_SESSION", settings.rate_limit_session),
+                          "moving"),
+        daily_token_budget=settings.daily_token_budget,
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+    )
 
 
 def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
@@ -78,9 +100,11 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         pool = db.create_pool(settings.database_url, settings.db_pool_max)
         await pool.open(wait=True, timeout=30)
         llm = build_llm(settings, llm_http_client)
+        limits = build_rate_limits(settings)
         events = build_event_log(settings)
         await events.open()
-        chat = ChatService(pool, events, llm, history_window=settings.history_window)
+        chat = ChatService(pool, events, llm, history_window=settings.history_window,
+                           record_tokens=limits.record_tokens)
         # An answer left 'streaming' that no instance produces had its producer die: with one
         # instance, with the previous process; with Redis, whichever instance let its lease go.
         interrupted = await chat.interrupt_orphans()
@@ -89,24 +113,30 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         app.state.settings = settings
         app.state.pool = pool
         app.state.chat = chat
+        app.state.limits = limits
         try:
             yield
         finally:
             await chat.shutdown(SHUTDOWN_GRACE_S)
             await events.aclose()
             await llm.aclose()
+            await limits.aclose()
             await pool.close()
 
     # sse-starlette ends every stream the moment uvicorn sees SIGTERM; our streams end when their
     # answers end, and AppServer gives answers a grace period first.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     middleware = [
+        Middleware(SecurityHeaders),
+        # Before CORS, so a disallowed origin's preflight gets our 403 body, not a bare 400.
+        Middleware(OriginGuard, allowed_origins=settings.allowed_origins),
         Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins),
                    allow_methods=["GET", "POST"],
                    allow_headers=["content-type", "last-event-id"],
                    expose_headers=["retry-after", "ratelimit-limit", "ratelimit-remaining",
-                                   "ratelimit-reset"],
+                                   "ratelimit-reset", "ratelimit-policy"],
                    max_age=600),
+        Middleware(RequestLimit, trusted_proxies=parse_networks(settings.trusted_proxies)),
     ]
     return Starlette(
         routes=routes,

@@ -13,7 +13,7 @@ Where it differs from the in-process log (app/eventlog.py) it wraps:
 - The producer holds a lease per live answer. A subscriber elsewhere that finds neither a lease
   nor a terminal event knows the producer died, and ends the stream instead of waiting forever.
 
-Keys, all under REDIS_KEY_PREFIX:
+Keys, all under `{REDIS_PREFIX}:`:
     answer:{id}:events   the stream; expires STREAM_TTL_S after the answer ends (the same TTL,
                          refreshed by the heartbeat, bounds a live one whose producer vanished)
     answer:{id}:lease    set while an instance produces the answer; expires ANSWER_LEASE_S after
@@ -70,17 +70,17 @@ class Keys:
     prefix: str
 
     def events(self, answer_id: str) -> str:
-        return f"{self.prefix}answer:{answer_id}:events"
+        return f"{self.prefix}:answer:{answer_id}:events"
 
     def lease(self, answer_id: str) -> str:
-        return f"{self.prefix}answer:{answer_id}:lease"
+        return f"{self.prefix}:answer:{answer_id}:lease"
 
     def cancel(self, answer_id: str) -> str:
-        return f"{self.prefix}answer:{answer_id}:cancel"
+        return f"{self.prefix}:answer:{answer_id}:cancel"
 
     @property
     def cancel_channel(self) -> str:
-        return f"{self.prefix}cancel"
+        return f"{self.prefix}:cancel"
 
 
 def decode_entry(entry_id: str, fields: dict[str, str]) -> Event:

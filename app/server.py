@@ -10,9 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+
+
+def server_config(app: Starlette, host: str, port: int, grace_s: float,
+                  **options: Any) -> uvicorn.Config:
+    """The one uvicorn configuration, for `python -m app` and the tests alike."""
+    # proxy_headers off: uvicorn would take the client address from the left-most
+    # X-Forwarded-For entry, which the client writes; app/clientip.py does it safely.
+    # The graceful-shutdown timeout is a backstop behind the answers' own grace period.
+    return uvicorn.Config(app, host=host, port=port, proxy_headers=False, lifespan="on",
+                          timeout_graceful_shutdown=int(grace_s) + 15, **options)
 
 
 class AppServer(uvicorn.Server):

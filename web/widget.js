@@ -1,1 +1,697 @@
-// placeholder until the widget lands
+/* Support chat widget: <support-chat>, one custom element in its own shadow root. No build
+ * step, so a store can read what it embeds. Options: data-* on the script tag (see README).
+ * Model and user text enters the page only as text nodes, never through innerHTML. */
+(() => {
+"use strict";
+
+// Loading the script twice (two tags, a tag manager) must not define the element twice.
+if (customElements.get("support-chat")) return;
+
+const script = document.currentScript || document.querySelector('script[src*="widget.js"]');
+const HISTORY_PAGE = 30;
+const RESUME_ATTEMPTS = 8;
+const STOP_GRACE_MS = 4000;
+
+const STYLES = `
+:host{all:initial;display:block;position:fixed;bottom:20px;right:20px;z-index:2147483000;
+--sc-accent:#2f5d50;--sc-on-accent:#fff;--sc-bg:#fff;--sc-fg:#1d2327;--sc-muted:#5f6b72;
+--sc-ai:#f1f3f4;--sc-line:#dde2e5;--sc-shadow:0 12px 40px rgba(0,0,0,.18);
+font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--sc-fg)}
+:host([position=left]){right:auto;left:20px}
+@media (prefers-color-scheme:dark){:host{--sc-bg:#1e2226;--sc-fg:#e8eaed;--sc-muted:#a4adb3;
+--sc-ai:#2c3238;--sc-line:#3a4147;--sc-shadow:0 12px 40px rgba(0,0,0,.55)}}
+*{box-sizing:border-box}
+[hidden]{display:none!important}
+button{font:inherit;cursor:pointer}
+:focus-visible{outline:3px solid var(--sc-accent);outline-offset:2px}
+.launcher{position:relative;width:60px;height:60px;border:0;border-radius:50%;background:var(--sc-accent);
+color:var(--sc-on-accent);box-shadow:var(--sc-shadow);display:grid;place-items:center}
+.launcher:focus-visible{outline-color:var(--sc-fg)}
+.launcher svg{width:28px;height:28px}
+.badge{position:absolute;top:-4px;right:-4px;min-width:22px;height:22px;padding:0 6px;border-radius:11px;
+background:#d93025;color:#fff;font-size:13px;font-weight:700;line-height:22px}
+.panel{position:absolute;bottom:76px;right:0;width:380px;height:min(600px,calc(100vh - 120px));display:flex;
+flex-direction:column;background:var(--sc-bg);color:var(--sc-fg);border:1px solid var(--sc-line);
+border-radius:16px;box-shadow:var(--sc-shadow);overflow:hidden}
+:host([position=left]) .panel{right:auto;left:0}
+header{display:flex;align-items:center;gap:6px;padding:12px 10px 12px 16px;background:var(--sc-accent);
+color:var(--sc-on-accent)}
+h2{flex:1;margin:0;font-size:17px;font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.icon{width:36px;height:36px;border:0;border-radius:8px;background:none;color:inherit;display:grid;place-items:center}
+.icon:hover{background:rgba(255,255,255,.15)}
+.icon:focus-visible{outline-color:var(--sc-on-accent);outline-offset:-3px}
+.icon svg{width:20px;height:20px}
+.notice{margin:8px 12px 0;padding:8px 12px;border-radius:8px;background:#fdecea;color:#8a1c12;font-size:14px}
+.log{flex:1;overflow-y:auto;padding:12px;display:flex;flex-direction:column;gap:8px;overscroll-behavior:contain}
+.log:focus-visible{outline-offset:-3px}
+.older{align-self:center;color:var(--sc-muted);font-size:13px}
+.greeting,.msg{max-width:85%;margin:0;padding:9px 13px;border-radius:16px;overflow-wrap:anywhere}
+.greeting,.msg[data-sender=ai]{align-self:flex-start;background:var(--sc-ai);border-bottom-left-radius:4px}
+.msg[data-sender=user]{align-self:flex-end;background:var(--sc-accent);color:var(--sc-on-accent);
+border-bottom-right-radius:4px;white-space:pre-wrap}
+.body p{margin:0 0 .5em}.body>:last-child{margin-bottom:0}
+.body ul,.body ol{margin:0 0 .5em;padding-left:1.3em}
+.body code{font:13px ui-monospace,Menlo,Consolas,monospace;background:rgba(127,127,127,.18);padding:1px 4px;border-radius:4px}
+.body a{color:inherit}
+.note{margin-top:4px;font-size:12.5px;color:var(--sc-muted)}
+.typing{padding:0 16px 6px;color:var(--sc-muted);font-size:13px}
+.typing span{animation:sc-blink 1.2s infinite}
+@keyframes sc-blink{50%{opacity:.2}}
+@media (prefers-reduced-motion:reduce){.typing span{animation:none}}
+form{display:flex;align-items:flex-end;gap:8px;padding:10px 12px 12px;border-top:1px solid var(--sc-line)}
+textarea{flex:1;min-height:42px;max-height:140px;resize:none;padding:9px 12px;border:1px solid var(--sc-line);
+border-radius:12px;background:var(--sc-bg);color:var(--sc-fg);font-family:inherit;font-size:16px;line-height:1.4}
+textarea:focus-visible{outline-offset:0}
+.send,.stop{height:42px;border:0;border-radius:12px;padding:0 14px;font-size:16px;font-weight:600}
+.send{background:var(--sc-accent);color:var(--sc-on-accent)}
+.send:disabled{opacity:.45;cursor:default}
+.stop{background:var(--sc-ai);color:var(--sc-fg);border:1px solid var(--sc-line)}
+.sr-only{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
+@media (max-width:480px){.panel{position:fixed;inset:0;width:100%;height:100%;border:0;border-radius:0}
+:host([open]) .launcher{display:none}}`;
+
+const svg = (body, attrs) => `<svg viewBox="0 0 24 24" aria-hidden="true" ${attrs}>${body}</svg>`;
+const STROKE = 'fill="none" stroke="currentColor" stroke-width="2.2" stroke-linecap="round"';
+
+// Constant markup only: every changing string is set later with textContent.
+const TEMPLATE = `<style>${STYLES}</style>
+<button class="launcher" type="button" data-chat-launcher aria-expanded="false" aria-controls="panel"
+ aria-label="Open chat">${svg('<path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z"/>', 'fill="currentColor"')}<span class="badge" data-chat-unread hidden></span></button>
+<section class="panel" id="panel" role="dialog" aria-labelledby="title" hidden>
+ <header><h2 id="title"></h2>
+  <button class="icon" type="button" data-chat-new aria-label="Start a new conversation" title="New conversation">${svg('<path d="M3 12a9 9 0 1 0 3-6.7L3 8M3 3v5h5"/>', STROKE)}</button>
+  <button class="icon" type="button" data-chat-close aria-label="Close chat" title="Close">${svg('<path d="M6 6l12 12M18 6L6 18"/>', STROKE)}</button>
+ </header>
+ <div class="notice" role="alert" data-chat-error hidden></div>
+ <div class="log" role="log" aria-live="polite" aria-label="Conversation" tabindex="0">
+  <div class="older" hidden>Loading earlier messages…</div><p class="greeting"></p>
+ </div>
+ <div class="typing" data-chat-typing role="status" hidden>Agent is typing<span>…</span></div>
+ <form novalidate>
+  <label class="sr-only" for="input">Your message</label>
+  <textarea id="input" data-chat-input rows="1" placeholder="Type your message…" autocomplete="off"></textarea>
+  <button class="stop" type="button" data-chat-stop hidden>Stop</button>
+  <button class="send" type="submit" data-chat-send>Send</button>
+ </form>
+</section>`;
+
+// EventSource can neither POST nor set headers, so streams are read with fetch and parsed
+// here: the part of the SSE format the API uses (event, data, id, comments), any line ending.
+async function* readSse(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "", event = "", data = [], id = null;
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = /\r\n|\r|\n/.exec(buffer))) {
+        // A \r at the very end may be half of a \r\n.
+        if (end[0] === "\r" && end.index === buffer.length - 1) break;
+        const line = buffer.slice(0, end.index);
+        buffer = buffer.slice(end.index + end[0].length);
+        if (line === "") {
+          if (data.length) yield { event: event || "message", data: data.join("\n"), id };
+          event = "";
+          data = [];
+          id = null;
+        } else if (line[0] !== ":") {
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const text = colon < 0 ? "" : line.slice(colon + (line[colon + 1] === " " ? 2 : 1));
+          if (field === "event") event = text;
+          else if (field === "data") data.push(text);
+          else if (field === "id") id = text;
+        }
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+// Groups: 1 code, 2 bold, 3+4 the character before an italic and the italic (no lookbehind,
+// which older Safari cannot parse), 5+6 a link's text and address, 7 a bare address.
+const INLINE =
+  /`([^`\n]+)`|\*\*([^\n]+?)\*\*|(^|[\s(])[*_]([^*_\s](?:[^*_\n]*[^*_\s])?)[*_](?=$|[\s.,;:!?)])|\[([^\]\n]+)\]\(([^)\s]+)\)|(https?:\/\/[^\s<>()]*[^\s<>().,;:!?'"])/g;
+const BULLET = /^\s*[-*•]\s+(.*)$/;
+const NUMBERED = /^\s*\d+[.)]\s+(.*)$/;
+
+function node(tag, className, text) {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+function link(text, url) {
+  let href = null;
+  try {
+    const parsed = new URL(url);
+    if (parsed.protocol === "https:" || parsed.protocol === "http:") href = parsed.href;
+  } catch { /* not an address: shown as text */ }
+  if (!href) return text;
+  const a = node("a", "", text);
+  a.href = href;
+  a.target = "_blank";
+  a.rel = "noopener noreferrer";
+  return a;
+}
+
+function appendInline(parent, text) {
+  let last = 0;
+  for (const m of text.matchAll(INLINE)) {
+    parent.append(text.slice(last, m.index));
+    last = m.index + m[0].length;
+    if (m[1] !== undefined) parent.append(node("code", "", m[1]));
+    else if (m[2] !== undefined) parent.append(appendInline(node("strong"), m[2]));
+    else if (m[4] !== undefined) parent.append(m[3], appendInline(node("em"), m[4]));
+    else if (m[5] !== undefined) parent.append(link(m[5], m[6]));
+    else parent.append(link(m[7], m[7]));
+  }
+  parent.append(text.slice(last));
+  return parent;
+}
+
+function renderMarkdown(text) {
+  const root = node("div", "body");
+  for (const block of text.replace(/\r\n?/g, "\n").split(/\n\s*\n/)) {
+    const lines = block.split("\n").filter((line) => line.trim());
+    let i = 0;
+    while (i < lines.length) {
+      const kind = BULLET.test(lines[i]) ? BULLET : NUMBERED.test(lines[i]) ? NUMBERED : null;
+      if (kind) {
+        const list = node(kind === BULLET ? "ul" : "ol");
+        for (; i < lines.length && kind.test(lines[i]); i++) {
+          list.append(appendInline(node("li"), lines[i].match(kind)[1]));
+        }
+        root.append(list);
+      } else {
+        const para = node("p");
+        for (let first = true; i < lines.length && !BULLET.test(lines[i]) && !NUMBERED.test(lines[i]); i++) {
+          if (!first) para.append(node("br"));
+          appendInline(para, lines[i].replace(/^#{1,6}\s+/, ""));
+          first = false;
+        }
+        root.append(para);
+      }
+    }
+  }
+  return root;
+}
+
+const sleep = (ms, signal) => new Promise((resolve) => {
+  const timer = setTimeout(resolve, ms);
+  signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+});
+
+const untilOnline = (signal) => new Promise((resolve) => {
+  const done = () => { removeEventListener("online", done); resolve(); };
+  addEventListener("online", done);
+  signal.addEventListener("abort", done, { once: true });
+});
+
+function parseJson(text) {
+  try { return JSON.parse(text); } catch { return null; }
+}
+
+function storage() {
+  try { return localStorage; } catch { return null; } // blocked in some sandboxed frames
+}
+
+const NOTES = {
+  cancelled: "Stopped",
+  error: "This answer was interrupted.",
+  interrupted: "This answer was interrupted.",
+};
+
+class SupportChat extends HTMLElement {
+  #root;
+  #el;
+  #sessionId = null;
+  #turn = null; // the answer in flight: at most one at a time
+  #oldestId = null;
+  #hasMore = false;
+  #loadingOlder = false;
+  #stickToBottom = true;
+  #unread = 0;
+  #noticeTimer = 0;
+  #noticeKind = "";
+  #historyLoaded = null;
+
+  connectedCallback() {
+    if (this.#root) return;
+    this.#root = this.attachShadow({ mode: "open" });
+    this.#root.innerHTML = TEMPLATE; // constant markup, no data in it
+    const q = (sel) => this.#root.querySelector(sel);
+    const el = (this.#el = {
+      launcher: q("[data-chat-launcher]"), badge: q(".badge"), panel: q(".panel"),
+      notice: q(".notice"), log: q(".log"), older: q(".older"), greeting: q(".greeting"),
+      typing: q(".typing"), input: q("textarea"), send: q(".send"), stop: q(".stop"),
+    });
+    q("h2").textContent = this.getAttribute("heading") || "Support";
+    el.greeting.textContent = this.getAttribute("greeting") || "Hi! How can we help you today?";
+    const accent = this.getAttribute("accent");
+    if (accent && CSS.supports("color", accent)) this.style.setProperty("--sc-accent", accent);
+
+    el.launcher.onclick = () => (this.hasAttribute("open") ? this.close() : this.open());
+    q("[data-chat-close]").onclick = () => this.close();
+    q("[data-chat-new]").onclick = () => this.reset();
+    el.stop.onclick = () => this.#stop();
+    q("form").onsubmit = (e) => { e.preventDefault(); this.#send(); };
+    this.#root.addEventListener("keydown", (e) => {
+      if (e.key === "Escape" && this.hasAttribute("open")) { e.preventDefault(); this.close(); }
+    });
+    el.input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); this.#send(); }
+    });
+    el.input.addEventListener("input", () => this.#autogrow());
+    el.log.addEventListener("scroll", () => {
+      const log = el.log;
+      this.#stickToBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 24;
+      if (log.scrollTop < 40) this.#loadOlder();
+    });
+    addEventListener("offline", () =>
+      this.#notice("You're offline. We'll reconnect when your connection is back.", 0, "offline"));
+    addEventListener("online", () => { if (this.#noticeKind === "offline") this.#clearNotice(); });
+
+    this.#sessionId = storage()?.getItem(this.#storageKey()) || null;
+    if (this.#sessionId) this.#historyLoaded = this.#loadHistory();
+    const openAtLoad = this.getAttribute("open-at-load");
+    if (openAtLoad !== null && openAtLoad !== "false") this.open();
+  }
+
+  open() {
+    this.setAttribute("open", "");
+    this.#el.panel.hidden = false;
+    this.#el.launcher.setAttribute("aria-expanded", "true");
+    this.#unread = 0;
+    this.#renderBadge();
+    this.#scrollToBottom(true);
+    this.#el.input.focus();
+    this.#fillIfShort();
+  }
+
+  close() {
+    const hadFocus = this.#root.activeElement !== null;
+    this.removeAttribute("open");
+    this.#el.panel.hidden = true;
+    this.#el.launcher.setAttribute("aria-expanded", "false");
+    this.#renderBadge();
+    if (hadFocus) this.#el.launcher.focus();
+  }
+
+  reset() {
+    const turn = this.#turn;
+    if (turn) { // a new conversation: this answer is no longer wanted
+      if (turn.messageId) this.#requestCancel(turn);
+      turn.abort.abort();
+      this.#endTurn();
+    }
+    this.#sessionId = this.#oldestId = null;
+    this.#hasMore = false;
+    storage()?.removeItem(this.#storageKey());
+    for (const message of this.#el.log.querySelectorAll("[data-chat-message]")) message.remove();
+    this.#clearNotice();
+    this.#stickToBottom = true;
+    if (this.hasAttribute("open")) this.#el.input.focus();
+  }
+
+  #url(path, params) {
+    const base = (this.getAttribute("api") || location.origin).replace(/\/+$/, "");
+    return `${base}${path}${params ? `?${new URLSearchParams(params)}` : ""}`;
+  }
+
+  #storageKey() {
+    return `support-chat:${this.getAttribute("api") || location.origin}:sessionId`;
+  }
+
+  #rememberSession(id) {
+    if (!id || id === this.#sessionId) return;
+    this.#sessionId = id;
+    storage()?.setItem(this.#storageKey(), id);
+  }
+
+  async #send() {
+    const { input } = this.#el;
+    const text = input.value.trim();
+    if (!text || this.#turn) return;
+    await this.#historyLoaded; // so the new message lands below the old ones
+    if (this.#turn) return;
+    this.#clearNotice();
+    input.value = "";
+    this.#autogrow();
+    const userEl = this.#addMessage("user", text);
+    this.#stickToBottom = true;
+    this.#scrollToBottom();
+    const turn = this.#beginTurn();
+
+    // Whenever the server did not take the message, the typed text goes back into the box.
+    const giveBack = (explain) => {
+      if (turn !== this.#turn) return; // reset() or the stop timer already ended this turn
+      userEl.remove();
+      input.value = input.value ? `${text}\n${input.value}` : text;
+      this.#autogrow();
+      explain?.();
+      this.#endTurn();
+    };
+
+    let response;
+    try {
+      const body = { message: text };
+      if (this.#sessionId) body.sessionId = this.#sessionId;
+      response = await fetch(this.#url("/chat/stream"), {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+        body: JSON.stringify(body),
+        signal: turn.abort.signal,
+      });
+    } catch {
+      return giveBack(turn.abort.signal.aborted ? null : () => this.#networkNotice());
+    }
+    if (!response.ok) return giveBack(() => this.#httpNotice(response));
+
+    let outcome = await this.#consume(response, turn);
+    // Cut before the server said which answer this is: there is nothing to resume.
+    if (outcome === "dropped" && !turn.messageId) return giveBack(() => this.#networkNotice());
+    if (outcome === "dropped") outcome = await this.#resume(turn);
+    this.#settle(turn, outcome);
+  }
+
+  #beginTurn() {
+    const turn = { lastEventId: 0, text: "", abort: new AbortController() };
+    this.#turn = turn;
+    this.#el.send.disabled = true;
+    this.#el.typing.hidden = false;
+    this.#el.stop.hidden = this.#el.stop.disabled = false;
+    return turn;
+  }
+
+  #endTurn() {
+    this.#turn = null;
+    this.#el.typing.hidden = this.#el.stop.hidden = true;
+    this.#el.send.disabled = false;
+  }
+
+  // Reads one SSE response into the turn: "done", "error", "aborted", or "dropped" when it
+  // ended or broke before the answer finished (so it can be resumed).
+  async #consume(response, turn) {
+    try {
+      for await (const frame of readSse(response.body)) {
+        if (turn !== this.#turn) return "aborted";
+        const data = parseJson(frame.data) || {};
+        if (frame.event === "meta") {
+          this.#rememberSession(data.sessionId);
+          turn.messageId = data.messageId || turn.messageId;
+          if (turn.stopRequested) this.#requestCancel(turn);
+        } else if (frame.event === "token") {
+          const id = Number(frame.id);
+          // The server sends only tokens after Last-Event-ID; this keeps text single anyway.
+          if (id && id <= turn.lastEventId) continue;
+          if (id) turn.lastEventId = id;
+          if (turn.replaceText) turn.text = turn.replaceText = "";
+          turn.text += typeof data.text === "string" ? data.text : "";
+          this.#el.typing.hidden = true;
+          this.#renderLive(turn);
+        } else if (frame.event === "done") {
+          if (typeof data.text === "string") turn.text = data.text;
+          turn.status = data.status || "complete";
+          turn.sources = Array.isArray(data.sources) ? data.sources : [];
+          return "done";
+        } else if (frame.event === "error") {
+          // The instance writing it stopped: the saved answer can be followed elsewhere.
+          if (data.code === "interrupted" && data.retryable) return "dropped";
+          turn.error = data;
+          return "error";
+        }
+      }
+    } catch { /* a broken connection: same as an early end */ }
+    return turn.abort.signal.aborted ? "aborted" : "dropped";
+  }
+
+  // Picks an answer up from the last token seen: after a dropped connection, or after a
+  // reload while the answer was still being written (then from 0, replacing its text).
+  async #resume(turn) {
+    const { signal } = turn.abort;
+    for (let attempt = 0; attempt < RESUME_ATTEMPTS; attempt++) {
+      if (!navigator.onLine) await untilOnline(signal);
+      else if (attempt) await sleep(Math.min(500 * 2 ** attempt, 8000), signal);
+      if (signal.aborted || turn.stopRequested) return "aborted";
+      let response;
+      try {
+        const lastEventId = String(turn.lastEventId);
+        response = await fetch(
+          this.#url(`/chat/stream/${encodeURIComponent(turn.messageId)}`, { sessionId: this.#sessionId || "", lastEventId }),
+          { headers: { Accept: "text/event-stream", "Last-Event-ID": lastEventId }, signal },
+        );
+      } catch {
+        continue;
+      }
+      if (response.status === 404) {
+        turn.error = { code: "not_found" };
+        return "error";
+      }
+      if (!response.ok) continue;
+      const before = turn.lastEventId;
+      const outcome = await this.#consume(response, turn);
+      if (outcome !== "dropped") return outcome;
+      if (turn.lastEventId > before) attempt = -1; // it made progress: count afresh
+    }
+    turn.error = { code: "connection_lost" };
+    return "error";
+  }
+
+  #settle(turn, outcome) {
+    if (turn !== this.#turn) return; // reset() or the stop timer got here first
+    clearTimeout(turn.stopTimer);
+    if (outcome === "error") turn.status = "error";
+    if (outcome === "aborted") turn.status = "cancelled";
+    this.#finishMessage(turn);
+    if (outcome === "error") this.#streamErrorNotice(turn.error || {});
+    this.#endTurn();
+    if (!this.hasAttribute("open")) {
+      this.#unread += 1;
+      this.#renderBadge();
+    }
+  }
+
+  #stop() {
+    const turn = this.#turn;
+    if (!turn || turn.stopRequested) return;
+    turn.stopRequested = true;
+    this.#el.stop.disabled = true;
+    if (turn.messageId) this.#requestCancel(turn); // else as soon as meta names the answer
+    // If the server never confirms, stop listening anyway and keep what has arrived.
+    turn.stopTimer = setTimeout(() => {
+      turn.abort.abort();
+      this.#settle(turn, "aborted");
+    }, STOP_GRACE_MS);
+  }
+
+  #requestCancel(turn) {
+    if (turn.cancelSent) return;
+    turn.cancelSent = true;
+    const url = this.#url(`/chat/messages/${encodeURIComponent(turn.messageId)}/cancel`, { sessionId: this.#sessionId || "" });
+    fetch(url, { method: "POST" }).catch(() => {});
+  }
+
+  #addMessage(sender, text, { id, status } = {}, before = null) {
+    const el = node("div", "msg");
+    el.setAttribute("data-chat-message", "");
+    el.dataset.sender = sender;
+    if (id) el.dataset.messageId = id;
+    if (sender === "ai") this.#fillAnswer(el, text, status || "complete");
+    else el.textContent = text;
+    this.#el.log.insertBefore(el, before);
+    return el;
+  }
+
+  #fillAnswer(el, text, status, sources = []) {
+    el.dataset.status = status;
+    el.replaceChildren(renderMarkdown(text));
+    for (const title of new Set(sources.map((s) => s && s.title).filter(Boolean))) {
+      el.append(node("div", "note", `From: ${title}`));
+    }
+    if (NOTES[status]) el.append(node("div", "note", NOTES[status]));
+  }
+
+  // While an answer streams its text is hidden from the live region, so a screen reader
+  // hears the finished answer once (when #finishMessage puts it in), not every token.
+  #renderLive(turn) {
+    turn.el ||= this.#addMessage("ai", "", { id: turn.messageId });
+    turn.el.dataset.status = "streaming";
+    const body = renderMarkdown(turn.text);
+    body.setAttribute("aria-hidden", "true");
+    turn.el.replaceChildren(body);
+    this.#scrollToBottom();
+  }
+
+  #finishMessage(turn) {
+    if (!turn.el && !turn.text && turn.status === "error") return; // the notice says it all
+    turn.el ||= this.#addMessage("ai", "", { id: turn.messageId });
+    if (turn.messageId) turn.el.dataset.messageId = turn.messageId;
+    this.#fillAnswer(turn.el, turn.text, turn.status || "complete", turn.sources);
+    this.#scrollToBottom();
+  }
+
+  async #fetchHistory(before) {
+    const params = { limit: String(HISTORY_PAGE) };
+    if (before) params.before = before;
+    const response = await fetch(this.#url(`/chat/history/${encodeURIComponent(this.#sessionId)}`, params));
+    if (response.status === 404) return null;
+    if (!response.ok) throw new Error(`history: HTTP ${response.status}`);
+    return response.json();
+  }
+
+  #addPage(page, before) {
+    const messages = (page && page.messages) || [];
+    for (const m of messages) this.#addMessage(m.sender, m.text || "", m, before);
+    if (messages.length) this.#oldestId = messages[0].id;
+    this.#hasMore = Boolean(page && page.hasMore && messages.length);
+    return messages;
+  }
+
+  async #loadHistory() {
+    const { log } = this.#el;
+    log.setAttribute("aria-busy", "true"); // a page of old messages is not news to announce
+    try {
+      const page = await this.#fetchHistory(null);
+      if (!page) { // the server no longer knows this session: start afresh
+        this.#sessionId = null;
+        storage()?.removeItem(this.#storageKey());
+        return;
+      }
+      const messages = this.#addPage(page, null);
+      this.#scrollToBottom(true);
+      this.#fillIfShort();
+      const last = messages[messages.length - 1];
+      if (last && last.sender === "ai" && last.status === "streaming" && !this.#turn) this.#pickUp(last);
+    } catch { /* history is a convenience; chatting still works */ } finally {
+      log.removeAttribute("aria-busy");
+    }
+  }
+
+  // An answer still being written when the page loaded: replay it from its first token.
+  async #pickUp(message) {
+    const turn = this.#beginTurn();
+    turn.messageId = message.id;
+    turn.el = this.#el.log.lastElementChild;
+    turn.text = message.text || "";
+    turn.replaceText = true;
+    if (turn.text) this.#el.typing.hidden = true;
+    this.#settle(turn, await this.#resume(turn));
+  }
+
+  async #loadOlder() {
+    if (!this.#hasMore || this.#loadingOlder) return;
+    this.#loadingOlder = true;
+    const { log, older, greeting } = this.#el;
+    older.hidden = false;
+    log.setAttribute("aria-busy", "true");
+    try {
+      const page = await this.#fetchHistory(this.#oldestId);
+      const heightBefore = log.scrollHeight;
+      this.#addPage(page, greeting.nextElementSibling);
+      // Keep what the shopper is reading in place while older messages appear above it.
+      log.scrollTop += log.scrollHeight - heightBefore;
+    } catch { /* tried again on the next scroll */ } finally {
+      this.#loadingOlder = false;
+      older.hidden = true;
+      log.removeAttribute("aria-busy");
+    }
+    this.#fillIfShort();
+  }
+
+  // Older pages load on scrolling up, which a list too short to scroll never does.
+  #fillIfShort() {
+    const { log } = this.#el;
+    if (this.#hasMore && this.hasAttribute("open") && log.scrollHeight <= log.clientHeight) this.#loadOlder();
+  }
+
+  #notice(text, clearAfterMs = 0, kind = "") {
+    clearTimeout(this.#noticeTimer);
+    this.#noticeKind = kind;
+    this.#el.notice.textContent = text;
+    this.#el.notice.hidden = false;
+    if (clearAfterMs) this.#noticeTimer = setTimeout(() => this.#clearNotice(), clearAfterMs);
+  }
+
+  #clearNotice() {
+    clearTimeout(this.#noticeTimer);
+    this.#el.notice.hidden = true;
+    this.#el.notice.textContent = "";
+  }
+
+  #networkNotice() {
+    this.#notice(navigator.onLine ? "We couldn't reach support. Please try again."
+      : "You're offline. Your message is kept here: send it when you're back online.");
+  }
+
+  async #httpNotice(response) {
+    const body = parseJson(await response.text().catch(() => "")) || {};
+    const reason = body.error && typeof body.error.message === "string" ? body.error.message : "";
+    const status = response.status;
+    if (status === 429) {
+      const wait = Math.ceil(Number(response.headers.get("Retry-After")));
+      this.#notice(`You're sending messages too quickly. ${wait > 0
+        ? `Please wait ${wait} second${wait === 1 ? "" : "s"} and try again.`
+        : "Please wait a moment and try again."}`, Math.max(wait, 5) * 1000);
+    } else if (status === 503) {
+      this.#notice("Our assistant is unavailable right now. Please try again in a minute.");
+    } else if (status < 500 && reason) {
+      this.#notice(`Your message couldn't be sent: ${reason}`);
+    } else {
+      this.#notice("Something went wrong on our side. Please try again.");
+    }
+  }
+
+  #streamErrorNotice(error) {
+    this.#notice(error.code === "connection_lost" ? "The connection dropped and we couldn't reconnect."
+      : "Sorry, the assistant couldn't finish this answer. Please try again.");
+  }
+
+  #renderBadge() {
+    const { badge, launcher } = this.#el;
+    const unread = this.#unread;
+    badge.hidden = !unread;
+    badge.textContent = unread ? String(unread) : "";
+    launcher.setAttribute("aria-label", this.hasAttribute("open") ? "Close chat"
+      : unread ? `Open chat, ${unread} unread answer${unread === 1 ? "" : "s"}` : "Open chat");
+  }
+
+  #autogrow() {
+    const { input } = this.#el;
+    input.style.height = "auto";
+    input.style.height = `${Math.min(input.scrollHeight + 2, 140)}px`;
+  }
+
+  #scrollToBottom(force = false) {
+    const { log } = this.#el;
+    if (force || this.#stickToBottom) log.scrollTop = log.scrollHeight;
+  }
+}
+
+customElements.define("support-chat", SupportChat);
+
+// The script tag configures the one widget on the page; a page may also place
+// <support-chat> itself, with the same options as attributes.
+let widget = document.querySelector("support-chat");
+if (!widget) {
+  widget = document.createElement("support-chat");
+  const options = script ? script.dataset : {};
+  const api = options.api || (script && script.src ? new URL(script.src, document.baseURI).origin : "");
+  const attributes = { api, heading: options.title, greeting: options.greeting, accent: options.accent };
+  if (options.position === "left") attributes.position = "left";
+  if (options.open !== undefined) attributes["open-at-load"] = options.open || "true";
+  for (const [name, value] of Object.entries(attributes)) if (value) widget.setAttribute(name, value);
+  (document.body || document.documentElement).append(widget);
+}
+
+window.SupportChat = {
+  open: () => widget.open(),
+  close: () => widget.close(),
+  reset: () => widget.reset(),
+};
+})();

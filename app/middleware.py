@@ -1,0 +1,112 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer the SSE streams).
+
+- SecurityHeaders: nosniff, a referrer policy and a strict CSP on every response.
+- OriginGuard: a browser on an origin outside ALLOWED_ORIGINS cannot call the chat API, even
+  with a request that needs no preflight.
+- RequestLimit: works out the client's address once, and applies the per-IP limit that covers
+  every endpoint except health checks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .clientip import Network, client_ip, limit_key
+from .errors import AppError, error_body
+
+# The demo page loads only our own script and talks only to us; styles are inline in the
+# widget's shadow root.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
+            "base-uri 'none'; form-action 'self'")
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                content_type = next((v for k, v in headers if k == b"content-type"), b"")
+                csp = PAGE_CSP if content_type.startswith(b"text/html") else API_CSP
+                headers += [(b"x-content-type-options", b"nosniff"),
+                            (b"referrer-policy", b"strict-origin-when-cross-origin"),
+                            (b"content-security-policy", csp.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def send_error(send: Send, error: AppError) -> None:
+    body = json.dumps(error_body(error.code, error.message)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class OriginNotAllowed(AppError):
+    """A browser page on an origin the store did not allow called the chat API."""
+
+    status = 403
+    code = "origin_not_allowed"
+    message = "This site is not allowed to use the chat."
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class OriginGuard:
+    def __init__(self, app: ASGIApp, allowed_origins: Sequence[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(origin.rstrip("/") for origin in allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/chat/"):
+            origin = _header(scope, b"origin")
+            if origin is not None and not self._allowed(origin, _header(scope, b"host")):
+                await send_error(send, OriginNotAllowed())
+                return
+        await self.app(scope, receive, send)
+
+    def _allowed(self, origin: str, host: str | None) -> bool:
+        # The widget on our own pages is always allowed: same origin means same host.
+        return origin in self.allowed or "*" in self.allowed or urlsplit(origin).netloc == host
+
+
+class RequestLimit:
+    def __init__(self, app: ASGIApp, trusted_proxies: Sequence[Network]) -> None:
+        self.app = app
+        self.trusted_proxies = tuple(trusted_proxies)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        address = client_ip(scope, self.trusted_proxies)
+        scope.setdefault("state", {})["client_ip"] = address
+        if scope["path"] not in HEALTH_PATHS and scope["method"] != "OPTIONS":
+            limits = scope["app"].state.limits
+            try:
+                await limits.check_request(limit_key(address))
+            except AppError as error:
+                await send_error(send, error)
+                return
+        await self.app(scope, receive, send)
