@@ -17,15 +17,19 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import class_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import db
 from .errors import DatabaseUnavailable, NotFound, ServiceUnavailable
 from .eventlog import Event, EventLog, SharedLogUnavailable, encode_event
+from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
 from .llm import LLM, UpstreamError, Usage
-from .prompt import SYSTEM_PROMPT, build_messages
+from .prompt import build_messages
 from .ratelimit import estimate_tokens
+from .store_profile import StoreProfile, build_system_prompt
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,8 @@ class AnswerRecord:
     status: str
     prompt_tokens: int | None
     completion_tokens: int | None
+    fallback: bool
+    sources: list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -88,18 +94,31 @@ def usage_payload(usage: Usage | None) -> dict[str, int]:
             "totalTokens": usage.prompt_tokens + usage.completion_tokens}
 
 
+def sources_payload(chunks: list[KnowledgeChunk]) -> list[dict[str, str]]:
+    """The articles an answer drew on, each once, best first: the widget shows "From: …"."""
+    articles = {chunk.path: chunk.title for chunk in chunks}
+    return [{"title": title, "path": path} for path, title in articles.items()]
+
+
+def done_payload(answer_key: str, text: str, status: str, usage: Usage | None,
+                 sources: list[dict[str, str]], fallback: bool) -> dict[str, Any]:
+    return {"messageId": answer_key, "text": text, "status": status,
+            "usage": usage_payload(usage), "sources": sources, "fallback": fallback}
+
+
 INTERRUPTED_MESSAGE = "The answer was cut off. Please ask again."
 
 
 class ChatService:
-    def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM, *,
-                 history_window: int, system_prompt: str = SYSTEM_PROMPT,
+    def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
+                 history_window: int, profile: StoreProfile,
                  record_tokens: Callable[[int], Awaitable[None]] | None = None) -> None:
         self._pool = pool
         self._events = events
+        # None: knowledge-only mode, every answer comes from the knowledge base.
         self._llm = llm
         self._history_window = history_window
-        self._system_prompt = system_prompt
+        self._profile = profile
         self._record_tokens = record_tokens
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
@@ -110,6 +129,10 @@ class ChatService:
     @property
     def running_count(self) -> int:
         return len(self._running)
+
+    @property
+    def mode(self) -> str:
+        return "llm" if self._llm is not None else "knowledge-only"
 
     # -- starting an answer ------------------------------------------------------------------
 
@@ -122,8 +145,8 @@ class ChatService:
         started, history = await self._record_question(question, session_id, answer_id)
         self._events.start(answer_key)
         self._events.append(answer_key, "meta", meta_payload(started))
-        prompt = build_messages(self._system_prompt, history, question)
-        task = asyncio.create_task(self._generate(started, prompt), name=f"answer-{answer_key}")
+        task = asyncio.create_task(self._generate(started, history, question),
+                                   name=f"answer-{answer_key}")
         self._running[started.answer_id] = task
         task.add_done_callback(lambda _: self._running.pop(started.answer_id, None))
         return started
@@ -150,7 +173,8 @@ class ChatService:
                 "INSERT INTO messages (id, conversation_id, sender, text, status, model)"
                 " VALUES (%s, %s, 'user', %s, 'complete', NULL),"
                 " (%s, %s, 'ai', '', 'streaming', %s)",
-                (user_message_id, session_id, question, answer_id, session_id, self._llm.model),
+                (user_message_id, session_id, question, answer_id, session_id,
+                 self._llm.model if self._llm else None),
             )
         return StartedAnswer(session_id, user_message_id, answer_id), history
 
@@ -168,19 +192,40 @@ class ChatService:
 
     # -- generating --------------------------------------------------------------------------
 
-    async def _generate(self, started: StartedAnswer, prompt: list[dict[str, str]]) -> str:
+    async def _generate(self, started: StartedAnswer, history: list[tuple[str, str]],
+                        question: str) -> str:
         answer_key = str(started.answer_id)
         parts: list[str] = []
         usage: Usage | None = None
         failure: UpstreamError | None = None
         status = "complete"
+        chunks: list[KnowledgeChunk] = []
+        prompt: list[dict[str, str]] = []
+        fallback = False
         try:
-            async for item in self._llm.stream(prompt):
-                if isinstance(item, Usage):
-                    usage = item
-                else:
-                    parts.append(item)
-                    self._events.append(answer_key, "token", {"text": item})
+            chunks = await self._find_knowledge(question, history)
+            if self._llm is None:
+                self._answer_from_knowledge(answer_key, chunks, parts)
+            else:
+                system_prompt = build_system_prompt(self._profile, chunks)
+                prompt = build_messages(system_prompt, history, question)
+                try:
+                    async for item in self._llm.stream(prompt):
+                        if isinstance(item, Usage):
+                            usage = item
+                        else:
+                            parts.append(item)
+                            self._events.append(answer_key, "token", {"text": item})
+                except UpstreamError as exc:
+                    # Before the first token the shopper has seen nothing, so the knowledge
+                    # base can still answer; after it, a second voice would contradict the first.
+                    # A rejected key or request is a configuration fault: it stays an error.
+                    if parts or not exc.retryable:
+                        raise
+                    log.warning("the model failed before its first token (%s): answering from "
+                                "the knowledge base", exc.code)
+                    fallback = True
+                    self._answer_from_knowledge(answer_key, chunks, parts)
         except asyncio.CancelledError:
             # Cancelled by the shopper (cancel) or by shutdown: either way, keep what was said.
             current = asyncio.current_task()
@@ -190,12 +235,13 @@ class ChatService:
         except UpstreamError as exc:
             failure, status = exc, "error"
         text = "".join(parts)
-        await self._save_answer(started.answer_id, text, status, usage)
-        await self._count_tokens(prompt, text, usage)
+        sources = sources_payload(chunks)
+        await self._save_answer(started.answer_id, text, status, usage, sources, fallback)
+        if prompt and not fallback:
+            await self._count_tokens(prompt, text, usage)
         if status in ("complete", "cancelled"):
-            self._events.append(answer_key, "done", {
-                "messageId": answer_key, "text": text, "status": status,
-                "usage": usage_payload(usage)})
+            self._events.append(answer_key, "done",
+                                done_payload(answer_key, text, status, usage, sources, fallback))
         elif status == "interrupted":
             # Retryable: the widget resumes, and another instance serves the saved text.
             self._events.append(answer_key, "error", {
@@ -205,6 +251,28 @@ class ChatService:
             self._events.append(answer_key, "error", {
                 "code": failure.code, "message": failure.message, "retryable": failure.retryable})
         return status
+
+    async def _find_knowledge(self, question: str,
+                              history: list[tuple[str, str]]) -> list[KnowledgeChunk]:
+        """The knowledge base's best chunks for the question; a follow-up such as "and to
+        Europe?" is searched again together with the shopper's previous message."""
+        try:
+            chunks = await search_knowledge(self._pool, question)
+            earlier = [text for sender, text in history if sender == "user"]
+            if not chunks and earlier:
+                chunks = await search_knowledge(self._pool, f"{earlier[-1]} {question}")
+            return chunks
+        except (PoolTimeout, psycopg.Error) as exc:
+            # The answer can still be given without the articles; losing it would be worse.
+            log.warning("knowledge search failed: %s", type(exc).__name__)
+            return []
+
+    def _answer_from_knowledge(self, answer_key: str, chunks: list[KnowledgeChunk],
+                               parts: list[str]) -> None:
+        """Stream the framed best chunk with the same token events a model's answer uses."""
+        for piece in answer_pieces(knowledge_only_answer(self._profile, chunks)):
+            parts.append(piece)
+            self._events.append(answer_key, "token", {"text": piece})
 
     async def _count_tokens(self, prompt: list[dict[str, str]], text: str,
                             usage: Usage | None) -> None:
@@ -218,7 +286,8 @@ class ChatService:
         await self._record_tokens(tokens)
 
     async def _save_answer(self, answer_id: uuid.UUID, text: str, status: str,
-                           usage: Usage | None) -> None:
+                           usage: Usage | None, sources: list[dict[str, str]],
+                           fallback: bool) -> None:
         """Write the answer's one row; retry through a short database outage."""
         prompt_tokens = usage.prompt_tokens if usage else None
         completion_tokens = usage.completion_tokens if usage else None
@@ -228,8 +297,10 @@ class ChatService:
                 async with db.connection(self._pool) as conn:
                     await conn.execute(
                         "UPDATE messages SET text = %s, status = %s, prompt_tokens = %s,"
-                        " completion_tokens = %s, finished_at = now() WHERE id = %s",
-                        (text, status, prompt_tokens, completion_tokens, answer_id),
+                        " completion_tokens = %s, sources = %s, fallback = %s,"
+                        " finished_at = now() WHERE id = %s",
+                        (text, status, prompt_tokens, completion_tokens, Jsonb(sources),
+                         fallback, answer_id),
                     )
                 return
             except DatabaseUnavailable:
@@ -247,8 +318,8 @@ class ChatService:
         async with db.connection(self._pool) as conn:
             cur = conn.cursor(row_factory=class_row(AnswerRecord))
             await cur.execute(
-                "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens"
-                " FROM messages WHERE id = %s AND conversation_id = %s AND sender = 'ai'",
+                "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens,"
+                " fallback, sources FROM messages WHERE id = %s AND conversation_id = %s AND sender = 'ai'",
                 (answer_id, session_id),
             )
             record = await cur.fetchone()
@@ -429,9 +500,8 @@ def terminal_event(record: AnswerRecord, seq: int) -> Event:
         usage = None
         if record.prompt_tokens is not None and record.completion_tokens is not None:
             usage = Usage(record.prompt_tokens, record.completion_tokens)
-        return encode_event(seq, "done", {
-            "messageId": answer_key, "text": record.text, "status": record.status,
-            "usage": usage_payload(usage)})
+        return encode_event(seq, "done", done_payload(
+            answer_key, record.text, record.status, usage, record.sources, record.fallback))
     if record.status == "interrupted":
         return encode_event(seq, "error", {
             "code": "interrupted", "message": INTERRUPTED_MESSAGE, "retryable": False})

@@ -38,6 +38,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "RATE_LIMIT_CHAT_IP_DAILY": ("200/day", "Chat messages per client IP per day."),
     "RATE_LIMIT_SESSION": ("20/15minutes", "Chat messages per conversation."),
     "DAILY_TOKEN_BUDGET": ("0", "Tokens the whole deployment may spend per day; 0 is no budget."),
+    "STORE_PROFILE": ("", "Store profile (TOML): name, tone, policies, hours; unset: the example store."),
+    "KNOWLEDGE_DIR": ("", "Folder of Markdown help articles, indexed at start; unset: the example's."),
     "TRUSTED_PROXIES": ("", "Comma-separated proxy addresses or CIDRs whose X-Forwarded-For is believed."),
     "STREAM_TTL_S": ("3600", "Seconds an answer's events stay in Redis for resume after it ends;"
                              " later resumes are served from PostgreSQL."),
@@ -75,9 +77,16 @@ class Settings:
     rate_limit_session: str = "20/15minutes"
     daily_token_budget: int = 0
     trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
+    store_profile: str = ""
+    knowledge_dir: str = ""
     stream_ttl_s: int = 3600
     stream_maxlen: int = 10000
     answer_lease_s: float = 15.0
+
+    @property
+    def llm_configured(self) -> bool:
+        """Without a key or a server to talk to, answers come from the knowledge base alone."""
+        return bool(self.openai_api_key or self.openai_base_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -107,6 +116,8 @@ class Settings:
             rate_limit_session=reader.rate("RATE_LIMIT_SESSION"),
             daily_token_budget=reader.integer("DAILY_TOKEN_BUDGET", low=0, high=10**12),
             trusted_proxies=reader.networks("TRUSTED_PROXIES"),
+            store_profile=reader.text("STORE_PROFILE"),
+            knowledge_dir=reader.text("KNOWLEDGE_DIR"),
             stream_ttl_s=reader.integer("STREAM_TTL_S", low=1, high=30 * 86400),
             stream_maxlen=reader.integer("STREAM_MAXLEN", low=100, high=1_000_000),
             answer_lease_s=reader.number("ANSWER_LEASE_S", low=1, high=300),

@@ -210,4 +210,5 @@ async def readyz(request: Request) -> Response:
         raise DatabaseUnavailable("The database is not reachable.") from None
     redis_state = await request.app.state.limits.redis_health()
     status = "degraded" if redis_state == "down" else "ready"
-    return JSONResponse({"status": status, "database": "up", "redis": redis_state})
+    return JSONResponse({"status": status, "database": "up", "redis": redis_state,
+                         "mode": chat_service(request).mode})

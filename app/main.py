@@ -23,10 +23,12 @@ from .clientip import parse_networks
 from .config import Settings
 from .errors import AppError, app_error_handler, http_error_handler, unexpected_error_handler
 from .eventlog import EventLog, MemoryEventLog
+from .knowledge import DEFAULT_KNOWLEDGE_DIR, KnowledgeError, sync_knowledge
 from .llm import LLM
 from .middleware import OriginGuard, RequestLimit, SecurityHeaders
 from .ratelimit import RateLimits, Rule, parse_limit
 from .redis_eventlog import RedisEventLog
+from .store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +93,42 @@ def build_rate_limits(settings: Settings) -> RateLimits:
     )
 
 
+def load_store(settings: Settings) -> tuple[StoreProfile, Path]:
+    """The store profile and the knowledge folder (the example store's unless configured).
+
+    Raises ProfileError or KnowledgeError with a one-line reason naming the file.
+    """
+    profile = load_profile(settings.store_profile or DEFAULT_PROFILE_PATH)
+    articles_dir = Path(settings.knowledge_dir) if settings.knowledge_dir else DEFAULT_KNOWLEDGE_DIR
+    if not articles_dir.is_dir():
+        raise KnowledgeError(f"knowledge folder {articles_dir} does not exist or is not a folder")
+    return profile, articles_dir
+
+
 def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
-    """The app; `llm_http_client` lets tests route the model's HTTP calls through respx."""
+    """The app; `llm_http_client` lets tests route the model's HTTP calls through respx.
+
+    The store is loaded here, not in the lifespan, so a wrong profile stops the service before
+    it serves.
+    """
+    profile, articles_dir = load_store(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await db.migrate(settings.database_url)
         pool = db.create_pool(settings.database_url, settings.db_pool_max)
         await pool.open(wait=True, timeout=30)
-        llm = build_llm(settings, llm_http_client)
+        synced = await sync_knowledge(pool, articles_dir)
+        log.info("knowledge base %s: %s", articles_dir, synced.summary())
+        llm = build_llm(settings, llm_http_client) if settings.llm_configured else None
+        if llm is None:
+            log.warning("no OPENAI_API_KEY or OPENAI_BASE_URL: knowledge-only mode, answers "
+                        "come from the knowledge base")
         limits = build_rate_limits(settings)
         events = build_event_log(settings)
         await events.open()
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
-                           record_tokens=limits.record_tokens)
+                           profile=profile, record_tokens=limits.record_tokens)
         # An answer left 'streaming' that no instance produces had its producer die: with one
         # instance, with the previous process; with Redis, whichever instance let its lease go.
         interrupted = await chat.interrupt_orphans()
@@ -119,7 +143,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         finally:
             await chat.shutdown(SHUTDOWN_GRACE_S)
             await events.aclose()
-            await llm.aclose()
+            if llm is not None:
+                await llm.aclose()
             await limits.aclose()
             await pool.close()
 

@@ -273,7 +273,8 @@ async def test_redis_stopped_mid_test_falls_back_to_memory_and_comes_back(
         during = [await chat(http, session_id) for _ in range(3)]
         ready = await http.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json() == {"status": "degraded", "database": "up", "redis": "down"}
+        assert ready.json() == {"status": "degraded", "database": "up", "redis": "down",
+                                "mode": "llm"}
         own_redis.start()  # empty: the shared counts start again
         await asyncio.sleep(2.1)  # the next probe of Redis
         back = [(await chat(http, session_id)).status_code for _ in range(4)]

@@ -54,6 +54,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 DESKTOP = {"width": 1200, "height": 760}
 
 USER = '[data-chat-message][data-sender="user"]'
+# An answer's text is its `.body`; "From: <article>" notes for its sources follow the body.
 AI = '[data-chat-message][data-sender="ai"]'
 
 
@@ -372,12 +373,12 @@ def test_answer_renders_live_token_by_token(page: Page, fake_model: FakeModel) -
     answer = page.locator(AI)
     for shown in ("You", "You can return", "You can return items within"):
         script.release()
-        expect(answer).to_have_text(shown)
+        expect(answer.locator(".body")).to_have_text(shown)
         expect(answer).to_have_attribute("data-status", "streaming")
         expect(page.locator("[data-chat-typing]")).to_be_hidden()
     script.release()
     expect(answer).to_have_attribute("data-status", "complete")
-    expect(answer).to_have_text("You can return items within 14 days.")
+    expect(answer.locator(".body")).to_have_text("You can return items within 14 days.")
     expect(answer.locator("strong")).to_have_text("14 days")
     expect(page.locator("[data-chat-send]")).to_be_enabled()
     expect(page.locator("[data-chat-stop]")).to_be_hidden()
@@ -395,7 +396,7 @@ def test_stop_keeps_the_partial_answer(page: Page, fake_model: FakeModel,
     ask(page, asked)
     script.release(2)
     answer = page.locator(AI)
-    expect(answer).to_have_text("We ship to the USA,")
+    expect(answer.locator(".body")).to_have_text("We ship to the USA,")
 
     page.locator("[data-chat-stop]").click()
     expect(answer).to_have_attribute("data-status", "cancelled")
@@ -415,7 +416,7 @@ def test_history_comes_back_after_a_reload(page: Page, fake_model: FakeModel) ->
     with page.expect_request("**/chat/stream") as first_post:
         ask(page, first)
     assert first_post.value.post_data_json == {"message": first}  # no session id until meta
-    expect(page.locator(AI)).to_have_text("Yes, we do.")
+    expect(page.locator(AI).locator(".body")).to_have_text("Yes, we do.")
     with page.expect_request("**/chat/stream") as second_post:
         ask(page, second)
     session_id = page.evaluate("key => localStorage.getItem(key)",
@@ -469,14 +470,14 @@ def test_a_cut_connection_resumes_without_repeating_text(
         ask(page, asked)
         script.release(2)
         answer = page.locator(AI)
-        expect(answer).to_have_text("Let me check:")
+        expect(answer.locator(".body")).to_have_text("Let me check:")
 
         with page.expect_request(re.compile(r"/chat/stream/[0-9a-f-]{36}\?")) as resumed:
             servers.run(proxy.cut())
         assert resumed.value.all_headers()["last-event-id"] == "2"
         script.release_all()
         expect(answer).to_have_attribute("data-status", "complete")
-        expect(answer).to_have_text("Let me check: it left yesterday.")
+        expect(answer.locator(".body")).to_have_text("Let me check: it left yesterday.")
         expect(page.locator(AI)).to_have_count(1)
         expect(page.locator("[data-chat-error]")).to_be_hidden()
     finally:
@@ -491,16 +492,16 @@ def test_an_answer_still_streaming_at_reload_is_picked_up(page: Page,
     open_chat(page)
     ask(page, asked)
     script.release(2)
-    expect(page.locator(AI)).to_have_text("Yes: start a return")
+    expect(page.locator(AI).locator(".body")).to_have_text("Yes: start a return")
 
     page.reload()
     open_chat(page)
     answer = page.locator(AI)
-    expect(answer).to_have_text("Yes: start a return")
+    expect(answer.locator(".body")).to_have_text("Yes: start a return")
     expect(page.locator("[data-chat-send]")).to_be_disabled()
     script.release_all()
     expect(answer).to_have_attribute("data-status", "complete")
-    expect(answer).to_have_text("Yes: start a return and order the new size.")
+    expect(answer.locator(".body")).to_have_text("Yes: start a return and order the new size.")
     expect(page.locator("[data-chat-message]")).to_have_count(2)
 
 
@@ -546,7 +547,7 @@ def test_unavailable_and_offline_are_explained_and_the_text_is_kept(
     fake_model.answer(asked, "Yes, ", "always.")
     page.locator("[data-chat-input]").fill(asked)
     page.locator("[data-chat-send]").click()
-    expect(page.locator(AI)).to_have_text("Yes, always.")
+    expect(page.locator(AI).locator(".body")).to_have_text("Yes, always.")
     expect(notice).to_be_hidden()
 
 
@@ -618,7 +619,7 @@ def test_embedding_on_an_allowed_origin_works_and_others_are_refused(
     asked = question("Hello from another shop")
     fake_model.answer(asked, "Hello, ", "neighbour!")
     ask(page, asked)
-    expect(page.locator(AI)).to_have_text("Hello, neighbour!")
+    expect(page.locator(AI).locator(".body")).to_have_text("Hello, neighbour!")
     page.evaluate("window.SupportChat.reset()")
     expect(page.locator("[data-chat-message]")).to_have_count(0)
 
@@ -680,7 +681,7 @@ def test_keyboard_only(page: Page, fake_model: FakeModel) -> None:
     expect(input_box).to_have_value(asked + "\nsecond line")
     page.keyboard.press("Enter")
     expect(page.locator(USER)).to_have_text(asked + "\nsecond line")
-    expect(page.locator(AI)).to_have_text("Got both lines.")
+    expect(page.locator(AI).locator(".body")).to_have_text("Got both lines.")
 
     # An answer that ends while the panel is closed leaves an unread badge on the launcher.
     later = question("Answer me later")
@@ -697,7 +698,7 @@ def test_keyboard_only(page: Page, fake_model: FakeModel) -> None:
     expect(launcher).to_have_attribute("aria-label", "Open chat, 1 unread answer")
     page.keyboard.press("Enter")
     expect(badge).to_be_hidden()
-    expect(page.locator(AI).last).to_have_text("Here you are.")
+    expect(page.locator(AI).last.locator(".body")).to_have_text("Here you are.")
 
 
 def test_desktop_screenshots(page: Page, fake_model: FakeModel) -> None:
