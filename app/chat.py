@@ -352,7 +352,7 @@ class ChatService:
                 ) from None
             return _replay_record(record, after)  # the record has all of a finished answer
         if shared is not None:
-            return shared
+            return _settled(shared)
         # No instance has it: an expired stream, or an answer whose producer died with it.
         if record.status == "streaming" and answer_id not in self._running:
             record = await self._mark_interrupted(record)
@@ -508,6 +508,22 @@ def terminal_event(record: AnswerRecord, seq: int) -> Event:
     return encode_event(seq, "error", {
         "code": "upstream_error", "retryable": False,
         "message": "The assistant could not finish this answer. Please ask again."})
+
+
+async def _settled(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """Events from the shared log, with a shutdown's 'retryable' interruption made final.
+
+    A producer that shuts down ends its answers with a retryable `interrupted` error, so that
+    its clients resume elsewhere. Elsewhere is here, and the answer is settled: retrying again
+    would only replay the same end.
+    """
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            if event.kind == "error" and event.payload.get("code") == "interrupted":
+                yield encode_event(event.seq, "error", {
+                    "code": "interrupted", "message": INTERRUPTED_MESSAGE, "retryable": False})
+            else:
+                yield event
 
 
 def _replay_record(record: AnswerRecord, after: int) -> AsyncIterator[Event]:

@@ -246,3 +246,29 @@ async def test_a_starting_instance_interrupts_only_answers_no_instance_produces(
     assert rest[-1].event == "done"
     assert query("SELECT status FROM messages WHERE id = %s", meta["messageId"]) == [
         ("complete",)]
+
+
+async def test_an_answer_cut_by_a_shutdown_ends_for_good_on_the_instance_that_resumes_it(
+        two_instances: tuple[RunningApp, RunningApp], upstream: FakeUpstream,
+        query: Query) -> None:
+    a, b = two_instances
+    upstream.queue(Reply(tokens=[f"w{n} " for n in range(400)], delay=0.05))
+    seen: list[SSEEvent] = []
+    async with a.client() as http, http.stream("POST", "/chat/stream",
+                                               json={"message": "hi"}) as response:
+        async for event in read_events(response):
+            seen.append(event)
+            if event.id == "3":
+                a.server.should_exit = True  # SIGTERM: answers get their grace period, then stop
+    # The producer's own client is told to resume elsewhere...
+    assert seen[-1].event == "error"
+    assert seen[-1].data["code"] == "interrupted" and seen[-1].data["retryable"] is True
+    meta = seen[0].data
+    streamed = "".join(text for _, text in tokens_of(seen))
+    last_id = int([e.id for e in seen if e.event == "token"][-1])
+    # ...and elsewhere, the answer is settled: what was said, then a final end.
+    resumed = parse_sse((await resume(b, meta, last_event_id=last_id)).text)
+    assert [e.event for e in resumed] == ["meta", "error"]
+    assert resumed[-1].data["code"] == "interrupted" and resumed[-1].data["retryable"] is False
+    assert query("SELECT status, text FROM messages WHERE id = %s", meta["messageId"]) == [
+        ("interrupted", streamed)]
