@@ -12,6 +12,7 @@ from pathlib import Path
 from . import db
 from .config import ConfigError, Settings
 from .knowledge import KnowledgeError, sync_knowledge
+from .logs import configure_logging
 from .store_profile import ProfileError
 
 log = logging.getLogger("app")
@@ -32,7 +33,7 @@ def with_database(settings: Settings) -> Settings:
 
 
 async def sync_knowledge_command(settings: Settings, knowledge_dir: Path) -> int:
-    await db.migrate(settings.database_url)
+    await migrate_when_reachable(settings)
     pool = db.create_pool(settings.database_url, 2)
     await pool.open(wait=True, timeout=30)
     try:
@@ -44,12 +45,12 @@ async def sync_knowledge_command(settings: Settings, knowledge_dir: Path) -> int
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level, settings.log_format)
     command = argv[0] if argv else "serve"
     usage = "use: python -m app [serve|migrate|knowledge sync]"
     if command not in ("serve", "migrate", "knowledge") or (
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> int:
             return 2
     settings = with_database(settings)
     if command == "migrate":
-        applied = asyncio.run(db.migrate(settings.database_url))
+        applied = asyncio.run(migrate_when_reachable(settings))
         print(f"applied {len(applied)} migrations" + (f": {', '.join(applied)}" if applied else ""))
         return 0
     if command == "knowledge":
@@ -76,13 +77,22 @@ def main(argv: list[str]) -> int:
         except KnowledgeError as exc:
             print(f"knowledge error: {exc}", file=sys.stderr)
             return 2
-    from .main import SHUTDOWN_GRACE_S, create_app
+    from .main import create_app
     from .server import AppServer, server_config
 
     app = create_app(settings)
-    config = server_config(app, settings.host, settings.port, SHUTDOWN_GRACE_S, log_level="info")
-    AppServer(config, app, SHUTDOWN_GRACE_S).run()
+    # log_config None and access_log off: logging is ours (app.logs), one line per request.
+    config = server_config(app, settings.host, settings.port, settings.shutdown_grace_s,
+                           log_config=None, access_log=False, log_level=settings.log_level.lower())
+    # A start-up that fails (a database still unreachable after DB_STARTUP_TIMEOUT_S) makes
+    # uvicorn exit with status 3, for the supervisor to restart.
+    AppServer(config, app, settings.shutdown_grace_s).run()
     return 0
+
+
+async def migrate_when_reachable(settings: Settings) -> list[str]:
+    await db.wait_until_reachable(settings.database_url, settings.db_startup_timeout_s)
+    return await db.migrate(settings.database_url)
 
 
 if __name__ == "__main__":

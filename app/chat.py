@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -27,6 +28,8 @@ from .errors import DatabaseUnavailable, NotFound, ServiceUnavailable
 from .eventlog import Event, EventLog, SharedLogUnavailable, encode_event
 from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
 from .llm import LLM, UpstreamError, Usage
+from .logs import log_answer
+from .metrics import Metrics
 from .prompt import build_messages
 from .ratelimit import estimate_tokens
 from .store_profile import StoreProfile, build_system_prompt
@@ -109,10 +112,15 @@ def done_payload(answer_key: str, text: str, status: str, usage: Usage | None,
 INTERRUPTED_MESSAGE = "The answer was cut off. Please ask again."
 
 
+# The `model` of answers in the log when no model is configured (knowledge-only mode).
+KNOWLEDGE_ONLY_MODEL = "knowledge-only"
+
+
 class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
                  history_window: int, profile: StoreProfile,
-                 record_tokens: Callable[[int], Awaitable[None]] | None = None) -> None:
+                 record_tokens: Callable[[int], Awaitable[None]] | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._pool = pool
         self._events = events
         # None: knowledge-only mode, every answer comes from the knowledge base.
@@ -124,6 +132,8 @@ class ChatService:
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
         self._running: dict[uuid.UUID, asyncio.Task[str]] = {}
         self._interrupting = False
+        # Tests that build a service alone get a registry nobody reads.
+        self._metrics = metrics if metrics is not None else Metrics()
         events.on_cancel_request(self._cancel_running)
 
     @property
@@ -138,6 +148,7 @@ class ChatService:
 
     async def start_answer(self, question: str, session_id: uuid.UUID | None) -> StartedAnswer:
         """Commit the shopper's message and an empty answer row, then start generating."""
+        asked_at = time.monotonic()
         answer_id = uuid.uuid4()
         answer_key = str(answer_id)
         # Claimed before the row exists: other instances never see it 'streaming' unclaimed.
@@ -145,7 +156,8 @@ class ChatService:
         started, history = await self._record_question(question, session_id, answer_id)
         self._events.start(answer_key)
         self._events.append(answer_key, "meta", meta_payload(started))
-        task = asyncio.create_task(self._generate(started, history, question),
+        # The task copies this request's context, so its log line carries the request id.
+        task = asyncio.create_task(self._generate(started, history, question, asked_at),
                                    name=f"answer-{answer_key}")
         self._running[started.answer_id] = task
         task.add_done_callback(lambda _: self._running.pop(started.answer_id, None))
@@ -193,7 +205,7 @@ class ChatService:
     # -- generating --------------------------------------------------------------------------
 
     async def _generate(self, started: StartedAnswer, history: list[tuple[str, str]],
-                        question: str) -> str:
+                        question: str, asked_at: float) -> str:
         answer_key = str(started.answer_id)
         parts: list[str] = []
         usage: Usage | None = None
@@ -202,6 +214,7 @@ class ChatService:
         chunks: list[KnowledgeChunk] = []
         prompt: list[dict[str, str]] = []
         fallback = False
+        first_token_at: float | None = None
         try:
             chunks = await self._find_knowledge(question, history)
             if self._llm is None:
@@ -214,9 +227,12 @@ class ChatService:
                         if isinstance(item, Usage):
                             usage = item
                         else:
+                            if first_token_at is None:
+                                first_token_at = time.monotonic()
                             parts.append(item)
                             self._events.append(answer_key, "token", {"text": item})
                 except UpstreamError as exc:
+                    self._metrics.upstream_errors.labels(kind=exc.code).inc()
                     # Before the first token the shopper has seen nothing, so the knowledge
                     # base can still answer; after it, a second voice would contradict the first.
                     # A rejected key or request is a configuration fault: it stays an error.
@@ -232,13 +248,17 @@ class ChatService:
             if current is not None:
                 current.uncancel()
             status = "interrupted" if self._interrupting else "cancelled"
-        except UpstreamError as exc:
+        except UpstreamError as exc:  # counted where it was caught first, above
             failure, status = exc, "error"
         text = "".join(parts)
         sources = sources_payload(chunks)
         await self._save_answer(started.answer_id, text, status, usage, sources, fallback)
         if prompt and not fallback:
             await self._count_tokens(prompt, text, usage)
+        if first_token_at is None and parts:
+            first_token_at = time.monotonic()  # a knowledge-base answer: all of it at once
+        self._observe_finished(started, status, asked_at, first_token_at, usage, len(parts),
+                               fallback)
         if status in ("complete", "cancelled"):
             self._events.append(answer_key, "done",
                                 done_payload(answer_key, text, status, usage, sources, fallback))
@@ -251,6 +271,26 @@ class ChatService:
             self._events.append(answer_key, "error", {
                 "code": failure.code, "message": failure.message, "retryable": failure.retryable})
         return status
+
+    def _observe_finished(self, started: StartedAnswer, status: str, asked_at: float,
+                          first_token_at: float | None, usage: Usage | None,
+                          deltas: int, fallback: bool) -> None:
+        """The answer's metrics and its one log line, once it is saved."""
+        duration_s = time.monotonic() - asked_at
+        first_token_s = None if first_token_at is None else first_token_at - asked_at
+        self._metrics.observe_answer(
+            status, duration_s, first_token_s,
+            tokens_in=usage.prompt_tokens if usage else 0,
+            tokens_out=usage.completion_tokens if usage else 0)
+        log_answer(
+            message_id=started.answer_id, session_id=started.session_id, status=status,
+            model=self._llm.model if self._llm is not None else KNOWLEDGE_ONLY_MODEL,
+            fallback=fallback,
+            time_to_first_token_ms=None if first_token_s is None else first_token_s * 1000,
+            duration_ms=duration_s * 1000,
+            tokens_in=usage.prompt_tokens if usage else None,
+            tokens_out=usage.completion_tokens if usage else None,
+            deltas=deltas)
 
     async def _find_knowledge(self, question: str,
                               history: list[tuple[str, str]]) -> list[KnowledgeChunk]:

@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .logs import LogFormat
+
 
 class ConfigError(Exception):
     """A setting in the environment has a value the service cannot use."""
@@ -41,12 +43,20 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "STORE_PROFILE": ("", "Store profile (TOML): name, tone, policies, hours; unset: the example store."),
     "KNOWLEDGE_DIR": ("", "Folder of Markdown help articles, indexed at start; unset: the example's."),
     "TRUSTED_PROXIES": ("", "Comma-separated proxy addresses or CIDRs whose X-Forwarded-For is believed."),
+    "DB_STARTUP_TIMEOUT_S": ("120", "Seconds to keep retrying an unreachable database at start."),
+    "SHUTDOWN_GRACE_S": ("20",
+                         "On SIGTERM, seconds answers get to finish before they are saved as interrupted."),
+    "LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR."),
+    "LOG_FORMAT": ("text", "text (for people) or json (one object per line, for log collectors)."),
+    "METRICS_TOKEN": ("", "When set, GET /metrics asks for the header Authorization: Bearer <token>."),
     "STREAM_TTL_S": ("3600", "Seconds an answer's events stay in Redis for resume after it ends;"
                              " later resumes are served from PostgreSQL."),
     "STREAM_MAXLEN": ("10000", "Most events kept in Redis per answer."),
     "ANSWER_LEASE_S": ("15", "Seconds after its producer's last heartbeat that other instances"
                              " treat an answer as cut off."),
 }
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _split_list(raw: str) -> tuple[str, ...]:
@@ -79,6 +89,11 @@ class Settings:
     trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
     store_profile: str = ""
     knowledge_dir: str = ""
+    db_startup_timeout_s: float = 120.0
+    shutdown_grace_s: float = 20.0
+    log_level: str = "INFO"
+    log_format: LogFormat = "text"
+    metrics_token: str = ""
     stream_ttl_s: int = 3600
     stream_maxlen: int = 10000
     answer_lease_s: float = 15.0
@@ -118,6 +133,11 @@ class Settings:
             trusted_proxies=reader.networks("TRUSTED_PROXIES"),
             store_profile=reader.text("STORE_PROFILE"),
             knowledge_dir=reader.text("KNOWLEDGE_DIR"),
+            db_startup_timeout_s=reader.number("DB_STARTUP_TIMEOUT_S", low=0, high=3600),
+            shutdown_grace_s=reader.number("SHUTDOWN_GRACE_S", low=0, high=3600),
+            log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, upper=True),
+            log_format="json" if reader.choice("LOG_FORMAT", ("text", "json")) == "json" else "text",
+            metrics_token=reader.text("METRICS_TOKEN"),
             stream_ttl_s=reader.integer("STREAM_TTL_S", low=1, high=30 * 86400),
             stream_maxlen=reader.integer("STREAM_MAXLEN", low=100, high=1_000_000),
             answer_lease_s=reader.number("ANSWER_LEASE_S", low=1, high=300),
@@ -154,6 +174,13 @@ class _Reader:
             raise ConfigError(f"{name} must be a number, got {raw!r}") from None
         if not low <= value <= high:
             raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    def choice(self, name: str, options: tuple[str, ...], *, upper: bool = False) -> str:
+        raw = self.text(name)
+        value = raw.upper() if upper else raw.lower()
+        if value not in options:
+            raise ConfigError(f"{name} must be one of {', '.join(options)}, got {raw!r}")
         return value
 
     def rate(self, name: str) -> str:

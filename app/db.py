@@ -7,6 +7,7 @@ together, so each file runs exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .errors import DatabaseUnavailable
@@ -29,6 +31,63 @@ _MIGRATION_LOCK_KEY = 7_350_200_001
 # single statement may run: a frozen database must cost a shopper seconds, not a hang.
 POOL_TIMEOUT_S = 5.0
 STATEMENT_TIMEOUT_MS = 5000
+
+
+# Start-up retries: the first wait, and the longest, between attempts to reach the database.
+STARTUP_FIRST_DELAY_S = 0.5
+STARTUP_MAX_DELAY_S = 10.0
+# Server replies that mean "not yet": the server is up but busy starting, stopping or full.
+# Any other reply from the server (a wrong password, no such database) will not fix itself.
+_NOT_YET = ("the database system is starting up", "the database system is shutting down",
+            "the database system is in recovery mode", "too many clients",
+            "remaining connection slots")
+
+
+def database_label(conninfo: str) -> str:
+    """host:port/dbname, for logs: never the password."""
+    params = conninfo_to_dict(conninfo)
+    host = params.get("host") or "localhost"
+    return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or ''}"
+
+
+def _worth_waiting_for(exc: psycopg.OperationalError) -> bool:
+    reason = str(exc)
+    # psycopg sets no sqlstate on a failed connection; the server's own refusals say FATAL.
+    return "FATAL:" not in reason or any(phrase in reason for phrase in _NOT_YET)
+
+
+async def wait_until_reachable(conninfo: str, timeout_s: float) -> None:
+    """Return once PostgreSQL accepts a connection, retrying with backoff for up to `timeout_s`.
+
+    A database that is still starting (or not resolvable yet, as in a compose stack coming up)
+    is waited for and logged, instead of the service crashing and being restarted in a loop.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    delay = STARTUP_FIRST_DELAY_S
+    target = database_label(conninfo)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            conn = await psycopg.AsyncConnection.connect(conninfo, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            remaining = deadline - loop.time()
+            if not _worth_waiting_for(exc) or remaining <= 0:
+                log.error("cannot reach the database at %s after %d attempts: %s",
+                          target, attempt, reason)
+                raise
+            wait_s = min(delay, remaining)
+            log.warning("waiting for the database at %s (attempt %d, next in %.1fs): %s",
+                        target, attempt, wait_s, reason)
+            await asyncio.sleep(wait_s)
+            delay = min(delay * 2, STARTUP_MAX_DELAY_S)
+            continue
+        await conn.close()
+        if attempt > 1:
+            log.info("the database at %s is reachable (attempt %d)", target, attempt)
+        return
 
 
 def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:

@@ -173,6 +173,7 @@ async def resume_stream(request: Request) -> Response:
     session_id = session_param(request)
     after = last_event_id(request)
     events = await chat_service(request).follow(answer_id, session_id, after)
+    request.app.state.metrics.resumes.inc()
     return event_stream(events)
 
 

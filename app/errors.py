@@ -32,6 +32,17 @@ class BadRequest(AppError):
     message = "The request is not valid."
 
 
+class Unauthorized(AppError):
+    """The request lacks the bearer token this endpoint asks for."""
+
+    status = 401
+    code = "unauthorized"
+    message = "A valid bearer token is required."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
 class NotFound(AppError):
     """The session or message does not exist, or is not the caller's."""
 

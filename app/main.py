@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from . import db, endpoints
+from .access import AccessMiddleware
 from .chat import ChatService
 from .clientip import parse_networks
 from .config import Settings
@@ -25,6 +26,7 @@ from .errors import AppError, app_error_handler, http_error_handler, unexpected_
 from .eventlog import EventLog, MemoryEventLog
 from .knowledge import DEFAULT_KNOWLEDGE_DIR, KnowledgeError, sync_knowledge
 from .llm import LLM
+from .metrics import Metrics, metrics_endpoint
 from .middleware import OriginGuard, RequestLimit, SecurityHeaders
 from .ratelimit import RateLimits, Rule, parse_limit
 from .redis_eventlog import RedisEventLog
@@ -33,7 +35,6 @@ from .store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-SHUTDOWN_GRACE_S = 20.0
 
 
 async def demo_page(request: Request) -> Response:
@@ -53,6 +54,7 @@ routes = [
     Route("/chat/history/{session_id}", endpoints.history, methods=["GET"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
     Route("/readyz", endpoints.readyz, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
     Route("/", demo_page, methods=["GET"]),
     Route("/widget.js", widget_script, methods=["GET"]),
 ]
@@ -112,12 +114,15 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     it serves.
     """
     profile, articles_dir = load_store(settings)
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await db.wait_until_reachable(settings.database_url, settings.db_startup_timeout_s)
         await db.migrate(settings.database_url)
         pool = db.create_pool(settings.database_url, settings.db_pool_max)
         await pool.open(wait=True, timeout=30)
+        metrics.watch_pool(pool.get_stats)
         synced = await sync_knowledge(pool, articles_dir)
         log.info("knowledge base %s: %s", articles_dir, synced.summary())
         llm = build_llm(settings, llm_http_client) if settings.llm_configured else None
@@ -125,10 +130,14 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             log.warning("no OPENAI_API_KEY or OPENAI_BASE_URL: knowledge-only mode, answers "
                         "come from the knowledge base")
         limits = build_rate_limits(settings)
+        # Counted where they are decided: the per-IP limit refuses in middleware, the others in
+        # the endpoint, and both go through here.
+        limits.on_refusal = lambda name: metrics.rate_limit_refusals.labels(limit=name).inc()
+        metrics.redis_fallback.set_function(lambda: 1.0 if limits.redis_state == "down" else 0.0)
         events = build_event_log(settings)
         await events.open()
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
-                           profile=profile, record_tokens=limits.record_tokens)
+                           profile=profile, record_tokens=limits.record_tokens, metrics=metrics)
         # An answer left 'streaming' that no instance produces had its producer die: with one
         # instance, with the previous process; with Redis, whichever instance let its lease go.
         interrupted = await chat.interrupt_orphans()
@@ -141,17 +150,20 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         try:
             yield
         finally:
-            await chat.shutdown(SHUTDOWN_GRACE_S)
+            await chat.shutdown(settings.shutdown_grace_s)
             await events.aclose()
             if llm is not None:
                 await llm.aclose()
             await limits.aclose()
+            metrics.watch_pool(None)
             await pool.close()
 
     # sse-starlette ends every stream the moment uvicorn sees SIGTERM; our streams end when their
     # answers end, and AppServer gives answers a grace period first.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     middleware = [
+        # Outermost: it sees every response, CORS refusals included, and times the whole request.
+        Middleware(AccessMiddleware, metrics=metrics),
         Middleware(SecurityHeaders),
         # Before CORS, so a disallowed origin's preflight gets our 403 body, not a bare 400.
         Middleware(OriginGuard, allowed_origins=settings.allowed_origins),
@@ -163,7 +175,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
                    max_age=600),
         Middleware(RequestLimit, trusted_proxies=parse_networks(settings.trusted_proxies)),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         exception_handlers={
@@ -173,3 +185,5 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
+    return app

@@ -103,6 +103,8 @@ class RateLimits:
             self._redis = self._limiters(storage)
         self._redis_down = False
         self._next_probe = 0.0
+        # Called with the limit's name on every refusal (the metrics count them).
+        self.on_refusal: Callable[[str], None] | None = None
 
     @staticmethod
     def _limiters(storage: Storage) -> dict[str, RateLimiter]:
@@ -160,7 +162,7 @@ class RateLimits:
             return
         allowed, _, reset_in = await self._hit(self.every_request, client_key)
         if not allowed:
-            raise _refusal(self.every_request, reset_in)
+            raise self._refuse(self.every_request, reset_in)
 
     async def check_chat(self, client_key: str, session_id: str | None) -> dict[str, str]:
         """The chat limits; returns the RateLimit-* headers of the tightest one."""
@@ -173,7 +175,7 @@ class RateLimits:
         for rule, key in checks:
             allowed, remaining, reset_in = await self._hit(rule, key)
             if not allowed:
-                raise _refusal(rule, reset_in)
+                raise self._refuse(rule, reset_in)
             if tightest is None or remaining < tightest[1]:
                 tightest = (rule, remaining, reset_in)
         assert tightest is not None
@@ -191,6 +193,8 @@ class RateLimits:
             return await limiters["fixed"].test(budget, "token-budget")
 
         if not await self._run(operation):
+            if self.on_refusal is not None:
+                self.on_refusal("token_budget")
             raise BudgetExhausted()
 
     async def record_tokens(self, tokens: int) -> None:
@@ -202,6 +206,11 @@ class RateLimits:
             return await limiters["fixed"].hit(budget, "token-budget", cost=tokens)
 
         await self._run(operation)
+
+    def _refuse(self, rule: Rule, reset_in: int) -> RateLimited:
+        if self.on_refusal is not None:
+            self.on_refusal(rule.name)
+        return _refusal(rule, reset_in)
 
     async def aclose(self) -> None:
         if self._redis_client is not None:

@@ -1,0 +1,166 @@
+"""The production topology on loopback: Debian's nginx with app/deploy/nginx.conf in front of two
+`python -m app` instances sharing one PostgreSQL and one Redis.
+
+docker-compose.yml runs the same nginx.conf; only the listen port and the upstream servers are
+substituted here (tests/proxy.py). Shoppers are told apart by their source address: each test's
+client connects from its own loopback address (127.0.0.2, 127.0.0.3, ...), which is what nginx
+sees and forwards in X-Forwarded-For.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.app_process import AppProcess
+from tests.conftest import SSEEvent, read_events
+from tests.proxy import running_nginx
+from tests.scripted_model import ScriptedModel
+
+CHAT_LIMIT_PER_IP = 3
+
+
+@dataclass
+class Stack:
+    proxy_url: str
+    instances: list[AppProcess]
+    model: ScriptedModel
+    nginx_log: Path
+
+    def client(self, source_address: str) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(local_address=source_address)
+        return httpx.AsyncClient(base_url=self.proxy_url, transport=transport, timeout=30)
+
+    def app_log_lines(self) -> list[dict[str, Any]]:
+        return [line for instance in self.instances for line in instance.log_lines()]
+
+
+@pytest.fixture(scope="module")
+def stack(database_url: str, redis_url: str,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    directory = tmp_path_factory.mktemp("proxy")
+    with ScriptedModel() as model:
+        env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
+               # One prefix for both instances: they share their counters, as in production.
+               "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
+               "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": model.base_url,
+               "TRUSTED_PROXIES": "127.0.0.1",
+               "RATE_LIMIT_CHAT_IP": f"{CHAT_LIMIT_PER_IP}/15minutes"}
+        instances = [AppProcess(env, directory / f"app-{n}.log") for n in range(2)]
+        try:
+            for instance in instances:
+                instance.wait_healthy()
+            upstreams = [f"127.0.0.1:{instance.port}" for instance in instances]
+            with running_nginx(upstreams, directory) as port:
+                yield Stack(f"http://127.0.0.1:{port}", instances, model,
+                            directory / "nginx.log")
+        finally:
+            for instance in instances:
+                instance.stop()
+
+
+async def next_event(events: AsyncIterator[SSEEvent]) -> SSEEvent:
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        return await anext(events)
+
+
+async def test_tokens_arrive_through_the_proxy_as_they_are_made(stack: Stack) -> None:
+    """The model sends token n+1 only after the client has received token n through nginx:
+    a proxy that buffered the response would hold token n back and the test would hang."""
+    stack.model.reset(gated=True)
+    async with stack.client("127.0.0.2") as http, http.stream(
+            "POST", "/chat/stream", json={"message": "Can I return shoes?"},
+            headers={"X-Request-ID": "proxy-req-1"}) as response:
+        assert response.status_code == 200
+        assert response.headers["x-request-id"] == "proxy-req-1"
+        events = read_events(response)
+        assert (await next_event(events)).event == "meta"
+        received = []
+        for expected in stack.model.tokens:
+            stack.model.release()
+            token = await next_event(events)
+            assert (token.event, token.data["text"]) == ("token", expected)
+            received.append(token.data["text"])
+        done = await next_event(events)
+
+    assert done.event == "done" and done.data["text"] == "".join(received)
+    # The id nginx passed on is the one the app logged the request and the answer under (the
+    # request line is written as the response ends, which may be just after the client's read).
+    for _ in range(500):
+        logged = {line["message"] for line in stack.app_log_lines()
+                  if line.get("request_id") == "proxy-req-1"}
+        if "request" in logged:
+            break
+        await asyncio.sleep(0.02)
+    assert logged == {"request", "answer"}
+
+
+async def test_nginx_makes_a_request_id_when_the_client_sends_none(stack: Stack) -> None:
+    async with stack.client("127.0.0.2") as http:
+        response = await http.get("/healthz")
+    request_id = response.headers["x-request-id"]
+    assert len(request_id) == 32 and int(request_id, 16) >= 0
+    assert request_id in stack.nginx_log.read_text()
+
+
+async def test_rate_limits_key_on_the_real_client_address(stack: Stack) -> None:
+    stack.model.reset(gated=False)
+
+    async def ask(http: httpx.AsyncClient, forged: str) -> httpx.Response:
+        # A client that writes its own X-Forwarded-For gains nothing: nginx appends the address
+        # it really sees, and the app believes only what its trusted proxy added.
+        return await http.post("/chat/stream", json={"message": "hi"},
+                               headers={"X-Forwarded-For": forged})
+
+    async with stack.client("127.0.0.3") as first, stack.client("127.0.0.4") as second:
+        statuses = [(await ask(first, f"203.0.113.{n}")).status_code
+                    for n in range(CHAT_LIMIT_PER_IP + 1)]
+        refused = await ask(first, "198.51.100.7")
+        other_shopper = await ask(second, "203.0.113.1")
+
+    assert statuses == [200] * CHAT_LIMIT_PER_IP + [429]
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) > 0
+    assert other_shopper.status_code == 200
+
+
+async def test_an_answer_resumes_through_the_proxy_after_its_connection_is_cut(
+        stack: Stack) -> None:
+    stack.model.reset(gated=True)
+    tokens = stack.model.tokens
+    async with stack.client("127.0.0.5") as http:
+        async with http.stream("POST", "/chat/stream",
+                               json={"message": "Where is my parcel?"}) as response:
+            events = read_events(response)
+            meta = (await next_event(events)).data
+            for _ in range(2):
+                stack.model.release()
+                last = await next_event(events)
+        # The connection is gone: the shopper's train went into a tunnel. The answer goes on.
+        assert last.id == "2"
+
+        async with http.stream("GET", f"/chat/stream/{meta['messageId']}",
+                               params={"sessionId": meta["sessionId"]},
+                               headers={"Last-Event-ID": last.id}) as resumed:
+            assert resumed.status_code == 200
+            events = read_events(resumed)
+            assert (await next_event(events)).event == "meta"
+            rest = []
+            for _ in tokens[2:]:
+                stack.model.release()
+                token = await next_event(events)
+                assert token.event == "token"
+                rest.append(token)
+            done = await next_event(events)
+
+    assert [token.id for token in rest] == [str(n) for n in range(3, len(tokens) + 1)]
+    assert "".join(tokens[:2]) + "".join(token.data["text"] for token in rest) == "".join(tokens)
+    assert done.event == "done" and done.data["text"] == "".join(tokens)

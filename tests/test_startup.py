@@ -1,0 +1,106 @@
+"""Start-up with the database down: wait and retry with backoff, say what for, then give up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from app import db
+from tests.proxy import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def waiting_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records
+            if record.getMessage().startswith("waiting for the database")]
+
+
+@contextlib.asynccontextmanager
+async def tcp_forwarder(listen_port: int, target_port: int) -> AsyncIterator[None]:
+    """The database 'comes up' on `listen_port`: a plain TCP relay to the real server."""
+    relays: list[asyncio.Task[None]] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    async def relay(client_reader: asyncio.StreamReader,
+                    client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+
+    def start_relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        relays.append(asyncio.create_task(relay(reader, writer)))
+
+    server = await asyncio.start_server(start_relay, "127.0.0.1", listen_port)
+    try:
+        yield
+    finally:
+        server.close()
+        await server.wait_closed()
+        # Each relay ends when both sides have hung up (the probe connection is closed at once).
+        await asyncio.wait_for(asyncio.gather(*relays), 30)
+
+
+async def test_waits_for_a_database_that_comes_up(
+        database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    real_port = int(conninfo_to_dict(database_url).get("port") or 5432)
+    assert conninfo_to_dict(database_url).get("host") in ("127.0.0.1", "localhost")
+    port = free_port()
+    late_url = make_conninfo(database_url, host="127.0.0.1", port=str(port))
+
+    with caplog.at_level(logging.INFO, logger="app.db"):
+        waiting = asyncio.create_task(db.wait_until_reachable(late_url, timeout_s=60))
+        # The database comes up only once the service has said it is waiting for it.
+        for _ in range(600):
+            if waiting_lines(caplog):
+                break
+            await asyncio.sleep(0.05)
+        assert not waiting.done()
+        async with tcp_forwarder(port, real_port):
+            await asyncio.wait_for(waiting, 30)
+
+    first = waiting_lines(caplog)[0]
+    assert f"127.0.0.1:{port}/" in first and "attempt 1" in first
+    assert "password" not in first
+    assert any("is reachable" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_refusal_from_the_server_is_not_waited_for(
+        database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    wrong_role = make_conninfo(database_url, user="no_such_role_here")
+    with caplog.at_level(logging.INFO, logger="app.db"), pytest.raises(psycopg.OperationalError):
+        await db.wait_until_reachable(wrong_role, timeout_s=60)
+    assert waiting_lines(caplog) == []
+
+
+def test_the_service_gives_up_after_the_startup_timeout_and_exits_non_zero() -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"postgresql://chat:pw@127.0.0.1:{dead_port}/chat",
+           "DB_STARTUP_TIMEOUT_S": "1.5", "LOG_FORMAT": "text", "PORT": str(free_port())}
+    result = subprocess.run([sys.executable, "-m", "app"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    # uvicorn's status for a failed start-up, so a supervisor restarts the service.
+    assert result.returncode == 3, result.stderr
+    waits = [line for line in result.stderr.splitlines() if "waiting for the database" in line]
+    assert len(waits) >= 2
+    assert f"127.0.0.1:{dead_port}/chat" in waits[0] and "pw" not in result.stderr
+    assert "cannot reach the database" in result.stderr
