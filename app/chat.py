@@ -384,6 +384,7 @@ class ChatService:
         try:
             shared = await self._events.resume(
                 str(answer_id), after, meta=record_meta(record),
+                streaming=record.status == "streaming",
                 on_producer_lost=lambda text, seq: self._end_orphan(record, text, seq))
         except SharedLogUnavailable:
             if record.status == "streaming":
@@ -492,7 +493,7 @@ class ChatService:
         try:
             await self._events.request_cancel(answer_key)
             events = await self._events.resume(
-                answer_key, _AFTER_EVERY_TOKEN, meta=record_meta(record),
+                answer_key, _AFTER_EVERY_TOKEN, meta=record_meta(record), streaming=True,
                 on_producer_lost=lambda text, seq: self._end_orphan(record, text, seq))
         except SharedLogUnavailable:
             raise ServiceUnavailable("The answer cannot be stopped right now. Please try again.") \

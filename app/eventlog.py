@@ -75,11 +75,13 @@ class EventLog(Protocol):
     def subscribe(self, answer_id: str, after: int) -> AsyncIterator[Event] | None:
         """Events with seq > after (meta always), then live ones; None if the log has no such answer."""
 
-    async def resume(self, answer_id: str, after: int, *, meta: Event,
+    async def resume(self, answer_id: str, after: int, *, meta: Event, streaming: bool,
                      on_producer_lost: ProducerLost) -> AsyncIterator[Event] | None:
         """Like subscribe, for an answer produced by another instance; None if no instance has it.
 
-        `meta` stands in if the shared copy lost its own. Raises SharedLogUnavailable.
+        `meta` stands in if the shared copy lost its own; `streaming` says the record is not
+        final, so an answer with no trace in the shared log is waited for (briefly) rather
+        than given up. Raises SharedLogUnavailable.
         """
 
     async def producerless(self, answer_ids: Sequence[str]) -> dict[str, str]:
@@ -142,7 +144,7 @@ class MemoryEventLog:
         answer = self._answers.get(answer_id)
         return None if answer is None else answer.events
 
-    async def resume(self, answer_id: str, after: int, *, meta: Event,
+    async def resume(self, answer_id: str, after: int, *, meta: Event, streaming: bool,
                      on_producer_lost: ProducerLost) -> AsyncIterator[Event] | None:
         return None  # no other instance to resume from
 

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ log = logging.getLogger(__name__)
 REDIS_FAILURES = (RedisError, OSError)
 # While Redis is down and answers wait to be copied, how often the flusher tries again.
 RETRY_S = 0.5
+# A lease found missing is checked again this much later before its producer is declared dead:
+# after a Redis restart, producers re-set their leases within RETRY_S of its return.
+CONFIRM_S = 2 * RETRY_S
 # Entries per XREAD: a subscriber that fell behind catches up in a few round trips.
 READ_COUNT = 500
 UNAVAILABLE_PAYLOAD = {"code": "unavailable", "retryable": True,
@@ -108,7 +112,7 @@ class RedisEventLog:
         self._lease_s = lease_s
         self._lease_ms = max(1, int(lease_s * 1000))
         # A subscriber checks the lease after this long without news; so a dead producer is
-        # noticed at most lease + poll after its last heartbeat.
+        # noticed at most lease + poll + CONFIRM_S after it died.
         self._poll_s = min(2.0, lease_s / 3)
         self._redis = connect(redis_url)
         # Blocking reads (XREAD BLOCK, pub/sub) wait up to poll_s by design.
@@ -337,7 +341,7 @@ class RedisEventLog:
 
     # -- reading on another instance ---------------------------------------------------------
 
-    async def resume(self, answer_id: str, after: int, *, meta: Event,
+    async def resume(self, answer_id: str, after: int, *, meta: Event, streaming: bool,
                      on_producer_lost: ProducerLost) -> AsyncIterator[Event] | None:
         stream = self._keys.events(answer_id)
         try:
@@ -352,8 +356,8 @@ class RedisEventLog:
             self._health.failed(exc, "reading an answer")
             raise SharedLogUnavailable() from exc
         self._health.ok()
-        if not first and not has_lease:
-            return None
+        if not first and not has_lease and not streaming:
+            return None  # expired, or never in Redis: the record has it all
         head = decode_entry(*first[0]) if first else meta
         if head.seq != 0:  # trimmed by MAXLEN
             head = meta
@@ -380,6 +384,7 @@ class RedisEventLog:
                 return
         # Block for news; after a quiet poll, check that the producer still holds its lease.
         check_producer = not producer_seen
+        lease_missing_since: float | None = None
         while True:
             try:
                 if check_producer:
@@ -388,17 +393,25 @@ class RedisEventLog:
                         pipe.xrange(stream, f"({cursor}", "+")
                         alive, entries = await pipe.execute()
                     if not entries and not alive:
-                        yield await self._producer_lost(answer_id, last_seq + 1, on_producer_lost)
-                        return
+                        now = time.monotonic()
+                        lease_missing_since = lease_missing_since or now
+                        if now - lease_missing_since >= CONFIRM_S:
+                            yield await self._producer_lost(answer_id, last_seq + 1,
+                                                            on_producer_lost)
+                            return
+                        await asyncio.sleep(CONFIRM_S)
+                        continue
+                    lease_missing_since = None
+                    check_producer = False
                 else:
                     reply: Any = await self._blocking.xread(
                         {stream: cursor}, count=READ_COUNT, block=int(self._poll_s * 1000))
                     entries = xread_entries(reply)
+                    check_producer = not entries
             except REDIS_FAILURES as exc:
                 self._health.failed(exc, "following an answer")
                 yield encode_event(last_seq + 1, "error", UNAVAILABLE_PAYLOAD)
                 return
-            check_producer = not entries and not check_producer
             for entry_id, fields in entries:
                 cursor = entry_id
                 event = decode_entry(entry_id, fields)
@@ -413,6 +426,17 @@ class RedisEventLog:
         log.warning("answer %s lost its producer mid-answer", answer_id[:8])
         return await on_producer_lost(await self._streamed_text(answer_id), seq)
 
+    async def _without_lease(self, answer_ids: Sequence[str]) -> list[str]:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for answer_id in answer_ids:
+                    pipe.exists(self._keys.lease(answer_id))
+                leases = await pipe.execute()
+        except REDIS_FAILURES as exc:
+            self._health.failed(exc, "looking for orphaned answers")
+            raise SharedLogUnavailable() from exc
+        return [a for a, has_lease in zip(answer_ids, leases, strict=True) if not has_lease]
+
     async def _streamed_text(self, answer_id: str) -> str:
         """The text of the tokens in the answer's stream ('' if Redis cannot say)."""
         try:
@@ -426,14 +450,10 @@ class RedisEventLog:
     async def producerless(self, answer_ids: Sequence[str]) -> dict[str, str]:
         if not answer_ids:
             return {}
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for answer_id in answer_ids:
-                    pipe.exists(self._keys.lease(answer_id))
-                leases = await pipe.execute()
-        except REDIS_FAILURES as exc:
-            self._health.failed(exc, "looking for orphaned answers")
-            raise SharedLogUnavailable() from exc
-        orphans = [a for a, has_lease in zip(answer_ids, leases, strict=True) if not has_lease]
+        orphans = await self._without_lease(answer_ids)
+        if orphans:
+            # Confirmed once: a producer back from a Redis outage re-sets its leases at once.
+            await asyncio.sleep(CONFIRM_S)
+            orphans = await self._without_lease(orphans)
         texts = await asyncio.gather(*(self._streamed_text(a) for a in orphans))
         return dict(zip(orphans, texts, strict=True))

@@ -48,6 +48,12 @@ async def never_lost(text: str, seq: int) -> Event:
     raise AssertionError("the producer is alive")
 
 
+def follow(log: RedisEventLog, answer_id: str, after: int, on_lost: Any = never_lost,
+           *, streaming: bool = False) -> Any:
+    """`log.resume` of an answer another log produces (a coroutine to await)."""
+    return log.resume(answer_id, after, meta=META, streaming=streaming, on_producer_lost=on_lost)
+
+
 async def wait_until(condition: Callable[[], Any], within_s: float = 10.0) -> None:
     deadline = time.monotonic() + within_s
     while not await condition():
@@ -81,12 +87,12 @@ async def test_entries_carry_the_wire_ids_and_another_instance_reads_from_any_id
     assert await raw_redis.ttl(stream) > 0
     assert not await raw_redis.exists(f"{redis_prefix}:answer:a1:lease")
 
-    from_two = await collect(await other.resume("a1", 2, meta=META, on_producer_lost=never_lost))
+    from_two = await collect(await follow(other, "a1", 2, never_lost))
     assert [(e.seq, e.kind) for e in from_two] == [(0, "meta"), (3, "token"), (4, "done")]
     assert from_two[1].frame == b'id: 3\nevent: token\ndata: {"text":"three"}\n\n'
-    past_end = await collect(await other.resume("a1", 99, meta=META, on_producer_lost=never_lost))
+    past_end = await collect(await follow(other, "a1", 99, never_lost))
     assert [e.kind for e in past_end] == ["meta", "done"]
-    assert await other.resume("unknown", 0, meta=META, on_producer_lost=never_lost) is None
+    assert await follow(other, "unknown", 0, never_lost) is None
 
 
 async def _has_end(client: aioredis.Redis, stream: str) -> bool:
@@ -99,7 +105,7 @@ async def test_a_live_answer_is_followed_on_another_instance_until_its_end(
     producer, other = await make_log(redis_url), await make_log(redis_url)
     produce(producer, "a2", ["a", "b"], end=False)
     await asyncio.sleep(0.05)
-    events = await other.resume("a2", 1, meta=META, on_producer_lost=never_lost)
+    events = await follow(other, "a2", 1, never_lost)
     assert events is not None
     seen = [await anext(events), await anext(events)]
     for token in ["c", "d"]:
@@ -126,7 +132,7 @@ async def test_a_stream_without_a_lease_or_an_end_is_reported_as_producer_lost(
         lost.append((text, seq))
         return encode_event(seq, "error", {"code": "interrupted"})
 
-    events = await collect(await other.resume("a3", 1, meta=META, on_producer_lost=on_lost))
+    events = await collect(await follow(other, "a3", 1, on_lost))
     assert [(e.seq, e.kind) for e in events] == [(0, "meta"), (2, "token"), (3, "error")]
     assert lost == [("cut off", 3)]
 
@@ -141,8 +147,7 @@ async def test_a_lease_that_stops_being_refreshed_is_noticed_by_a_waiting_subscr
                                                                            lease_s=1.0)
     produce(producer, "a4", ["x"], end=False)
     await asyncio.sleep(0.05)
-    events = await other.resume("a4", 0, meta=META,
-                                on_producer_lost=lambda text, seq: _interrupted(seq))
+    events = await follow(other, "a4", 0, lambda text, seq: _interrupted(seq))
     assert events is not None
     assert (await anext(events)).kind == "meta"
     assert (await anext(events)).kind == "token"
@@ -176,7 +181,7 @@ async def test_after_an_outage_the_copy_is_completed_from_memory_without_duplica
     assert len(local) == 23
     await proxy.start()
     await wait_until(lambda: _has_end(raw_redis, stream))
-    remote = await collect(await other.resume("a5", 0, meta=META, on_producer_lost=never_lost))
+    remote = await collect(await follow(other, "a5", 0, never_lost))
     assert [e.frame for e in remote] == [e.frame for e in local]
     unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(unreachable) == 1
@@ -215,3 +220,40 @@ async def test_only_answers_without_a_lease_count_as_producerless(
     await producer._redis.delete(producer._keys.lease("dead"))
     assert await other.producerless(["live", "dead", "never-streamed"]) == {
         "dead": "partial text", "never-streamed": ""}
+
+
+async def test_a_streaming_answer_with_no_trace_in_redis_ends_as_producer_lost(
+        make_log: Factory, redis_url: str) -> None:
+    other = await make_log(redis_url)
+    lost: list[tuple[str, int]] = []
+
+    async def on_lost(text: str, seq: int) -> Event:
+        lost.append((text, seq))
+        return encode_event(seq, "error", {"code": "interrupted"})
+
+    async with asyncio.timeout(10):
+        events = await collect(await follow(other, "no-trace", 0, on_lost, streaming=True))
+    assert [e.kind for e in events] == ["meta", "error"]
+    assert lost == [("", 1)]
+
+
+async def test_a_lease_that_comes_back_at_once_is_not_a_dead_producer(
+        make_log: Factory, redis_url: str, raw_redis: aioredis.Redis) -> None:
+    # Redis restarted without its data: the producer puts its lease back within a second.
+    producer, other = await make_log(redis_url), await make_log(redis_url)
+    produce(producer, "a7", ["x"], end=False)
+    await asyncio.sleep(0.05)
+    lease = producer._keys.lease("a7")
+    await raw_redis.delete(lease)
+    events = await follow(other, "a7", 1, never_lost)
+    assert events is not None
+    assert (await anext(events)).kind == "meta"
+    await asyncio.sleep(0.3)
+    await raw_redis.set(lease, "back", px=3000)
+    # Past the confirmation: the subscriber saw the lease again and kept waiting.
+    next_event = asyncio.ensure_future(anext(events))
+    finished, _ = await asyncio.wait({next_event}, timeout=2.5)
+    assert not finished
+    producer.append("a7", "done", {"text": "x", "status": "complete"})
+    async with asyncio.timeout(10):
+        assert (await next_event).kind == "done"

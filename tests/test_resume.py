@@ -229,7 +229,7 @@ async def test_a_starting_instance_interrupts_only_answers_no_instance_produces(
         start_app: Callable[..., Any], upstream: FakeUpstream, shared_settings: dict[str, Any],
         query: Query) -> None:
     a = await start_app(**shared_settings)
-    upstream.queue(Reply(tokens=[f"w{n} " for n in range(20)], delay=0.05))
+    upstream.queue(Reply(tokens=[f"w{n} " for n in range(100)], delay=0.05))
     conversation, orphan = uuid.uuid4(), uuid.uuid4()
     query("INSERT INTO conversations (id) VALUES (%s)", conversation)
     query("INSERT INTO messages (id, conversation_id, sender, text, status)"
