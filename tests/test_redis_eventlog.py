@@ -183,7 +183,8 @@ async def test_after_an_outage_the_copy_is_completed_from_memory_without_duplica
     await wait_until(lambda: _has_end(raw_redis, stream))
     remote = await collect(await follow(other, "a5", 0, never_lost))
     assert [e.frame for e in remote] == [e.frame for e in local]
-    unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    unreachable = [r for r in caplog.records
+                   if r.name == "app.redis_connection" and "unreachable" in r.getMessage()]
     assert len(unreachable) == 1
     assert any("reachable again" in r.getMessage() for r in caplog.records)
     await proxy.stop()

@@ -186,7 +186,8 @@ async def test_with_redis_down_mid_answer_the_answer_completes_and_is_saved(
     assert seen[-1].event == "done" and seen[-1].data["text"] == "".join(tokens)
     assert query("SELECT status, text FROM messages WHERE id = %s", meta["messageId"]) == [
         ("complete", "".join(tokens))]
-    outages = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    outages = [r for r in caplog.records
+               if r.name == "app.redis_connection" and "unreachable" in r.getMessage()]
     assert len(outages) == 1
 
     # Redis back: A completes the copy from memory, and B serves the whole answer from it.
