@@ -9,6 +9,7 @@ once, when it ends, with its final status. No path loses text that was already s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -23,8 +24,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import db
-from .errors import DatabaseUnavailable, NotFound
-from .eventlog import Event, EventLog, encode_event
+from .errors import DatabaseUnavailable, NotFound, ServiceUnavailable
+from .eventlog import Event, EventLog, SharedLogUnavailable, encode_event
 from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
 from .llm import LLM, UpstreamError, Usage
 from .logs import log_answer
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 # Statuses an answer can end in; 'streaming' is the only one that is not final.
 FINAL_STATUSES = frozenset({"complete", "error", "cancelled", "interrupted"})
 _SAVE_ATTEMPTS = 5
+# How long a cancel on an instance that does not produce the answer waits to see it end.
+REMOTE_CANCEL_WAIT_S = 3.0
+# Past any token id: following from here yields just meta and the end.
+_AFTER_EVERY_TOKEN = 2**53
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ class ChatService:
         self._interrupting = False
         # Tests that build a service alone get a registry nobody reads.
         self._metrics = metrics if metrics is not None else Metrics()
+        events.on_cancel_request(self._cancel_running)
 
     @property
     def running_count(self) -> int:
@@ -144,8 +150,11 @@ class ChatService:
     async def start_answer(self, question: str, session_id: uuid.UUID | None) -> StartedAnswer:
         """Commit the shopper's message and an empty answer row, then start generating."""
         asked_at = time.monotonic()
-        started, history = await self._record_question(question, session_id)
-        answer_key = str(started.answer_id)
+        answer_id = uuid.uuid4()
+        answer_key = str(answer_id)
+        # Claimed before the row exists: other instances never see it 'streaming' unclaimed.
+        await self._events.claim(answer_key)
+        started, history = await self._record_question(question, session_id, answer_id)
         self._events.start(answer_key)
         self._events.append(answer_key, "meta", meta_payload(started))
         # The task copies this request's context, so its log line carries the request id.
@@ -156,9 +165,9 @@ class ChatService:
         return started
 
     async def _record_question(
-        self, question: str, session_id: uuid.UUID | None
+        self, question: str, session_id: uuid.UUID | None, answer_id: uuid.UUID
     ) -> tuple[StartedAnswer, list[tuple[str, str]]]:
-        user_message_id, answer_id = uuid.uuid4(), uuid.uuid4()
+        user_message_id = uuid.uuid4()
         async with db.connection(self._pool) as conn, conn.transaction():
             history: list[tuple[str, str]] = []
             if session_id is not None:
@@ -372,14 +381,42 @@ class ChatService:
 
     async def follow(self, answer_id: uuid.UUID, session_id: uuid.UUID,
                      after: int) -> AsyncIterator[Event]:
-        """The answer's events after `after`: live from the event log, or rebuilt from the record."""
+        """The answer's events after `after`: from this instance's memory if it produces the
+        answer, else from the shared log, else rebuilt from the record."""
         record = await self.find_answer(answer_id, session_id)
         live = self._events.subscribe(str(answer_id), after)
         if live is not None:
             return live
+        try:
+            shared = await self._events.resume(
+                str(answer_id), after, meta=record_meta(record),
+                streaming=record.status == "streaming",
+                on_producer_lost=lambda text, seq: self._end_orphan(record, text, seq))
+        except SharedLogUnavailable:
+            if record.status == "streaming":
+                raise ServiceUnavailable(
+                    "This answer cannot be followed right now. Please try again in a moment."
+                ) from None
+            return _replay_record(record, after)  # the record has all of a finished answer
+        if shared is not None:
+            return _settled(shared)
+        # No instance has it: an expired stream, or an answer whose producer died with it.
         if record.status == "streaming" and answer_id not in self._running:
             record = await self._mark_interrupted(record)
         return _replay_record(record, after)
+
+    async def _end_orphan(self, record: AnswerRecord, streamed_text: str, seq: int) -> Event:
+        """A subscriber found the producer gone: save what it had streamed, as 'interrupted'."""
+        try:
+            async with db.connection(self._pool) as conn:
+                await conn.execute(
+                    "UPDATE messages SET status = 'interrupted', text = %s, finished_at = now()"
+                    " WHERE id = %s AND status = 'streaming'", (streamed_text, record.id))
+            # Whatever the update found: the producer may have saved the answer just before.
+            record = await self.find_answer(record.id, record.conversation_id)
+        except DatabaseUnavailable:
+            record = replace(record, text=streamed_text, status="interrupted")
+        return terminal_event(record, seq)
 
     async def _mark_interrupted(self, record: AnswerRecord) -> AnswerRecord:
         """An answer left 'streaming' with no producer: its instance died mid-answer."""
@@ -390,12 +427,31 @@ class ChatService:
         return replace(record, status="interrupted")
 
     async def interrupt_orphans(self) -> int:
-        """At start-up of a single instance: answers still 'streaming' lost their producer."""
+        """At start-up: answers still 'streaming' that no instance produces lost their producer.
+
+        With one instance that is all of them; with a shared log, only those without a lease
+        (others may be producing the rest right now). The streamed text is kept.
+        """
         async with db.connection(self._pool) as conn:
-            cur = await conn.execute(
-                "UPDATE messages SET status = 'interrupted', finished_at = now()"
-                " WHERE status = 'streaming'")
-            return cur.rowcount
+            cur = await conn.execute("SELECT id FROM messages WHERE status = 'streaming'")
+            streaming = [str(row[0]) for row in await cur.fetchall()]
+        if not streaming:
+            return 0
+        try:
+            orphans = await self._events.producerless(streaming)
+        except SharedLogUnavailable:
+            log.warning("shared event log unreachable: left %d streaming answers alone",
+                        len(streaming))
+            return 0
+        if not orphans:
+            return 0
+        async with db.connection(self._pool) as conn:
+            cur = conn.cursor()
+            await cur.executemany(
+                "UPDATE messages SET status = 'interrupted', text = %s, finished_at = now()"
+                " WHERE id = %s AND status = 'streaming'",
+                [(text, answer_id) for answer_id, text in orphans.items()])
+        return len(orphans)
 
     async def history(self, session_id: uuid.UUID, limit: int,
                       before: uuid.UUID | None) -> HistoryPage:
@@ -430,10 +486,41 @@ class ChatService:
         record = await self.find_answer(answer_id, session_id)
         task = self._running.get(answer_id)
         if task is None:
-            return record.status
+            if record.status != "streaming":
+                return record.status
+            return await self._cancel_elsewhere(record)
         task.cancel()
         # shield: a shopper who leaves mid-cancel must not cancel the save of the partial text.
         return await asyncio.shield(task)
+
+    async def _cancel_elsewhere(self, record: AnswerRecord) -> str:
+        """Ask the instance producing the answer to cancel it, and wait a moment for its end."""
+        answer_key = str(record.id)
+        try:
+            await self._events.request_cancel(answer_key)
+            events = await self._events.resume(
+                answer_key, _AFTER_EVERY_TOKEN, meta=record_meta(record), streaming=True,
+                on_producer_lost=lambda text, seq: self._end_orphan(record, text, seq))
+        except SharedLogUnavailable:
+            raise ServiceUnavailable("The answer cannot be stopped right now. Please try again.") \
+                from None
+        if events is None:
+            # No instance has it: its producer died (one instance: with the previous process).
+            return (await self._mark_interrupted(record)).status
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REMOTE_CANCEL_WAIT_S):
+                    async for event in events:
+                        if event.is_terminal:
+                            break
+        # The producer saves before it sends the end, so the record now says how it ended.
+        return (await self.find_answer(record.id, record.conversation_id)).status
+
+    def _cancel_running(self, answer_key: str) -> None:
+        """Another instance asked to cancel an answer: cancel it if this instance produces it."""
+        task = self._running.get(uuid.UUID(answer_key))
+        if task is not None:
+            task.cancel()
 
     async def shutdown(self, grace_s: float) -> None:
         """Let answers finish for `grace_s`, then save the rest as 'interrupted'."""
@@ -448,27 +535,50 @@ class ChatService:
                 await asyncio.wait(still_running, timeout=10)
 
 
-def _replay_record(record: AnswerRecord, after: int) -> AsyncIterator[Event]:
-    """A finished answer from PostgreSQL: meta, its whole text as one token, then the end."""
+def record_meta(record: AnswerRecord) -> Event:
+    return encode_event(0, "meta", {"sessionId": str(record.conversation_id),
+                                    "messageId": str(record.id)})
+
+
+def terminal_event(record: AnswerRecord, seq: int) -> Event:
+    """How a settled answer ends on the wire: `done`, or an `error` that is not worth retrying."""
     answer_key = str(record.id)
-    events = [encode_event(0, "meta", {"sessionId": str(record.conversation_id),
-                                       "messageId": answer_key})]
-    if after < 1 and record.text:
-        events.append(encode_event(1, "token", {"text": record.text}))
-    end_seq = 2
     if record.status in ("complete", "cancelled"):
         usage = None
         if record.prompt_tokens is not None and record.completion_tokens is not None:
             usage = Usage(record.prompt_tokens, record.completion_tokens)
-        events.append(encode_event(end_seq, "done", done_payload(
-            answer_key, record.text, record.status, usage, record.sources, record.fallback)))
-    elif record.status == "interrupted":
-        events.append(encode_event(end_seq, "error", {
-            "code": "interrupted", "message": INTERRUPTED_MESSAGE, "retryable": False}))
-    else:
-        events.append(encode_event(end_seq, "error", {
-            "code": "upstream_error", "retryable": False,
-            "message": "The assistant could not finish this answer. Please ask again."}))
+        return encode_event(seq, "done", done_payload(
+            answer_key, record.text, record.status, usage, record.sources, record.fallback))
+    if record.status == "interrupted":
+        return encode_event(seq, "error", {
+            "code": "interrupted", "message": INTERRUPTED_MESSAGE, "retryable": False})
+    return encode_event(seq, "error", {
+        "code": "upstream_error", "retryable": False,
+        "message": "The assistant could not finish this answer. Please ask again."})
+
+
+async def _settled(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """Events from the shared log, with a shutdown's 'retryable' interruption made final.
+
+    A producer that shuts down ends its answers with a retryable `interrupted` error, so that
+    its clients resume elsewhere. Elsewhere is here, and the answer is settled: retrying again
+    would only replay the same end.
+    """
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            if event.kind == "error" and event.payload.get("code") == "interrupted":
+                yield encode_event(event.seq, "error", {
+                    "code": "interrupted", "message": INTERRUPTED_MESSAGE, "retryable": False})
+            else:
+                yield event
+
+
+def _replay_record(record: AnswerRecord, after: int) -> AsyncIterator[Event]:
+    """A finished answer from PostgreSQL: meta, its whole text as one token, then the end."""
+    events = [record_meta(record)]
+    if after < 1 and record.text:
+        events.append(encode_event(1, "token", {"text": record.text}))
+    events.append(terminal_event(record, 2))
 
     async def replay() -> AsyncIterator[Event]:
         for event in events:
