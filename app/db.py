@@ -141,10 +141,13 @@ def _cut_off(conn: psycopg.AsyncConnection, waiting_for: str) -> None:
     if conn.closed:
         return
     log.warning("the database did not answer a %s in time: dropping the connection", waiting_for)
-    # A duplicate of the descriptor: shutdown() acts on the shared socket, close() only on the
-    # duplicate, so psycopg's descriptor stays valid (and cannot be reused under it).
-    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
-        sock.shutdown(socket.SHUT_RDWR)
+    try:
+        # A duplicate of the descriptor: shutdown() acts on the shared socket, close() only on
+        # the duplicate, so psycopg's descriptor stays valid (and cannot be reused under it).
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, psycopg.OperationalError):
+        pass  # the connection is already lost: psycopg will say so to whoever waits on it
 
 
 async def _within(seconds: float, conn: psycopg.AsyncConnection, waiting_for: str,
