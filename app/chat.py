@@ -9,6 +9,7 @@ once, when it ends, with its final status. No path loses text that was already s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -23,8 +24,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import db
-from .errors import DatabaseUnavailable, NotFound
-from .eventlog import Event, EventLog, encode_event
+from .errors import DatabaseUnavailable, NotFound, ServiceUnavailable
+from .eventlog import Event, EventLog, SharedLogUnavailable, encode_event
 from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
 from .llm import LLM, UpstreamError, Usage
 from .logs import log_answer
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 # Statuses an answer can end in; 'streaming' is the only one that is not final.
 FINAL_STATUSES = frozenset({"complete", "error", "cancelled", "interrupted"})
 _SAVE_ATTEMPTS = 5
+# How long a cancel on an instance that does not produce the answer waits to see it end.
+REMOTE_CANCEL_WAIT_S = 3.0
+# Past any token id: following from here yields just meta and the end.
+_AFTER_EVERY_TOKEN = 2**53
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ def done_payload(answer_key: str, text: str, status: str, usage: Usage | None,
             "usage": usage_payload(usage), "sources": sources, "fallback": fallback}
 
 
+NOT_SAVED_MESSAGE = "We could not keep this answer. Please ask again in a moment."
 INTERRUPTED_MESSAGE = "The answer was cut off. Please ask again."
 
 
@@ -129,6 +135,7 @@ class ChatService:
         self._interrupting = False
         # Tests that build a service alone get a registry nobody reads.
         self._metrics = metrics if metrics is not None else Metrics()
+        events.on_cancel_request(self._cancel_running)
 
     @property
     def running_count(self) -> int:
@@ -150,6 +157,8 @@ class ChatService:
         """
         asked_at = time.monotonic()
         user_message_id, answer_id = uuid.uuid4(), uuid.uuid4()
+        # Claimed before the row exists: other instances never see it 'streaming' unclaimed.
+        await self._events.claim(str(answer_id))
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task: asyncio.Task[str] | None = None
         try:
@@ -266,14 +275,19 @@ class ChatService:
         await committed
         text = "".join(parts)
         sources = sources_payload(chunks)
-        await self._save_answer(started.answer_id, text, status, usage, sources, fallback)
+        saved = await self._save_answer(started.answer_id, text, status, usage, sources,
+                                        fallback)
         if prompt and not fallback:
             await self._count_tokens(prompt, text, usage)
         if first_token_at is None and parts:
             first_token_at = time.monotonic()  # a knowledge-base answer: all of it at once
         self._observe_finished(started, status, asked_at, first_token_at, usage, len(parts),
                                fallback)
-        if status in ("complete", "cancelled"):
+        if not saved:
+            # `done` tells the shopper the answer is kept: it was not, so say so instead.
+            self._events.append(answer_key, "error", {
+                "code": "not_saved", "message": NOT_SAVED_MESSAGE, "retryable": True})
+        elif status in ("complete", "cancelled"):
             self._events.append(answer_key, "done",
                                 done_payload(answer_key, text, status, usage, sources, fallback))
         elif status == "interrupted":
@@ -341,8 +355,8 @@ class ChatService:
 
     async def _save_answer(self, answer_id: uuid.UUID, text: str, status: str,
                            usage: Usage | None, sources: list[dict[str, str]],
-                           fallback: bool) -> None:
-        """Write the answer's one row; retry through a short database outage."""
+                           fallback: bool) -> bool:
+        """Write the answer's one row; retry through a short database outage. False: not saved."""
         prompt_tokens = usage.prompt_tokens if usage else None
         completion_tokens = usage.completion_tokens if usage else None
         delay = 0.5
@@ -356,14 +370,14 @@ class ChatService:
                         (text, status, prompt_tokens, completion_tokens, Jsonb(sources),
                          fallback, answer_id),
                     )
-                return
+                return True
             except DatabaseUnavailable:
-                if attempt == _SAVE_ATTEMPTS:
-                    log.error("could not save answer %s after %d attempts",
-                              str(answer_id)[:8], attempt)
-                    return
-                await asyncio.sleep(delay)
-                delay *= 2
+                if attempt < _SAVE_ATTEMPTS:
+                    await asyncio.sleep(delay)
+                    delay *= 2
+        log.error("could not save answer %s after %d attempts", str(answer_id)[:8],
+                  _SAVE_ATTEMPTS)
+        return False
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -389,14 +403,42 @@ class ChatService:
 
     async def follow(self, answer_id: uuid.UUID, session_id: uuid.UUID,
                      after: int) -> AsyncIterator[Event]:
-        """The answer's events after `after`: live from the event log, or rebuilt from the record."""
+        """The answer's events after `after`: from this instance's memory if it produces the
+        answer, else from the shared log, else rebuilt from the record."""
         record = await self.find_answer(answer_id, session_id)
         live = self._events.subscribe(str(answer_id), after)
         if live is not None:
             return live
+        try:
+            shared = await self._events.resume(
+                str(answer_id), after, meta=record_meta(record),
+                streaming=record.status == "streaming",
+                on_producer_lost=lambda text, seq: self._end_orphan(record, text, seq))
+        except SharedLogUnavailable:
+            if record.status == "streaming":
+                raise ServiceUnavailable(
+                    "This answer cannot be followed right now. Please try again in a moment."
+                ) from None
+            return _replay_record(record, after)  # the record has all of a finished answer
+        if shared is not None:
+            return _settled(shared)
+        # No instance has it: an expired stream, or an answer whose producer died with it.
         if record.status == "streaming" and answer_id not in self._running:
             record = await self._mark_interrupted(record)
         return _replay_record(record, after)
+
+    async def _end_orphan(self, record: AnswerRecord, streamed_text: str, seq: int) -> Event:
+        """A subscriber found the producer gone: save what it had streamed, as 'interrupted'."""
+        try:
+            async with db.connection(self._pool) as conn:
+                await conn.execute(
+                    "UPDATE messages SET status = 'interrupted', text = %s, finished_at = now()"
+                    " WHERE id = %s AND status = 'streaming'", (streamed_text, record.id))
+            # Whatever the update found: the producer may have saved the answer just before.
+            record = await self.find_answer(record.id, record.conversation_id)
+        except DatabaseUnavailable:
+            record = replace(record, text=streamed_text, status="interrupted")
+        return terminal_event(record, seq)
 
     async def _mark_interrupted(self, record: AnswerRecord) -> AnswerRecord:
         """An answer left 'streaming' with no producer: its instance died mid-answer."""
@@ -407,12 +449,31 @@ class ChatService:
         return replace(record, status="interrupted")
 
     async def interrupt_orphans(self) -> int:
-        """At start-up of a single instance: answers still 'streaming' lost their producer."""
+        """At start-up: answers still 'streaming' that no instance produces lost their producer.
+
+        With one instance that is all of them; with a shared log, only those without a lease
+        (others may be producing the rest right now). The streamed text is kept.
+        """
         async with db.connection(self._pool) as conn:
-            cur = await conn.execute(
-                "UPDATE messages SET status = 'interrupted', finished_at = now()"
-                " WHERE status = 'streaming'")
-            return cur.rowcount
+            cur = await conn.execute("SELECT id FROM messages WHERE status = 'streaming'")
+            streaming = [str(row[0]) for row in await cur.fetchall()]
+        if not streaming:
+            return 0
+        try:
+            orphans = await self._events.producerless(streaming)
+        except SharedLogUnavailable:
+            log.warning("shared event log unreachable: left %d streaming answers alone",
+                        len(streaming))
+            return 0
+        if not orphans:
+            return 0
+        async with db.connection(self._pool) as conn:
+            cur = conn.cursor()
+            await cur.executemany(
+                "UPDATE messages SET status = 'interrupted', text = %s, finished_at = now()"
+                " WHERE id = %s AND status = 'streaming'",
+                [(text, answer_id) for answer_id, text in orphans.items()])
+        return len(orphans)
 
     async def history(self, session_id: uuid.UUID, limit: int,
                       before: uuid.UUID | None) -> HistoryPage:
@@ -447,10 +508,41 @@ class ChatService:
         record = await self.find_answer(answer_id, session_id)
         task = self._running.get(answer_id)
         if task is None:
-            return record.status
+            if record.status != "streaming":
+                return record.status
+            return await self._cancel_elsewhere(record)
         task.cancel()
         # shield: a shopper who leaves mid-cancel must not cancel the save of the partial text.
         return await asyncio.shield(task)
+
+    async def _cancel_elsewhere(self, record: AnswerRecord) -> str:
+        """Ask the instance producing the answer to cancel it, and wait a moment for its end."""
+        answer_key = str(record.id)
+        try:
+            await self._events.request_cancel(answer_key)
+            events = await self._events.resume(
+                answer_key, _AFTER_EVERY_TOKEN, meta=record_meta(record), streaming=True,
+                on_producer_lost=lambda text, seq: self._end_orphan(record, text, seq))
+        except SharedLogUnavailable:
+            raise ServiceUnavailable("The answer cannot be stopped right now. Please try again.") \
+                from None
+        if events is None:
+            # No instance has it: its producer died (one instance: with the previous process).
+            return (await self._mark_interrupted(record)).status
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REMOTE_CANCEL_WAIT_S):
+                    async for event in events:
+                        if event.is_terminal:
+                            break
+        # The producer saves before it sends the end, so the record now says how it ended.
+        return (await self.find_answer(record.id, record.conversation_id)).status
+
+    def _cancel_running(self, answer_key: str) -> None:
+        """Another instance asked to cancel an answer: cancel it if this instance produces it."""
+        task = self._running.get(uuid.UUID(answer_key))
+        if task is not None:
+            task.cancel()
 
     async def shutdown(self, grace_s: float) -> None:
         """Let answers finish for `grace_s`, then save the rest as 'interrupted'."""
@@ -465,27 +557,50 @@ class ChatService:
                 await asyncio.wait(still_running, timeout=10)
 
 
-def _replay_record(record: AnswerRecord, after: int) -> AsyncIterator[Event]:
-    """A finished answer from PostgreSQL: meta, its whole text as one token, then the end."""
+def record_meta(record: AnswerRecord) -> Event:
+    return encode_event(0, "meta", {"sessionId": str(record.conversation_id),
+                                    "messageId": str(record.id)})
+
+
+def terminal_event(record: AnswerRecord, seq: int) -> Event:
+    """How a settled answer ends on the wire: `done`, or an `error` that is not worth retrying."""
     answer_key = str(record.id)
-    events = [encode_event(0, "meta", {"sessionId": str(record.conversation_id),
-                                       "messageId": answer_key})]
-    if after < 1 and record.text:
-        events.append(encode_event(1, "token", {"text": record.text}))
-    end_seq = 2
     if record.status in ("complete", "cancelled"):
         usage = None
         if record.prompt_tokens is not None and record.completion_tokens is not None:
             usage = Usage(record.prompt_tokens, record.completion_tokens)
-        events.append(encode_event(end_seq, "done", done_payload(
-            answer_key, record.text, record.status, usage, record.sources, record.fallback)))
-    elif record.status == "interrupted":
-        events.append(encode_event(end_seq, "error", {
-            "code": "interrupted", "message": INTERRUPTED_MESSAGE, "retryable": False}))
-    else:
-        events.append(encode_event(end_seq, "error", {
-            "code": "upstream_error", "retryable": False,
-            "message": "The assistant could not finish this answer. Please ask again."}))
+        return encode_event(seq, "done", done_payload(
+            answer_key, record.text, record.status, usage, record.sources, record.fallback))
+    if record.status == "interrupted":
+        return encode_event(seq, "error", {
+            "code": "interrupted", "message": INTERRUPTED_MESSAGE, "retryable": False})
+    return encode_event(seq, "error", {
+        "code": "upstream_error", "retryable": False,
+        "message": "The assistant could not finish this answer. Please ask again."})
+
+
+async def _settled(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """Events from the shared log, with a shutdown's 'retryable' interruption made final.
+
+    A producer that shuts down ends its answers with a retryable `interrupted` error, so that
+    its clients resume elsewhere. Elsewhere is here, and the answer is settled: retrying again
+    would only replay the same end.
+    """
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            if event.kind == "error" and event.payload.get("code") == "interrupted":
+                yield encode_event(event.seq, "error", {
+                    "code": "interrupted", "message": INTERRUPTED_MESSAGE, "retryable": False})
+            else:
+                yield event
+
+
+def _replay_record(record: AnswerRecord, after: int) -> AsyncIterator[Event]:
+    """A finished answer from PostgreSQL: meta, its whole text as one token, then the end."""
+    events = [record_meta(record)]
+    if after < 1 and record.text:
+        events.append(encode_event(1, "token", {"text": record.text}))
+    events.append(terminal_event(record, 2))
 
     async def replay() -> AsyncIterator[Event]:
         for event in events:

@@ -49,6 +49,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR."),
     "LOG_FORMAT": ("text", "text (for people) or json (one object per line, for log collectors)."),
     "METRICS_TOKEN": ("", "When set, GET /metrics asks for the header Authorization: Bearer <token>."),
+    "STREAM_TTL_S": ("3600", "Seconds an answer's events stay in Redis for resume after it ends;"
+                             " later resumes are served from PostgreSQL."),
+    "STREAM_MAXLEN": ("10000", "Most events kept in Redis per answer."),
+    "ANSWER_LEASE_S": ("15", "Seconds after its producer's last heartbeat that other instances"
+                             " treat an answer as cut off."),
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -89,6 +94,9 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat = "text"
     metrics_token: str = ""
+    stream_ttl_s: int = 3600
+    stream_maxlen: int = 10000
+    answer_lease_s: float = 15.0
 
     @property
     def llm_configured(self) -> bool:
@@ -130,6 +138,9 @@ class Settings:
             log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, upper=True),
             log_format="json" if reader.choice("LOG_FORMAT", ("text", "json")) == "json" else "text",
             metrics_token=reader.text("METRICS_TOKEN"),
+            stream_ttl_s=reader.integer("STREAM_TTL_S", low=1, high=30 * 86400),
+            stream_maxlen=reader.integer("STREAM_MAXLEN", low=100, high=1_000_000),
+            answer_lease_s=reader.number("ANSWER_LEASE_S", low=1, high=300),
         )
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -31,6 +33,13 @@ _MIGRATION_LOCK_KEY = 7_350_200_001
 # single statement may run: a frozen database must cost a shopper seconds, not a hang.
 POOL_TIMEOUT_S = 5.0
 STATEMENT_TIMEOUT_MS = 5000
+# A frozen server (SIGSTOP, a hung VM) or a dead network path never answers, and its kernel (or
+# the path) never says so: TCP keeps the connection, and statement_timeout runs in the server.
+# So the client bounds the wait itself: a connection check gets this long...
+CHECK_DEADLINE_S = 2.0
+# ...and a request may hold a connection this long, a little more than statement_timeout so
+# that a merely slow statement ends with the server's own error first.
+HOLD_DEADLINE_S = STATEMENT_TIMEOUT_MS / 1000 + 1.0
 
 
 # Start-up retries: the first wait, and the longest, between attempts to reach the database.
@@ -122,24 +131,79 @@ async def migrate(conninfo: str, sql_dir: Path = SQL_DIR) -> list[str]:
     return applied_now
 
 
-async def _configure(conn: psycopg.AsyncConnection) -> None:
+def _cut_off(conn: psycopg.AsyncConnection, waiting_for: str) -> None:
+    """Shut down the socket of a connection whose server does not answer.
+
+    libpq then reads end-of-file at once, psycopg raises OperationalError and marks the
+    connection broken, and the pool discards it. Cancelling the waiting task instead would make
+    psycopg first ask the unresponsive server to cancel the query, for up to ten seconds.
+    """
+    if conn.closed:
+        return
+    log.warning("the database did not answer a %s in time: dropping the connection", waiting_for)
+    try:
+        # A duplicate of the descriptor: shutdown() acts on the shared socket, close() only on
+        # the duplicate, so psycopg's descriptor stays valid (and cannot be reused under it).
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, psycopg.OperationalError):
+        pass  # the connection is already lost: psycopg will say so to whoever waits on it
+
+
+async def _within(seconds: float, conn: psycopg.AsyncConnection, waiting_for: str,
+                  work: Callable[[psycopg.AsyncConnection], Awaitable[None]]) -> None:
+    watchdog = asyncio.get_running_loop().call_later(seconds, _cut_off, conn, waiting_for)
+    try:
+        await work(conn)
+    finally:
+        watchdog.cancel()
+
+
+async def _set_statement_timeout(conn: psycopg.AsyncConnection) -> None:
     # A statement that runs longer than this is a stuck database, not a slow query: fail it so
     # the request can answer 503 instead of holding the connection.
     await conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
     await conn.commit()
 
 
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    await _within(CHECK_DEADLINE_S, conn, "new connection", _set_statement_timeout)
+
+
+async def _check(conn: psycopg.AsyncConnection) -> None:
+    # check_connection costs one round trip per checkout, and in exchange a PostgreSQL restart
+    # costs no request a "connection closed" error; bounded, so a frozen server costs seconds.
+    await _within(CHECK_DEADLINE_S, conn, "connection check", AsyncConnectionPool.check_connection)
+
+
+class BoundedPool(AsyncConnectionPool):
+    """A pool whose connections are cut off when a request holds one past HOLD_DEADLINE_S
+    waiting on a server that does not answer (whoever uses the pool: chat, knowledge, readyz)."""
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None  # noqa: ASYNC109 (the pool's API)
+                         ) -> AsyncIterator[psycopg.AsyncConnection]:
+        watchdog: asyncio.TimerHandle | None = None
+        try:
+            async with super().connection(timeout) as conn:
+                watchdog = asyncio.get_running_loop().call_later(
+                    HOLD_DEADLINE_S, _cut_off, conn, "statement")
+                yield conn
+        finally:
+            # Only after the pool's exit, which commits: the commit is bounded too.
+            if watchdog is not None:
+                watchdog.cancel()
+
+
 def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
     """A pool that is opened in the lifespan, never here."""
-    return AsyncConnectionPool(
+    return BoundedPool(
         conninfo,
         min_size=1,
         max_size=max_size,
         open=False,
         timeout=POOL_TIMEOUT_S,
-        # check_connection costs one round trip per checkout, and in exchange a PostgreSQL
-        # restart costs no request a "connection closed" error.
-        check=AsyncConnectionPool.check_connection,
+        check=_check,
         configure=_configure,
         kwargs={"connect_timeout": 3, "autocommit": False},
         name="chat",

@@ -7,6 +7,7 @@ before a stream starts, so a refusal is a plain HTTP error and never a half-open
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -27,11 +28,13 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .eventlog import Event
-from .sse import EventStreamResponse
+from .sse import AnswerStreamResponse
 
 MAX_BODY_BYTES = 100 * 1024
 MESSAGE_TIMEOUT_S = 30.0
 HISTORY_PAGE_MAX = 200
+# sse-starlette's keep-alive comment interval; proxies drop connections idle for ~60 s.
+PING_S = 15
 # A client that stops reading must not hold a stream (and its buffers) forever.
 SEND_TIMEOUT_S = 30
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -43,14 +46,30 @@ class ChatRequest:
     session_id: uuid.UUID | None
 
 
+def whole_number(raw: str, max_digits: int) -> int | None:
+    """ASCII digits only, and few of them; None otherwise.
+
+    str.isdigit() alone is not enough: it says yes to "²" (which int() refuses: a 500) and to
+    "٣" (which int() reads as 3), and int() refuses more than 4300 digits.
+    """
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > max_digits:
+        return None
+    return int(raw)
+
+
 def parse_uuid(raw: object, name: str) -> uuid.UUID:
     """Only the canonical 36-character form: ids end up in URLs, headers and logs."""
     if not isinstance(raw, str) or len(raw) != 36:
         raise BadRequest(f"{name} must be a UUID.")
     try:
-        return uuid.UUID(raw)
+        parsed = uuid.UUID(raw)
     except ValueError:
         raise BadRequest(f"{name} must be a UUID.") from None
+    # uuid.UUID() drops hyphens wherever they are and int() takes full-width digits and a
+    # trailing newline, so "…567812345678----" or "…56781234567\n" would pass the length check.
+    if str(parsed) != raw.lower():
+        raise BadRequest(f"{name} must be a UUID.")
+    return parsed
 
 
 async def read_json_body(request: Request) -> Any:
@@ -58,7 +77,8 @@ async def read_json_body(request: Request) -> Any:
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise UnsupportedMediaType()
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    declared_bytes = None if declared is None else whole_number(declared, 18)
+    if declared_bytes is not None and declared_bytes > MAX_BODY_BYTES:
         raise PayloadTooLarge()
     body = bytearray()
     async for chunk in request.stream():
@@ -102,8 +122,17 @@ def chat_service(request: Request) -> ChatService:
     return service
 
 
-def event_stream(events: AsyncIterator[Event]) -> EventStreamResponse:
-    return EventStreamResponse(events, headers=SSE_HEADERS, send_timeout_s=SEND_TIMEOUT_S)
+async def sse_frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    # A comment at once, so proxies and clients see bytes before the first token.
+    yield b": ok\n\n"
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            yield event.frame
+
+
+def event_stream(events: AsyncIterator[Event]) -> AnswerStreamResponse:
+    return AnswerStreamResponse(sse_frames(events), ping=PING_S, headers=SSE_HEADERS,
+                                send_timeout=SEND_TIMEOUT_S)
 
 
 async def start_chat(request: Request) -> tuple[ChatService, Any, dict[str, str]]:
@@ -146,10 +175,15 @@ async def chat_message(request: Request) -> Response:
 
 
 def last_event_id(request: Request) -> int:
-    raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId") or "0"
-    if not raw.isdigit() or len(raw) > 12:
-        raise BadRequest("Last-Event-ID must be a whole number.")
-    return int(raw)
+    """The header, else the query parameter, else 0; either one, when sent, must be valid."""
+    values: list[int] = []
+    for raw in (request.headers.get("last-event-id"), request.query_params.get("lastEventId")):
+        if raw:
+            value = whole_number(raw, 12)
+            if value is None:
+                raise BadRequest("Last-Event-ID must be a whole number.")
+            values.append(value)
+    return values[0] if values else 0
 
 
 def session_param(request: Request) -> uuid.UUID:
@@ -174,12 +208,12 @@ async def cancel_answer(request: Request) -> Response:
 
 async def history(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "sessionId")
-    raw_limit = request.query_params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= HISTORY_PAGE_MAX:
+    limit = whole_number(request.query_params.get("limit", "50"), 3)
+    if limit is None or not 1 <= limit <= HISTORY_PAGE_MAX:
         raise BadRequest(f"limit must be a whole number from 1 to {HISTORY_PAGE_MAX}.")
     raw_before = request.query_params.get("before")
     before = None if raw_before is None else parse_uuid(raw_before, "before")
-    page = await chat_service(request).history(session_id, int(raw_limit), before)
+    page = await chat_service(request).history(session_id, limit, before)
     return JSONResponse({"sessionId": str(page.session_id),
                          "messages": [m.to_json() for m in page.messages],
                          "hasMore": page.has_more})

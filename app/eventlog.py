@@ -4,22 +4,23 @@ Event ids: `meta` is 0, tokens are 1, 2, 3... and the terminal `done` or `error`
 tokens put their id on the wire, so a browser's Last-Event-ID is always "the last token I have".
 Each event is encoded to its SSE frame once, when appended; every subscriber sends those bytes.
 
-This module is the in-process log (one instance). PostgreSQL is the record; this is short-lived.
+This module is the in-process log (one instance); app/redis_eventlog.py shares it between
+instances. PostgreSQL is the record; the log is short-lived.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 TERMINAL_KINDS = frozenset({"done", "error"})
-# Proxies drop connections idle for ~60 s; a subscriber that waited this long gets KEEPALIVE.
-KEEPALIVE_S = 15.0
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,25 +43,62 @@ def encode_event(seq: int, kind: str, payload: Any) -> Event:
     # ensure_ascii=False keeps emoji as UTF-8, not six-byte escapes. json never emits a raw
     # newline or carriage return, so one `data:` line can hold any text.
     data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    # ensure_ascii=False leaves a lone surrogate as it is, and UTF-8 cannot carry one (a browser
+    # would read U+FFFD): write it as a JSON \udXXX escape, which JSON.parse turns back into the
+    # same UTF-16 unit. Any text then round-trips, and every frame is valid UTF-8.
+    data = _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", data)
+    return event_from_data(seq, kind, data)
+
+
+def event_from_data(seq: int, kind: str, data: str) -> Event:
+    """An event whose JSON is already encoded (read back from a shared log)."""
     id_line = f"id: {seq}\n" if kind == "token" else ""
-    frame = f"{id_line}event: {kind}\ndata: {data}\n\n".encode("utf-8", "surrogatepass")
+    frame = f"{id_line}event: {kind}\ndata: {data}\n\n".encode()
     return Event(seq, kind, data, frame)
 
 
-# Not part of any answer: an SSE comment a subscriber yields when the answer has been quiet
-# for KEEPALIVE_S. Consumers that look at `kind` skip it; the SSE response just sends its frame.
-KEEPALIVE = Event(-1, "keepalive", "", b": ping\n\n")
+class SharedLogUnavailable(Exception):
+    """The log shared between instances (Redis) could not be reached in acceptable time."""
+
+
+# Called by a subscriber that finds an answer's producer gone: (text streamed so far, seq for the
+# terminal event) -> the terminal event to end the stream with, once the record is settled.
+ProducerLost = Callable[[str, int], Awaitable[Event]]
+# Called on the producing instance when another instance asks to cancel one of its answers.
+CancelHandler = Callable[[str], None]
 
 
 class EventLog(Protocol):
+    async def open(self) -> None: ...
+
+    async def claim(self, answer_id: str) -> None:
+        """Announce that this instance will produce the answer (before its row is committed)."""
+
     def start(self, answer_id: str) -> None: ...
 
     def append(self, answer_id: str, kind: str, payload: Any) -> Event: ...
 
     def subscribe(self, answer_id: str, after: int) -> AsyncIterator[Event] | None:
-        """Events with seq > after (meta always), then live ones; None if the log has no such answer.
+        """Events with seq > after (meta always), then live ones; None if the log has no such answer."""
 
-        While waiting for a live event, yields KEEPALIVE every KEEPALIVE_S."""
+    async def resume(self, answer_id: str, after: int, *, meta: Event, streaming: bool,
+                     on_producer_lost: ProducerLost) -> AsyncIterator[Event] | None:
+        """Like subscribe, for an answer produced by another instance; None if no instance has it.
+
+        `meta` stands in if the shared copy lost its own; `streaming` says the record is not
+        final, so an answer with no trace in the shared log is waited for (briefly) rather
+        than given up. Raises SharedLogUnavailable.
+        """
+
+    async def producerless(self, answer_ids: Sequence[str]) -> dict[str, str]:
+        """Of these 'streaming' answers, those no instance is producing, with the text they had
+        streamed. Raises SharedLogUnavailable."""
+
+    async def request_cancel(self, answer_id: str) -> bool:
+        """Ask whichever instance produces the answer to cancel it; False if no instance could
+        hear it. Raises SharedLogUnavailable."""
+
+    def on_cancel_request(self, handler: CancelHandler) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -80,6 +118,12 @@ class MemoryEventLog:
         # Finished answers in the order they finished, so expiry never scans live ones.
         self._finished: deque[tuple[float, str]] = deque()
         self._retention_s = retention_s
+
+    async def open(self) -> None:
+        pass
+
+    async def claim(self, answer_id: str) -> None:
+        pass  # one instance: nobody else needs to know
 
     def start(self, answer_id: str) -> None:
         self._forget_expired()
@@ -101,6 +145,25 @@ class MemoryEventLog:
             return None
         return self._follow(answer, after)
 
+    def events_of(self, answer_id: str) -> list[Event] | None:
+        """The answer's events so far (the live list: it grows as the answer does)."""
+        answer = self._answers.get(answer_id)
+        return None if answer is None else answer.events
+
+    async def resume(self, answer_id: str, after: int, *, meta: Event, streaming: bool,
+                     on_producer_lost: ProducerLost) -> AsyncIterator[Event] | None:
+        return None  # no other instance to resume from
+
+    async def producerless(self, answer_ids: Sequence[str]) -> dict[str, str]:
+        # No other instance shares this log: an answer this process is not producing has none.
+        return {answer_id: "" for answer_id in answer_ids if answer_id not in self._answers}
+
+    async def request_cancel(self, answer_id: str) -> bool:
+        return False
+
+    def on_cancel_request(self, handler: CancelHandler) -> None:
+        pass  # only this process can cancel its answers, directly
+
     async def _follow(self, answer: _Answer, after: int) -> AsyncIterator[Event]:
         position = 0
         while True:
@@ -111,11 +174,7 @@ class MemoryEventLog:
                     yield event
                 if event.is_terminal:
                     return
-            try:
-                async with asyncio.timeout(KEEPALIVE_S):
-                    await answer.changed.wait()
-            except TimeoutError:
-                yield KEEPALIVE
+            await answer.changed.wait()
 
     def _forget_expired(self) -> None:
         cutoff = time.monotonic() - self._retention_s

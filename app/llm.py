@@ -135,6 +135,7 @@ class LLM:
                     "/chat/completions", body=body, cast_to=object, stream=True,
                     stream_cls=openai.AsyncStream[object],
                 )
+                finished = False
                 try:
                     async for chunk in chunks:
                         deadline.reschedule(loop.time() + self._timeout_s)
@@ -145,11 +146,17 @@ class LLM:
                             delta = (choices[0].get("delta") or {}).get("content")
                             if delta:
                                 yield clean_text(delta)
+                            finished = finished or choices[0].get("finish_reason") is not None
                         usage = chunk.get("usage")
                         if usage:
                             yield Usage(usage["prompt_tokens"], usage["completion_tokens"])
                 finally:
                     await chunks.close()
+                if not finished:
+                    # The SDK ends the stream quietly when a body delimited by closing the
+                    # connection is cut: without a finish_reason the answer is not complete.
+                    log.warning("the model's stream ended without a finish_reason")
+                    raise UpstreamError("upstream_unreachable", _DOWN, retryable=True)
         except asyncio.CancelledError:
             raise
         except UpstreamError:

@@ -17,18 +17,19 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from . import db, endpoints
+from . import db, endpoints, openapi
 from .access import AccessMiddleware
 from .chat import ChatService
 from .clientip import parse_networks
 from .config import Settings
 from .errors import AppError, app_error_handler, http_error_handler, unexpected_error_handler
-from .eventlog import MemoryEventLog
+from .eventlog import EventLog, MemoryEventLog
 from .knowledge import DEFAULT_KNOWLEDGE_DIR, KnowledgeError, sync_knowledge
 from .llm import LLM
 from .metrics import Metrics, metrics_endpoint
 from .middleware import OriginGuard, RequestLimit, SecurityHeaders
 from .ratelimit import RateLimits, Rule, parse_limit
+from .redis_eventlog import RedisEventLog
 from .store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ routes = [
     Route("/metrics", metrics_endpoint, methods=["GET"]),
     Route("/", demo_page, methods=["GET"]),
     Route("/widget.js", widget_script, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
 ]
 
 
@@ -64,6 +66,15 @@ def build_llm(settings: Settings, http_client: Any = None) -> LLM:
                model=settings.openai_model, timeout_s=settings.llm_timeout_s,
                max_tokens=settings.max_tokens, temperature=settings.temperature,
                http_client=http_client)
+
+
+def build_event_log(settings: Settings) -> EventLog:
+    """Redis Streams when REDIS_URL is set (answers resumable on any instance), else memory."""
+    if not settings.redis_url:
+        return MemoryEventLog()
+    return RedisEventLog(settings.redis_url, key_prefix=settings.redis_prefix,
+                         stream_ttl_s=settings.stream_ttl_s, stream_maxlen=settings.stream_maxlen,
+                         lease_s=settings.answer_lease_s)
 
 
 def build_rate_limits(settings: Settings) -> RateLimits:
@@ -124,10 +135,12 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         # the endpoint, and both go through here.
         limits.on_refusal = lambda name: metrics.rate_limit_refusals.labels(limit=name).inc()
         metrics.redis_fallback.set_function(lambda: 1.0 if limits.redis_state == "down" else 0.0)
-        chat = ChatService(pool, MemoryEventLog(), llm, history_window=settings.history_window,
+        events = build_event_log(settings)
+        await events.open()
+        chat = ChatService(pool, events, llm, history_window=settings.history_window,
                            profile=profile, record_tokens=limits.record_tokens, metrics=metrics)
-        # With one instance and no shared event log, an answer left 'streaming' had its
-        # producer die with the previous process.
+        # An answer left 'streaming' that no instance produces had its producer die: with one
+        # instance, with the previous process; with Redis, whichever instance let its lease go.
         interrupted = await chat.interrupt_orphans()
         if interrupted:
             log.warning("marked %d answers from a previous run as interrupted", interrupted)
@@ -139,6 +152,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             yield
         finally:
             await chat.shutdown(settings.shutdown_grace_s)
+            await events.aclose()
             if llm is not None:
                 await llm.aclose()
             await limits.aclose()

@@ -32,6 +32,17 @@ class AppServer(uvicorn.Server):
         self._app = app
         self._grace_s = grace_s
         self._drain: asyncio.Task[None] | None = None
+        # How a response cuts off a client that stopped reading (app/sse.py).
+        app.state.abort_connection = self.abort_connection
+
+    def abort_connection(self, client: tuple[str, int]) -> bool:
+        """Drop the connection from `client` at once, unsent bytes and all (close() would wait
+        to send them to a client that does not read)."""
+        for protocol in self.server_state.connections:
+            if getattr(protocol, "client", None) == client:
+                protocol.transport.abort()
+                return True
+        return False
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         chat = getattr(self._app.state, "chat", None)

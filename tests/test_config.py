@@ -32,6 +32,7 @@ def test_lists_are_split_on_commas() -> None:
 @pytest.mark.parametrize("name, value", [
     ("PORT", "eighty"), ("PORT", "70000"), ("LLM_TIMEOUT_S", "-1"), ("TEMPERATURE", "hot"),
     ("MAX_MESSAGE_CHARS", "0"), ("HISTORY_WINDOW", "1.5"), ("DB_POOL_MAX", "0"),
+    ("STREAM_TTL_S", "0"), ("STREAM_MAXLEN", "10"), ("ANSWER_LEASE_S", "soon"),
 ])
 def test_a_bad_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):

@@ -421,8 +421,8 @@ class SupportChat extends HTMLElement {
           turn.sources = Array.isArray(data.sources) ? data.sources : [];
           return "done";
         } else if (frame.event === "error") {
-          // The instance writing it stopped: the saved answer can be followed elsewhere.
-          if (data.code === "interrupted" && data.retryable) return "dropped";
+          // The instance writing it stopped, or this one lost the shared log: follow it again.
+          if ((data.code === "interrupted" || data.code === "unavailable") && data.retryable) return "dropped";
           turn.error = data;
           return "error";
         }

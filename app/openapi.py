@@ -1,0 +1,496 @@
+"""The API contract as an OpenAPI 3.1 document, served at GET /openapi.json.
+
+Written by hand, as a plain dict, so it reads like documentation and changes in review like
+code. Tests hold it to the app both ways: every route is in it and every path in it is a route,
+and schemathesis checks that the app answers what it says (tests/test_openapi.py).
+
+Two SSE endpoints answer `text/event-stream`; OpenAPI 3.1 has no schema for a stream of events,
+so their descriptions list the events, `StreamEvent` is the schema of one event (read as
+{"event", "data", "id"}) and the JSON in each `data` has its schema under
+`components/schemas` (`MetaEvent`, `TokenEvent`, `DoneEvent`, `ErrorEvent`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .endpoints import HISTORY_PAGE_MAX
+
+UUID = {"type": "string", "format": "uuid",
+        "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _json(schema_name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref("schemas", schema_name)}}
+
+
+STREAM_DESCRIPTION = """\
+A stream of Server-Sent Events. A comment line `: ok` comes at once, and a comment every 15 s
+keeps proxies from closing an idle connection. Then, in order:
+
+- `event: meta` with `data:` a `MetaEvent` (the session, the answer's id, the shopper's message id);
+- `event: token` with `id: 1`, `id: 2`, ... and `data:` a `TokenEvent` (the next piece of text);
+- exactly one of `event: done` with `data:` a `DoneEvent` (the whole answer, its status and token
+  usage), or `event: error` with `data:` an `ErrorEvent` (a code, a message for the shopper and
+  whether asking again may work).
+
+Only tokens carry an `id:` line, so a browser's `Last-Event-ID` is always the last token it has.
+Every `data:` is one line of JSON: text that looks like SSE framing cannot break the stream.
+Once the stream has started, every failure is an `error` event followed by a clean end.
+"""
+
+
+# OpenAPI before 3.2 reads the `schema` of text/event-stream as the schema of one event, seen as
+# {"event", "data", "id"?}; `contentSchema` describes the JSON inside `data`.
+EVENT_STREAM = {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}}
+
+
+def _event(kind: str, data_schema: str, *, numbered: bool = False) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "type": "object",
+        "required": ["event", "data"] + (["id"] if numbered else []),
+        "properties": {
+            "event": {"const": kind},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": _ref("schemas", data_schema)},
+        },
+    }
+    if numbered:
+        event["properties"]["id"] = {"type": "string", "pattern": "^[1-9][0-9]*$"}
+    return event
+
+
+# What a client can do next with the ids in an answer (schemathesis follows these, too).
+ANSWER_LINKS = {
+    "History": {"operationId": "history",
+                "parameters": {"sessionId": "$response.body#/sessionId"}},
+    "Resume": {"operationId": "resumeStream",
+               "parameters": {"messageId": "$response.body#/messageId",
+                              "sessionId": "$response.body#/sessionId"}},
+    "Cancel": {"operationId": "cancelAnswer",
+               "parameters": {"messageId": "$response.body#/messageId",
+                              "sessionId": "$response.body#/sessionId"}},
+}
+
+
+def _error_responses(*statuses: int) -> dict[str, Any]:
+    return {str(status): _ref("responses", _ERROR_RESPONSE_NAMES[status]) for status in statuses}
+
+
+_ERROR_RESPONSE_NAMES = {
+    400: "BadRequest",
+    403: "OriginNotAllowed",
+    404: "NotFound",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    429: "RateLimited",
+    503: "ServiceUnavailable",
+    504: "GatewayTimeout",
+}
+
+
+def _error_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": _json("Error")}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _chat_request_schema(max_message_chars: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["message"],
+        "properties": {
+            "message": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": max_message_chars,
+                # Not blank, and no NUL (PostgreSQL text cannot hold it). Lone surrogates (an
+                # escaped \\ud800 with no partner) are refused too; JSON Schema cannot say so.
+                "pattern": "^[^\\x00]*[^\\s\\x00][^\\x00]*$",
+                "description": "What the shopper typed: not blank, at most MAX_MESSAGE_CHARS"
+                               " characters, no NUL character, valid Unicode.",
+            },
+            "sessionId": {
+                "oneOf": [UUID, {"type": "null"}],
+                "description": "The conversation to continue, from an earlier `meta` event. An"
+                               " unknown id starts a new conversation with an id the server makes.",
+            },
+        },
+    }
+
+
+def _session_query(description: str) -> dict[str, Any]:
+    return {"name": "sessionId", "in": "query", "required": True, "schema": UUID,
+            "description": description}
+
+
+def _message_path(description: str) -> dict[str, Any]:
+    return {"name": "messageId", "in": "path", "required": True, "schema": UUID,
+            "description": description}
+
+
+@functools.cache
+def build_openapi(max_message_chars: int) -> dict[str, Any]:
+    """The document for an app whose MAX_MESSAGE_CHARS is `max_message_chars`."""
+    # Every endpoint but the health checks counts against the per-IP limit (429), and every
+    # /chat/ endpoint refuses a browser page on an origin outside ALLOWED_ORIGINS (403).
+    chat_refusals = _error_responses(400, 403, 413, 415, 429, 503)
+    chat_reads = _error_responses(400, 403, 404, 429, 503)
+    limited = _error_responses(429)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Support chat",
+            "version": "1.0.0",
+            "description": "AI live-chat support for an online store: answers stream over"
+                           " Server-Sent Events and both sides of every conversation are kept."
+                           " Every error has the body"
+                           ' `{"error": {"code": "...", "message": "..."}}`.',
+        },
+        "paths": {
+            "/chat/stream": {
+                "post": {
+                    "operationId": "chatStream",
+                    "summary": "Ask a question; the answer streams back as it is written.",
+                    "description": "Refusals (bad input, too large, not JSON, rate limited,"
+                                   " unavailable) are plain HTTP errors before any stream starts."
+                                   " The answer belongs to the server: if the connection drops,"
+                                   " it still completes and is saved.",
+                    "requestBody": {"required": True, "content": _json("ChatRequest")},
+                    "responses": {
+                        "200": {"description": STREAM_DESCRIPTION, "content": EVENT_STREAM},
+                        **chat_refusals,
+                    },
+                },
+            },
+            "/chat/message": {
+                "post": {
+                    "operationId": "chatMessage",
+                    "summary": "Ask a question; the whole answer comes back at once.",
+                    "requestBody": {"required": True, "content": _json("ChatRequest")},
+                    "responses": {
+                        "200": {"description": "The answer.", "content": _json("ChatReply"),
+                                "links": ANSWER_LINKS},
+                        **chat_refusals,
+                        **_error_responses(504),
+                    },
+                },
+            },
+            "/chat/stream/{messageId}": {
+                "get": {
+                    "operationId": "resumeStream",
+                    "summary": "Follow an answer again, from after the last token received.",
+                    "description": "A finished answer replays to its end; one still being written"
+                                   " is followed live. Another session's answer is a 404, exactly"
+                                   " like one that does not exist.",
+                    "parameters": [
+                        _message_path("The answer's id (`messageId` of the `meta` event)."),
+                        _session_query("The session the answer belongs to."),
+                        {"name": "Last-Event-ID", "in": "header", "required": False,
+                         "schema": {"type": "string", "pattern": "^[0-9]{0,12}$"},
+                         "description": "The id of the last token received; the browser sends it"
+                                        " when an EventSource reconnects. Empty or absent: from"
+                                        " the start."},
+                        {"name": "lastEventId", "in": "query", "required": False,
+                         "schema": {"type": "string", "pattern": "^[0-9]{0,12}$"},
+                         "description": "The same as Last-Event-ID, for clients that cannot set"
+                                        " headers; the header wins when both are sent."},
+                    ],
+                    "responses": {
+                        "200": {"description": STREAM_DESCRIPTION, "content": EVENT_STREAM},
+                        **chat_reads,
+                    },
+                },
+            },
+            "/chat/messages/{messageId}/cancel": {
+                "post": {
+                    "operationId": "cancelAnswer",
+                    "summary": "Stop an answer; the text written so far is kept as cancelled.",
+                    "parameters": [
+                        _message_path("The answer's id."),
+                        _session_query("The session the answer belongs to."),
+                    ],
+                    "responses": {
+                        "200": {"description": "The answer's status after the cancel (an answer"
+                                               " that had already ended keeps its status).",
+                                "content": _json("CancelResult")},
+                        **chat_reads,
+                    },
+                },
+            },
+            "/chat/history/{sessionId}": {
+                "get": {
+                    "operationId": "history",
+                    "summary": "A page of a conversation, oldest first within the page.",
+                    "parameters": [
+                        {"name": "sessionId", "in": "path", "required": True, "schema": UUID,
+                         "description": "The conversation's id."},
+                        {"name": "limit", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1,
+                                    "maximum": HISTORY_PAGE_MAX, "default": 50},
+                         "description": "How many messages, at most."},
+                        {"name": "before", "in": "query", "required": False, "schema": UUID,
+                         "description": "A message id: the page ends just before it (the first"
+                                        " message of the previous page)."},
+                    ],
+                    "responses": {
+                        "200": {"description": "The page.", "content": _json("HistoryPage")},
+                        **chat_reads,
+                    },
+                },
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "The process is alive.",
+                    "responses": {"200": {"description": "Alive.", "content": _json("Health")}},
+                },
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "The service can answer: its database is reachable.",
+                    "responses": {
+                        "200": {"description": "Ready; `degraded` when Redis is down (the limits"
+                                               " then count per instance).",
+                                "content": _json("Ready")},
+                        **_error_responses(503),
+                    },
+                },
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (not rate-limited, like the health checks).",
+                    "description": "With METRICS_TOKEN set, send it as `Authorization: Bearer"
+                                   " <token>`.",
+                    "responses": {
+                        "200": {"description": "The Prometheus text format.",
+                                "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        "401": {"description": "METRICS_TOKEN is set and the request does not"
+                                               " carry it.",
+                                "headers": {"WWW-Authenticate": {
+                                    "required": True, "schema": {"const": "Bearer"}}},
+                                "content": _json("Error")},
+                    },
+                },
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document.",
+                    "responses": {"200": {"description": "The OpenAPI document.",
+                                          "content": {"application/json": {
+                                              "schema": {"type": "object"}}}},
+                                  **limited},
+                },
+            },
+            "/": {
+                "get": {
+                    "operationId": "demoPage",
+                    "summary": "The demo store page, with the widget on it.",
+                    "responses": {"200": {"description": "An HTML page.",
+                                          "content": {"text/html": {"schema": {"type": "string"}}}},
+                                  **limited},
+                },
+            },
+            "/widget.js": {
+                "get": {
+                    "operationId": "widgetScript",
+                    "summary": "The chat widget, to embed with a script tag.",
+                    "responses": {"200": {"description": "JavaScript.",
+                                          "content": {"text/javascript": {
+                                              "schema": {"type": "string"}}}},
+                                  **limited},
+                },
+            },
+        },
+        "components": {
+            "schemas": {
+                "ChatRequest": _chat_request_schema(max_message_chars),
+                "ChatReply": {
+                    "type": "object",
+                    "required": ["reply", "sessionId", "messageId"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "reply": {"type": "string"},
+                        "sessionId": UUID,
+                        "messageId": UUID,
+                    },
+                },
+                "HistoryMessage": {
+                    "type": "object",
+                    "required": ["id", "sender", "text", "status", "createdAt"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "id": UUID,
+                        "sender": {"enum": ["user", "ai"]},
+                        "text": {"type": "string"},
+                        "status": _ref("schemas", "MessageStatus"),
+                        "createdAt": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "HistoryPage": {
+                    "type": "object",
+                    "required": ["sessionId", "messages", "hasMore"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "sessionId": UUID,
+                        "messages": {"type": "array", "maxItems": HISTORY_PAGE_MAX,
+                                     "items": _ref("schemas", "HistoryMessage")},
+                        "hasMore": {"type": "boolean",
+                                    "description": "Older messages exist before this page."},
+                    },
+                },
+                "MessageStatus": {
+                    "enum": ["streaming", "complete", "error", "cancelled", "interrupted"],
+                    "description": "`streaming` while the answer is written; then one of the rest.",
+                },
+                "CancelResult": {
+                    "type": "object",
+                    "required": ["messageId", "status"],
+                    "additionalProperties": False,
+                    "properties": {"messageId": UUID,
+                                   "status": _ref("schemas", "MessageStatus")},
+                },
+                "Health": {
+                    "type": "object", "required": ["status"],
+                    "properties": {"status": {"const": "ok"}},
+                },
+                "Ready": {
+                    "type": "object", "required": ["status", "database", "redis"],
+                    "properties": {"status": {"enum": ["ready", "degraded"]},
+                                   "database": {"const": "up"},
+                                   "redis": {"enum": ["up", "down", "off"],
+                                             "description": "`off` when REDIS_URL is unset."},
+                                   "mode": {"enum": ["llm", "knowledge-only"],
+                                            "description": "`knowledge-only` without a model:"
+                                                           " answers come from the articles."}},
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "code": {"type": "string", "pattern": "^[a-z][a-z_]*$",
+                                         "description": "Stable, for programs."},
+                                "message": {"type": "string", "minLength": 1,
+                                            "description": "For the shopper; no internals."},
+                            },
+                        },
+                    },
+                },
+                "StreamEvent": {
+                    "description": "One event of an answer's stream.",
+                    "oneOf": [_event("meta", "MetaEvent"),
+                              _event("token", "TokenEvent", numbered=True),
+                              _event("done", "DoneEvent"),
+                              _event("error", "ErrorEvent")],
+                },
+                "MetaEvent": {
+                    "description": "`event: meta`, first on every stream (no `id:` line).",
+                    "type": "object",
+                    "required": ["sessionId", "messageId"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "sessionId": UUID,
+                        "messageId": {**UUID, "description": "The answer's id."},
+                        "userMessageId": {**UUID, "description": "The shopper's message (new"
+                                                                 " answers only, not on resume)."},
+                    },
+                },
+                "TokenEvent": {
+                    "description": "`event: token` with `id: n` (1, 2, 3, ... per answer).",
+                    "type": "object",
+                    "required": ["text"],
+                    "additionalProperties": False,
+                    "properties": {"text": {"type": "string"}},
+                },
+                "DoneEvent": {
+                    "description": "`event: done`: the answer ended and is saved.",
+                    "type": "object",
+                    "required": ["messageId", "text", "status", "usage", "sources", "fallback"],
+                    "properties": {
+                        "messageId": UUID,
+                        "text": {"type": "string", "description": "The whole answer."},
+                        "status": {"enum": ["complete", "cancelled"]},
+                        "usage": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "promptTokens": {"type": "integer", "minimum": 0},
+                                "completionTokens": {"type": "integer", "minimum": 0},
+                                "totalTokens": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                        "sources": {
+                            "type": "array",
+                            "description": "The knowledge articles the answer drew on, best first.",
+                            "items": {"type": "object", "required": ["title", "path"],
+                                      "properties": {"title": {"type": "string"},
+                                                     "path": {"type": "string"}}},
+                        },
+                        "fallback": {"type": "boolean",
+                                     "description": "The model failed before its first token and"
+                                                    " the answer came from the knowledge base."},
+                    },
+                },
+                "ErrorEvent": {
+                    "description": "`event: error`: the answer could not be finished; the text"
+                                   " streamed so far is saved.",
+                    "type": "object",
+                    "required": ["code", "message", "retryable"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "code": {"type": "string", "pattern": "^[a-z][a-z_]*$"},
+                        "message": {"type": "string", "minLength": 1},
+                        "retryable": {"type": "boolean",
+                                      "description": "Asking again (or resuming) may work."},
+                    },
+                },
+            },
+            "responses": {
+                "BadRequest": _error_response(
+                    "The body or a parameter is not valid (a blank or too long message, an id that"
+                    " is not a UUID, JSON that does not parse, NUL or invalid Unicode)."),
+                "OriginNotAllowed": _error_response(
+                    "A browser page on an origin outside ALLOWED_ORIGINS called the chat API."),
+                "NotFound": _error_response(
+                    "No such session or message, or it belongs to another session (the two are"
+                    " answered alike)."),
+                "PayloadTooLarge": _error_response("The body is larger than 100 KB."),
+                "UnsupportedMediaType": _error_response(
+                    "The body is not sent as `application/json`."),
+                "RateLimited": _error_response(
+                    "Too many requests or messages (per IP, per conversation); wait the number of"
+                    " seconds in Retry-After.",
+                    headers={"Retry-After": {"description": "Seconds to wait.", "required": True,
+                                             "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                             "RateLimit-Policy": {"description": "The limit that refused.",
+                                                  "schema": {"type": "string"}}}),
+                "ServiceUnavailable": _error_response(
+                    "The database or the model is not answering, or the day's token budget is"
+                    " spent (`budget_exhausted`); try again later."),
+                "GatewayTimeout": _error_response(
+                    "The answer took longer than a non-streaming request may wait (30 s)."),
+            },
+        },
+    }
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSONResponse(build_openapi(request.app.state.settings.max_message_chars))
