@@ -243,8 +243,9 @@ def write(results: dict[str, Any], bench: Path = BENCH, plot_python: Path | None
         "connection per stream. Added TTFT = the target's percentile minus the floor's "
         "(the upstream called directly) at the same rate, in the same alternating rounds.",
         "- Our app runs with its full work: each stream a new conversation, both messages in "
-        "PostgreSQL; rate limits off for throughput (`RATE_LIMIT_ENABLED=false`) and on for "
-        "one run below.",
+        "PostgreSQL, a knowledge search per question, every event copied to Redis Streams for "
+        "resume; rate limits off for throughput (`RATE_LIMIT_ENABLED=false`) and on for one run "
+        "below.",
         "",
         "## Targets",
         "",
