@@ -52,6 +52,7 @@ HARNESS_P50_SLACK_MS, HARNESS_P99_SLACK_MS = 3.0, 10.0
 KNEE_ADDED_P99_MS = 100.0
 BENCH_DB = "bench_chat"
 BENCH_REDIS_DB = 13
+BENCH_REDIS_PREFIX = "bench"
 # The same key is in litellm_config.yaml; it guards a proxy on 127.0.0.1 for one run.
 LITELLM_MASTER_KEY = "sk-bench-0123456789abcdef0123456789abcdef0123456789abcdef"
 # Each slow stream lasts ~50 s: longer than the ramp that opens 5,000 of them.
@@ -164,8 +165,10 @@ def fresh_bench_database() -> str:
 
 
 def flush_bench_redis() -> None:
-    subprocess.run(["redis-cli", "-h", HOST, "-n", str(BENCH_REDIS_DB), "FLUSHDB"],
-                   capture_output=True, timeout=10)
+    """Forget the last run's limits and streams: only our own prefix, Redis may be shared."""
+    script = "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end"
+    subprocess.run(["redis-cli", "-h", HOST, "-n", str(BENCH_REDIS_DB), "EVAL", script, "0",
+                    f"{BENCH_REDIS_PREFIX}:*"], capture_output=True, timeout=30)
 
 
 def app_service(database_url: str, extra_env: dict[str, str], tag: str) -> procs.Service:
@@ -174,7 +177,7 @@ def app_service(database_url: str, extra_env: dict[str, str], tag: str) -> procs
         "HOST": HOST, "PORT": str(APP_PORT),
         "DATABASE_URL": database_url,
         "REDIS_URL": f"redis://{HOST}:6379/{BENCH_REDIS_DB}",
-        "REDIS_PREFIX": "bench",
+        "REDIS_PREFIX": BENCH_REDIS_PREFIX,
         "OPENAI_BASE_URL": f"http://{HOST}:{UPSTREAM_PORT}/v1",
         "OPENAI_API_KEY": "bench",
         "OPENAI_MODEL": "bench",
