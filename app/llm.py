@@ -124,8 +124,12 @@ class LLM:
             "stream_options": {"include_usage": True},
         }
         try:
-            # One timer for the whole answer, pushed forward on every chunk: it fires when the
-            # first chunk, or the next one, is more than LLM_TIMEOUT_S late.
+            # One timer for the whole answer, pushed forward as chunks arrive: it fires when the
+            # first chunk, or the next one, is LLM_TIMEOUT_S late. Rescheduling re-arms a timer
+            # handle, so it is done at most every `push_every` seconds rather than per token;
+            # the deadline is then at most that much early, a tenth of the timeout.
+            push_every = min(1.0, self._timeout_s / 10)
+            pushed_at = loop.time()
             async with asyncio.timeout(self._timeout_s) as deadline:
                 # The SDK's low-level post with cast_to=object keeps its retries, errors and SSE
                 # decoding but hands us each chunk as the parsed JSON dict: building a pydantic
@@ -138,7 +142,10 @@ class LLM:
                 finished = False
                 try:
                     async for chunk in chunks:
-                        deadline.reschedule(loop.time() + self._timeout_s)
+                        now = loop.time()
+                        if now - pushed_at >= push_every:
+                            deadline.reschedule(now + self._timeout_s)
+                            pushed_at = now
                         if not isinstance(chunk, dict):
                             raise TypeError("a stream chunk that is not a JSON object")
                         choices = chunk.get("choices")

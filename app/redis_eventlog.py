@@ -4,8 +4,8 @@ Where it differs from the in-process log (app/eventlog.py) it wraps:
 
 - The producer never waits for Redis. `append` writes to memory, which serves the producing
   instance's own subscribers, and queues the entry; one background task flushes the queue in one
-  pipeline per event-loop turn, so a burst of tokens costs one round trip and the answer's hot
-  path costs a list append.
+  pipeline every FLUSH_LINGER_S (or FLUSH_BATCH entries), so the tokens of every live answer
+  share a round trip and the answer's hot path costs a list append.
 - Other instances read Redis: XRANGE from the client's Last-Event-ID, then XREAD BLOCK until the
   terminal event.
 - Redis is never on an answer's critical path. If it is down, the answer streams on from memory,
@@ -60,6 +60,12 @@ log = logging.getLogger(__name__)
 REDIS_FAILURES = (RedisError, OSError)
 # While Redis is down and answers wait to be copied, how often the flusher tries again.
 RETRY_S = 0.5
+# The flusher waits this long after the first pending event, or until this many are pending,
+# so one round trip carries tokens of every live answer: one pipeline per token cost more CPU
+# than anything else on the relay path (bench/analysis.md). Other instances' followers see
+# tokens at most this much later; the producer's own followers read memory and see no delay.
+FLUSH_LINGER_S = 0.02
+FLUSH_BATCH = 64
 # A lease found missing is checked again this much later before its producer is declared dead:
 # after a Redis restart, producers re-set their leases within RETRY_S of its return.
 CONFIRM_S = 2 * RETRY_S
@@ -198,6 +204,8 @@ class RedisEventLog:
                     await asyncio.wait_for(self._wake.wait(), RETRY_S)
             else:
                 await self._wake.wait()
+            if len(self._pending) < FLUSH_BATCH and not self._stopping:
+                await asyncio.sleep(FLUSH_LINGER_S)
             self._wake.clear()
             try:
                 await self._flush_once()

@@ -15,6 +15,7 @@ use other words only loses the extra recall, never gets wrong matches from it.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 
 # Shopper phrase -> words the articles use for it. Phrases are matched on whole words.
@@ -229,6 +230,9 @@ def widen_question(question: str, vocabulary: frozenset[str]) -> list[tuple[str,
     return list(dict.fromkeys(groups))
 
 
+# A close-match search over the whole vocabulary is the costliest step before the first token,
+# and shoppers reuse the same words: remember each answer (per vocabulary, whose hash is cached).
+@functools.lru_cache(maxsize=8192)
 def _fix_typo(word: str, vocabulary: frozenset[str]) -> str:
     """The article word `word` is most likely a misspelling of, or `word` itself."""
     if len(word) < _MIN_TYPO_LENGTH or not word.isalpha() or word in _PHRASE_WORDS:

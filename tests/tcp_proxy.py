@@ -36,6 +36,7 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
         self.heads: list[bytes] = []
+        self.redis_db = 0
 
     @classmethod
     def to(cls, host: str, port: int) -> TcpProxy:
@@ -47,10 +48,14 @@ class TcpProxy:
         url = urlsplit(redis_url)
         if url.scheme == "unix":
             return cls(lambda _: Upstream(unix_path=url.path))
-        return cls(lambda _: Upstream(url.hostname or "127.0.0.1", url.port or 6379))
+        proxy = cls(lambda _: Upstream(url.hostname or "127.0.0.1", url.port or 6379))
+        # The same database as the Redis behind it, so keys read directly match keys written
+        # through the proxy.
+        proxy.redis_db = int(url.path.strip("/") or 0)
+        return proxy
 
-    def redis_url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/{self.redis_db}"
 
     @property
     def url_host(self) -> str:
@@ -117,9 +122,14 @@ class TcpProxy:
                     sink.write(chunk[:limit - sent])
                     with contextlib.suppress(OSError):
                         await sink.drain()
+                    # A FIN after the bytes, not a reset: a reset makes the receiving kernel drop
+                    # what the client has not read yet, so a loaded machine would lose the very
+                    # tokens the cut is placed after.
+                    sink.close()
                     raise ConnectionResetError("cut by the test")
                 sink.write(chunk)
                 sent += len(chunk)
                 await sink.drain()
         finally:
-            sink.transport.abort()
+            if not sink.is_closing():
+                sink.transport.abort()
