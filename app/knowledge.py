@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,11 +287,19 @@ LIMIT %(limit)s
 
 
 # The words of the indexed articles, keyed by a fingerprint of their hashes, so typo correction
-# sees the current articles without re-reading them for every question.
+# sees the current articles without re-reading them for every question. The fingerprint itself
+# is re-read at most every VOCABULARY_CHECK_S: a query per question is a round trip on the path
+# to the first token, and articles change far less often than that.
 _vocabulary_cache: dict[str, frozenset[str]] = {}
+VOCABULARY_CHECK_S = 5.0
+_vocabulary_checked_at = -VOCABULARY_CHECK_S
 
 
 async def _vocabulary(conn: AsyncConnection) -> frozenset[str]:
+    global _vocabulary_checked_at
+    if _vocabulary_cache and time.monotonic() - _vocabulary_checked_at < VOCABULARY_CHECK_S:
+        return next(iter(_vocabulary_cache.values()))
+    _vocabulary_checked_at = time.monotonic()
     cursor = await conn.execute(
         "SELECT coalesce(md5(string_agg(path || ':' || content_hash, ',' ORDER BY path)), '')"
         " FROM knowledge_articles"
