@@ -132,6 +132,10 @@ class ChatService:
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
         self._running: dict[uuid.UUID, asyncio.Task[str]] = {}
+        # The answers still generating, the only ones a cancel may interrupt: once generation
+        # has ended, the save and the terminal event must run to the end, or the text is lost
+        # and the stream never ends.
+        self._generating: set[uuid.UUID] = set()
         self._interrupting = False
         # Tests that build a service alone get a registry nobody reads.
         self._metrics = metrics if metrics is not None else Metrics()
@@ -231,6 +235,7 @@ class ChatService:
         prompt: list[dict[str, str]] = []
         fallback = False
         first_token_at: float | None = None
+        self._generating.add(started.answer_id)
         try:
             chunks = await self._find_knowledge(question, history)
             if self._llm is None:
@@ -271,14 +276,14 @@ class ChatService:
             status = "interrupted" if self._interrupting else "cancelled"
         except UpstreamError as exc:  # counted where it was caught first, above
             failure, status = exc, "error"
+        finally:
+            self._generating.discard(started.answer_id)
         # A failure can come before the commit; the answer row must exist before its update.
         await committed
         text = "".join(parts)
         sources = sources_payload(chunks)
         saved = await self._save_answer(started.answer_id, text, status, usage, sources,
                                         fallback)
-        if prompt and not fallback:
-            await self._count_tokens(prompt, text, usage)
         if first_token_at is None and parts:
             first_token_at = time.monotonic()  # a knowledge-base answer: all of it at once
         self._observe_finished(started, status, asked_at, first_token_at, usage, len(parts),
@@ -298,6 +303,9 @@ class ChatService:
             assert failure is not None
             self._events.append(answer_key, "error", {
                 "code": failure.code, "message": failure.message, "retryable": failure.retryable})
+        # After the end is sent: charging the budget may wait on Redis, the shopper need not.
+        if prompt and not fallback:
+            await self._count_tokens(prompt, text, usage)
         return status
 
     def _observe_finished(self, started: StartedAnswer, status: str, asked_at: float,
@@ -511,7 +519,8 @@ class ChatService:
             if record.status != "streaming":
                 return record.status
             return await self._cancel_elsewhere(record)
-        task.cancel()
+        if answer_id in self._generating:
+            task.cancel()
         # shield: a shopper who leaves mid-cancel must not cancel the save of the partial text.
         return await asyncio.shield(task)
 
@@ -540,8 +549,9 @@ class ChatService:
 
     def _cancel_running(self, answer_key: str) -> None:
         """Another instance asked to cancel an answer: cancel it if this instance produces it."""
-        task = self._running.get(uuid.UUID(answer_key))
-        if task is not None:
+        answer_id = uuid.UUID(answer_key)
+        task = self._running.get(answer_id)
+        if task is not None and answer_id in self._generating:
             task.cancel()
 
     async def shutdown(self, grace_s: float) -> None:
@@ -552,8 +562,9 @@ class ChatService:
             _, still_running = await asyncio.wait(pending, timeout=grace_s)
             if still_running:
                 self._interrupting = True
-                for task in still_running:
-                    task.cancel()
+                for answer_id, task in list(self._running.items()):
+                    if answer_id in self._generating:
+                        task.cancel()
                 await asyncio.wait(still_running, timeout=10)
 
 

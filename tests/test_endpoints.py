@@ -353,3 +353,34 @@ async def test_a_second_follower_sees_the_same_live_answer(
     followed = parse_sse((await follower).text)
     assert "".join(e.data["text"] for e in followed if e.event == "token") == "xyz"
     assert "".join(original) == "xyz"
+
+
+async def test_a_cancel_that_arrives_while_the_answer_is_saved_loses_nothing(
+        client: httpx.AsyncClient, upstream: FakeUpstream, query: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.chat import ChatService
+
+    saving = asyncio.Event()
+    original_save = ChatService._save_answer
+
+    async def slow_save(self: ChatService, *args: Any, **kwargs: Any) -> bool:
+        saving.set()
+        await asyncio.sleep(0.5)  # a slow database, so the cancel lands mid-save
+        return await original_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChatService, "_save_answer", slow_save)
+    upstream.queue(Reply(tokens=["All ", "of ", "it"]))
+    events = []
+    async with client.stream("POST", "/chat/stream", json={"message": "hi"}) as response:
+        async for event in read_events(response):
+            events.append(event)
+            if event.event == "meta":
+                meta = event.data
+                await saving.wait()
+                cancel = await client.post(f"/chat/messages/{meta['messageId']}/cancel",
+                                           params={"sessionId": meta["sessionId"]})
+                assert cancel.status_code == 200
+                assert cancel.json()["status"] == "complete"
+    assert events[-1].event == "done" and events[-1].data["text"] == "All of it"
+    assert query("SELECT status, text FROM messages WHERE id = %s", meta["messageId"]) == [
+        ("complete", "All of it")]
