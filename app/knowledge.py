@@ -290,16 +290,23 @@ LIMIT %(limit)s
 # sees the current articles without re-reading them for every question. The fingerprint itself
 # is re-read at most every VOCABULARY_CHECK_S: a query per question is a round trip on the path
 # to the first token, and articles change far less often than that.
+# The last check is kept per database: a process may talk to several (the tests do).
 _vocabulary_cache: dict[str, frozenset[str]] = {}
 VOCABULARY_CHECK_S = 5.0
-_vocabulary_checked_at = -VOCABULARY_CHECK_S
+_recent_vocabulary: dict[str, tuple[float, frozenset[str]]] = {}
 
 
 async def _vocabulary(conn: AsyncConnection) -> frozenset[str]:
-    global _vocabulary_checked_at
-    if _vocabulary_cache and time.monotonic() - _vocabulary_checked_at < VOCABULARY_CHECK_S:
-        return next(iter(_vocabulary_cache.values()))
-    _vocabulary_checked_at = time.monotonic()
+    database = conn.info.dsn
+    recent = _recent_vocabulary.get(database)
+    if recent is not None and time.monotonic() - recent[0] < VOCABULARY_CHECK_S:
+        return recent[1]
+    vocabulary = await _current_vocabulary(conn)
+    _recent_vocabulary[database] = (time.monotonic(), vocabulary)
+    return vocabulary
+
+
+async def _current_vocabulary(conn: AsyncConnection) -> frozenset[str]:
     cursor = await conn.execute(
         "SELECT coalesce(md5(string_agg(path || ':' || content_hash, ',' ORDER BY path)), '')"
         " FROM knowledge_articles"

@@ -24,7 +24,11 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inl
             "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
             "base-uri 'none'; form-action 'self'")
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
-HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Not counted by the per-IP limit: health checks, and what every page view of the store loads
+# (the widget script, the demo page, the API description): shoppers behind one NAT browsing
+# the store must not be refused the widget itself.
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/widget.js",
+                             "/openapi.json"})
 
 
 class SecurityHeaders:
@@ -102,7 +106,7 @@ class RequestLimit:
             return
         address = client_ip(scope, self.trusted_proxies)
         scope.setdefault("state", {})["client_ip"] = address
-        if scope["path"] not in HEALTH_PATHS and scope["method"] != "OPTIONS":
+        if scope["path"] not in UNLIMITED_PATHS and scope["method"] != "OPTIONS":
             limits = scope["app"].state.limits
             try:
                 await limits.check_request(limit_key(address))

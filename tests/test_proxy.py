@@ -102,6 +102,18 @@ async def test_tokens_arrive_through_the_proxy_as_they_are_made(stack: Stack) ->
     assert logged == {"request", "answer"}
 
 
+async def test_the_page_served_through_the_proxy_may_use_the_chat(stack: Stack) -> None:
+    """A browser on the demo page sends its Origin, port included; nginx must pass the Host
+    with its port, or the app would take its own page for a foreign one."""
+    stack.model.reset(gated=False)
+    async with stack.client("127.0.0.5") as http:
+        response = await http.post("/chat/stream", json={"message": "hi"},
+                                   headers={"Origin": stack.proxy_url})
+        metrics = await http.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert metrics.status_code == 404
+
+
 async def test_nginx_makes_a_request_id_when_the_client_sends_none(stack: Stack) -> None:
     async with stack.client("127.0.0.2") as http:
         response = await http.get("/healthz")
