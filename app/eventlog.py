@@ -46,7 +46,9 @@ def encode_event(seq: int, kind: str, payload: Any) -> Event:
     # ensure_ascii=False leaves a lone surrogate as it is, and UTF-8 cannot carry one (a browser
     # would read U+FFFD): write it as a JSON \udXXX escape, which JSON.parse turns back into the
     # same UTF-16 unit. Any text then round-trips, and every frame is valid UTF-8.
-    data = _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", data)
+    # isascii() is a quick scan that spares the regex for most tokens.
+    if not data.isascii():
+        data = _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", data)
     return event_from_data(seq, kind, data)
 
 
