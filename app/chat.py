@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 # Statuses an answer can end in; 'streaming' is the only one that is not final.
 FINAL_STATUSES = frozenset({"complete", "error", "cancelled", "interrupted"})
 _SAVE_ATTEMPTS = 5
+# An answer whose producer is gone: keep the text given (or, with NULL, what the row has), and
+# touch only a row still 'streaming', so a producer that saved first is never overwritten.
+INTERRUPT_SQL = ("UPDATE messages SET status = 'interrupted', text = coalesce(%s, text),"
+                 " finished_at = now() WHERE id = %s AND status = 'streaming'")
 # How long a cancel on an instance that does not produce the answer waits to see it end.
 REMOTE_CANCEL_WAIT_S = 3.0
 # Past any token id: following from here yields just meta and the end.
@@ -439,9 +443,7 @@ class ChatService:
         """A subscriber found the producer gone: save what it had streamed, as 'interrupted'."""
         try:
             async with db.connection(self._pool) as conn:
-                await conn.execute(
-                    "UPDATE messages SET status = 'interrupted', text = %s, finished_at = now()"
-                    " WHERE id = %s AND status = 'streaming'", (streamed_text, record.id))
+                await conn.execute(INTERRUPT_SQL, (streamed_text, record.id))
             # Whatever the update found: the producer may have saved the answer just before.
             record = await self.find_answer(record.id, record.conversation_id)
         except DatabaseUnavailable:
@@ -451,9 +453,7 @@ class ChatService:
     async def _mark_interrupted(self, record: AnswerRecord) -> AnswerRecord:
         """An answer left 'streaming' with no producer: its instance died mid-answer."""
         async with db.connection(self._pool) as conn:
-            await conn.execute(
-                "UPDATE messages SET status = 'interrupted', finished_at = now()"
-                " WHERE id = %s AND status = 'streaming'", (record.id,))
+            await conn.execute(INTERRUPT_SQL, (None, record.id))
         return replace(record, status="interrupted")
 
     async def interrupt_orphans(self) -> int:
@@ -477,10 +477,8 @@ class ChatService:
             return 0
         async with db.connection(self._pool) as conn:
             cur = conn.cursor()
-            await cur.executemany(
-                "UPDATE messages SET status = 'interrupted', text = %s, finished_at = now()"
-                " WHERE id = %s AND status = 'streaming'",
-                [(text, answer_id) for answer_id, text in orphans.items()])
+            await cur.executemany(INTERRUPT_SQL,
+                                  [(text, answer_id) for answer_id, text in orphans.items()])
         return len(orphans)
 
     async def history(self, session_id: uuid.UUID, limit: int,
