@@ -25,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import db
 from .errors import DatabaseUnavailable, NotFound, ServiceUnavailable
-from .eventlog import Event, EventLog, SharedLogUnavailable, encode_event
+from .eventlog import REPLAYED_END_ID, Event, EventLog, SharedLogUnavailable, encode_event
 from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
 from .llm import LLM, UpstreamError, Usage
 from .logs import log_answer
@@ -414,10 +414,18 @@ class ChatService:
         return events
 
     async def follow(self, answer_id: uuid.UUID, session_id: uuid.UUID,
-                     after: int) -> AsyncIterator[Event]:
+                     after: int) -> AsyncIterator[Event] | None:
         """The answer's events after `after`: from this instance's memory if it produces the
-        answer, else from the shared log, else rebuilt from the record."""
+        answer, else from the shared log, else rebuilt from the record.
+
+        None when `after` is at or past the id of the answer's end: the client has seen it all,
+        the end included (an EventSource reconnecting after `done`), and there is nothing to send.
+        """
         record = await self.find_answer(answer_id, session_id)
+        if after > 0:
+            end = await self._end_id(record)
+            if end is not None and after >= end:
+                return None
         live = self._events.subscribe(str(answer_id), after)
         if live is not None:
             return live
@@ -438,6 +446,17 @@ class ChatService:
         if record.status == "streaming" and answer_id not in self._running:
             record = await self._mark_interrupted(record)
         return _replay_record(record, after)
+
+    async def _end_id(self, record: AnswerRecord) -> int | None:
+        """The id the answer's end has on the wire, as a client resuming it now would get it;
+        None while the answer may still go on."""
+        try:
+            logged = await self._events.end_id(str(record.id))
+        except SharedLogUnavailable:
+            logged = None  # then a finished answer is replayed from the record, as below
+        if logged is not None:
+            return logged
+        return None if record.status == "streaming" else REPLAYED_END_ID
 
     async def _end_orphan(self, record: AnswerRecord, streamed_text: str, seq: int) -> Event:
         """A subscriber found the producer gone: save what it had streamed, as 'interrupted'."""
@@ -605,11 +624,14 @@ async def _settled(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
 
 
 def _replay_record(record: AnswerRecord, after: int) -> AsyncIterator[Event]:
-    """A finished answer from PostgreSQL: meta, its whole text as one token, then the end."""
+    """A finished answer from PostgreSQL: meta, its whole text as one token, then the end.
+
+    The token ids it was streamed with are not kept, so its end has an id past any of them.
+    """
     events = [record_meta(record)]
     if after < 1 and record.text:
         events.append(encode_event(1, "token", {"text": record.text}))
-    events.append(terminal_event(record, 2))
+    events.append(terminal_event(record, REPLAYED_END_ID))
 
     async def replay() -> AsyncIterator[Event]:
         for event in events:

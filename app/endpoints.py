@@ -27,7 +27,7 @@ from .errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from .eventlog import Event
+from .eventlog import REPLAYED_END_ID, Event
 from .sse import AnswerStreamResponse
 
 MAX_BODY_BYTES = 100 * 1024
@@ -37,6 +37,7 @@ HISTORY_PAGE_MAX = 200
 PING_S = 15
 # A client that stops reading must not hold a stream (and its buffers) forever.
 SEND_TIMEOUT_S = 30
+LAST_EVENT_ID_DIGITS = len(str(REPLAYED_END_ID))
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -179,7 +180,7 @@ def last_event_id(request: Request) -> int:
     values: list[int] = []
     for raw in (request.headers.get("last-event-id"), request.query_params.get("lastEventId")):
         if raw:
-            value = whole_number(raw, 12)
+            value = whole_number(raw, LAST_EVENT_ID_DIGITS)
             if value is None:
                 raise BadRequest("Last-Event-ID must be a whole number.")
             values.append(value)
@@ -195,6 +196,10 @@ async def resume_stream(request: Request) -> Response:
     session_id = session_param(request)
     after = last_event_id(request)
     events = await chat_service(request).follow(answer_id, session_id, after)
+    if events is None:
+        # The client has the answer's end (an EventSource reconnecting after `done`): 204 is
+        # what stops an EventSource for good (WHATWG HTML, "server-sent events").
+        return Response(status_code=204, headers={"Cache-Control": "no-cache"})
     request.app.state.metrics.resumes.inc()
     return event_stream(events)
 

@@ -194,6 +194,21 @@ class RedisEventLog:
     def subscribe(self, answer_id: str, after: int) -> AsyncIterator[Event] | None:
         return self._memory.subscribe(answer_id, after)
 
+    async def end_id(self, answer_id: str) -> int | None:
+        if self._memory.events_of(answer_id) is not None:
+            return self._memory.logged_end_id(answer_id)  # produced here: memory is ahead
+        try:
+            last: Any = await self._redis.xrevrange(self._keys.events(answer_id), "+", "-",
+                                                    count=1)
+        except REDIS_FAILURES as exc:
+            self._health.failed(exc, "reading an answer")
+            raise SharedLogUnavailable() from exc
+        self._health.ok()
+        if not last:
+            return None
+        tail = decode_entry(*last[0])
+        return tail.seq if tail.is_terminal else None
+
     def on_cancel_request(self, handler: CancelHandler) -> None:
         self._cancel_handler = handler
 
