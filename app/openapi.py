@@ -42,7 +42,12 @@ keeps proxies from closing an idle connection. Then, in order:
   usage), or `event: error` with `data:` an `ErrorEvent` (a code, a message for the shopper and
   whether asking again may work).
 
-Only tokens carry an `id:` line, so a browser's `Last-Event-ID` is always the last token it has.
+Tokens carry an `id:` line, so a browser's `Last-Event-ID` is the last token it has. The end
+carries one too, the id after the last token's (`done`, and an `error` that ends the answer), so
+an EventSource that reconnects after the end is answered 204 and stops. An `error` that asks the
+client to follow the answer again (`interrupted` or `unavailable` with `retryable: true`) has no
+`id:`: the client resumes from its last token. A finished answer replayed from the database
+(after its stream expired) sends its whole text as token 1 and its end with id 999999999999.
 Every `data:` is one line of JSON: text that looks like SSE framing cannot break the stream.
 Once the stream has started, every failure is an `error` event followed by a clean end.
 """
@@ -53,7 +58,8 @@ Once the stream has started, every failure is an `error` event followed by a cle
 EVENT_STREAM = {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}}
 
 
-def _event(kind: str, data_schema: str, *, numbered: bool = False) -> dict[str, Any]:
+def _event(kind: str, data_schema: str, *, numbered: bool | None = False) -> dict[str, Any]:
+    """`numbered`: True, the event has an `id:`; None, it may have one; False, it has none."""
     event: dict[str, Any] = {
         "type": "object",
         "required": ["event", "data"] + (["id"] if numbered else []),
@@ -63,8 +69,8 @@ def _event(kind: str, data_schema: str, *, numbered: bool = False) -> dict[str, 
                      "contentSchema": _ref("schemas", data_schema)},
         },
     }
-    if numbered:
-        event["properties"]["id"] = {"type": "string", "pattern": "^[1-9][0-9]*$"}
+    if numbered is not False:
+        event["properties"]["id"] = {"type": "string", "pattern": "^[1-9][0-9]{0,11}$"}
     return event
 
 
@@ -164,7 +170,9 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "description": "Refusals (bad input, too large, not JSON, rate limited,"
                                    " unavailable) are plain HTTP errors before any stream starts."
                                    " The answer belongs to the server: if the connection drops,"
-                                   " it still completes and is saved.",
+                                   " it still completes and is saved. Every POST starts a new"
+                                   " answer (a `Last-Event-ID` header is ignored): to pick an"
+                                   " answer up again, GET /chat/stream/{messageId}.",
                     "requestBody": {"required": True, "content": _json("ChatRequest")},
                     "responses": {
                         "200": {"description": STREAM_DESCRIPTION, "content": EVENT_STREAM},
@@ -189,17 +197,23 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 "get": {
                     "operationId": "resumeStream",
                     "summary": "Follow an answer again, from after the last token received.",
-                    "description": "A finished answer replays to its end; one still being written"
-                                   " is followed live. Another session's answer is a 404, exactly"
-                                   " like one that does not exist.",
+                    "description": "The events after the id the client sends (`Last-Event-ID`,"
+                                   " else `lastEventId`, else from the start). `meta` always comes"
+                                   " first; a finished answer replays to its end; one still being"
+                                   " written is followed live. An id at or past the last token"
+                                   " gets `meta` and the end. An id at or past the end's own id"
+                                   " (the client has seen the end: an EventSource reconnecting"
+                                   " after `done`) gets 204, which stops an EventSource."
+                                   " Another session's answer is a 404, exactly like one that"
+                                   " does not exist.",
                     "parameters": [
                         _message_path("The answer's id (`messageId` of the `meta` event)."),
                         _session_query("The session the answer belongs to."),
                         {"name": "Last-Event-ID", "in": "header", "required": False,
                          "schema": {"type": "string", "pattern": "^[0-9]{0,12}$"},
-                         "description": "The id of the last token received; the browser sends it"
-                                        " when an EventSource reconnects. Empty or absent: from"
-                                        " the start."},
+                         "description": "The id of the last event received (a token, or the"
+                                        " end); the browser sends it when an EventSource"
+                                        " reconnects. Empty or absent: from the start."},
                         {"name": "lastEventId", "in": "query", "required": False,
                          "schema": {"type": "string", "pattern": "^[0-9]{0,12}$"},
                          "description": "The same as Last-Event-ID, for clients that cannot set"
@@ -207,6 +221,9 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {"description": STREAM_DESCRIPTION, "content": EVENT_STREAM},
+                        "204": {"description": "The answer has ended and the client has its end"
+                                               " (its id is at or past the end's id): nothing to"
+                                               " send. An EventSource stops reconnecting."},
                         **chat_reads,
                     },
                 },
@@ -398,8 +415,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "description": "One event of an answer's stream.",
                     "oneOf": [_event("meta", "MetaEvent"),
                               _event("token", "TokenEvent", numbered=True),
-                              _event("done", "DoneEvent"),
-                              _event("error", "ErrorEvent")],
+                              _event("done", "DoneEvent", numbered=True),
+                              _event("error", "ErrorEvent", numbered=None)],
                 },
                 "MetaEvent": {
                     "description": "`event: meta`, first on every stream (no `id:` line).",
@@ -421,7 +438,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "properties": {"text": {"type": "string"}},
                 },
                 "DoneEvent": {
-                    "description": "`event: done`: the answer ended and is saved.",
+                    "description": "`event: done` with `id: n` (the id after the last token's): the"
+                                   " answer ended and is saved.",
                     "type": "object",
                     "required": ["messageId", "text", "status", "usage", "sources", "fallback"],
                     "properties": {
