@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from .logs import LogFormat
 
@@ -63,6 +64,58 @@ def _split_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+# -- checks of single variables: each takes the raw text and returns the value or raises ------
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def check_origin(entry: str) -> str:
+    """One ALLOWED_ORIGINS entry, as a browser writes its Origin header: scheme://host[:port].
+
+    A browser compares the header to the entry byte for byte, so an entry with a slash or a path,
+    without a scheme, or with its scheme's default port never matches: every request from the
+    store would be refused, which looks like an outage. Refused here instead, with the fix.
+    """
+    if entry == "*":
+        return entry
+    url = urlsplit(entry)
+    if url.scheme.lower() not in _DEFAULT_PORTS or not url.netloc:
+        raise ConfigError(f"ALLOWED_ORIGINS: {entry!r} has no http:// or https://; write the"
+                          f" origin with its scheme, e.g. 'https://{entry.split('://')[-1].lstrip('/')}'")
+    origin = f"{url.scheme}://{url.netloc}".lower()
+    if url.path or url.query or url.fragment:
+        what = "a trailing slash" if entry.rstrip("/") == origin else "a path"
+        raise ConfigError(f"ALLOWED_ORIGINS: {entry!r} has {what}, which a browser's Origin"
+                          f" never has; write {origin!r}")
+    try:
+        port = url.port
+    except ValueError:
+        raise ConfigError(f"ALLOWED_ORIGINS: {entry!r} has a port that is not a number") from None
+    if url.username is not None or url.password is not None:
+        raise ConfigError(f"ALLOWED_ORIGINS: {entry!r} has a user name in it; write just"
+                          f" scheme://host[:port]")
+    if port == _DEFAULT_PORTS[url.scheme.lower()]:
+        plain = origin.rsplit(":", 1)[0]
+        raise ConfigError(f"ALLOWED_ORIGINS: {entry!r} names the default port, which a browser's"
+                          f" Origin leaves out; write {plain!r}")
+    return origin
+
+
+def check_allowed_origins(raw: str) -> tuple[str, ...]:
+    return tuple(check_origin(entry) for entry in _split_list(raw))
+
+
+def check_openai_base_url(raw: str) -> str:
+    """Without a scheme the SDK cannot connect, and every answer would quietly fall back."""
+    if not raw:
+        return raw
+    url = urlsplit(raw)
+    if url.scheme.lower() not in ("http", "https") or not url.netloc:
+        raise ConfigError(f"OPENAI_BASE_URL must start with http:// or https://, e.g."
+                          f" 'http://{raw.split('://')[-1].lstrip('/')}', got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -114,14 +167,14 @@ class Settings:
             database_url=reader.text("DATABASE_URL"),
             redis_url=reader.text("REDIS_URL"),
             openai_api_key=reader.text("OPENAI_API_KEY"),
-            openai_base_url=reader.text("OPENAI_BASE_URL"),
+            openai_base_url=check_openai_base_url(reader.text("OPENAI_BASE_URL")),
             openai_model=reader.text("OPENAI_MODEL"),
             llm_timeout_s=reader.number("LLM_TIMEOUT_S", low=0.1, high=600),
             max_message_chars=reader.integer("MAX_MESSAGE_CHARS", low=1, high=100_000),
             history_window=reader.integer("HISTORY_WINDOW", low=0, high=200),
             max_tokens=reader.integer("MAX_TOKENS", low=1, high=100_000),
             temperature=reader.number("TEMPERATURE", low=0, high=2),
-            allowed_origins=_split_list(reader.text("ALLOWED_ORIGINS")),
+            allowed_origins=check_allowed_origins(reader.text("ALLOWED_ORIGINS")),
             db_pool_max=reader.integer("DB_POOL_MAX", low=1, high=1000),
             redis_prefix=reader.text("REDIS_PREFIX"),
             rate_limit_enabled=reader.boolean("RATE_LIMIT_ENABLED"),
