@@ -2,7 +2,8 @@
 
 - SecurityHeaders: nosniff, a referrer policy and a strict CSP on every response.
 - OriginGuard: a browser on an origin outside ALLOWED_ORIGINS cannot call the chat API, even
-  with a request that needs no preflight.
+  with a request that needs no preflight. Each refused origin is logged as a warning, at most
+  once per REFUSED_ORIGIN_LOG_S, so the owner sees why the widget "couldn't reach support".
 - RequestLimit: works out the client's address once, and applies the per-IP limit that covers
   every endpoint except health checks.
 """
@@ -10,13 +11,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .clientip import Network, client_ip, limit_key
 from .errors import AppError, error_body
+
+log = logging.getLogger(__name__)
 
 # The demo page loads only our own script and talks only to us; styles are inline in the
 # widget's shadow root.
@@ -77,18 +82,48 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+# A page on a refused origin sends a request per question: one line per origin per few minutes.
+REFUSED_ORIGIN_LOG_S = 300.0
+# Origins remembered for that; any client can send any Origin, so the memory is bounded.
+REFUSED_ORIGINS_KEPT = 1000
+# An Origin header is the client's text: what goes into the log is cut to this.
+ORIGIN_LOG_CHARS = 200
+
+
 class OriginGuard:
-    def __init__(self, app: ASGIApp, allowed_origins: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: Sequence[str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.app = app
         self.allowed = frozenset(origin.rstrip("/") for origin in allowed_origins)
+        self._clock = clock
+        # origin -> when it was last logged
+        self._logged: dict[str, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/chat/"):
             origin = _header(scope, b"origin")
             if origin is not None and not self._allowed(origin, _header(scope, b"host")):
+                self._log_refusal(origin)
                 await send_error(send, OriginNotAllowed())
                 return
         await self.app(scope, receive, send)
+
+    def _log_refusal(self, origin: str) -> None:
+        origin = origin[:ORIGIN_LOG_CHARS]
+        now = self._clock()
+        last = self._logged.get(origin)
+        if last is not None and now - last < REFUSED_ORIGIN_LOG_S:
+            return
+        if len(self._logged) >= REFUSED_ORIGINS_KEPT:
+            cutoff = now - REFUSED_ORIGIN_LOG_S
+            self._logged = {o: t for o, t in self._logged.items() if t >= cutoff}
+            if len(self._logged) >= REFUSED_ORIGINS_KEPT:
+                return  # a flood of made-up origins: what was logged already says enough
+        self._logged[origin] = now
+        allowed = ", ".join(sorted(self.allowed)) or "(empty)"
+        log.warning("refused a browser request from origin %r: it is not in ALLOWED_ORIGINS"
+                    " (%s); if the widget runs on that site, add the origin there", origin,
+                    allowed)
 
     def _allowed(self, origin: str, host: str | None) -> bool:
         # The widget on our own pages is always allowed: same origin means same host.
