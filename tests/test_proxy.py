@@ -26,6 +26,7 @@ from tests.proxy import running_nginx
 from tests.scripted_model import ScriptedModel
 
 CHAT_LIMIT_PER_IP = 3
+WEB = Path(__file__).resolve().parent.parent / "web"
 
 
 @dataclass
@@ -119,7 +120,7 @@ async def test_the_page_served_through_the_proxy_may_use_the_chat(stack: Stack) 
 
 @pytest.mark.parametrize("path, source", [("/widget.js", "widget.js"), ("/", "index.html")])
 async def test_nginx_gzips_the_widget_and_the_page(stack: Stack, path: str, source: str) -> None:
-    original = (Path(__file__).resolve().parent.parent / "web" / source).read_bytes()
+    original = (WEB / source).read_bytes()
     async with stack.client("127.0.0.6") as http, http.stream(
             "GET", path, headers={"Accept-Encoding": "gzip"}) as response:
         sent = b"".join([chunk async for chunk in response.aiter_raw()])
