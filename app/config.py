@@ -32,7 +32,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HISTORY_WINDOW": ("10", "How many earlier messages of the conversation go into the prompt."),
     "MAX_TOKENS": ("500", "Longest answer, in tokens."),
     "TEMPERATURE": ("0.7", "Sampling temperature."),
-    "ALLOWED_ORIGINS": ("", "Comma-separated origins allowed to call the chat API from a browser."),
+    "ALLOWED_ORIGINS": ("", "Comma-separated origins (scheme://host[:port]) allowed to call the"
+                            " chat API from a browser."),
     "DB_POOL_MAX": ("10", "Most database connections per instance."),
     "REDIS_PREFIX": ("chat", "Prefix of every Redis key, so deployments can share a Redis."),
     "RATE_LIMIT_ENABLED": ("true", "false turns every rate limit and the token budget off."),
