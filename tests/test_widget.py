@@ -246,19 +246,27 @@ RATE_LIMITS = {"RATE_LIMIT_IP": "100000/minute", "RATE_LIMIT_CHAT_IP": "100000/m
 
 @pytest.fixture(scope="module")
 def chat_app(database_url: str, redis_url: str, fake_model: FakeModel) -> Iterator[AppProcess]:
+    with app_process(database_url, redis_url, fake_model, RATE_LIMITS, "widget-app.log") as app:
+        yield app
+
+
+@contextlib.contextmanager
+def app_process(database_url: str, redis_url: str, fake_model: FakeModel,
+                rate_limits: dict[str, str], log_name: str) -> Iterator[AppProcess]:
+    """`python -m app` on a free port, its output in test-artifacts/<log_name>."""
     port = free_port()
     shop_origin = fake_model.url  # the other origin that may embed the widget
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_URL": database_url,
            "REDIS_URL": redis_url, "REDIS_PREFIX": f"test-widget-{uuid.uuid4().hex[:12]}",
            "OPENAI_BASE_URL": f"{fake_model.url}/v1", "OPENAI_API_KEY": "test-key",
-           "LLM_TIMEOUT_S": "20", "ALLOWED_ORIGINS": shop_origin, **RATE_LIMITS}
+           "LLM_TIMEOUT_S": "20", "ALLOWED_ORIGINS": shop_origin, **rate_limits}
     ARTIFACTS.mkdir(exist_ok=True)
     url = f"http://127.0.0.1:{port}"
-    with open(ARTIFACTS / "widget-app.log", "wb") as log:
+    with open(ARTIFACTS / log_name, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_until_healthy(url, process)
+            wait_until_healthy(url, process, ARTIFACTS / log_name)
             fake_model.widget_src = f"{url}/widget.js"
             yield AppProcess(url, port, shop_origin)
         finally:
@@ -270,11 +278,11 @@ def chat_app(database_url: str, redis_url: str, fake_model: FakeModel) -> Iterat
                 process.wait()
 
 
-def wait_until_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+def wait_until_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            log = (ARTIFACTS / "widget-app.log").read_text(errors="replace")
+            log = log_path.read_text(errors="replace")
             pytest.fail(f"the app exited with {process.returncode}:\n{log[-3000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
