@@ -64,10 +64,14 @@ class Message:
     status: str
     created_at: datetime
     seq: int
+    sources: list[dict[str, str]]
+    fallback: bool
 
     def to_json(self) -> dict[str, Any]:
+        # sources and fallback as in the `done` event, so a reload shows what the live answer did.
         return {"id": str(self.id), "sender": self.sender, "text": self.text,
-                "status": self.status, "createdAt": self.created_at.isoformat()}
+                "status": self.status, "createdAt": self.created_at.isoformat(),
+                "sources": self.sources, "fallback": self.fallback}
 
 
 @dataclass(frozen=True)
@@ -517,7 +521,7 @@ class ChatService:
                 before_seq = row[0]
             rows = conn.cursor(row_factory=class_row(Message))
             await rows.execute(
-                "SELECT id, sender, text, status, created_at, seq FROM messages"
+                "SELECT id, sender, text, status, created_at, seq, sources, fallback FROM messages"
                 " WHERE conversation_id = %s AND (%s::bigint IS NULL OR seq < %s)"
                 " ORDER BY seq DESC LIMIT %s",
                 (session_id, before_seq, before_seq, limit + 1),

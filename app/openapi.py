@@ -346,7 +346,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 },
                 "HistoryMessage": {
                     "type": "object",
-                    "required": ["id", "sender", "text", "status", "createdAt"],
+                    "required": ["id", "sender", "text", "status", "createdAt", "sources",
+                                 "fallback"],
                     "additionalProperties": False,
                     "properties": {
                         "id": UUID,
@@ -354,7 +355,19 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         "text": {"type": "string"},
                         "status": _ref("schemas", "MessageStatus"),
                         "createdAt": {"type": "string", "format": "date-time"},
+                        "sources": _ref("schemas", "Sources"),
+                        "fallback": {"type": "boolean",
+                                     "description": "As in the `done` event; false for the"
+                                                    " shopper's messages."},
                     },
+                },
+                "Sources": {
+                    "type": "array",
+                    "description": "The knowledge articles the answer drew on, best first"
+                                   " (empty for the shopper's messages).",
+                    "items": {"type": "object", "required": ["title", "path"],
+                              "properties": {"title": {"type": "string"},
+                                             "path": {"type": "string"}}},
                 },
                 "HistoryPage": {
                     "type": "object",
@@ -455,13 +468,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                                 "totalTokens": {"type": "integer", "minimum": 0},
                             },
                         },
-                        "sources": {
-                            "type": "array",
-                            "description": "The knowledge articles the answer drew on, best first.",
-                            "items": {"type": "object", "required": ["title", "path"],
-                                      "properties": {"title": {"type": "string"},
-                                                     "path": {"type": "string"}}},
-                        },
+                        "sources": _ref("schemas", "Sources"),
                         "fallback": {"type": "boolean",
                                      "description": "The model failed before its first token and"
                                                     " the answer came from the knowledge base."},
