@@ -15,20 +15,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import class_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from . import db
-from .errors import DatabaseUnavailable, NotFound, ServiceUnavailable
+from .errors import ServiceUnavailable, StoreUnavailable
 from .eventlog import Event, EventLog, SharedLogUnavailable, encode_event
 from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
 from .llm import LLM, UpstreamError, Usage
 from .logs import log_answer
+from .messages import AnswerRecord, HistoryPage, MessageStore
 from .metrics import Metrics
 from .prompt import build_messages
 from .ratelimit import estimate_tokens
@@ -36,13 +33,6 @@ from .store_profile import StoreProfile, build_system_prompt
 
 log = logging.getLogger(__name__)
 
-# Statuses an answer can end in; 'streaming' is the only one that is not final.
-FINAL_STATUSES = frozenset({"complete", "error", "cancelled", "interrupted"})
-_SAVE_ATTEMPTS = 5
-# An answer whose producer is gone: keep the text given (or, with NULL, what the row has), and
-# touch only a row still 'streaming', so a producer that saved first is never overwritten.
-INTERRUPT_SQL = ("UPDATE messages SET status = 'interrupted', text = coalesce(%s, text),"
-                 " finished_at = now() WHERE id = %s AND status = 'streaming'")
 # How long a cancel on an instance that does not produce the answer waits to see it end.
 REMOTE_CANCEL_WAIT_S = 3.0
 # Past any token id: following from here yields just meta and the end.
@@ -54,39 +44,6 @@ class StartedAnswer:
     session_id: uuid.UUID
     user_message_id: uuid.UUID
     answer_id: uuid.UUID
-
-
-@dataclass(frozen=True)
-class Message:
-    id: uuid.UUID
-    sender: str
-    text: str
-    status: str
-    created_at: datetime
-    seq: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": str(self.id), "sender": self.sender, "text": self.text,
-                "status": self.status, "createdAt": self.created_at.isoformat()}
-
-
-@dataclass(frozen=True)
-class AnswerRecord:
-    id: uuid.UUID
-    conversation_id: uuid.UUID
-    text: str
-    status: str
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    fallback: bool
-    sources: list[dict[str, str]]
-
-
-@dataclass(frozen=True)
-class HistoryPage:
-    session_id: uuid.UUID
-    messages: list[Message]
-    has_more: bool
 
 
 def meta_payload(started: StartedAnswer) -> dict[str, str]:
@@ -127,10 +84,10 @@ class ChatService:
                  record_tokens: Callable[[int], Awaitable[None]] | None = None,
                  metrics: Metrics | None = None) -> None:
         self._pool = pool
+        self._messages = MessageStore(pool, history_window=history_window)
         self._events = events
         # None: knowledge-only mode, every answer comes from the knowledge base.
         self._llm = llm
-        self._history_window = history_window
         self._profile = profile
         self._record_tokens = record_tokens
         # The answers this instance is producing. Keep a hard reference to each task: the event
@@ -170,35 +127,14 @@ class ChatService:
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task: asyncio.Task[str] | None = None
         try:
-            async with db.connection(self._pool) as conn, conn.transaction():
-                history: list[tuple[str, str]] = []
-                new_session = True
-                if session_id is not None:
-                    cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s",
-                                             (session_id,))
-                    if await cur.fetchone() is not None:
-                        new_session = False
-                        history = await self._history_window_rows(conn, session_id)
-                if new_session:
-                    # An unknown id from the client is never adopted: the server makes the id,
-                    # so one shopper cannot pick another's future session id.
-                    session_id = uuid.uuid4()
-                assert session_id is not None
-                started = StartedAnswer(session_id, user_message_id, answer_id)
+            async with self._messages.new_turn(session_id) as turn:
+                started = StartedAnswer(turn.session_id, user_message_id, answer_id)
                 # The task copies this request's context, so its log line carries the request id.
                 task = asyncio.create_task(
-                    self._generate(started, history, question, asked_at, committed),
+                    self._generate(started, turn.history, question, asked_at, committed),
                     name=f"answer-{answer_id}")
-                if new_session:
-                    await conn.execute("INSERT INTO conversations (id) VALUES (%s)",
-                                       (session_id,))
-                await conn.execute(
-                    "INSERT INTO messages (id, conversation_id, sender, text, status, model)"
-                    " VALUES (%s, %s, 'user', %s, 'complete', NULL),"
-                    " (%s, %s, 'ai', '', 'streaming', %s)",
-                    (user_message_id, session_id, question, answer_id, session_id,
-                     self._llm.model if self._llm else None),
-                )
+                await turn.save(question, user_message_id, answer_id,
+                                self._llm.model if self._llm else None)
         except BaseException:
             # The question is not saved, so there is no answer: stop its task quietly.
             committed.cancel()
@@ -212,18 +148,6 @@ class ChatService:
         self._running[answer_id] = task
         task.add_done_callback(lambda _: self._running.pop(answer_id, None))
         return started
-
-    async def _history_window_rows(self, conn: Any, session_id: uuid.UUID) -> list[tuple[str, str]]:
-        if self._history_window == 0:
-            return []
-        # Answers still streaming have no text yet, and failed ones may be empty: skip both.
-        cur = await conn.execute(
-            "SELECT sender, text FROM messages WHERE conversation_id = %s AND text <> ''"
-            " ORDER BY seq DESC LIMIT %s",
-            (session_id, self._history_window),
-        )
-        rows = await cur.fetchall()
-        return [(sender, text) for sender, text in reversed(rows)]
 
     # -- generating --------------------------------------------------------------------------
 
@@ -286,8 +210,10 @@ class ChatService:
         await committed
         text = "".join(parts)
         sources = sources_payload(chunks)
-        saved = await self._save_answer(started.answer_id, text, status, usage, sources,
-                                        fallback)
+        saved = await self._messages.save_answer(
+            started.answer_id, text, status, prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None, sources=sources,
+            fallback=fallback)
         if first_token_at is None and parts:
             first_token_at = time.monotonic()  # a knowledge-base answer: all of it at once
         self._observe_finished(started, status, asked_at, first_token_at, usage, len(parts),
@@ -365,47 +291,11 @@ class ChatService:
             tokens = estimate_tokens(sum(len(m["content"]) for m in prompt), len(text))
         await self._record_tokens(tokens)
 
-    async def _save_answer(self, answer_id: uuid.UUID, text: str, status: str,
-                           usage: Usage | None, sources: list[dict[str, str]],
-                           fallback: bool) -> bool:
-        """Write the answer's one row; retry through a short database outage. False: not saved."""
-        prompt_tokens = usage.prompt_tokens if usage else None
-        completion_tokens = usage.completion_tokens if usage else None
-        delay = 0.5
-        for attempt in range(1, _SAVE_ATTEMPTS + 1):
-            try:
-                async with db.connection(self._pool) as conn:
-                    await conn.execute(
-                        "UPDATE messages SET text = %s, status = %s, prompt_tokens = %s,"
-                        " completion_tokens = %s, sources = %s, fallback = %s,"
-                        " finished_at = now() WHERE id = %s",
-                        (text, status, prompt_tokens, completion_tokens, Jsonb(sources),
-                         fallback, answer_id),
-                    )
-                return True
-            except DatabaseUnavailable:
-                if attempt < _SAVE_ATTEMPTS:
-                    await asyncio.sleep(delay)
-                    delay *= 2
-        log.error("could not save answer %s after %d attempts", str(answer_id)[:8],
-                  _SAVE_ATTEMPTS)
-        return False
-
     # -- reading -----------------------------------------------------------------------------
 
     async def find_answer(self, answer_id: uuid.UUID, session_id: uuid.UUID) -> AnswerRecord:
-        """The answer if it belongs to this session; otherwise NotFound, as if it did not exist."""
-        async with db.connection(self._pool) as conn:
-            cur = conn.cursor(row_factory=class_row(AnswerRecord))
-            await cur.execute(
-                "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens,"
-                " fallback, sources FROM messages WHERE id = %s AND conversation_id = %s AND sender = 'ai'",
-                (answer_id, session_id),
-            )
-            record = await cur.fetchone()
-        if record is None:
-            raise NotFound("This message was not found.")
-        return record
+        """The answer if it belongs to this session; otherwise NotFoundError."""
+        return await self._messages.find_answer(answer_id, session_id)
 
     def new_answer_events(self, started: StartedAnswer) -> AsyncIterator[Event]:
         """The events of an answer this instance just started (no ownership check needed)."""
@@ -442,18 +332,16 @@ class ChatService:
     async def _end_orphan(self, record: AnswerRecord, streamed_text: str, seq: int) -> Event:
         """A subscriber found the producer gone: save what it had streamed, as 'interrupted'."""
         try:
-            async with db.connection(self._pool) as conn:
-                await conn.execute(INTERRUPT_SQL, (streamed_text, record.id))
+            await self._messages.mark_interrupted(record.id, streamed_text)
             # Whatever the update found: the producer may have saved the answer just before.
             record = await self.find_answer(record.id, record.conversation_id)
-        except DatabaseUnavailable:
+        except StoreUnavailable:
             record = replace(record, text=streamed_text, status="interrupted")
         return terminal_event(record, seq)
 
     async def _mark_interrupted(self, record: AnswerRecord) -> AnswerRecord:
         """An answer left 'streaming' with no producer: its instance died mid-answer."""
-        async with db.connection(self._pool) as conn:
-            await conn.execute(INTERRUPT_SQL, (None, record.id))
+        await self._messages.mark_interrupted(record.id, None)
         return replace(record, status="interrupted")
 
     async def interrupt_orphans(self) -> int:
@@ -462,9 +350,7 @@ class ChatService:
         With one instance that is all of them; with a shared log, only those without a lease
         (others may be producing the rest right now). The streamed text is kept.
         """
-        async with db.connection(self._pool) as conn:
-            cur = await conn.execute("SELECT id FROM messages WHERE status = 'streaming'")
-            streaming = [str(row[0]) for row in await cur.fetchall()]
+        streaming = await self._messages.streaming_ids()
         if not streaming:
             return 0
         try:
@@ -475,37 +361,12 @@ class ChatService:
             return 0
         if not orphans:
             return 0
-        async with db.connection(self._pool) as conn:
-            cur = conn.cursor()
-            await cur.executemany(INTERRUPT_SQL,
-                                  [(text, answer_id) for answer_id, text in orphans.items()])
+        await self._messages.mark_many_interrupted(orphans)
         return len(orphans)
 
     async def history(self, session_id: uuid.UUID, limit: int,
                       before: uuid.UUID | None) -> HistoryPage:
-        async with db.connection(self._pool) as conn:
-            cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s", (session_id,))
-            if await cur.fetchone() is None:
-                raise NotFound("This conversation was not found.")
-            before_seq: int | None = None
-            if before is not None:
-                cur = await conn.execute(
-                    "SELECT seq FROM messages WHERE id = %s AND conversation_id = %s",
-                    (before, session_id))
-                row = await cur.fetchone()
-                if row is None:
-                    raise NotFound("This message was not found.")
-                before_seq = row[0]
-            rows = conn.cursor(row_factory=class_row(Message))
-            await rows.execute(
-                "SELECT id, sender, text, status, created_at, seq FROM messages"
-                " WHERE conversation_id = %s AND (%s::bigint IS NULL OR seq < %s)"
-                " ORDER BY seq DESC LIMIT %s",
-                (session_id, before_seq, before_seq, limit + 1),
-            )
-            newest_first = await rows.fetchall()
-        has_more = len(newest_first) > limit
-        return HistoryPage(session_id, list(reversed(newest_first[:limit])), has_more)
+        return await self._messages.history_page(session_id, limit, before)
 
     # -- stopping ----------------------------------------------------------------------------
 

@@ -22,7 +22,15 @@ from .access import AccessMiddleware
 from .chat import ChatService
 from .clientip import parse_networks
 from .config import Settings
-from .errors import AppError, app_error_handler, http_error_handler, unexpected_error_handler
+from .errors import (
+    AppError,
+    NotFoundError,
+    StoreUnavailable,
+    app_error_handler,
+    domain_error_handler,
+    http_error_handler,
+    unexpected_error_handler,
+)
 from .eventlog import EventLog, MemoryEventLog
 from .knowledge import DEFAULT_KNOWLEDGE_DIR, KnowledgeError, sync_knowledge
 from .llm import LLM
@@ -180,6 +188,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         routes=routes,
         middleware=middleware,
         exception_handlers={
+            NotFoundError: domain_error_handler,
+            StoreUnavailable: domain_error_handler,
             AppError: app_error_handler,
             HTTPException: http_error_handler,
             Exception: unexpected_error_handler,

@@ -27,8 +27,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from app import chat as chat_module
 from app import db, endpoints
+from app import messages as messages_module
 from tests.conftest import FakeUpstream, Reply, RunningApp, SSEEvent, chunk_line, read_events
 from tests.faultproxy import FaultProxy
 from tests.own_postgres import OwnPostgres
@@ -635,7 +635,7 @@ async def test_an_answer_that_cannot_be_saved_is_not_announced_as_saved(
         own_postgres: OwnPostgres, start_app: Any, upstream: FakeUpstream,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # One attempt instead of five (about 30 s of retries): the database stays down past it.
-    monkeypatch.setattr(chat_module, "_SAVE_ATTEMPTS", 1)
+    monkeypatch.setattr(messages_module, "SAVE_ATTEMPTS", 1)
     upstream.queue(Reply(tokens=[f"w{n} " for n in range(8)], delay=0.1))
     app: RunningApp = await start_app(database_url=own_postgres.url, rate_limit_enabled=False)
     events: list[SSEEvent] = []
