@@ -18,10 +18,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .answer_events import PAYLOAD_SCHEMAS, UUID_SCHEMA
 from .endpoints import HISTORY_PAGE_MAX
 
-UUID = {"type": "string", "format": "uuid",
-        "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
+UUID = UUID_SCHEMA
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -396,72 +396,11 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 },
                 "StreamEvent": {
                     "description": "One event of an answer's stream.",
-                    "oneOf": [_event("meta", "MetaEvent"),
-                              _event("token", "TokenEvent", numbered=True),
-                              _event("done", "DoneEvent"),
-                              _event("error", "ErrorEvent")],
+                    "oneOf": [_event(kind, name, numbered=kind == "token")
+                              for name, (kind, _) in PAYLOAD_SCHEMAS.items()],
                 },
-                "MetaEvent": {
-                    "description": "`event: meta`, first on every stream (no `id:` line).",
-                    "type": "object",
-                    "required": ["sessionId", "messageId"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "sessionId": UUID,
-                        "messageId": {**UUID, "description": "The answer's id."},
-                        "userMessageId": {**UUID, "description": "The shopper's message (new"
-                                                                 " answers only, not on resume)."},
-                    },
-                },
-                "TokenEvent": {
-                    "description": "`event: token` with `id: n` (1, 2, 3, ... per answer).",
-                    "type": "object",
-                    "required": ["text"],
-                    "additionalProperties": False,
-                    "properties": {"text": {"type": "string"}},
-                },
-                "DoneEvent": {
-                    "description": "`event: done`: the answer ended and is saved.",
-                    "type": "object",
-                    "required": ["messageId", "text", "status", "usage", "sources", "fallback"],
-                    "properties": {
-                        "messageId": UUID,
-                        "text": {"type": "string", "description": "The whole answer."},
-                        "status": {"enum": ["complete", "cancelled"]},
-                        "usage": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "promptTokens": {"type": "integer", "minimum": 0},
-                                "completionTokens": {"type": "integer", "minimum": 0},
-                                "totalTokens": {"type": "integer", "minimum": 0},
-                            },
-                        },
-                        "sources": {
-                            "type": "array",
-                            "description": "The knowledge articles the answer drew on, best first.",
-                            "items": {"type": "object", "required": ["title", "path"],
-                                      "properties": {"title": {"type": "string"},
-                                                     "path": {"type": "string"}}},
-                        },
-                        "fallback": {"type": "boolean",
-                                     "description": "The model failed before its first token and"
-                                                    " the answer came from the knowledge base."},
-                    },
-                },
-                "ErrorEvent": {
-                    "description": "`event: error`: the answer could not be finished; the text"
-                                   " streamed so far is saved.",
-                    "type": "object",
-                    "required": ["code", "message", "retryable"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "code": {"type": "string", "pattern": "^[a-z][a-z_]*$"},
-                        "message": {"type": "string", "minLength": 1},
-                        "retryable": {"type": "boolean",
-                                      "description": "Asking again (or resuming) may work."},
-                    },
-                },
+                # Derived from the payloads' types (app/answer_events.py), so they cannot drift.
+                **{name: schema for name, (_, schema) in PAYLOAD_SCHEMAS.items()},
             },
             "responses": {
                 "BadRequest": _error_response(

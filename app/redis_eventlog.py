@@ -43,6 +43,7 @@ from typing import Any
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from . import answer_events
 from .eventlog import (
     CancelHandler,
     Event,
@@ -71,8 +72,6 @@ FLUSH_BATCH = 64
 CONFIRM_S = 2 * RETRY_S
 # Entries per XREAD: a subscriber that fell behind catches up in a few round trips.
 READ_COUNT = 500
-UNAVAILABLE_PAYLOAD = {"code": "unavailable", "retryable": True,
-                       "message": "The connection to this answer was lost. Please try again."}
 
 
 @dataclass(frozen=True)
@@ -418,7 +417,7 @@ class RedisEventLog:
                     check_producer = not entries
             except REDIS_FAILURES as exc:
                 self._health.failed(exc, "following an answer")
-                yield encode_event(last_seq + 1, "error", UNAVAILABLE_PAYLOAD)
+                yield encode_event(last_seq + 1, *answer_events.unavailable())
                 return
             for entry_id, fields in entries:
                 cursor = entry_id
