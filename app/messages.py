@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -132,7 +132,7 @@ class MessageStore:
 
     async def save_answer(self, answer_id: uuid.UUID, text: str, status: str, *,
                           prompt_tokens: int | None, completion_tokens: int | None,
-                          sources: list[dict[str, str]], fallback: bool) -> bool:
+                          sources: Sequence[Mapping[str, object]], fallback: bool) -> bool:
         """Write the answer's one row; retry through a short database outage. False: not saved."""
         delay = 0.5
         for attempt in range(1, SAVE_ATTEMPTS + 1):
