@@ -56,7 +56,6 @@ class ChatService:
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
         self._running: dict[uuid.UUID, AnswerRun] = {}
-        events.on_cancel_request(self._cancel_running)
 
     @property
     def running_count(self) -> int:
@@ -219,7 +218,7 @@ class ChatService:
         # The producer saves before it sends the end, so the record now says how it ended.
         return (await self.find_answer(record.id, record.conversation_id)).status
 
-    def _cancel_running(self, answer_key: str) -> None:
+    def cancel_running(self, answer_key: str) -> None:
         """Another instance asked to cancel an answer: cancel it if this instance produces it."""
         run = self._running.get(uuid.UUID(answer_key))
         if run is not None:

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from .answer_events import PAYLOAD_SCHEMAS, UUID_SCHEMA
 from .endpoints import HISTORY_PAGE_MAX
+from .services import services
 
 UUID = UUID_SCHEMA
 
@@ -260,8 +261,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "operationId": "readyz",
                     "summary": "The service can answer: its database is reachable.",
                     "responses": {
-                        "200": {"description": "Ready; `degraded` when Redis is down (the limits"
-                                               " then count per instance).",
+                        "200": {"description": "Ready; `degraded` when Redis is down, or a use of"
+                                               " it (`redisUses`) still falls back to memory.",
                                 "content": _json("Ready")},
                         **_error_responses(503),
                     },
@@ -372,6 +373,16 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                                    "database": {"const": "up"},
                                    "redis": {"enum": ["up", "down", "off"],
                                              "description": "`off` when REDIS_URL is unset."},
+                                   "redisUses": {
+                                       "type": "object",
+                                       "description": "With REDIS_URL set: each use of Redis as"
+                                                      " it last saw it; `down` while it counts or"
+                                                      " streams from this instance's memory.",
+                                       "required": ["rateLimits", "eventLog"],
+                                       "additionalProperties": False,
+                                       "properties": {
+                                           "rateLimits": {"enum": ["up", "down"]},
+                                           "eventLog": {"enum": ["up", "down"]}}},
                                    "mode": {"enum": ["llm", "knowledge-only"],
                                             "description": "`knowledge-only` without a model:"
                                                            " answers come from the articles."}},
@@ -432,4 +443,4 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
 
 
 async def openapi_json(request: Request) -> Response:
-    return JSONResponse(build_openapi(request.app.state.settings.max_message_chars))
+    return JSONResponse(build_openapi(services(request).settings.max_message_chars))
