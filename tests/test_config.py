@@ -52,3 +52,8 @@ def test_every_variable_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", readme, flags=re.MULTILINE))
     assert documented == set(VARIABLES)
+
+
+def test_tests_and_production_start_from_the_same_defaults() -> None:
+    # Tests build Settings(...) from the dataclass; production reads the environment.
+    assert Settings() == Settings.from_env({})
