@@ -91,7 +91,9 @@ CancelHandler = Callable[[str], None]
 
 
 class EventLog(Protocol):
-    async def open(self) -> None: ...
+    async def open(self, on_cancel_request: CancelHandler | None = None) -> None:
+        """Start; `on_cancel_request` is called on the producing instance when another instance
+        asks to cancel one of its answers."""
 
     async def claim(self, answer_id: str) -> None:
         """Announce that this instance will produce the answer (before its row is committed)."""
@@ -125,8 +127,6 @@ class EventLog(Protocol):
         """Ask whichever instance produces the answer to cancel it; False if no instance could
         hear it. Raises SharedLogUnavailable."""
 
-    def on_cancel_request(self, handler: CancelHandler) -> None: ...
-
     async def aclose(self) -> None: ...
 
 
@@ -146,8 +146,8 @@ class MemoryEventLog:
         self._finished: deque[tuple[float, str]] = deque()
         self._retention_s = retention_s
 
-    async def open(self) -> None:
-        pass
+    async def open(self, on_cancel_request: CancelHandler | None = None) -> None:
+        pass  # only this process can cancel its answers, directly
 
     async def claim(self, answer_id: str) -> None:
         pass  # one instance: nobody else needs to know
@@ -196,9 +196,6 @@ class MemoryEventLog:
 
     async def request_cancel(self, answer_id: str) -> bool:
         return False
-
-    def on_cancel_request(self, handler: CancelHandler) -> None:
-        pass  # only this process can cancel its answers, directly
 
     async def _follow(self, answer: _Answer, after: int) -> AsyncIterator[Event]:
         position = 0

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .clientip import Network, client_ip, limit_key
 from .errors import AppError, error_body
+from .ratelimit import RateLimits
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,11 @@ class OriginGuard:
 
 
 class RequestLimit:
-    def __init__(self, app: ASGIApp, trusted_proxies: Sequence[Network]) -> None:
+    def __init__(self, app: ASGIApp, trusted_proxies: Sequence[Network],
+                 limits: RateLimits) -> None:
         self.app = app
         self.trusted_proxies = tuple(trusted_proxies)
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -142,9 +145,8 @@ class RequestLimit:
         address = client_ip(scope, self.trusted_proxies)
         scope.setdefault("state", {})["client_ip"] = address
         if scope["path"] not in UNLIMITED_PATHS and scope["method"] != "OPTIONS":
-            limits = scope["app"].state.limits
             try:
-                await limits.check_request(limit_key(address))
+                await self.limits.check_request(limit_key(address))
             except AppError as error:
                 await send_error(send, error)
                 return

@@ -18,10 +18,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .answer_events import PAYLOAD_SCHEMAS, UUID_SCHEMA
 from .endpoints import HISTORY_PAGE_MAX
+from .services import services
 
-UUID = {"type": "string", "format": "uuid",
-        "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
+UUID = UUID_SCHEMA
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -56,6 +57,9 @@ Once the stream has started, every failure is an `error` event followed by a cle
 # OpenAPI before 3.2 reads the `schema` of text/event-stream as the schema of one event, seen as
 # {"event", "data", "id"?}; `contentSchema` describes the JSON inside `data`.
 EVENT_STREAM = {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}}
+
+
+EVENT_IDS: dict[str, bool | None] = {"meta": False, "token": True, "done": True, "error": None}
 
 
 def _event(kind: str, data_schema: str, *, numbered: bool | None = False) -> dict[str, Any]:
@@ -277,8 +281,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "operationId": "readyz",
                     "summary": "The service can answer: its database is reachable.",
                     "responses": {
-                        "200": {"description": "Ready; `degraded` when Redis is down (the limits"
-                                               " then count per instance).",
+                        "200": {"description": "Ready; `degraded` when Redis is down, or a use of"
+                                               " it (`redisUses`) still falls back to memory.",
                                 "content": _json("Ready")},
                         **_error_responses(503),
                     },
@@ -402,6 +406,16 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                                    "database": {"const": "up"},
                                    "redis": {"enum": ["up", "down", "off"],
                                              "description": "`off` when REDIS_URL is unset."},
+                                   "redisUses": {
+                                       "type": "object",
+                                       "description": "With REDIS_URL set: each use of Redis as"
+                                                      " it last saw it; `down` while it counts or"
+                                                      " streams from this instance's memory.",
+                                       "required": ["rateLimits", "eventLog"],
+                                       "additionalProperties": False,
+                                       "properties": {
+                                           "rateLimits": {"enum": ["up", "down"]},
+                                           "eventLog": {"enum": ["up", "down"]}}},
                                    "mode": {"enum": ["llm", "knowledge-only"],
                                             "description": "`knowledge-only` without a model:"
                                                            " answers come from the articles."}},
@@ -426,67 +440,12 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 },
                 "StreamEvent": {
                     "description": "One event of an answer's stream.",
-                    "oneOf": [_event("meta", "MetaEvent"),
-                              _event("token", "TokenEvent", numbered=True),
-                              _event("done", "DoneEvent", numbered=True),
-                              _event("error", "ErrorEvent", numbered=None)],
+                    # tokens and the end carry an `id:`; an error carries one when it ends the answer.
+                    "oneOf": [_event(kind, name, numbered=EVENT_IDS[kind])
+                              for name, (kind, _) in PAYLOAD_SCHEMAS.items()],
                 },
-                "MetaEvent": {
-                    "description": "`event: meta`, first on every stream (no `id:` line).",
-                    "type": "object",
-                    "required": ["sessionId", "messageId"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "sessionId": UUID,
-                        "messageId": {**UUID, "description": "The answer's id."},
-                        "userMessageId": {**UUID, "description": "The shopper's message (new"
-                                                                 " answers only, not on resume)."},
-                    },
-                },
-                "TokenEvent": {
-                    "description": "`event: token` with `id: n` (1, 2, 3, ... per answer).",
-                    "type": "object",
-                    "required": ["text"],
-                    "additionalProperties": False,
-                    "properties": {"text": {"type": "string"}},
-                },
-                "DoneEvent": {
-                    "description": "`event: done` with `id: n` (the id after the last token's): the"
-                                   " answer ended and is saved.",
-                    "type": "object",
-                    "required": ["messageId", "text", "status", "usage", "sources", "fallback"],
-                    "properties": {
-                        "messageId": UUID,
-                        "text": {"type": "string", "description": "The whole answer."},
-                        "status": {"enum": ["complete", "cancelled"]},
-                        "usage": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "promptTokens": {"type": "integer", "minimum": 0},
-                                "completionTokens": {"type": "integer", "minimum": 0},
-                                "totalTokens": {"type": "integer", "minimum": 0},
-                            },
-                        },
-                        "sources": _ref("schemas", "Sources"),
-                        "fallback": {"type": "boolean",
-                                     "description": "The model failed before its first token and"
-                                                    " the answer came from the knowledge base."},
-                    },
-                },
-                "ErrorEvent": {
-                    "description": "`event: error`: the answer could not be finished; the text"
-                                   " streamed so far is saved.",
-                    "type": "object",
-                    "required": ["code", "message", "retryable"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "code": {"type": "string", "pattern": "^[a-z][a-z_]*$"},
-                        "message": {"type": "string", "minLength": 1},
-                        "retryable": {"type": "boolean",
-                                      "description": "Asking again (or resuming) may work."},
-                    },
-                },
+                # Derived from the payloads' types (app/answer_events.py), so they cannot drift.
+                **{name: schema for name, (_, schema) in PAYLOAD_SCHEMAS.items()},
             },
             "responses": {
                 "BadRequest": _error_response(
@@ -518,4 +477,4 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
 
 
 async def openapi_json(request: Request) -> Response:
-    return JSONResponse(build_openapi(request.app.state.settings.max_message_chars))
+    return JSONResponse(build_openapi(services(request).settings.max_message_chars))

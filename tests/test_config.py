@@ -97,3 +97,8 @@ def test_a_misconfiguration_stops_the_service_with_one_line(name: str, value: st
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"configuration error: {name}")
+
+
+def test_tests_and_production_start_from_the_same_defaults() -> None:
+    # Tests build Settings(...) from the dataclass; production reads the environment.
+    assert Settings() == Settings.from_env({})

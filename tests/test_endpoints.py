@@ -368,17 +368,17 @@ async def test_a_second_follower_sees_the_same_live_answer(
 async def test_a_cancel_that_arrives_while_the_answer_is_saved_loses_nothing(
         client: httpx.AsyncClient, upstream: FakeUpstream, query: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.chat import ChatService
+    from app.messages import MessageStore
 
     saving = asyncio.Event()
-    original_save = ChatService._save_answer
+    original_save = MessageStore.save_answer
 
-    async def slow_save(self: ChatService, *args: Any, **kwargs: Any) -> bool:
+    async def slow_save(self: MessageStore, *args: Any, **kwargs: Any) -> bool:
         saving.set()
         await asyncio.sleep(0.5)  # a slow database, so the cancel lands mid-save
         return await original_save(self, *args, **kwargs)
 
-    monkeypatch.setattr(ChatService, "_save_answer", slow_save)
+    monkeypatch.setattr(MessageStore, "save_answer", slow_save)
     upstream.queue(Reply(tokens=["All ", "of ", "it"]))
     events = []
     async with client.stream("POST", "/chat/stream", json={"message": "hi"}) as response:
