@@ -26,9 +26,20 @@ def waiting_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
             if record.getMessage().startswith("waiting for the database")]
 
 
+async def open_database_socket(
+        conninfo: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to the server of `conninfo`: TCP, or the Unix socket of a host that is
+    a directory (the embedded PostgreSQL of a run without DATABASE_URL listens only there)."""
+    params = conninfo_to_dict(conninfo)
+    host, port = params.get("host") or "localhost", params.get("port") or "5432"
+    if host.startswith("/"):
+        return await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+    return await asyncio.open_connection(host, int(port))
+
+
 @contextlib.asynccontextmanager
-async def tcp_forwarder(listen_port: int, target_port: int) -> AsyncIterator[None]:
-    """The database 'comes up' on `listen_port`: a plain TCP relay to the real server."""
+async def tcp_forwarder(listen_port: int, target_conninfo: str) -> AsyncIterator[None]:
+    """The database 'comes up' on `listen_port`: a plain relay to the real server."""
     relays: list[asyncio.Task[None]] = []
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -42,7 +53,7 @@ async def tcp_forwarder(listen_port: int, target_port: int) -> AsyncIterator[Non
 
     async def relay(client_reader: asyncio.StreamReader,
                     client_writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        server_reader, server_writer = await open_database_socket(target_conninfo)
         await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
 
     def start_relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -60,8 +71,8 @@ async def tcp_forwarder(listen_port: int, target_port: int) -> AsyncIterator[Non
 
 async def test_waits_for_a_database_that_comes_up(
         database_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    real_port = int(conninfo_to_dict(database_url).get("port") or 5432)
-    assert conninfo_to_dict(database_url).get("host") in ("127.0.0.1", "localhost")
+    # The real server may be on TCP (DATABASE_URL) or a Unix socket (the embedded one): the
+    # service is pointed at a loopback port either way, where the relay brings it up later.
     port = free_port()
     late_url = make_conninfo(database_url, host="127.0.0.1", port=str(port))
 
@@ -73,7 +84,7 @@ async def test_waits_for_a_database_that_comes_up(
                 break
             await asyncio.sleep(0.05)
         assert not waiting.done()
-        async with tcp_forwarder(port, real_port):
+        async with tcp_forwarder(port, database_url):
             await asyncio.wait_for(waiting, 30)
 
     first = waiting_lines(caplog)[0]
