@@ -43,6 +43,14 @@ _SAVE_ATTEMPTS = 5
 # touch only a row still 'streaming', so a producer that saved first is never overwritten.
 INTERRUPT_SQL = ("UPDATE messages SET status = 'interrupted', text = coalesce(%s, text),"
                  " finished_at = now() WHERE id = %s AND status = 'streaming'")
+# A session that still has a transaction open: the one whose COMMIT went unanswered, until the
+# server has finished (or abandoned) that commit.
+_TRANSACTION_OPEN_SQL = ("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND xact_start IS NOT NULL"
+                         " AND pid <> pg_backend_pid()")
+# How long an answer whose commit went unconfirmed is looked after before start-up is left to
+# end it (interrupt_orphans); and the longest wait between two looks.
+UNCONFIRMED_SETTLE_S = 60.0
+_UNCONFIRMED_MAX_DELAY_S = 4.0
 # How long a cancel on an instance that does not produce the answer waits to see it end.
 REMOTE_CANCEL_WAIT_S = 3.0
 # Past any token id: following from here yields just meta and the end.
@@ -169,6 +177,9 @@ class ChatService:
         await self._events.claim(str(answer_id))
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task: asyncio.Task[str] | None = None
+        # Set once the rows are written: from then on, a failure may come after the server has
+        # committed them (a reply lost to a freeze or a cut), so they may exist after all.
+        writer_pid: int | None = None
         try:
             async with db.connection(self._pool) as conn, conn.transaction():
                 history: list[tuple[str, str]] = []
@@ -199,11 +210,14 @@ class ChatService:
                     (user_message_id, session_id, question, answer_id, session_id,
                      self._llm.model if self._llm else None),
                 )
+                writer_pid = conn.info.backend_pid
         except BaseException:
             # The question is not saved, so there is no answer: stop its task quietly.
             committed.cancel()
             if task is not None:
                 task.cancel()
+            if writer_pid is not None:
+                self._settle_unconfirmed(answer_id, writer_pid)
             raise
         committed.set_result(None)
         answer_key = str(answer_id)
@@ -212,6 +226,43 @@ class ChatService:
         self._running[answer_id] = task
         task.add_done_callback(lambda _: self._running.pop(answer_id, None))
         return started
+
+    def _settle_unconfirmed(self, answer_id: uuid.UUID, writer_pid: int) -> None:
+        """Look after an answer whose commit went unconfirmed, as if producing it: it counts as
+        running (shutdown waits for it, a resume does not declare it orphaned meanwhile)."""
+        task = asyncio.create_task(self._end_unconfirmed(answer_id, writer_pid),
+                                   name=f"unconfirmed-{answer_id}")
+        self._running[answer_id] = task
+        task.add_done_callback(lambda _: self._running.pop(answer_id, None))
+
+    async def _end_unconfirmed(self, answer_id: uuid.UUID, writer_pid: int) -> str:
+        """The shopper got a 503, but the server may have committed the question and its
+        'streaming' answer row, which no task will ever produce. Once the session that wrote
+        them has no transaction open (so the commit is visible, or never happened), end that
+        row as 'interrupted', as start-up does with a dead instance's answers. Asking earlier
+        could miss rows whose commit the server finishes later (a frozen server, thawed)."""
+        deadline = time.monotonic() + UNCONFIRMED_SETTLE_S
+        delay = 0.5
+        while True:
+            try:
+                async with db.connection(self._pool) as conn:
+                    cur = await conn.execute(_TRANSACTION_OPEN_SQL, (writer_pid,))
+                    if await cur.fetchone() is None:
+                        cur = await conn.execute(INTERRUPT_SQL, (None, answer_id))
+                        if cur.rowcount:
+                            log.warning("answer %s: its question's commit was not confirmed but"
+                                        " happened; the answer is saved as interrupted",
+                                        str(answer_id)[:8])
+                        return "interrupted"
+            except DatabaseUnavailable:
+                pass
+            if time.monotonic() + delay > deadline:
+                log.error("answer %s: its question's commit was not confirmed; if it happened,"
+                          " the answer stays 'streaming' until the next start",
+                          str(answer_id)[:8])
+                return "streaming"
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _UNCONFIRMED_MAX_DELAY_S)
 
     async def _history_window_rows(self, conn: Any, session_id: uuid.UUID) -> list[tuple[str, str]]:
         if self._history_window == 0:

@@ -365,6 +365,36 @@ async def test_a_blackholed_path_to_postgres_gives_bounded_503s_then_recovers(
            f"{max(o.finished for o in after) - healed_at:.2f}s after it healed")
 
 
+async def test_a_question_whose_commit_reply_is_lost_leaves_no_answer_streaming(
+        start_app: Any, upstream: FakeUpstream, own_postgres: OwnPostgres,
+        postgres_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a freeze (SIGSTOP) that lands mid-COMMIT does: the server commits the question and
+    # its 'streaming' answer row, the reply never comes, the request answers 503 and no task
+    # produces that answer. Its row must still end, not stay 'streaming' until a restart.
+    monkeypatch.setattr(db, "HOLD_DEADLINE_S", 1.0)  # give up on the lost reply sooner
+    app: RunningApp = await start_app(database_url=through(postgres_proxy, own_postgres.url),
+                                      rate_limit_enabled=False)
+    await ask_many(app, 1)
+    question = f"lost commit reply {uuid.uuid4().hex[:12]}"
+    postgres_proxy.silence_replies_after(b"INSERT INTO messages", b"COMMIT")
+    outcome = await ask_once(app, question)
+    assert postgres_proxy.silenced.is_set()
+    assert outcome.status == 503
+
+    def answer_status() -> list[tuple[str]]:
+        return [(status,) for (status,) in own_query(
+            own_postgres.url, "SELECT a.status FROM messages q JOIN messages a"
+            " ON a.conversation_id = q.conversation_id AND a.sender = 'ai'"
+            " WHERE q.text = %s", question)]
+
+    # The server did commit (else this test proves nothing)...
+    assert answer_status() != []
+    # ...and the app settles the answer nobody produces, once the server says that commit is over.
+    await wait_until_idle(app)
+    assert answer_status() == [("interrupted",)]
+    assert (await ask_once(app)).status == 200
+
+
 # -- a real upstream over TCP, through the fault proxy -----------------------------------------
 
 
