@@ -601,19 +601,24 @@ async def open_and_drop(app: RunningApp, number: int) -> bool:
         writer.transport.abort()  # gone: no goodbye
 
 
-async def test_500_streams_opened_and_dropped_leave_nothing_behind(start_app: Any,
-                                                                   query: Any) -> None:
+async def test_500_streams_opened_and_dropped_leave_nothing_behind(
+        start_app: Any, query: Any, database_url: str) -> None:
     streams = 500
+    # This app's connections only: not those of apps started by earlier tests (which may still
+    # be exiting), nor the test's own.
+    app_name = f"chat-test-{uuid.uuid4().hex[:12]}"
     async with ChunkedFakeOpenAI([f"t{n} " for n in range(10)], delay=0.02) as model:
-        app: RunningApp = await start_app(openai_base_url=f"http://127.0.0.1:{model.port}/v1",
-                                          rate_limit_enabled=False, llm_timeout_s=10.0)
+        app: RunningApp = await start_app(
+            database_url=make_conninfo(database_url, application_name=app_name),
+            openai_base_url=f"http://127.0.0.1:{model.port}/v1", rate_limit_enabled=False,
+            llm_timeout_s=10.0)
         await open_and_drop(app, -1)
         await wait_until_idle(app)
         pool = app.app.state.pool
 
         def database_connections() -> int:
-            return int(query("SELECT count(*) FROM pg_stat_activity"
-                             " WHERE datname = current_database() AND pid <> pg_backend_pid()")[0][0])
+            return int(query("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                             app_name)[0][0])
 
         def app_tasks() -> list[str]:
             """Tasks of the app and the test, not of the fake model's server (counted apart)."""
@@ -630,11 +635,15 @@ async def test_500_streams_opened_and_dropped_leave_nothing_behind(start_app: An
         answered = time.monotonic()
 
         deadline = time.monotonic() + 10
+        # Back to baseline: tasks, client connections, and no server connection of this app's
+        # beyond its pool (a connection the pool dropped ends on the server a moment later).
         while (len(app_tasks()) > baseline_tasks
-               or len(app.server.server_state.connections) > baseline_connections):
+               or len(app.server.server_state.connections) > baseline_connections
+               or database_connections() > pool.get_stats()["pool_size"]):
             assert time.monotonic() < deadline, (
                 f"tasks {app_tasks()} vs {baseline_tasks}, connections "
-                f"{len(app.server.server_state.connections)} vs {baseline_connections}")
+                f"{len(app.server.server_state.connections)} vs {baseline_connections}, "
+                f"database connections {database_connections()} vs {pool.get_stats()}")
             await asyncio.sleep(0.05)
         final_tasks = len(app_tasks())
         stats = pool.get_stats()
