@@ -116,6 +116,13 @@ class RateLimits:
             return "off"
         return "down" if self._redis_down else "up"
 
+    @property
+    def redis_probe_due(self) -> bool:
+        """Whether the next limit check tries Redis (always, unless it is in an outage and was
+        tried less than REDIS_PROBE_EVERY_S ago)."""
+        return self._redis is not None and (
+            not self._redis_down or time.monotonic() >= self._next_probe)
+
     async def redis_health(self) -> str:
         """Ping Redis (bounded by the socket timeouts): 'up', 'down', or 'off' without Redis."""
         if self._redis_client is None:
@@ -128,7 +135,7 @@ class RateLimits:
 
     async def _run(self, operation: Callable[[dict[str, RateLimiter]], Awaitable[T]]) -> T:
         """Run against Redis while it answers; against this instance's memory while it does not."""
-        if self._redis is not None and (not self._redis_down or time.monotonic() >= self._next_probe):
+        if self.redis_probe_due:
             try:
                 result = await operation(self._redis)
             except StorageError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.ratelimit import REDIS_PROBE_EVERY_S
 from tests.conftest import FakeUpstream, Reply, RunningApp, read_events
 from tests.fake_openai import FakeOpenAI
 
@@ -277,7 +278,13 @@ async def test_redis_stopped_mid_test_falls_back_to_memory_and_comes_back(
         assert ready.json() == {"status": "degraded", "database": "up", "redis": "down",
                                 "mode": "llm"}
         own_redis.start()  # empty: the shared counts start again
-        await asyncio.sleep(2.1)  # the next probe of Redis
+        # Until the limiter tries Redis again (REDIS_PROBE_EVERY_S after it failed), requests
+        # still count in memory; the next one after that finds Redis back.
+        limits = app.app.state.limits
+        deadline = time.monotonic() + REDIS_PROBE_EVERY_S + 10
+        while not limits.redis_probe_due:
+            assert time.monotonic() < deadline, "the limiter never tried Redis again"
+            await asyncio.sleep(0.05)
         back = [(await chat(http, session_id)).status_code for _ in range(4)]
         assert (await http.get("/readyz")).json()["redis"] == "up"
     # While Redis was out, this instance counted in memory: its own 3 per session still hold.
