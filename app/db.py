@@ -203,7 +203,7 @@ APPLICATION_NAME = "support-chat"
 
 def application_name(conninfo: str) -> str:
     """The name the service's connections to `conninfo` carry in pg_stat_activity."""
-    return conninfo_to_dict(conninfo).get("application_name") or APPLICATION_NAME
+    return str(conninfo_to_dict(conninfo).get("application_name") or APPLICATION_NAME)
 
 
 def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:

@@ -135,7 +135,7 @@ class RateLimits:
 
     async def _run(self, operation: Callable[[dict[str, RateLimiter]], Awaitable[T]]) -> T:
         """Run against Redis while it answers; against this instance's memory while it does not."""
-        if self.redis_probe_due:
+        if self._redis is not None and self.redis_probe_due:
             try:
                 result = await operation(self._redis)
             except StorageError as exc:
