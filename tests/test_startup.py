@@ -115,3 +115,35 @@ def test_the_service_gives_up_after_the_startup_timeout_and_exits_non_zero() -> 
     assert len(waits) >= 2
     assert f"127.0.0.1:{dead_port}/chat" in waits[0] and "pw" not in result.stderr
     assert "cannot reach the database" in result.stderr
+
+
+def run_without_a_database(cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m app migrate` as a newcomer runs it: no DATABASE_URL, the embedded PostgreSQL
+    in `cwd`/.data, and no XDG_RUNTIME_DIR (as under sudo, cron or in a container)."""
+    env = {"PATH": "/usr/bin:/bin", "LOG_FORMAT": "text", "LOG_LEVEL": "INFO",
+           "HOME": str(cwd)}
+    return subprocess.run([sys.executable, "-m", "app", "migrate"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_embedded_postgres_starts_without_its_setup_chatter(tmp_path: Path) -> None:
+    result = run_without_a_database(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "applied" in result.stdout
+    lines = result.stderr.splitlines()
+    # The app's own lines only: initdb's output and every command embedded-postgres runs were
+    # logged at INFO, and platformdirs warned about XDG_RUNTIME_DIR.
+    assert any("using the embedded PostgreSQL" in line for line in lines), result.stderr
+    assert not [line for line in lines if "embedded_postgres" in line], result.stderr
+    assert "XDG_RUNTIME_DIR" not in result.stderr
+    assert "initdb" not in result.stderr and "Success." not in result.stderr
+    assert len(lines) <= 10, result.stderr
+
+
+def test_an_embedded_postgres_that_cannot_start_still_says_why(tmp_path: Path) -> None:
+    (tmp_path / ".data").mkdir()
+    (tmp_path / ".data" / "postgres").write_text("not a data directory")
+    result = run_without_a_database(tmp_path)
+    assert result.returncode != 0
+    assert "ERROR" in result.stderr and "Failed postgres command" in result.stderr
+    assert "Not a directory" in result.stderr  # initdb's own reason
