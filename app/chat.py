@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 # How long a cancel on an instance that does not produce the answer waits to see it end.
 REMOTE_CANCEL_WAIT_S = 3.0
+# How long an answer whose question's commit went unconfirmed is looked after before start-up is
+# left to end it (interrupt_orphans); and the longest wait between two looks.
+UNCONFIRMED_SETTLE_S = 60.0
+_UNCONFIRMED_MAX_DELAY_S = 4.0
 # Past any token id: following from here yields just meta and the end.
 _AFTER_EVERY_TOKEN = 2**53
 
@@ -56,6 +60,9 @@ class ChatService:
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
         self._running: dict[uuid.UUID, AnswerRun] = {}
+        # Answers whose question's commit went unconfirmed, looked after until their row is
+        # known to be settled (see _end_unconfirmed); they count as produced here meanwhile.
+        self._settling: dict[uuid.UUID, asyncio.Task[None]] = {}
 
     @property
     def running_count(self) -> int:
@@ -81,6 +88,7 @@ class ChatService:
         await self._events.claim(str(answer_id))
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         run: AnswerRun | None = None
+        writer_pid: int | None = None
         try:
             async with self._messages.new_turn(session_id) as turn:
                 started = StartedAnswer(turn.session_id, user_message_id, answer_id)
@@ -88,11 +96,14 @@ class ChatService:
                 run.start()
                 await turn.save(question, user_message_id, answer_id,
                                 self._llm.model if self._llm else None)
+                writer_pid = turn.writer_pid
         except BaseException:
             # The question is not saved, so there is no answer: stop its task quietly.
             committed.cancel()
             if run is not None and run.task is not None:
                 run.task.cancel()
+            if writer_pid is not None:
+                self._settle_unconfirmed(answer_id, writer_pid)
             raise
         committed.set_result(None)
         answer_key = str(answer_id)
@@ -103,6 +114,32 @@ class ChatService:
         assert run.task is not None
         run.task.add_done_callback(lambda _: self._running.pop(answer_id, None))
         return started
+
+    def _settle_unconfirmed(self, answer_id: uuid.UUID, writer_pid: int) -> None:
+        task = asyncio.create_task(self._end_unconfirmed(answer_id, writer_pid),
+                                   name=f"unconfirmed-{answer_id}")
+        self._settling[answer_id] = task
+        task.add_done_callback(lambda _: self._settling.pop(answer_id, None))
+
+    async def _end_unconfirmed(self, answer_id: uuid.UUID, writer_pid: int) -> None:
+        """The shopper got a 503, but the server may have committed the question and its
+        'streaming' answer row, which no task will ever produce. Once the session that wrote
+        them has no transaction open (so the commit is visible, or never happened), end that
+        row as 'interrupted', as start-up does with a dead instance's answers. Asking earlier
+        could miss rows whose commit the server finishes later (a frozen server, thawed)."""
+        deadline = time.monotonic() + UNCONFIRMED_SETTLE_S
+        delay = 0.5
+        while True:
+            with contextlib.suppress(StoreUnavailable):
+                if await self._messages.interrupt_once_committed(answer_id, writer_pid):
+                    return
+            if time.monotonic() + delay > deadline:
+                log.error("answer %s: its question's commit was not confirmed; if it happened,"
+                          " the answer stays 'streaming' until the next start",
+                          str(answer_id)[:8])
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _UNCONFIRMED_MAX_DELAY_S)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -146,7 +183,8 @@ class ChatService:
         if shared is not None:
             return settled(shared)
         # No instance has it: an expired stream, or an answer whose producer died with it.
-        if record.status == "streaming" and answer_id not in self._running:
+        if (record.status == "streaming" and answer_id not in self._running
+                and answer_id not in self._settling):
             record = await self._mark_interrupted(record)
         return replay_record(record, after)
 
@@ -245,7 +283,9 @@ class ChatService:
 
     async def shutdown(self, grace_s: float) -> None:
         """Let answers finish for `grace_s`, then save the rest as 'interrupted'."""
-        pending = [run.task for run in self._running.values() if run.task is not None]
+        pending: list[asyncio.Task[object]] = [
+            run.task for run in self._running.values() if run.task is not None]
+        pending += self._settling.values()
         if pending:
             log.info("waiting up to %.0fs for %d answers to finish", grace_s, len(pending))
             _, still_running = await asyncio.wait(pending, timeout=grace_s)

@@ -53,6 +53,13 @@ async def demo_page(request: Request) -> Response:
     return FileResponse(WEB_DIR / "index.html", media_type="text/html")
 
 
+async def favicon(request: Request) -> Response:
+    # One SVG for the demo page's <link rel=icon> and for /favicon.ico, which browsers ask for
+    # on their own; current browsers read an icon by its content type, not its name.
+    return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+
 async def widget_script(request: Request) -> Response:
     return FileResponse(WEB_DIR / "widget.js", media_type="text/javascript",
                         headers={"Cache-Control": "public, max-age=300"})
@@ -75,6 +82,8 @@ routes = [
     Route("/metrics", endpoints.metrics, methods=["GET"]),
     Route("/", demo_page, methods=["GET"], middleware=STATIC_GZIP),
     Route("/widget.js", widget_script, methods=["GET"], middleware=STATIC_GZIP),
+    Route("/favicon.svg", favicon, methods=["GET"]),
+    Route("/favicon.ico", favicon, methods=["GET"]),
     Route("/openapi.json", openapi.openapi_json, methods=["GET"], middleware=STATIC_GZIP),
 ]
 

@@ -34,6 +34,10 @@ SAVE_ATTEMPTS = 5
 # touch only a row still 'streaming', so a producer that saved first is never overwritten.
 INTERRUPT_SQL = ("UPDATE messages SET status = 'interrupted', text = coalesce(%s, text),"
                  " finished_at = now() WHERE id = %s AND status = 'streaming'")
+# A session that still has a transaction open: the one whose COMMIT went unanswered, until the
+# server has finished (or abandoned) that commit.
+_TRANSACTION_OPEN_SQL = ("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND xact_start IS NOT NULL"
+                         " AND pid <> pg_backend_pid()")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,9 @@ class Turn:
         self.session_id = session_id
         self.history = history
         self._new_session = new_session
+        # Set once the rows are written: from then on a failure may come after the server has
+        # committed them (a reply lost to a freeze or a cut), so they may exist after all.
+        self.writer_pid: int | None = None
 
     async def save(self, question: str, user_message_id: uuid.UUID, answer_id: uuid.UUID,
                    model: str | None) -> None:
@@ -96,6 +103,7 @@ class Turn:
             " (%s, %s, 'ai', '', 'streaming', %s)",
             (user_message_id, self.session_id, question, answer_id, self.session_id, model),
         )
+        self.writer_pid = self._conn.info.backend_pid
 
 
 class MessageStore:
@@ -177,6 +185,20 @@ class MessageStore:
         """An answer left 'streaming' lost its producer; `text` (None: the row's own) is kept."""
         async with db.connection(self._pool) as conn:
             await conn.execute(INTERRUPT_SQL, (text, answer_id))
+
+    async def interrupt_once_committed(self, answer_id: uuid.UUID, writer_pid: int) -> bool:
+        """If the session that wrote the answer's row (whose COMMIT went unanswered) has no
+        transaction open any more, end the row as 'interrupted' should the commit have happened,
+        and return True; False while that commit may still be under way (a frozen server)."""
+        async with db.connection(self._pool) as conn:
+            cur = await conn.execute(_TRANSACTION_OPEN_SQL, (writer_pid,))
+            if await cur.fetchone() is not None:
+                return False
+            cur = await conn.execute(INTERRUPT_SQL, (None, answer_id))
+            if cur.rowcount:
+                log.warning("answer %s: its question's commit was not confirmed but happened;"
+                            " the answer is saved as interrupted", str(answer_id)[:8])
+            return True
 
     async def mark_many_interrupted(self, texts: dict[str, str]) -> None:
         """`mark_interrupted` for many answers at once: answer id -> the text streamed."""

@@ -31,10 +31,10 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inl
             "base-uri 'none'; form-action 'self'")
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 # Not counted by the per-IP limit: health checks, and what every page view of the store loads
-# (the widget script, the demo page, the API description): shoppers behind one NAT browsing
+# (the widget script, the demo page and its icon, the API description): shoppers behind one NAT browsing
 # the store must not be refused the widget itself.
 UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/widget.js",
-                             "/openapi.json"})
+                             "/openapi.json", "/favicon.svg", "/favicon.ico"})
 
 
 class SecurityHeaders:

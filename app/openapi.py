@@ -324,6 +324,16 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                                   **limited},
                 },
             },
+            **{path: {
+                "get": {
+                    "operationId": operation,
+                    "summary": "The demo page's icon (an SVG, whatever the name).",
+                    "responses": {"200": {"description": "An SVG image.",
+                                          "content": {"image/svg+xml": {
+                                              "schema": {"type": "string"}}}}},
+                },
+            } for path, operation in (("/favicon.svg", "favicon"),
+                                      ("/favicon.ico", "faviconIco"))},
             "/widget.js": {
                 "get": {
                     "operationId": "widgetScript",

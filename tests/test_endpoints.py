@@ -368,17 +368,29 @@ async def test_a_second_follower_sees_the_same_live_answer(
 async def test_a_cancel_that_arrives_while_the_answer_is_saved_loses_nothing(
         client: httpx.AsyncClient, upstream: FakeUpstream, query: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.chat import ChatService
     from app.messages import MessageStore
 
     saving = asyncio.Event()
+    looked_up = asyncio.Event()
     original_save = MessageStore.save_answer
+    original_find = ChatService.find_answer
+
+    async def find_answer(self: ChatService, *args: Any, **kwargs: Any) -> Any:
+        record = await original_find(self, *args, **kwargs)
+        # Only the cancel looks the answer up here; from this point it waits for the answer's
+        # task without yielding to anything else first.
+        looked_up.set()
+        return record
 
     async def slow_save(self: MessageStore, *args: Any, **kwargs: Any) -> bool:
         saving.set()
-        await asyncio.sleep(0.5)  # a slow database, so the cancel lands mid-save
+        # A slow database: the save goes on only once the cancel has reached the service.
+        await asyncio.wait_for(looked_up.wait(), 10)
         return await original_save(self, *args, **kwargs)
 
     monkeypatch.setattr(MessageStore, "save_answer", slow_save)
+    monkeypatch.setattr(ChatService, "find_answer", find_answer)
     upstream.queue(Reply(tokens=["All ", "of ", "it"]))
     events = []
     async with client.stream("POST", "/chat/stream", json={"message": "hi"}) as response:

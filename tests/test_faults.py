@@ -366,6 +366,36 @@ async def test_a_blackholed_path_to_postgres_gives_bounded_503s_then_recovers(
            f"{max(o.finished for o in after) - healed_at:.2f}s after it healed")
 
 
+async def test_a_question_whose_commit_reply_is_lost_leaves_no_answer_streaming(
+        start_app: Any, upstream: FakeUpstream, own_postgres: OwnPostgres,
+        postgres_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a freeze (SIGSTOP) that lands mid-COMMIT does: the server commits the question and
+    # its 'streaming' answer row, the reply never comes, the request answers 503 and no task
+    # produces that answer. Its row must still end, not stay 'streaming' until a restart.
+    monkeypatch.setattr(db, "HOLD_DEADLINE_S", 1.0)  # give up on the lost reply sooner
+    app: RunningApp = await start_app(database_url=through(postgres_proxy, own_postgres.url),
+                                      rate_limit_enabled=False)
+    await ask_many(app, 1)
+    question = f"lost commit reply {uuid.uuid4().hex[:12]}"
+    postgres_proxy.silence_replies_after(b"INSERT INTO messages", b"COMMIT")
+    outcome = await ask_once(app, question)
+    assert postgres_proxy.silenced.is_set()
+    assert outcome.status == 503
+
+    def answer_status() -> list[tuple[str]]:
+        return [(status,) for (status,) in own_query(
+            own_postgres.url, "SELECT a.status FROM messages q JOIN messages a"
+            " ON a.conversation_id = q.conversation_id AND a.sender = 'ai'"
+            " WHERE q.text = %s", question)]
+
+    # The server did commit (else this test proves nothing)...
+    assert answer_status() != []
+    # ...and the app settles the answer nobody produces, once the server says that commit is over.
+    await wait_until_idle(app)
+    assert answer_status() == [("interrupted",)]
+    assert (await ask_once(app)).status == 200
+
+
 # -- a real upstream over TCP, through the fault proxy -----------------------------------------
 
 
@@ -572,19 +602,24 @@ async def open_and_drop(app: RunningApp, number: int) -> bool:
         writer.transport.abort()  # gone: no goodbye
 
 
-async def test_500_streams_opened_and_dropped_leave_nothing_behind(start_app: Any,
-                                                                   query: Any) -> None:
+async def test_500_streams_opened_and_dropped_leave_nothing_behind(
+        start_app: Any, query: Any, database_url: str) -> None:
     streams = 500
+    # This app's connections only: not those of apps started by earlier tests (which may still
+    # be exiting), nor the test's own.
+    app_name = f"chat-test-{uuid.uuid4().hex[:12]}"
     async with ChunkedFakeOpenAI([f"t{n} " for n in range(10)], delay=0.02) as model:
-        app: RunningApp = await start_app(openai_base_url=f"http://127.0.0.1:{model.port}/v1",
-                                          rate_limit_enabled=False, llm_timeout_s=10.0)
+        app: RunningApp = await start_app(
+            database_url=make_conninfo(database_url, application_name=app_name),
+            openai_base_url=f"http://127.0.0.1:{model.port}/v1", rate_limit_enabled=False,
+            llm_timeout_s=10.0)
         await open_and_drop(app, -1)
         await wait_until_idle(app)
         pool = services_of(app.app).pool
 
         def database_connections() -> int:
-            return int(query("SELECT count(*) FROM pg_stat_activity"
-                             " WHERE datname = current_database() AND pid <> pg_backend_pid()")[0][0])
+            return int(query("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                             app_name)[0][0])
 
         def app_tasks() -> list[str]:
             """Tasks of the app and the test, not of the fake model's server (counted apart)."""
@@ -601,11 +636,15 @@ async def test_500_streams_opened_and_dropped_leave_nothing_behind(start_app: An
         answered = time.monotonic()
 
         deadline = time.monotonic() + 10
+        # Back to baseline: tasks, client connections, and no server connection of this app's
+        # beyond its pool (a connection the pool dropped ends on the server a moment later).
         while (len(app_tasks()) > baseline_tasks
-               or len(app.server.server_state.connections) > baseline_connections):
+               or len(app.server.server_state.connections) > baseline_connections
+               or database_connections() > pool.get_stats()["pool_size"]):
             assert time.monotonic() < deadline, (
                 f"tasks {app_tasks()} vs {baseline_tasks}, connections "
-                f"{len(app.server.server_state.connections)} vs {baseline_connections}")
+                f"{len(app.server.server_state.connections)} vs {baseline_connections}, "
+                f"database connections {database_connections()} vs {pool.get_stats()}")
             await asyncio.sleep(0.05)
         final_tasks = len(app_tasks())
         stats = pool.get_stats()
