@@ -30,6 +30,7 @@ from .metrics import Metrics, metrics_endpoint
 from .middleware import OriginGuard, RequestLimit, SecurityHeaders
 from .ratelimit import RateLimits, Rule, parse_limit
 from .redis_eventlog import RedisEventLog
+from .sites import SiteDirectory, SiteStore, ensure_default_site
 from .store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,10 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         pool = db.create_pool(settings.database_url, settings.db_pool_max)
         await pool.open(wait=True, timeout=30)
         metrics.watch_pool(pool.get_stats)
+        # The default site mirrors the deployment's settings; every site is then in memory.
+        await ensure_default_site(pool, profile, str(articles_dir), settings.allowed_origins)
+        sites = SiteDirectory(SiteStore(pool))
+        await sites.open()
         synced = await sync_knowledge(pool, articles_dir)
         log.info("knowledge base %s: %s", articles_dir, synced.summary())
         llm = build_llm(settings, llm_http_client) if settings.llm_configured else None
@@ -148,9 +153,11 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         app.state.pool = pool
         app.state.chat = chat
         app.state.limits = limits
+        app.state.sites = sites
         try:
             yield
         finally:
+            await sites.aclose()
             await chat.shutdown(settings.shutdown_grace_s)
             await events.aclose()
             if llm is not None:
