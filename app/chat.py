@@ -32,6 +32,7 @@ from .logs import log_answer
 from .metrics import Metrics
 from .prompt import build_messages
 from .ratelimit import estimate_tokens
+from .sites import DEFAULT_SITE_ID, Site
 from .store_profile import StoreProfile, build_system_prompt
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class AnswerRecord:
     completion_tokens: int | None
     fallback: bool
     sources: list[dict[str, str]]
+    site_id: int
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ KNOWLEDGE_ONLY_MODEL = "knowledge-only"
 class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
                  history_window: int, profile: StoreProfile,
-                 record_tokens: Callable[[int], Awaitable[None]] | None = None,
+                 record_tokens: Callable[[int, Site | None], Awaitable[None]] | None = None,
                  metrics: Metrics | None = None) -> None:
         self._pool = pool
         self._events = events
@@ -155,8 +157,12 @@ class ChatService:
 
     # -- starting an answer ------------------------------------------------------------------
 
-    async def start_answer(self, question: str, session_id: uuid.UUID | None) -> StartedAnswer:
+    async def start_answer(self, question: str, session_id: uuid.UUID | None,
+                           site: Site | None = None) -> StartedAnswer:
         """Commit the shopper's message and an empty answer row while the answer starts.
+
+        The conversation is the site's (None: the default site's): another site's session id
+        is treated as unknown, and starts a new conversation.
 
         The knowledge search and the model's first token take far longer than the commit, so
         the answer's task starts as soon as the history is read instead of after the commit;
@@ -164,6 +170,7 @@ class ChatService:
         ever shown or kept for a question that was not saved.
         """
         asked_at = time.monotonic()
+        site_id = DEFAULT_SITE_ID if site is None else site.id
         user_message_id, answer_id = uuid.uuid4(), uuid.uuid4()
         # Claimed before the row exists: other instances never see it 'streaming' unclaimed.
         await self._events.claim(str(answer_id))
@@ -174,8 +181,9 @@ class ChatService:
                 history: list[tuple[str, str]] = []
                 new_session = True
                 if session_id is not None:
-                    cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s",
-                                             (session_id,))
+                    cur = await conn.execute(
+                        "SELECT 1 FROM conversations WHERE id = %s AND site_id = %s",
+                        (session_id, site_id))
                     if await cur.fetchone() is not None:
                         new_session = False
                         history = await self._history_window_rows(conn, session_id)
@@ -187,17 +195,17 @@ class ChatService:
                 started = StartedAnswer(session_id, user_message_id, answer_id)
                 # The task copies this request's context, so its log line carries the request id.
                 task = asyncio.create_task(
-                    self._generate(started, history, question, asked_at, committed),
+                    self._generate(started, history, question, asked_at, committed, site),
                     name=f"answer-{answer_id}")
                 if new_session:
-                    await conn.execute("INSERT INTO conversations (id) VALUES (%s)",
-                                       (session_id,))
+                    await conn.execute("INSERT INTO conversations (id, site_id) VALUES (%s, %s)",
+                                       (session_id, site_id))
                 await conn.execute(
-                    "INSERT INTO messages (id, conversation_id, sender, text, status, model)"
-                    " VALUES (%s, %s, 'user', %s, 'complete', NULL),"
-                    " (%s, %s, 'ai', '', 'streaming', %s)",
-                    (user_message_id, session_id, question, answer_id, session_id,
-                     self._llm.model if self._llm else None),
+                    "INSERT INTO messages (id, conversation_id, site_id, sender, text, status,"
+                    " model) VALUES (%s, %s, %s, 'user', %s, 'complete', NULL),"
+                    " (%s, %s, %s, 'ai', '', 'streaming', %s)",
+                    (user_message_id, session_id, site_id, question, answer_id, session_id,
+                     site_id, self._model_name(site) if self._llm else None),
                 )
         except BaseException:
             # The question is not saved, so there is no answer: stop its task quietly.
@@ -212,6 +220,11 @@ class ChatService:
         self._running[answer_id] = task
         task.add_done_callback(lambda _: self._running.pop(answer_id, None))
         return started
+
+    def _model_name(self, site: Site | None) -> str:
+        if self._llm is None:
+            return KNOWLEDGE_ONLY_MODEL
+        return (site.model if site is not None else None) or self._llm.model
 
     async def _history_window_rows(self, conn: Any, session_id: uuid.UUID) -> list[tuple[str, str]]:
         if self._history_window == 0:
@@ -228,9 +241,13 @@ class ChatService:
     # -- generating --------------------------------------------------------------------------
 
     async def _generate(self, started: StartedAnswer, history: list[tuple[str, str]],
-                        question: str, asked_at: float, committed: asyncio.Future[None]) -> str:
+                        question: str, asked_at: float, committed: asyncio.Future[None],
+                        site: Site | None) -> str:
         """Produce the answer; nothing reaches the event log or the database before `committed`."""
         answer_key = str(started.answer_id)
+        # The site's profile, knowledge and model settings; None: the default site's.
+        profile = self._profile if site is None else site.profile
+        site_id = DEFAULT_SITE_ID if site is None else site.id
         parts: list[str] = []
         usage: Usage | None = None
         failure: UpstreamError | None = None
@@ -241,15 +258,18 @@ class ChatService:
         first_token_at: float | None = None
         self._generating.add(started.answer_id)
         try:
-            chunks = await self._find_knowledge(question, history)
+            chunks = await self._find_knowledge(question, history, site_id)
             if self._llm is None:
                 await committed
-                self._answer_from_knowledge(answer_key, chunks, parts)
+                self._answer_from_knowledge(answer_key, chunks, parts, profile)
             else:
-                system_prompt = build_system_prompt(self._profile, chunks)
+                system_prompt = build_system_prompt(profile, chunks)
                 prompt = build_messages(system_prompt, history, question)
                 try:
-                    async for item in self._llm.stream(prompt):
+                    async for item in self._llm.stream(
+                            prompt, model=site.model if site else None,
+                            temperature=site.temperature if site else None,
+                            max_tokens=site.max_tokens if site else None):
                         if isinstance(item, Usage):
                             usage = item
                         else:
@@ -269,7 +289,7 @@ class ChatService:
                                 "the knowledge base", exc.code)
                     fallback = True
                     await committed
-                    self._answer_from_knowledge(answer_key, chunks, parts)
+                    self._answer_from_knowledge(answer_key, chunks, parts, profile)
         except asyncio.CancelledError:
             if committed.cancelled():
                 raise  # the question was never saved (see start_answer): nothing to keep
@@ -291,7 +311,7 @@ class ChatService:
         if first_token_at is None and parts:
             first_token_at = time.monotonic()  # a knowledge-base answer: all of it at once
         self._observe_finished(started, status, asked_at, first_token_at, usage, len(parts),
-                               fallback)
+                               fallback, self._model_name(site))
         if not saved:
             # `done` tells the shopper the answer is kept: it was not, so say so instead.
             self._events.append(answer_key, "error", {
@@ -309,12 +329,12 @@ class ChatService:
                 "code": failure.code, "message": failure.message, "retryable": failure.retryable})
         # After the end is sent: charging the budget may wait on Redis, the shopper need not.
         if prompt and not fallback:
-            await self._count_tokens(prompt, text, usage)
+            await self._count_tokens(prompt, text, usage, site)
         return status
 
     def _observe_finished(self, started: StartedAnswer, status: str, asked_at: float,
                           first_token_at: float | None, usage: Usage | None,
-                          deltas: int, fallback: bool) -> None:
+                          deltas: int, fallback: bool, model: str) -> None:
         """The answer's metrics and its one log line, once it is saved."""
         duration_s = time.monotonic() - asked_at
         first_token_s = None if first_token_at is None else first_token_at - asked_at
@@ -324,7 +344,7 @@ class ChatService:
             tokens_out=usage.completion_tokens if usage else 0)
         log_answer(
             message_id=started.answer_id, session_id=started.session_id, status=status,
-            model=self._llm.model if self._llm is not None else KNOWLEDGE_ONLY_MODEL,
+            model=model,
             fallback=fallback,
             time_to_first_token_ms=None if first_token_s is None else first_token_s * 1000,
             duration_ms=duration_s * 1000,
@@ -332,15 +352,16 @@ class ChatService:
             tokens_out=usage.completion_tokens if usage else None,
             deltas=deltas)
 
-    async def _find_knowledge(self, question: str,
-                              history: list[tuple[str, str]]) -> list[KnowledgeChunk]:
+    async def _find_knowledge(self, question: str, history: list[tuple[str, str]],
+                              site_id: int) -> list[KnowledgeChunk]:
         """The knowledge base's best chunks for the question; a follow-up such as "and to
         Europe?" is searched again together with the shopper's previous message."""
         try:
-            chunks = await search_knowledge(self._pool, question)
+            chunks = await search_knowledge(self._pool, question, site_id=site_id)
             earlier = [text for sender, text in history if sender == "user"]
             if not chunks and earlier:
-                chunks = await search_knowledge(self._pool, f"{earlier[-1]} {question}")
+                chunks = await search_knowledge(self._pool, f"{earlier[-1]} {question}",
+                                                site_id=site_id)
             return chunks
         except (PoolTimeout, psycopg.Error) as exc:
             # The answer can still be given without the articles; losing it would be worse.
@@ -348,14 +369,14 @@ class ChatService:
             return []
 
     def _answer_from_knowledge(self, answer_key: str, chunks: list[KnowledgeChunk],
-                               parts: list[str]) -> None:
+                               parts: list[str], profile: StoreProfile) -> None:
         """Stream the framed best chunk with the same token events a model's answer uses."""
-        for piece in answer_pieces(knowledge_only_answer(self._profile, chunks)):
+        for piece in answer_pieces(knowledge_only_answer(profile, chunks)):
             parts.append(piece)
             self._events.append(answer_key, "token", {"text": piece})
 
     async def _count_tokens(self, prompt: list[dict[str, str]], text: str,
-                            usage: Usage | None) -> None:
+                            usage: Usage | None, site: Site | None) -> None:
         """Charge the day's token budget: the upstream's count, or an estimate if it never came."""
         if self._record_tokens is None:
             return
@@ -363,7 +384,7 @@ class ChatService:
             tokens = usage.prompt_tokens + usage.completion_tokens
         else:
             tokens = estimate_tokens(sum(len(m["content"]) for m in prompt), len(text))
-        await self._record_tokens(tokens)
+        await self._record_tokens(tokens, site)
 
     async def _save_answer(self, answer_id: uuid.UUID, text: str, status: str,
                            usage: Usage | None, sources: list[dict[str, str]],
@@ -393,14 +414,17 @@ class ChatService:
 
     # -- reading -----------------------------------------------------------------------------
 
-    async def find_answer(self, answer_id: uuid.UUID, session_id: uuid.UUID) -> AnswerRecord:
-        """The answer if it belongs to this session; otherwise NotFound, as if it did not exist."""
+    async def find_answer(self, answer_id: uuid.UUID, session_id: uuid.UUID,
+                          site_id: int = DEFAULT_SITE_ID) -> AnswerRecord:
+        """The answer if it belongs to this session of this site; otherwise NotFound, as if it
+        did not exist."""
         async with db.connection(self._pool) as conn:
             cur = conn.cursor(row_factory=class_row(AnswerRecord))
             await cur.execute(
                 "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens,"
-                " fallback, sources FROM messages WHERE id = %s AND conversation_id = %s AND sender = 'ai'",
-                (answer_id, session_id),
+                " fallback, sources, site_id FROM messages WHERE id = %s AND conversation_id = %s"
+                " AND site_id = %s AND sender = 'ai'",
+                (answer_id, session_id, site_id),
             )
             record = await cur.fetchone()
         if record is None:
@@ -413,11 +437,11 @@ class ChatService:
         assert events is not None, "start_answer puts every new answer in the event log"
         return events
 
-    async def follow(self, answer_id: uuid.UUID, session_id: uuid.UUID,
-                     after: int) -> AsyncIterator[Event]:
+    async def follow(self, answer_id: uuid.UUID, session_id: uuid.UUID, after: int,
+                     site_id: int = DEFAULT_SITE_ID) -> AsyncIterator[Event]:
         """The answer's events after `after`: from this instance's memory if it produces the
         answer, else from the shared log, else rebuilt from the record."""
-        record = await self.find_answer(answer_id, session_id)
+        record = await self.find_answer(answer_id, session_id, site_id)
         live = self._events.subscribe(str(answer_id), after)
         if live is not None:
             return live
@@ -445,7 +469,7 @@ class ChatService:
             async with db.connection(self._pool) as conn:
                 await conn.execute(INTERRUPT_SQL, (streamed_text, record.id))
             # Whatever the update found: the producer may have saved the answer just before.
-            record = await self.find_answer(record.id, record.conversation_id)
+            record = await self.find_answer(record.id, record.conversation_id, record.site_id)
         except DatabaseUnavailable:
             record = replace(record, text=streamed_text, status="interrupted")
         return terminal_event(record, seq)
@@ -481,10 +505,11 @@ class ChatService:
                                   [(text, answer_id) for answer_id, text in orphans.items()])
         return len(orphans)
 
-    async def history(self, session_id: uuid.UUID, limit: int,
-                      before: uuid.UUID | None) -> HistoryPage:
+    async def history(self, session_id: uuid.UUID, limit: int, before: uuid.UUID | None,
+                      site_id: int = DEFAULT_SITE_ID) -> HistoryPage:
         async with db.connection(self._pool) as conn:
-            cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s", (session_id,))
+            cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s AND site_id = %s",
+                                     (session_id, site_id))
             if await cur.fetchone() is None:
                 raise NotFound("This conversation was not found.")
             before_seq: int | None = None
@@ -509,9 +534,10 @@ class ChatService:
 
     # -- stopping ----------------------------------------------------------------------------
 
-    async def cancel(self, answer_id: uuid.UUID, session_id: uuid.UUID) -> str:
+    async def cancel(self, answer_id: uuid.UUID, session_id: uuid.UUID,
+                     site_id: int = DEFAULT_SITE_ID) -> str:
         """Stop an answer this instance is producing; return the answer's status."""
-        record = await self.find_answer(answer_id, session_id)
+        record = await self.find_answer(answer_id, session_id, site_id)
         task = self._running.get(answer_id)
         if task is None:
             if record.status != "streaming":
@@ -543,7 +569,7 @@ class ChatService:
                         if event.is_terminal:
                             break
         # The producer saves before it sends the end, so the record now says how it ended.
-        return (await self.find_answer(record.id, record.conversation_id)).status
+        return (await self.find_answer(record.id, record.conversation_id, record.site_id)).status
 
     def _cancel_running(self, answer_key: str) -> None:
         """Another instance asked to cancel an answer: cancel it if this instance produces it."""

@@ -12,7 +12,6 @@ from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
@@ -27,7 +26,7 @@ from .eventlog import EventLog, MemoryEventLog
 from .knowledge import DEFAULT_KNOWLEDGE_DIR, KnowledgeError, sync_knowledge
 from .llm import LLM
 from .metrics import Metrics, metrics_endpoint
-from .middleware import OriginGuard, RequestLimit, SecurityHeaders
+from .middleware import OriginGuard, RequestLimit, SecurityHeaders, SiteCORS
 from .ratelimit import RateLimits, Rule, parse_limit
 from .redis_eventlog import RedisEventLog
 from .sites import SiteDirectory, SiteStore, ensure_default_site
@@ -117,6 +116,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     """
     profile, articles_dir = load_store(settings)
     metrics = Metrics()
+    # Filled in the lifespan; the origin checks below read it on every request.
+    sites = SiteDirectory()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -127,8 +128,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         metrics.watch_pool(pool.get_stats)
         # The default site mirrors the deployment's settings; every site is then in memory.
         await ensure_default_site(pool, profile, str(articles_dir), settings.allowed_origins)
-        sites = SiteDirectory(SiteStore(pool))
-        await sites.open()
+        await sites.open(SiteStore(pool))
         synced = await sync_knowledge(pool, articles_dir)
         log.info("knowledge base %s: %s", articles_dir, synced.summary())
         llm = build_llm(settings, llm_http_client) if settings.llm_configured else None
@@ -174,8 +174,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         Middleware(AccessMiddleware, metrics=metrics),
         Middleware(SecurityHeaders),
         # Before CORS, so a disallowed origin's preflight gets our 403 body, not a bare 400.
-        Middleware(OriginGuard, allowed_origins=settings.allowed_origins),
-        Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins),
+        Middleware(OriginGuard, allowed_origins=lambda: sites.every_origin),
+        Middleware(SiteCORS, allowed_origins=lambda: sites.every_origin,
                    allow_methods=["GET", "POST"],
                    allow_headers=["content-type", "last-event-id"],
                    expose_headers=["retry-after", "ratelimit-limit", "ratelimit-remaining",

@@ -1,8 +1,11 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer the SSE streams).
 
 - SecurityHeaders: nosniff, a referrer policy and a strict CSP on every response.
-- OriginGuard: a browser on an origin outside ALLOWED_ORIGINS cannot call the chat API, even
-  with a request that needs no preflight.
+- OriginGuard: a browser on an origin that no site allows cannot call the chat API, even with
+  a request that needs no preflight. (Which site a request is for is only known once its body
+  is read: the endpoint then holds the origin to that site's own list, see app/endpoints.py.)
+- SiteCORS: CORS with the origins every site allows, read from the site directory, so a site
+  created or changed while the app runs needs no restart.
 - RequestLimit: works out the client's address once, and applies the per-IP limit that covers
   every endpoint except health checks.
 """
@@ -10,9 +13,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from urllib.parse import urlsplit
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .clientip import Network, client_ip, limit_key
@@ -77,22 +81,49 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def origin_allowed(origin: str, host: str | None, allowed: Collection[str]) -> bool:
+    # The widget on our own pages is always allowed: same origin means same host.
+    return origin in allowed or "*" in allowed or urlsplit(origin).netloc == host
+
+
+def check_origin(scope: Scope, allowed: Collection[str]) -> None:
+    """Refuse a browser request from an origin outside `allowed` (a request with no Origin,
+    such as curl's, is not a browser page's and is let through, as before sites)."""
+    origin = _header(scope, b"origin")
+    if origin is not None and not origin_allowed(origin, _header(scope, b"host"), allowed):
+        raise OriginNotAllowed()
+
+
 class OriginGuard:
-    def __init__(self, app: ASGIApp, allowed_origins: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: Callable[[], Collection[str]]) -> None:
         self.app = app
-        self.allowed = frozenset(origin.rstrip("/") for origin in allowed_origins)
+        self.allowed_origins = allowed_origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/chat/"):
-            origin = _header(scope, b"origin")
-            if origin is not None and not self._allowed(origin, _header(scope, b"host")):
-                await send_error(send, OriginNotAllowed())
+            try:
+                check_origin(scope, self.allowed_origins())
+            except OriginNotAllowed as error:
+                await send_error(send, error)
                 return
         await self.app(scope, receive, send)
 
-    def _allowed(self, origin: str, host: str | None) -> bool:
-        # The widget on our own pages is always allowed: same origin means same host.
-        return origin in self.allowed or "*" in self.allowed or urlsplit(origin).netloc == host
+
+class SiteCORS(CORSMiddleware):
+    """Starlette's CORS, with the allowed origins asked for on every request."""
+
+    def __init__(self, app: ASGIApp, allowed_origins: Callable[[], Collection[str]],
+                 allow_methods: Sequence[str], allow_headers: Sequence[str],
+                 expose_headers: Sequence[str], max_age: int) -> None:
+        # No origin here: "*" would make Starlette answer every origin without asking.
+        super().__init__(app, allow_origins=(), allow_methods=allow_methods,
+                         allow_headers=allow_headers, expose_headers=expose_headers,
+                         max_age=max_age)
+        self.allowed_origins = allowed_origins
+
+    def is_allowed_origin(self, origin: str) -> bool:
+        allowed = self.allowed_origins()
+        return origin in allowed or "*" in allowed
 
 
 class RequestLimit:

@@ -303,7 +303,9 @@ async def ensure_default_site(pool: AsyncConnectionPool, profile: StoreProfile,
 class SiteDirectory:
     """Every site, in memory, refreshed in the background when the table changes."""
 
-    def __init__(self, store: SiteStore, refresh_s: float = SITES_REFRESH_S) -> None:
+    def __init__(self, store: SiteStore | None = None,
+                 refresh_s: float = SITES_REFRESH_S) -> None:
+        # None until the lifespan has a pool (the middleware holds the directory before that).
         self._store = store
         self._refresh_s = refresh_s
         self._by_key: dict[str, Site] = {}
@@ -329,7 +331,7 @@ class SiteDirectory:
 
     def resolve(self, site_key: str | None) -> Site:
         """The site a request names; no key is the default site; an unknown key a 404."""
-        if site_key is None:
+        if site_key is None or site_key == "":
             return self.default
         site = self._by_key.get(site_key)
         if site is None:
@@ -339,10 +341,15 @@ class SiteDirectory:
     def by_id(self, site_id: int) -> Site:
         return self._by_id[site_id]
 
+    def _require_store(self) -> SiteStore:
+        assert self._store is not None, "open the directory with a store first"
+        return self._store
+
     async def load(self) -> None:
         """Read every site now (at start, and whenever the fingerprint moved)."""
-        fingerprint = await self._store.fingerprint()
-        sites = sites_from_records(await self._store.all())
+        store = self._require_store()
+        fingerprint = await store.fingerprint()
+        sites = sites_from_records(await store.all())
         self._by_id = {site.id: site for site in sites}
         self._by_key = {site.key: site for site in sites}
         self._origins = frozenset(o for site in sites for o in site.allowed_origins)
@@ -352,12 +359,14 @@ class SiteDirectory:
 
     async def refresh(self) -> bool:
         """Reload if any site changed since the last load; True when it did."""
-        if await self._store.fingerprint() == self._fingerprint:
+        if await self._require_store().fingerprint() == self._fingerprint:
             return False
         await self.load()
         return True
 
-    async def open(self) -> None:
+    async def open(self, store: SiteStore | None = None) -> None:
+        if store is not None:
+            self._store = store
         await self.load()
         self._task = asyncio.create_task(self._watch(), name="sites-refresh")
 
