@@ -20,7 +20,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from .errors import DatabaseUnavailable
+from .errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +212,10 @@ def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
 
 @asynccontextmanager
 async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection]:
-    """A pooled connection in a transaction; database trouble becomes a 503."""
+    """A pooled connection in a transaction; database trouble becomes StoreUnavailable."""
     try:
         async with pool.connection() as conn:
             yield conn
     except (PoolTimeout, psycopg.OperationalError) as exc:
         log.warning("database unavailable: %s", type(exc).__name__)
-        raise DatabaseUnavailable() from exc
+        raise StoreUnavailable() from exc

@@ -4,6 +4,8 @@
 - OriginGuard: a browser on an origin that no site allows cannot call the chat API, even with
   a request that needs no preflight. (Which site a request is for is only known once its body
   is read: the endpoint then holds the origin to that site's own list, see app/endpoints.py.)
+  Each refused origin is logged as a warning (RefusedOrigins), at most once per
+  REFUSED_ORIGIN_LOG_S, so the owner sees why the widget "couldn't reach support".
 - SiteCORS: CORS with the origins every site allows, read from the site directory, so a site
   created or changed while the app runs needs no restart.
 - RequestLimit: works out the client's address once, and applies the per-IP limit that covers
@@ -13,6 +15,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable, Collection, Sequence
 from urllib.parse import urlsplit
 
@@ -21,6 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .clientip import Network, client_ip, limit_key
 from .errors import AppError, error_body
+from .ratelimit import RateLimits
+
+log = logging.getLogger(__name__)
 
 # The demo page loads only our own script and talks only to us; styles are inline in the
 # widget's shadow root.
@@ -81,28 +88,91 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+# A page on a refused origin sends a request per question: one line per origin per few minutes.
+REFUSED_ORIGIN_LOG_S = 300.0
+# Origins remembered for that; any client can send any Origin, so the memory is bounded.
+REFUSED_ORIGINS_KEPT = 1000
+# An Origin header is the client's text: what goes into the log is cut to this.
+ORIGIN_LOG_CHARS = 200
+
+
 def origin_allowed(origin: str, host: str | None, allowed: Collection[str]) -> bool:
     # The widget on our own pages is always allowed: same origin means same host.
     return origin in allowed or "*" in allowed or urlsplit(origin).netloc == host
 
 
-def check_origin(scope: Scope, allowed: Collection[str]) -> None:
-    """Refuse a browser request from an origin outside `allowed` (a request with no Origin,
-    such as curl's, is not a browser page's and is let through, as before sites)."""
+def refused_origin(scope: Scope, allowed: Collection[str]) -> str | None:
+    """The request's Origin when a browser page outside `allowed` sent it, else None (a
+    request with no Origin, such as curl's, is not a browser page's and is let through)."""
     origin = _header(scope, b"origin")
     if origin is not None and not origin_allowed(origin, _header(scope, b"host"), allowed):
+        return origin
+    return None
+
+
+class RefusedOrigins:
+    """The warnings about refused origins: one line per origin per REFUSED_ORIGIN_LOG_S, from
+    the guard (no site allows the origin) and from the endpoints (the named site does not)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        # origin -> when it was last logged
+        self._logged: dict[str, float] = {}
+
+    def note(self, origin: str, allowed: Collection[str], where: str) -> None:
+        """Log that `origin` was refused; `where` names the list it is missing from."""
+        origin = origin[:ORIGIN_LOG_CHARS]
+        now = self._clock()
+        last = self._logged.get(origin)
+        if last is not None and now - last < REFUSED_ORIGIN_LOG_S:
+            return
+        if len(self._logged) >= REFUSED_ORIGINS_KEPT:
+            cutoff = now - REFUSED_ORIGIN_LOG_S
+            self._logged = {o: t for o, t in self._logged.items() if t >= cutoff}
+            if len(self._logged) >= REFUSED_ORIGINS_KEPT:
+                return  # a flood of made-up origins: what was logged already says enough
+        self._logged[origin] = now
+        listed = ", ".join(sorted(allowed)) or "(empty)"
+        log.warning("refused a browser request from origin %r: it is not in %s (%s); if the"
+                    " widget runs on that site, add the origin there", origin, where, listed)
+
+
+def check_origin(scope: Scope, allowed: Collection[str], refusals: RefusedOrigins | None = None,
+                 where: str = "ALLOWED_ORIGINS") -> None:
+    """Raise OriginNotAllowed for a browser page outside `allowed`, logging it."""
+    origin = refused_origin(scope, allowed)
+    if origin is not None:
+        if refusals is not None:
+            refusals.note(origin, allowed, where)
         raise OriginNotAllowed()
 
 
+# Where the guard's origins come from: ALLOWED_ORIGINS (the default site's) and `sites update`.
+EVERY_SITE = "ALLOWED_ORIGINS or any site's origins (python -m app sites update KEY --origin ...)"
+
+
 class OriginGuard:
-    def __init__(self, app: ASGIApp, allowed_origins: Callable[[], Collection[str]]) -> None:
+    """Refuses a browser page on an origin that no site allows. `allowed_origins` is the list
+    itself, or a function read on every request (the site directory's origins)."""
+
+    def __init__(self, app: ASGIApp,
+                 allowed_origins: Collection[str] | Callable[[], Collection[str]],
+                 clock: Callable[[], float] = time.monotonic,
+                 refusals: RefusedOrigins | None = None) -> None:
         self.app = app
-        self.allowed_origins = allowed_origins
+        if callable(allowed_origins):
+            self.allowed_origins = allowed_origins
+            self._where = EVERY_SITE
+        else:
+            fixed = frozenset(origin.rstrip("/") for origin in allowed_origins)
+            self.allowed_origins = lambda: fixed
+            self._where = "ALLOWED_ORIGINS"
+        self.refusals = refusals if refusals is not None else RefusedOrigins(clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/chat/"):
             try:
-                check_origin(scope, self.allowed_origins())
+                check_origin(scope, self.allowed_origins(), self.refusals, self._where)
             except OriginNotAllowed as error:
                 await send_error(send, error)
                 return
@@ -127,9 +197,11 @@ class SiteCORS(CORSMiddleware):
 
 
 class RequestLimit:
-    def __init__(self, app: ASGIApp, trusted_proxies: Sequence[Network]) -> None:
+    def __init__(self, app: ASGIApp, trusted_proxies: Sequence[Network],
+                 limits: RateLimits) -> None:
         self.app = app
         self.trusted_proxies = tuple(trusted_proxies)
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,9 +210,8 @@ class RequestLimit:
         address = client_ip(scope, self.trusted_proxies)
         scope.setdefault("state", {})["client_ip"] = address
         if scope["path"] not in UNLIMITED_PATHS and scope["method"] != "OPTIONS":
-            limits = scope["app"].state.limits
             try:
-                await limits.check_request(limit_key(address))
+                await self.limits.check_request(limit_key(address))
             except AppError as error:
                 await send_error(send, error)
                 return

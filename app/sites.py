@@ -31,7 +31,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from .errors import NotFound
+from .errors import NotFoundError
 from .store_profile import ProfileError, StoreProfile, profile_document, profile_from_document
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,11 @@ class SiteError(Exception):
     """A site's field has a value the service cannot use (one line, naming the field)."""
 
 
-class SiteNotFound(NotFound):
-    """The site key names no site."""
+class SiteNotFound(NotFoundError):
+    """The site key names no site (a 404 like an unknown conversation, app/errors.py)."""
 
-    message = "This site was not found."
+    def __init__(self) -> None:
+        super().__init__("site")
 
 
 @dataclass(frozen=True)

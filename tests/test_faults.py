@@ -27,8 +27,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from app import chat as chat_module
 from app import db, endpoints
+from app import messages as messages_module
+from app.services import services_of
 from tests.conftest import FakeUpstream, Reply, RunningApp, SSEEvent, chunk_line, read_events
 from tests.faultproxy import FaultProxy
 from tests.own_postgres import OwnPostgres
@@ -162,7 +163,7 @@ async def ask_once(app: RunningApp, text: str = "anyone there?") -> Outcome:
 
 async def wait_until_idle(app: RunningApp, within_s: float = 60) -> None:
     """Every answer finished (and saved, or given up on) by the app."""
-    chat = app.app.state.chat
+    chat = services_of(app.app).chat
     deadline = time.monotonic() + within_s
     while chat.running_count:
         assert time.monotonic() < deadline, f"{chat.running_count} answers still running"
@@ -318,7 +319,7 @@ async def test_reset_connections_to_postgres_cost_no_request(
     app: RunningApp = await start_app(database_url=through(postgres_proxy, own_postgres.url),
                                       rate_limit_enabled=False)
     await ask_many(app, 5)
-    pool_before = app.app.state.pool.get_stats()
+    pool_before = services_of(app.app).pool.get_stats()
     postgres_proxy.reset_all()  # every pooled connection is now dead, and nobody knows yet
     after = await ask_many(app, 10)
     # The checkout check finds the dead connections and the pool makes new ones.
@@ -535,7 +536,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_answer_still_saved
             assert time.monotonic() - started < 30, "the stalled stream was never cut off"
             await asyncio.sleep(0.05)
         cut_after = time.monotonic() - started
-        chat = app.app.state.chat
+        chat = services_of(app.app).chat
         still_answering = chat.running_count > 0
         await wait_until_idle(app)
     finally:
@@ -579,7 +580,7 @@ async def test_500_streams_opened_and_dropped_leave_nothing_behind(start_app: An
                                           rate_limit_enabled=False, llm_timeout_s=10.0)
         await open_and_drop(app, -1)
         await wait_until_idle(app)
-        pool = app.app.state.pool
+        pool = services_of(app.app).pool
 
         def database_connections() -> int:
             return int(query("SELECT count(*) FROM pg_stat_activity"
@@ -619,7 +620,7 @@ async def test_500_streams_opened_and_dropped_leave_nothing_behind(start_app: An
     assert saved == [("complete", streams)]
     # Nothing checked out or waited for, no connection beyond the pool, no answer upstream.
     assert stats.get("requests_waiting", 0) == 0
-    assert stats["pool_available"] == stats["pool_size"] <= app.app.state.settings.db_pool_max
+    assert stats["pool_available"] == stats["pool_size"] <= services_of(app.app).settings.db_pool_max
     assert leftover_db <= stats["pool_size"]
     # The model's client keeps at most its keep-alive limit of idle connections, none busy.
     assert upstream_busy == 0
@@ -635,7 +636,7 @@ async def test_an_answer_that_cannot_be_saved_is_not_announced_as_saved(
         own_postgres: OwnPostgres, start_app: Any, upstream: FakeUpstream,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # One attempt instead of five (about 30 s of retries): the database stays down past it.
-    monkeypatch.setattr(chat_module, "_SAVE_ATTEMPTS", 1)
+    monkeypatch.setattr(messages_module, "SAVE_ATTEMPTS", 1)
     upstream.queue(Reply(tokens=[f"w{n} " for n in range(8)], delay=0.1))
     app: RunningApp = await start_app(database_url=own_postgres.url, rate_limit_enabled=False)
     events: list[SSEEvent] = []

@@ -275,6 +275,7 @@ async def test_redis_stopped_mid_test_falls_back_to_memory_and_comes_back(
         ready = await http.get("/readyz")
         assert ready.status_code == 200
         assert ready.json() == {"status": "degraded", "database": "up", "redis": "down",
+                                "redisUses": {"rateLimits": "down", "eventLog": "down"},
                                 "mode": "llm"}
         own_redis.start()  # empty: the shared counts start again
         await asyncio.sleep(2.1)  # the next probe of Redis

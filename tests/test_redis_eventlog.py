@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.eventlog import Event, encode_event
+from app.redis_connection import SharedRedis
 from app.redis_eventlog import RedisEventLog
 from tests.tcp_proxy import TcpProxy
 
@@ -20,18 +21,21 @@ Factory = Callable[..., Any]
 
 @pytest.fixture
 async def make_log(redis_prefix: str) -> AsyncIterator[Factory]:
-    logs: list[RedisEventLog] = []
+    logs: list[tuple[RedisEventLog, SharedRedis]] = []
 
-    async def make(url: str, lease_s: float = 3.0) -> RedisEventLog:
-        log = RedisEventLog(url, key_prefix=redis_prefix, stream_ttl_s=60, stream_maxlen=1000,
+    async def make(url: str, lease_s: float = 3.0,
+                   on_cancel_request: Callable[[str], None] | None = None) -> RedisEventLog:
+        redis = SharedRedis(url)
+        log = RedisEventLog(redis, key_prefix=redis_prefix, stream_ttl_s=60, stream_maxlen=1000,
                             lease_s=lease_s)
-        await log.open()
-        logs.append(log)
+        await log.open(on_cancel_request)
+        logs.append((log, redis))
         return log
 
     yield make
-    for log in logs:
+    for log, redis in logs:
         await log.aclose()
+        await redis.aclose()
 
 
 @pytest.fixture
@@ -157,6 +161,20 @@ async def test_a_lease_that_stops_being_refreshed_is_noticed_by_a_waiting_subscr
     assert end.kind == "error"
 
 
+async def test_a_stream_redis_lost_mid_answer_gets_its_expiry_back_from_the_next_flush(
+        make_log: Factory, redis_url: str, redis_prefix: str, raw_redis: aioredis.Redis) -> None:
+    # A lease this long means no heartbeat during the test: only the flush can set the expiry.
+    producer = await make_log(redis_url, lease_s=300.0)
+    produce(producer, "a8", ["before "], end=False)
+    stream = f"{redis_prefix}:answer:a8:events"
+    await wait_until(lambda: _xlen_is(raw_redis, stream, 2))
+    await raw_redis.delete(stream)  # Redis lost the key (a restart without its data, an eviction)
+    producer.append("a8", "token", {"text": "after"})
+    await wait_until(lambda: raw_redis.exists(stream))
+    # Still mid-answer: without the flush's EXPIRE the re-created stream would never expire.
+    assert 0 < await raw_redis.ttl(stream) <= 60
+
+
 async def _interrupted(seq: int) -> Event:
     return encode_event(seq, "error", {"code": "interrupted"})
 
@@ -192,7 +210,6 @@ async def test_after_an_outage_the_copy_is_completed_from_memory_without_duplica
 
 async def test_a_cancel_request_reaches_the_producing_instance(
         make_log: Factory, redis_url: str) -> None:
-    producer, other = await make_log(redis_url), await make_log(redis_url)
     cancelled: list[str] = []
     heard = asyncio.Event()
 
@@ -200,7 +217,8 @@ async def test_a_cancel_request_reaches_the_producing_instance(
         cancelled.append(answer_id)
         heard.set()
 
-    producer.on_cancel_request(on_cancel)
+    producer = await make_log(redis_url, on_cancel_request=on_cancel)
+    other = await make_log(redis_url)
     await asyncio.sleep(0.1)  # the listener subscribes
     produce(producer, "a6", ["x"], end=False)
     await asyncio.sleep(0.05)
