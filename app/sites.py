@@ -119,6 +119,10 @@ def check_origin(raw: str) -> str:
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"
+    # A browser's Origin leaves its scheme's default port out, so an entry with it would never
+    # match (ALLOWED_ORIGINS refuses it, app/config.py); the CLI normalises it away instead.
+    if port == {"http": 80, "https": 443}[parts.scheme]:
+        port = None
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 

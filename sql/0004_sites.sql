@@ -5,6 +5,12 @@
 -- deployment's STORE_PROFILE, KNOWLEDGE_DIR and ALLOWED_ORIGINS (app/sites.py rewrites it at
 -- every start and at `python -m app migrate`). Because every site_id column defaults to 1,
 -- existing rows move to it here, and an INSERT that names no site still lands on it.
+--
+-- Tables added by later migrations join the same way, one ALTER each (e.g. in 0005):
+--     ALTER TABLE <table> ADD COLUMN site_id bigint NOT NULL DEFAULT 1 REFERENCES sites (id);
+-- then a key or index that starts with site_id, so a search stays within its site. This file
+-- touches only the tables of 0001-0003 and drops their constraints with IF EXISTS, so it applies
+-- whether another 0004 migration runs before it (a new database) or after it (an upgrade).
 
 -- Bumped by every change to a site, so instances notice changes with one cheap query
 -- (sum(revision) changes whatever order concurrent updates commit in).
@@ -49,19 +55,19 @@ ALTER TABLE conversations
 -- different site than its conversation fail, instead of silently landing on the default site.
 ALTER TABLE messages
     ADD COLUMN site_id bigint NOT NULL DEFAULT 1,
-    DROP CONSTRAINT messages_conversation_id_fkey,
+    DROP CONSTRAINT IF EXISTS messages_conversation_id_fkey,
     ADD CONSTRAINT messages_conversation_site_fkey FOREIGN KEY (conversation_id, site_id)
         REFERENCES conversations (id, site_id) ON DELETE CASCADE;
 
 -- Knowledge: an article path is unique within its site, not across the deployment.
-ALTER TABLE knowledge_chunks DROP CONSTRAINT knowledge_chunks_article_path_fkey;
+ALTER TABLE knowledge_chunks DROP CONSTRAINT IF EXISTS knowledge_chunks_article_path_fkey;
 ALTER TABLE knowledge_articles
     ADD COLUMN site_id bigint NOT NULL DEFAULT 1 REFERENCES sites (id),
-    DROP CONSTRAINT knowledge_articles_pkey,
+    DROP CONSTRAINT IF EXISTS knowledge_articles_pkey,
     ADD PRIMARY KEY (site_id, path);
 ALTER TABLE knowledge_chunks
     ADD COLUMN site_id bigint NOT NULL DEFAULT 1,
-    DROP CONSTRAINT knowledge_chunks_article_path_position_key,
+    DROP CONSTRAINT IF EXISTS knowledge_chunks_article_path_position_key,
     ADD CONSTRAINT knowledge_chunks_site_article_position_key UNIQUE (site_id, article_path, position),
     ADD CONSTRAINT knowledge_chunks_site_article_fkey FOREIGN KEY (site_id, article_path)
         REFERENCES knowledge_articles (site_id, path) ON DELETE CASCADE;

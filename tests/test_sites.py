@@ -195,6 +195,7 @@ def test_a_stored_profile_is_checked_like_the_file() -> None:
 @pytest.mark.parametrize("raw, expected", [
     ("https://Shop.Example.com/", "https://shop.example.com"),
     ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+    ("https://shop.example.com:443", "https://shop.example.com"),  # what a browser sends
 ])
 def test_origins_are_normalised(raw: str, expected: str) -> None:
     assert check_origin(raw) == expected
