@@ -111,19 +111,20 @@ def refused_origin(scope: Scope, allowed: Collection[str]) -> str | None:
 
 
 class RefusedOrigins:
-    """The warnings about refused origins: one line per origin per REFUSED_ORIGIN_LOG_S, from
-    the guard (no site allows the origin) and from the endpoints (the named site does not)."""
+    """The warnings about refused origins: one line per origin and list per
+    REFUSED_ORIGIN_LOG_S, from the guard (no site allows the origin) and from the endpoints
+    (the site the request names does not)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        # origin -> when it was last logged
-        self._logged: dict[str, float] = {}
+        # (origin, the list it is missing from) -> when it was last logged
+        self._logged: dict[tuple[str, str], float] = {}
 
     def note(self, origin: str, allowed: Collection[str], where: str) -> None:
         """Log that `origin` was refused; `where` names the list it is missing from."""
         origin = origin[:ORIGIN_LOG_CHARS]
         now = self._clock()
-        last = self._logged.get(origin)
+        last = self._logged.get((origin, where))
         if last is not None and now - last < REFUSED_ORIGIN_LOG_S:
             return
         if len(self._logged) >= REFUSED_ORIGINS_KEPT:
@@ -131,7 +132,7 @@ class RefusedOrigins:
             self._logged = {o: t for o, t in self._logged.items() if t >= cutoff}
             if len(self._logged) >= REFUSED_ORIGINS_KEPT:
                 return  # a flood of made-up origins: what was logged already says enough
-        self._logged[origin] = now
+        self._logged[(origin, where)] = now
         listed = ", ".join(sorted(allowed)) or "(empty)"
         log.warning("refused a browser request from origin %r: it is not in %s (%s); if the"
                     " widget runs on that site, add the origin there", origin, where, listed)

@@ -4,6 +4,7 @@ profile, knowledge, origins, limits and budget; another site's ids are 404s like
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -145,7 +146,9 @@ async def test_an_unknown_site_key_is_a_404_and_a_wrong_one_a_400(chat_app: Runn
 
 
 async def test_a_page_may_use_only_the_sites_that_allow_its_origin(
-        sites: TwoSites, chat_app: RunningApp, upstream: FakeUpstream) -> None:
+        sites: TwoSites, chat_app: RunningApp, upstream: FakeUpstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="app.middleware")
     async with chat_app.client(headers={"Origin": NORTHWIND_ORIGIN}) as http:
         allowed = await http.post("/chat/stream", json={"message": "hi",
                                                         "siteKey": sites.northwind})
@@ -158,6 +161,12 @@ async def test_a_page_may_use_only_the_sites_that_allow_its_origin(
         refused = await http.get(f"/chat/history/{uuid.uuid4()}",
                                  params={"siteKey": sites.other})
         assert refused.status_code == 403
+        # The owner sees which list the origin is missing from: each once, however often.
+        warnings = [r.getMessage() for r in caplog.records if r.name == "app.middleware"]
+        assert len(warnings) == 2
+        assert f"{NORTHWIND_ORIGIN!r}: it is not in the origins of site {sites.other}" \
+            in warnings[0] and f"({sites.other_origin})" in warnings[0]
+        assert f"{NORTHWIND_ORIGIN!r}: it is not in ALLOWED_ORIGINS" in warnings[1]
         preflight = await http.options("/chat/stream", headers={
             "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "content-type"})
