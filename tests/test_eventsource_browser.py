@@ -17,6 +17,7 @@ from typing import Any
 
 from playwright.async_api import async_playwright
 
+from app.services import services_of
 from tests.conftest import FakeUpstream, Reply, RunningApp, read_events
 from tests.tcp_proxy import TcpProxy, Upstream
 
@@ -161,7 +162,7 @@ source.addEventListener("error", () => {
 def resume_requests(app: RunningApp) -> dict[str, int]:
     """The app's own count of GET /chat/stream/{id} requests, by status."""
     counts: dict[str, int] = {}
-    for metric in app.app.state.metrics.requests.collect():
+    for metric in services_of(app.app).metrics.requests.collect():
         for sample in metric.samples:
             labels = sample.labels
             if (sample.name.endswith("_total") and labels["route"] == RESUME_ROUTE
