@@ -4,6 +4,9 @@ Each answer is an `AnswerRun` with its own state (the text so far, usage, status
 drew on), run as one asyncio task that app/chat.py keeps in its registry. It reads straight down:
 knowledge, prompt, upstream stream, events, save, metrics, token budget. Nothing reaches the
 event log or the database before the shopper's message is committed (`committed`).
+
+A run is for one site (None: the default site): its profile, its knowledge, its model settings
+and its token budget.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from .messages import MessageStore
 from .metrics import Metrics
 from .prompt import build_messages
 from .ratelimit import estimate_tokens
+from .sites import DEFAULT_SITE_ID, Site
 from .store_profile import StoreProfile, build_system_prompt
 
 log = logging.getLogger(__name__)
@@ -50,16 +54,20 @@ class AnswerTools:
     messages: MessageStore
     events: EventLog
     llm: LLM | None  # None: knowledge-only mode, every answer comes from the knowledge base
-    profile: StoreProfile
+    profile: StoreProfile  # the default site's
     metrics: Metrics
-    record_tokens: Callable[[int], Awaitable[None]] | None
+    record_tokens: Callable[[int, Site | None], Awaitable[None]] | None
 
 
 class AnswerRun:
     def __init__(self, tools: AnswerTools, started: StartedAnswer, question: str,
                  history: list[tuple[str, str]], asked_at: float,
-                 committed: asyncio.Future[None]) -> None:
+                 committed: asyncio.Future[None], site: Site | None = None) -> None:
         self._tools = tools
+        self._site = site
+        self._site_id = DEFAULT_SITE_ID if site is None else site.id
+        # The site's profile, or the default site's.
+        self._profile = tools.profile if site is None else site.profile
         self.started = started
         self._key = str(started.answer_id)
         self._question = question
@@ -82,6 +90,14 @@ class AnswerRun:
         # never ends.
         self.generating = False
         self.task: asyncio.Task[str] | None = None
+
+    @property
+    def model(self) -> str:
+        """The model this answer is asked of: the site's, else the deployment's."""
+        llm = self._tools.llm
+        if llm is None:
+            return KNOWLEDGE_ONLY_MODEL
+        return (self._site.model if self._site is not None else None) or llm.model
 
     def start(self) -> asyncio.Task[str]:
         # The task copies the caller's context, so the answer's log line carries the request id.
@@ -132,12 +148,15 @@ class AnswerRun:
             await self._committed
             self._answer_from_knowledge()
             return
-        system_prompt = build_system_prompt(self._tools.profile, self._chunks)
+        system_prompt = build_system_prompt(self._profile, self._chunks)
         self._prompt = build_messages(system_prompt, self._history, self._question)
         # The per-token path: locals, not attributes, and no call beyond the log's append.
-        parts, append, key = self._parts, self._tools.events.append, self._key
+        parts, append, key, site = self._parts, self._tools.events.append, self._key, self._site
         try:
-            async for item in llm.stream(self._prompt):
+            async for item in llm.stream(
+                    self._prompt, model=site.model if site else None,
+                    temperature=site.temperature if site else None,
+                    max_tokens=site.max_tokens if site else None):
                 if isinstance(item, Usage):
                     self._usage = item
                 else:
@@ -164,10 +183,11 @@ class AnswerRun:
         Europe?" is searched again together with the shopper's previous message."""
         pool = self._tools.pool
         try:
-            chunks = await search_knowledge(pool, self._question)
+            chunks = await search_knowledge(pool, self._question, site_id=self._site_id)
             earlier = [text for sender, text in self._history if sender == "user"]
             if not chunks and earlier:
-                chunks = await search_knowledge(pool, f"{earlier[-1]} {self._question}")
+                chunks = await search_knowledge(pool, f"{earlier[-1]} {self._question}",
+                                                site_id=self._site_id)
             return chunks
         except (PoolTimeout, psycopg.Error) as exc:
             # The answer can still be given without the articles; losing it would be worse.
@@ -176,7 +196,7 @@ class AnswerRun:
 
     def _answer_from_knowledge(self) -> None:
         """Stream the framed best chunk with the same token events a model's answer uses."""
-        for piece in answer_pieces(knowledge_only_answer(self._tools.profile, self._chunks)):
+        for piece in answer_pieces(knowledge_only_answer(self._profile, self._chunks)):
             self._parts.append(piece)
             self._tools.events.append(self._key, *answer_events.token(piece))
 
@@ -205,7 +225,7 @@ class AnswerRun:
 
     def _observe_finished(self) -> None:
         """The answer's metrics and its one log line, once it is saved."""
-        usage, llm = self._usage, self._tools.llm
+        usage = self._usage
         duration_s = time.monotonic() - self._asked_at
         first_token_s = (None if self._first_token_at is None
                          else self._first_token_at - self._asked_at)
@@ -215,7 +235,7 @@ class AnswerRun:
             tokens_out=usage.completion_tokens if usage else 0)
         log_answer(
             message_id=self.started.answer_id, session_id=self.started.session_id,
-            status=self.status, model=llm.model if llm is not None else KNOWLEDGE_ONLY_MODEL,
+            status=self.status, model=self.model,
             fallback=self._fallback,
             time_to_first_token_ms=None if first_token_s is None else first_token_s * 1000,
             duration_ms=duration_s * 1000,
@@ -233,4 +253,4 @@ class AnswerRun:
         else:
             tokens = estimate_tokens(sum(len(m["content"]) for m in self._prompt),
                                      len(self._text))
-        await record_tokens(tokens)
+        await record_tokens(tokens, self._site)

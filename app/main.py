@@ -12,7 +12,6 @@ from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -36,11 +35,18 @@ from .eventlog import EventLog, MemoryEventLog
 from .knowledge import DEFAULT_KNOWLEDGE_DIR, KnowledgeError, sync_knowledge
 from .llm import LLM
 from .metrics import Metrics
-from .middleware import OriginGuard, RequestLimit, SecurityHeaders
+from .middleware import (
+    OriginGuard,
+    RefusedOrigins,
+    RequestLimit,
+    SecurityHeaders,
+    SiteCORS,
+)
 from .ratelimit import RateLimits, Rule, parse_limit
 from .redis_connection import SharedRedis
 from .redis_eventlog import RedisEventLog
 from .services import Services
+from .sites import SiteDirectory, SiteStore, ensure_default_site
 from .sse import Connections
 from .store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
 
@@ -150,8 +156,11 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     # the endpoint, and both go through here.
     limits = build_rate_limits(
         settings, redis, on_refusal=lambda name: metrics.rate_limit_refusals.labels(limit=name).inc())
+    # Filled in the lifespan; the origin checks below read it on every request.
+    sites = SiteDirectory()
+    refused_origins = RefusedOrigins()
     services = Services(settings=settings, metrics=metrics, redis=redis, limits=limits,
-                        connections=Connections())
+                        connections=Connections(), sites=sites, refused_origins=refused_origins)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -160,6 +169,9 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         pool = db.create_pool(settings.database_url, settings.db_pool_max)
         await pool.open(wait=True, timeout=30)
         metrics.watch_pool(pool.get_stats)
+        # The default site mirrors the deployment's settings; every site is then in memory.
+        await ensure_default_site(pool, profile, str(articles_dir), settings.allowed_origins)
+        await sites.open(SiteStore(pool))
         synced = await sync_knowledge(pool, articles_dir)
         log.info("knowledge base %s: %s", articles_dir, synced.summary())
         llm = build_llm(settings, llm_http_client) if settings.llm_configured else None
@@ -179,6 +191,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         try:
             yield
         finally:
+            await sites.aclose()
             await chat.shutdown(settings.shutdown_grace_s)
             services.stopped()
             await events.aclose()
@@ -197,8 +210,9 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         Middleware(AccessMiddleware, metrics=metrics),
         Middleware(SecurityHeaders),
         # Before CORS, so a disallowed origin's preflight gets our 403 body, not a bare 400.
-        Middleware(OriginGuard, allowed_origins=settings.allowed_origins),
-        Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins),
+        Middleware(OriginGuard, allowed_origins=lambda: sites.every_origin,
+                   refusals=refused_origins),
+        Middleware(SiteCORS, allowed_origins=lambda: sites.every_origin,
                    allow_methods=["GET", "POST"],
                    allow_headers=["content-type", "last-event-id"],
                    expose_headers=["retry-after", "ratelimit-limit", "ratelimit-remaining",
