@@ -67,7 +67,8 @@ class ChatService:
 
     @property
     def running_count(self) -> int:
-        return len(self._running)
+        """Answers this instance still looks after: produced here, or being settled."""
+        return len(self._running) + len(self._settling)
 
     @property
     def mode(self) -> str:
