@@ -5,8 +5,14 @@ floor), our app with its full work (every message in PostgreSQL, limits on Redis
 and the LiteLLM proxy. The server under test runs on core 0, one worker; the fake upstream and
 this process (the load generator) on core 1.
 
-    python bench/run.py            # the whole run, a few minutes
-    python bench/run.py --quick    # shorter rounds, for trying the harness itself
+    python bench/run.py                    # the whole run, a few minutes
+    python bench/run.py --quick            # shorter rounds, for trying the harness itself
+    python bench/run.py --scenario short   # only the short-answer scenario, a minute or two
+    make bench BENCH_ARGS="--scenario short --no-litellm"
+
+The short-answer scenario (issue 15: 20-token answers, the fixed cost of an answer) is in
+bench/short.py; the whole run ends with it. Run alone, it rewrites only its own section of
+bench/RESULTS.md and writes bench/out/short.json.
 
 Writes bench/RESULTS.md, bench/added_ttft.png and bench/out/results.json.
 """
@@ -34,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402
 import procs  # noqa: E402
 import report  # noqa: E402
+import short  # noqa: E402
 from loadgen import Load, Summary, Target, summarise  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -456,11 +463,11 @@ async def disconnect_storm(server: Server, plan: Plan, database: bool) -> dict[s
     return result
 
 
-def saved_answers(ids: list[str]) -> dict[str, Any]:
+def saved_answers(ids: list[str], tokens: int = TOKENS) -> dict[str, Any]:
     if not ids:
         return {"answers": 0, "saved_complete": 0, "still_streaming": 0}
     id_list = ",".join(f"'{i}'" for i in ids if len(i) == 36 and i.count("-") == 4)
-    expected_len = len("".join(f"word{i} " for i in range(TOKENS)))
+    expected_len = len("".join(f"word{i} " for i in range(tokens)))
     rows = psql(f"SELECT status, length(text) = {expected_len}, count(*) FROM messages "
                 f"WHERE id IN ({id_list}) GROUP BY 1, 2", BENCH_DB)
     counts: dict[str, int] = {}
@@ -517,7 +524,40 @@ def machine() -> dict[str, Any]:
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def saved_short_answers(ids: list[str]) -> tuple[int, int]:
+    """(answers saved complete with the whole text, answers asked about)."""
+    saved = 0
+    for start in range(0, len(ids), 500):
+        saved += saved_answers(ids[start:start + 500], short.TOKENS)["saved_complete"]
+    return saved, len(ids)
+
+
+async def short_answers(args: argparse.Namespace, database_url: str,
+                        litellm: procs.Service | None) -> dict[str, Any]:
+    """The short-answer scenario with an app of its own (its upstream timing is in its URL)."""
+    plan = short.ShortPlan.quick() if args.quick else short.ShortPlan()
+    flush_bench_redis()
+    app = start_app(database_url, {"OPENAI_BASE_URL": short.upstream_base_url(HOST, UPSTREAM_PORT)},
+                    "-short")
+    try:
+        targets = [
+            short.ShortTarget(short.floor_target(HOST, UPSTREAM_PORT), None),
+            short.ShortTarget(Target("app", "app", HOST, APP_PORT, "/chat/stream"), app.pid,
+                              saved_short_answers),
+        ]
+        if litellm is not None:
+            targets.append(short.ShortTarget(Target(
+                "litellm", "openai", HOST, LITELLM_PORT, "/v1/chat/completions",
+                headers=(("Authorization", f"Bearer {LITELLM_MASTER_KEY}"),),
+                model="bench-short"), litellm.pid))
+        return await short.measure(targets, plan, log)
+    finally:
+        app.stop()
+
+
 async def run(args: argparse.Namespace) -> int:
+    if args.scenario == "short":
+        return await run_short(args)
     plan = Plan.quick() if args.quick else Plan()
     OUT.mkdir(exist_ok=True)
     nofile = loadgen.raise_open_files_limit()
@@ -621,6 +661,11 @@ async def run(args: argparse.Namespace) -> int:
             log(f"  app+limits: added ttft p50 {fmt(a50)} p99 {fmt(a99)} ms, "
                 f"errors {point.summary.errors} {point.summary.error_kinds}, "
                 f"cpu {fmt(point.cpu_ms_per_1k_tokens)} ms/1k tokens")
+
+        for service in [s for s in services if s.name.startswith("app")]:
+            service.stop()
+            services.remove(service)
+        results["short"] = await short_answers(args, database_url, litellm)
     finally:
         for service in reversed(services):
             service.stop()
@@ -633,6 +678,58 @@ async def run(args: argparse.Namespace) -> int:
     print()
     print(table)
     log(f"done in {results['elapsed_s']:.0f}s; wrote bench/RESULTS.md, bench/added_ttft.png")
+    return 0
+
+
+async def run_short(args: argparse.Namespace) -> int:
+    """`--scenario short`: the fake upstream, LiteLLM if it is there, and the short scenario."""
+    OUT.mkdir(exist_ok=True)
+    loadgen.raise_open_files_limit()
+    os.sched_setaffinity(0, {HARNESS_CPU})
+    started = time.monotonic()
+    load_before = procs.load_average()
+    log(f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    litellm_ok, litellm_why = (False, "skipped (--no-litellm)")
+    if not args.no_litellm:
+        litellm_ok, litellm_why = ensure_litellm()
+        if not litellm_ok:
+            log(f"LiteLLM could not be installed: {litellm_why}; measuring the rest")
+    busy = [port for port in (UPSTREAM_PORT, APP_PORT, LITELLM_PORT) if port_in_use(port)]
+    if busy:
+        print(f"ports {busy} are in use: stop whatever listens there first", file=sys.stderr)
+        return 2
+    upstream = procs.Service(
+        "upstream",
+        [sys.executable, str(BENCH / "fake_upstream.py"), "--host", HOST,
+         "--port", str(UPSTREAM_PORT)],
+        dict(os.environ), OUT / "upstream.log", cpu=HARNESS_CPU)
+    services: list[procs.Service] = []
+    results: dict[str, Any] = {"machine": machine(), "versions": versions(),
+                               "litellm": litellm_why or "ok"}
+    try:
+        upstream.start()
+        services.append(upstream)
+        if not upstream.wait_http(f"http://{HOST}:{UPSTREAM_PORT}/stats", timeout=10):
+            raise RuntimeError(f"fake upstream did not start:\n{upstream.log_tail()}")
+        litellm = start_litellm() if litellm_ok else None
+        if litellm is not None:
+            services.append(litellm)
+        elif litellm_ok:
+            results["litellm"] = "installed but did not start; see bench/out/litellm.log"
+        results["short"] = await short_answers(args, fresh_bench_database(), litellm)
+    finally:
+        for service in reversed(services):
+            service.stop()
+    results["load_before"] = load_before
+    results["load_after"] = procs.load_average()
+    results["elapsed_s"] = time.monotonic() - started
+    encoded = json.dumps(results, default=to_json, indent=1)
+    (OUT / "short.json").write_text(encoded)
+    text = report.update_short(json.loads(encoded), BENCH)
+    print()
+    print(text)
+    log(f"done in {results['elapsed_s']:.0f}s; wrote the short-answer section of "
+        "bench/RESULTS.md and bench/out/short.json")
     return 0
 
 
@@ -649,6 +746,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short rounds, to try the harness")
     parser.add_argument("--no-litellm", action="store_true", help="leave the peer out")
+    parser.add_argument("--scenario", choices=["all", "short"], default="all",
+                        help="short: only the short-answer scenario (bench/short.py)")
     parser.add_argument("--no-limits", dest="limits", action="store_false",
                         help="skip the run with rate limits on")
     args = parser.parse_args()
