@@ -154,7 +154,10 @@ def ensure_litellm() -> tuple[bool, str]:
                 return False, f"{' '.join(step[:3])}: {exc}"
             if done.returncode != 0:
                 return False, f"pip install failed (exit {done.returncode}); see {install_log}"
-    return (LITELLM_VENV / "bin" / "litellm").exists(), "litellm missing after install"
+    # The reason only when it failed: RESULTS.md once said "litellm missing after install"
+    # beside LiteLLM's own figures, because this returned the reason whatever happened.
+    installed = (LITELLM_VENV / "bin" / "litellm").exists()
+    return installed, "" if installed else "litellm missing after install"
 
 
 def psql(sql: str, database: str = "postgres") -> str:
