@@ -546,14 +546,18 @@ def saved_short_answers(database: str) -> Callable[[list[str]], tuple[int, int]]
     return check
 
 
-def against_tree(ref: str) -> Path:
-    """A detached worktree of `ref` under bench/out, to measure beside this tree."""
+def against_tree_path(ref: str) -> Path:
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref],
                             capture_output=True, text=True, check=True).stdout.strip()
-    tree = OUT / f"against-{commit}"
+    return OUT / f"against-{commit}"
+
+
+def against_tree(ref: str) -> Path:
+    """A detached worktree of `ref` under bench/out, to measure beside this tree."""
+    tree = against_tree_path(ref)
     if not tree.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree),
-                        commit], capture_output=True, check=True)
+                        tree.name.removeprefix("against-")], capture_output=True, check=True)
     return tree
 
 
@@ -592,6 +596,11 @@ async def short_answers(args: argparse.Namespace, database_url: str,
     finally:
         for service in started:
             service.stop()
+        if args.against:
+            # Worktrees are listed in the repository every clone shares: leave none behind.
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove",  # noqa: ASYNC221
+                            "--force", str(against_tree_path(args.against))],
+                           capture_output=True)
 
 
 async def run(args: argparse.Namespace) -> int:
