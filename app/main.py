@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -202,9 +201,6 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             metrics.watch_pool(None)
             await pool.close()
 
-    # sse-starlette ends every stream the moment uvicorn sees SIGTERM; our streams end when their
-    # answers end, and AppServer gives answers a grace period first.
-    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     middleware = [
         # Outermost: it sees every response, CORS refusals included, and times the whole request.
         Middleware(AccessMiddleware, metrics=metrics),
