@@ -354,6 +354,21 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 },
             } for path, operation in (("/favicon.svg", "favicon"),
                                       ("/favicon.ico", "faviconIco"))},
+            "/locales/{language}.json": {
+                "get": {
+                    "operationId": "widgetLocale",
+                    "summary": "The widget's strings in one language (de, es, fr, hi), fetched by "
+                               "the widget only for the language in use.",
+                    "parameters": [{"name": "language", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "The catalogue: string key to text.",
+                                          "content": {"application/json": {"schema": {
+                                              "type": "object",
+                                              "additionalProperties": {"type": "string"}}}}},
+                                  "404": _error_response("No catalogue for that language."),
+                                  **limited},
+                },
+            },
             "/widget.js": {
                 "get": {
                     "operationId": "widgetScript",
