@@ -97,6 +97,7 @@ routes = [
     Route("/chat/stream/{message_id}", endpoints.resume_stream, methods=["GET"]),
     Route("/chat/messages/{message_id}/cancel", endpoints.cancel_answer, methods=["POST"]),
     Route("/chat/history/{session_id}", endpoints.history, methods=["GET"]),
+    Route("/chat/hours", endpoints.support_hours, methods=["GET"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
     Route("/readyz", endpoints.readyz, methods=["GET"]),
     Route("/metrics", endpoints.metrics, methods=["GET"]),

@@ -219,3 +219,69 @@ def test_without_a_browser_language_it_knows_the_sites_default_applies(
     page = widget_page(new_context(locale="ja-JP"), chat_app, 'data-default-locale="es"')
     wait_for_strings(page, "es")
     expect(page.locator("[data-chat-launcher]")).to_have_attribute("aria-label", "Abrir el chat")
+
+
+def hours_page(context: BrowserContext, app: AppProcess, now: str,
+               status: dict[str, object]) -> Page:
+    """The demo page at a fixed moment, with GET /chat/hours answering `status` (the server's
+    own answer depends on the real clock; its computation is tests/test_support_hours.py's)."""
+    page = context.new_page()
+    page.clock.set_fixed_time(now)
+    page.route(re.compile(r".*/chat/hours(\?.*)?$"), lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(status)))
+    page.goto(app.url)
+    return page
+
+
+def test_support_hours_show_in_a_german_shoppers_own_time_zone(
+        new_context: Callable[..., BrowserContext], chat_app: AppProcess) -> None:
+    # Wednesday 21:00 in Berlin; the store (Kolkata) opens at 09:00 there, 04:30 in Berlin.
+    page = hours_page(new_context(locale="de-DE", timezone_id="Europe/Berlin"), chat_app,
+                      "2026-12-02T20:00:00Z",
+                      {"known": True, "timeZone": "Asia/Kolkata", "open": False,
+                       "opensAt": "2026-12-03T03:30:00Z"})
+    wait_for_strings(page, "de-DE")
+    open_chat(page)
+    hours = page.locator("[data-chat-hours]")
+    expect(hours).to_have_text("Eine Person kann ab Do., 04:30 Ihrer Zeit antworten")
+    screenshot(page, "widget-hours-de.png")
+
+
+def test_support_hours_today_in_hindi_show_the_time_alone(
+        new_context: Callable[..., BrowserContext], chat_app: AppProcess) -> None:
+    page = hours_page(new_context(locale="hi-IN", timezone_id="Asia/Kolkata"), chat_app,
+                      "2026-12-03T02:00:00Z",  # 07:30 in Kolkata, opening at 09:00 today
+                      {"known": True, "timeZone": "Asia/Kolkata", "open": False,
+                       "opensAt": "2026-12-03T03:30:00Z"})
+    wait_for_strings(page, "hi-IN")
+    open_chat(page)
+    hours = page.locator("[data-chat-hours]")
+    expect(hours).to_contain_text("कोई व्यक्ति आपके समय के अनुसार")
+    expect(hours).to_contain_text("9:00")
+    assert "गुरु" not in (hours.text_content() or "")  # no weekday: it is today
+
+
+def test_open_hours_say_online_now_and_unknown_hours_say_nothing(
+        new_context: Callable[..., BrowserContext], chat_app: AppProcess) -> None:
+    context = new_context(locale="en-US", timezone_id="America/New_York")
+    page = hours_page(context, chat_app, "2026-12-02T06:00:00Z",
+                      {"known": True, "timeZone": "Asia/Kolkata", "open": True,
+                       "closesAt": "2026-12-02T12:30:00Z", "opensAt": "2026-12-03T03:30:00Z"})
+    open_chat(page)
+    expect(page.locator("[data-chat-hours]")).to_have_text("We're online now")
+    unknown = hours_page(context, chat_app, "2026-12-02T06:00:00Z", {"known": False})
+    open_chat(unknown)
+    expect(unknown.locator("[data-chat-send]")).to_be_visible()
+    expect(unknown.locator("[data-chat-hours]")).to_be_hidden()
+
+
+def test_the_real_hours_endpoint_is_asked_when_the_panel_opens(
+        new_context: Callable[..., BrowserContext], chat_app: AppProcess) -> None:
+    page = new_context(locale="en-US").new_page()
+    page.goto(chat_app.url)
+    with page.expect_response(re.compile(r"/chat/hours")) as answered:
+        open_chat(page)
+    status = answered.value.json()
+    expected = "We're online now" if status["open"] else re.compile(
+        r"^A person can reply from .+ your time$")
+    expect(page.locator("[data-chat-hours]")).to_have_text(expected)

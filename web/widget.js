@@ -42,6 +42,7 @@ h2{flex:1;margin:0;font-size:17px;font-weight:600;overflow:hidden;text-overflow:
 .icon:hover{background:rgba(255,255,255,.15)}
 .icon:focus-visible{outline-color:var(--sc-on-accent);outline-offset:-3px}
 .icon svg{width:20px;height:20px}
+.hours{margin:0;padding:6px 16px;font-size:13px;color:var(--sc-muted);border-bottom:1px solid var(--sc-line)}
 .notice{margin:8px 12px 0;padding:8px 12px;border-radius:8px;background:#fdecea;color:#8a1c12;font-size:14px}
 .log{flex:1;overflow-y:auto;overflow-anchor:none;padding:12px;display:flex;flex-direction:column;gap:8px;overscroll-behavior:contain}
 .log:focus-visible{outline-offset:-3px}
@@ -85,6 +86,7 @@ const TEMPLATE = `<style>${STYLES}</style>
   <button class="icon" type="button" data-chat-new data-t="aria-label=newChat title=newTitle">${svg('<path d="M3 12a9 9 0 1 0 3-6.7L3 8M3 3v5h5"/>', STROKE)}</button>
   <button class="icon" type="button" data-chat-close data-t="aria-label=close title=closeTitle">${svg('<path d="M6 6l12 12M18 6L6 18"/>', STROKE)}</button>
  </div>
+ <p class="hours" data-chat-hours hidden></p>
  <div class="notice" role="alert" data-chat-error hidden></div>
  <div class="log" role="log" aria-live="polite" data-t="aria-label=log" tabindex="0">
   <div class="older" data-t="older" hidden></div><p class="greeting" dir="auto"></p>
@@ -276,6 +278,7 @@ const EN = {
   failed: "Something went wrong on our side. Please try again.",
   lost: "The connection dropped and we couldn't reconnect.",
   unfinished: "Sorry, the assistant couldn't finish this answer. Please try again.",
+  onlineNow: "We're online now", opensAt: "A person can reply from {time} your time",
 };
 // Catalogues served at /locales/<language>.json; any other language reads English.
 const SHIPPED = ["de", "es", "fr", "hi"];
@@ -314,6 +317,8 @@ class SupportChat extends HTMLElement {
   #noticeTimer = 0;
   #noticeKind = "";
   #historyLoaded = null;
+  #hours = null; // GET /chat/hours, asked for when the panel opens (at most once a minute)
+  #hoursAt = -Infinity;
   #layers = [{}, {}, {}]; // the language's catalogue, data-strings, setStrings: later ones win
 
   // A string from the catalogues, {name} replaced by vars[name].
@@ -340,6 +345,30 @@ class SupportChat extends HTMLElement {
     this.#root.querySelector("h2").textContent = this.getAttribute("heading") || this.#t("heading");
     this.#el.greeting.textContent = this.getAttribute("greeting") || this.#t("greeting");
     this.#renderBadge();
+    this.#renderHours();
+  }
+
+  async #loadHours() {
+    if (performance.now() - this.#hoursAt < 60000) return;
+    this.#hoursAt = performance.now();
+    try {
+      const response = await fetch(this.#url("/chat/hours", {}));
+      if (response.ok) this.#hours = await response.json();
+    } catch { /* hours are a courtesy: nothing is shown without them */ }
+    this.#renderHours();
+  }
+
+  // The store's hours in the shopper's own time zone (the browser's), in their language.
+  #renderHours() {
+    const hours = this.#hours, el = this.#root.querySelector(".hours");
+    const opens = hours && hours.known && new Date(hours.opensAt);
+    el.hidden = !hours || !hours.known || (!hours.open && !(opens > 0));
+    if (el.hidden) return;
+    if (hours.open) { el.textContent = this.#t("onlineNow"); return; }
+    const today = opens.toDateString() === new Date().toDateString();
+    const time = new Intl.DateTimeFormat(this.#el.panel.lang || undefined,
+      { weekday: today ? undefined : "short", hour: "numeric", minute: "2-digit" }).format(opens);
+    el.textContent = this.#t("opensAt", { time });
   }
 
   async #loadStrings() {
@@ -417,6 +446,7 @@ class SupportChat extends HTMLElement {
     this.#scrollToBottom(true);
     this.#el.input.focus();
     this.#fillIfShort();
+    this.#loadHours();
   }
 
   close() {
