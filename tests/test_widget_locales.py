@@ -183,6 +183,7 @@ def test_a_right_to_left_data_locale_mirrors_the_panel(
     open_chat(page)
     panel = page.locator(".panel")
     expect(panel).to_have_attribute("dir", "rtl")
+    expect(panel).to_have_attribute("lang", "en")  # the strings are English: no Hebrew ones
     assert panel.evaluate("el => getComputedStyle(el).direction") == "rtl"
     send = page.locator("[data-chat-send]").bounding_box()
     box = page.locator("[data-chat-input]").bounding_box()

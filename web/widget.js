@@ -374,9 +374,10 @@ class SupportChat extends HTMLElement {
   async #loadStrings() {
     const locale = chooseLocale(this.getAttribute("locale"), this.getAttribute("default-locale"));
     const { panel } = this.#el;
-    panel.lang = locale;
-    panel.dir = RTL.test(locale) ? "rtl" : "ltr";
     const language = primary(locale);
+    // lang names the strings' language: English where there is no catalogue and no store file.
+    panel.lang = SHIPPED.includes(language) || this.getAttribute("strings") ? locale : "en";
+    panel.dir = RTL.test(locale) ? "rtl" : "ltr";
     const [catalogue, custom] = await Promise.all([
       SHIPPED.includes(language) ? fetchStrings(this.#url(`/locales/${language}.json`)) : {},
       this.getAttribute("strings") ? fetchStrings(new URL(this.getAttribute("strings"), document.baseURI)) : {},
