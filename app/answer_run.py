@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from . import answer_events
 from .eventlog import EventLog
 from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
+from .language import ENGLISH, answer_in, english_help_centre_note
 from .llm import LLM, UpstreamError, Usage
 from .logs import log_answer
 from .messages import MessageStore
@@ -62,8 +63,10 @@ class AnswerTools:
 class AnswerRun:
     def __init__(self, tools: AnswerTools, started: StartedAnswer, question: str,
                  history: list[tuple[str, str]], asked_at: float,
-                 committed: asyncio.Future[None], site: Site | None = None) -> None:
+                 committed: asyncio.Future[None], site: Site | None = None,
+                 language: str = ENGLISH) -> None:
         self._tools = tools
+        self._language = language  # the question's, detected (app/language.py)
         self._site = site
         self._site_id = DEFAULT_SITE_ID if site is None else site.id
         # The site's profile, or the default site's.
@@ -149,6 +152,7 @@ class AnswerRun:
             self._answer_from_knowledge()
             return
         system_prompt = build_system_prompt(self._profile, self._chunks)
+        system_prompt = answer_in(system_prompt, self._language)
         self._prompt = build_messages(system_prompt, self._history, self._question)
         # The per-token path: locals, not attributes, and no call beyond the log's append.
         parts, append, key, site = self._parts, self._tools.events.append, self._key, self._site
@@ -195,8 +199,14 @@ class AnswerRun:
             return []
 
     def _answer_from_knowledge(self) -> None:
-        """Stream the framed best chunk with the same token events a model's answer uses."""
-        for piece in answer_pieces(knowledge_only_answer(self._profile, self._chunks)):
+        """Stream the framed best chunk with the same token events a model's answer uses.
+        The help centre is in English: a shopper who wrote in another language is told so,
+        in their language, in one line before it."""
+        answer = knowledge_only_answer(self._profile, self._chunks)
+        note = english_help_centre_note(self._language)
+        if note is not None:
+            answer = f"{note}\n\n{answer}"
+        for piece in answer_pieces(answer):
             self._parts.append(piece)
             self._tools.events.append(self._key, *answer_events.token(piece))
 

@@ -25,6 +25,7 @@ from .answer_events import record_meta, replay_record, settled, terminal_event
 from .answer_run import KNOWLEDGE_ONLY_MODEL, AnswerRun, AnswerTools, StartedAnswer
 from .errors import ServiceUnavailable, StoreUnavailable
 from .eventlog import REPLAYED_END_ID, Event, EventLog, SharedLogUnavailable
+from .language import detect_language, detector
 from .llm import LLM
 from .messages import AnswerRecord, HistoryPage, MessageStore
 from .metrics import Metrics
@@ -51,6 +52,7 @@ class ChatService:
                  record_tokens: Callable[[int, Site | None], Awaitable[None]] | None = None,
                  metrics: Metrics | None = None) -> None:
         self._messages = MessageStore(pool, history_window=history_window)
+        detector()  # built now (about 0.15 s), not on the first shopper's question
         self._events = events
         self._llm = llm
         # Tests that build a service alone get a registry nobody reads.
@@ -89,6 +91,7 @@ class ChatService:
         ever shown or kept for a question that was not saved.
         """
         asked_at = time.monotonic()
+        language = detect_language(question)  # some 50 us: no reason to leave the loop
         user_message_id, answer_id = uuid.uuid4(), uuid.uuid4()
         # Claimed before the row exists; the lease may reach other instances just after the
         # commit, and they confirm a missing lease before declaring a producer dead.
@@ -101,10 +104,10 @@ class ChatService:
             async with self._messages.new_turn(session_id, site_id) as turn:
                 started = StartedAnswer(turn.session_id, user_message_id, answer_id)
                 run = AnswerRun(self._tools, started, question, turn.history, asked_at, committed,
-                                site)
+                                site, language=language)
                 run.start()
                 await turn.save(question, user_message_id, answer_id,
-                                run.model if self._llm else None)
+                                run.model if self._llm else None, language=language)
                 writer_pid = turn.writer_pid
         except BaseException:
             # The question is not saved, so there is no answer: stop its task quietly.

@@ -16,6 +16,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -38,6 +39,7 @@ from .middleware import check_origin
 from .services import services
 from .sites import Site
 from .sse import AnswerStreamResponse, Connections
+from .support_hours import hours_status, read_hours
 
 MAX_BODY_BYTES = 100 * 1024
 MESSAGE_TIMEOUT_S = 30.0
@@ -255,6 +257,15 @@ async def history(request: Request) -> Response:
     return JSONResponse({"sessionId": str(page.session_id),
                          "messages": [m.to_json() for m in page.messages],
                          "hasMore": page.has_more})
+
+
+async def support_hours(request: Request) -> Response:
+    """Whether a person can reply now, and from when: the site's profile's hours, read as a
+    weekly schedule (app/support_hours.py). The widget shows it in the shopper's time zone."""
+    profile = site_param(request).profile
+    hours = read_hours(profile.support_hours, profile.time_zone)
+    return JSONResponse(hours_status(hours, datetime.now(UTC)),
+                        headers={"Cache-Control": "no-store"})
 
 
 async def healthz(request: Request) -> Response:

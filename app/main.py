@@ -70,6 +70,20 @@ async def widget_script(request: Request) -> Response:
                         headers={"Cache-Control": "public, max-age=300"})
 
 
+# The widget's string catalogues: one small file per language, fetched by the widget only for
+# the language in use (web/locales/<language>.json). The name is checked against the files
+# there, so a path never reaches the file system.
+LOCALES = frozenset(path.stem for path in (WEB_DIR / "locales").glob("*.json"))
+
+
+async def widget_locale(request: Request) -> Response:
+    language = request.path_params["language"]
+    if language not in LOCALES:
+        raise NotFoundError("locale")
+    return FileResponse(WEB_DIR / "locales" / f"{language}.json", media_type="application/json",
+                        headers={"Cache-Control": "public, max-age=300"})
+
+
 # The pages and scripts every store page loads go out gzip-compressed when the client accepts it
 # (widget.js: about a third of its size). Only these routes: the SSE streams must never pass
 # through a compressor, which would hold tokens back until its buffer fills, and the API's JSON
@@ -82,11 +96,13 @@ routes = [
     Route("/chat/stream/{message_id}", endpoints.resume_stream, methods=["GET"]),
     Route("/chat/messages/{message_id}/cancel", endpoints.cancel_answer, methods=["POST"]),
     Route("/chat/history/{session_id}", endpoints.history, methods=["GET"]),
+    Route("/chat/hours", endpoints.support_hours, methods=["GET"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
     Route("/readyz", endpoints.readyz, methods=["GET"]),
     Route("/metrics", endpoints.metrics, methods=["GET"]),
     Route("/", demo_page, methods=["GET"], middleware=STATIC_GZIP),
     Route("/widget.js", widget_script, methods=["GET"], middleware=STATIC_GZIP),
+    Route("/locales/{language}.json", widget_locale, methods=["GET"], middleware=STATIC_GZIP),
     Route("/favicon.svg", favicon, methods=["GET"]),
     Route("/favicon.ico", favicon, methods=["GET"]),
     Route("/openapi.json", openapi.openapi_json, methods=["GET"], middleware=STATIC_GZIP),

@@ -98,16 +98,24 @@ class Turn:
         self.writer_pid: int | None = None
 
     async def save(self, question: str, user_message_id: uuid.UUID, answer_id: uuid.UUID,
-                   model: str | None) -> None:
-        """The shopper's message, and the answer's empty 'streaming' row."""
+                   model: str | None, language: str | None = None) -> None:
+        """The shopper's message (with its question's language), and the answer's empty
+        'streaming' row; the conversation takes the question's language."""
         if self._new_session:
-            await self._conn.execute("INSERT INTO conversations (id, site_id) VALUES (%s, %s)",
-                                     (self.session_id, self.site_id))
+            await self._conn.execute(
+                "INSERT INTO conversations (id, site_id, language) VALUES (%s, %s, %s)",
+                (self.session_id, self.site_id, language))
+        elif language is not None:
+            await self._conn.execute(
+                "UPDATE conversations SET language = %s WHERE id = %s AND site_id = %s"
+                " AND language IS DISTINCT FROM %s",
+                (language, self.session_id, self.site_id, language))
         await self._conn.execute(
-            "INSERT INTO messages (id, conversation_id, site_id, sender, text, status, model)"
-            " VALUES (%s, %s, %s, 'user', %s, 'complete', NULL),"
-            " (%s, %s, %s, 'ai', '', 'streaming', %s)",
-            (user_message_id, self.session_id, self.site_id, question, answer_id,
+            "INSERT INTO messages"
+            " (id, conversation_id, site_id, sender, text, status, model, language)"
+            " VALUES (%s, %s, %s, 'user', %s, 'complete', NULL, %s),"
+            " (%s, %s, %s, 'ai', '', 'streaming', %s, NULL)",
+            (user_message_id, self.session_id, self.site_id, question, language, answer_id,
              self.session_id, self.site_id, model),
         )
         self.writer_pid = self._conn.info.backend_pid

@@ -289,6 +289,22 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     },
                 },
             },
+            "/chat/hours": {
+                "get": {
+                    "operationId": "supportHours",
+                    "summary": "Whether a person can reply now, and from when: the site's"
+                               " support hours read as a weekly schedule, for the widget to"
+                               " show in the shopper's own time zone.",
+                    "parameters": [_site_query()],
+                    "responses": {
+                        "200": {"description": "The status; `known` is false when the"
+                                               " profile's hours do not read as days and one"
+                                               " daily window.",
+                                "content": _json("SupportHours")},
+                        **chat_reads,
+                    },
+                },
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -354,6 +370,21 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 },
             } for path, operation in (("/favicon.svg", "favicon"),
                                       ("/favicon.ico", "faviconIco"))},
+            "/locales/{language}.json": {
+                "get": {
+                    "operationId": "widgetLocale",
+                    "summary": "The widget's strings in one language (de, es, fr, hi), fetched by "
+                               "the widget only for the language in use.",
+                    "parameters": [{"name": "language", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "The catalogue: string key to text.",
+                                          "content": {"application/json": {"schema": {
+                                              "type": "object",
+                                              "additionalProperties": {"type": "string"}}}}},
+                                  "404": _error_response("No catalogue for that language."),
+                                  **limited},
+                },
+            },
             "/widget.js": {
                 "get": {
                     "operationId": "widgetScript",
@@ -425,6 +456,21 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "additionalProperties": False,
                     "properties": {"messageId": UUID,
                                    "status": _ref("schemas", "MessageStatus")},
+                },
+                "SupportHours": {
+                    "type": "object",
+                    "required": ["known"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "known": {"type": "boolean"},
+                        "timeZone": {"type": "string", "description": "The store's (IANA)."},
+                        "open": {"type": "boolean", "description": "A person is there now."},
+                        "opensAt": {"type": "string", "format": "date-time",
+                                    "description": "The next opening, UTC."},
+                        "closesAt": {"type": "string", "format": "date-time",
+                                     "description": "When the current hours end (only while"
+                                                    " open), UTC."},
+                    },
                 },
                 "Health": {
                     "type": "object", "required": ["status"],

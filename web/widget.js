@@ -35,30 +35,31 @@ background:#d93025;color:#fff;font-size:13px;font-weight:700;line-height:22px}
 flex-direction:column;background:var(--sc-bg);color:var(--sc-fg);border:1px solid var(--sc-line);
 border-radius:16px;box-shadow:var(--sc-shadow);overflow:hidden}
 :host([position=left]) .panel{right:auto;left:0}
-.head{display:flex;align-items:center;gap:6px;padding:12px 10px 12px 16px;background:var(--sc-accent);
+.head{display:flex;align-items:center;gap:6px;padding:12px;padding-inline:16px 10px;background:var(--sc-accent);
 color:var(--sc-on-accent)}
 h2{flex:1;margin:0;font-size:17px;font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .icon{width:36px;height:36px;border:0;border-radius:8px;background:none;color:inherit;display:grid;place-items:center}
 .icon:hover{background:rgba(255,255,255,.15)}
 .icon:focus-visible{outline-color:var(--sc-on-accent);outline-offset:-3px}
 .icon svg{width:20px;height:20px}
+.hours{margin:0;padding:6px 16px;font-size:13px;color:var(--sc-muted);border-bottom:1px solid var(--sc-line)}
 .notice{margin:8px 12px 0;padding:8px 12px;border-radius:8px;background:#fdecea;color:#8a1c12;font-size:14px}
 .log{flex:1;overflow-y:auto;overflow-anchor:none;padding:12px;display:flex;flex-direction:column;gap:8px;overscroll-behavior:contain}
 .log:focus-visible{outline-offset:-3px}
 .older{align-self:center;color:var(--sc-muted);font-size:13px}
 .greeting,.msg{max-width:85%;margin:0;padding:9px 13px;border-radius:16px;overflow-wrap:anywhere}
-.greeting,.msg[data-sender=ai]{align-self:flex-start;background:var(--sc-ai);border-bottom-left-radius:4px}
+.greeting,.msg[data-sender=ai]{align-self:flex-start;background:var(--sc-ai);border-end-start-radius:4px}
 .msg[data-sender=user]{align-self:flex-end;background:var(--sc-accent);color:var(--sc-on-accent);
-border-bottom-right-radius:4px;white-space:pre-wrap}
+border-end-end-radius:4px;white-space:pre-wrap}
 .body p{margin:0 0 .5em}.body>:last-child{margin-bottom:0}
-.body ul,.body ol{margin:0 0 .5em;padding-left:1.3em}
+.body ul,.body ol{margin:0 0 .5em;padding-inline-start:1.3em}
 .body code{font:13px ui-monospace,Menlo,Consolas,monospace;background:rgba(127,127,127,.18);padding:1px 4px;border-radius:4px}
 .body a{color:inherit}
 .body a,.host,.note,bdi{unicode-bidi:isolate}
 .host{color:var(--sc-muted);font-size:13px}
 .note{margin-top:4px;font-size:12.5px;color:var(--sc-muted)}
 .typing{padding:0 16px 6px;color:var(--sc-muted);font-size:13px}
-.typing span{animation:sc-blink 1.2s infinite}
+.typing b{font-weight:inherit}.typing span{animation:sc-blink 1.2s infinite}
 @keyframes sc-blink{50%{opacity:.2}}
 @media (prefers-reduced-motion:reduce){.typing span{animation:none}}
 form{display:flex;align-items:flex-end;gap:8px;padding:10px 12px 12px;border-top:1px solid var(--sc-line)}
@@ -77,24 +78,25 @@ const svg = (body, attrs) => `<svg viewBox="0 0 24 24" aria-hidden="true" ${attr
 const STROKE = 'fill="none" stroke="currentColor" stroke-width="2.2" stroke-linecap="round"';
 
 // Constant markup only: every changing string is set later with textContent.
+// data-t names the catalogue key for an element's text, or "attribute=key" pairs for its attributes.
 const TEMPLATE = `<style>${STYLES}</style>
-<button class="launcher" type="button" data-chat-launcher aria-expanded="false" aria-controls="panel"
- aria-label="Open chat">${svg('<path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z"/>', 'fill="currentColor"')}<span class="badge" data-chat-unread hidden></span></button>
+<button class="launcher" type="button" data-chat-launcher aria-expanded="false" aria-controls="panel">${svg('<path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z"/>', 'fill="currentColor"')}<span class="badge" data-chat-unread hidden></span></button>
 <section class="panel" id="panel" role="dialog" aria-labelledby="title" hidden>
  <div class="head"><h2 id="title"></h2>
-  <button class="icon" type="button" data-chat-new aria-label="Start a new conversation" title="New conversation">${svg('<path d="M3 12a9 9 0 1 0 3-6.7L3 8M3 3v5h5"/>', STROKE)}</button>
-  <button class="icon" type="button" data-chat-close aria-label="Close chat" title="Close">${svg('<path d="M6 6l12 12M18 6L6 18"/>', STROKE)}</button>
+  <button class="icon" type="button" data-chat-new data-t="aria-label=newChat title=newTitle">${svg('<path d="M3 12a9 9 0 1 0 3-6.7L3 8M3 3v5h5"/>', STROKE)}</button>
+  <button class="icon" type="button" data-chat-close data-t="aria-label=close title=closeTitle">${svg('<path d="M6 6l12 12M18 6L6 18"/>', STROKE)}</button>
  </div>
+ <p class="hours" data-chat-hours hidden></p>
  <div class="notice" role="alert" data-chat-error hidden></div>
- <div class="log" role="log" aria-live="polite" aria-label="Conversation" tabindex="0">
-  <div class="older" hidden>Loading earlier messages…</div><p class="greeting"></p>
+ <div class="log" role="log" aria-live="polite" data-t="aria-label=log" tabindex="0">
+  <div class="older" data-t="older" hidden></div><p class="greeting" dir="auto"></p>
  </div>
- <div class="typing" data-chat-typing role="status" hidden>Agent is typing<span>…</span></div>
+ <div class="typing" data-chat-typing role="status" hidden><b data-t="typing"></b><span>…</span></div>
  <form novalidate>
-  <label class="sr-only" for="input">Your message</label>
-  <textarea id="input" data-chat-input rows="1" placeholder="Type your message…" autocomplete="off"></textarea>
-  <button class="stop" type="button" data-chat-stop hidden>Stop</button>
-  <button class="send" type="submit" data-chat-send>Send</button>
+  <label class="sr-only" for="input" data-t="label"></label>
+  <textarea id="input" data-chat-input rows="1" dir="auto" data-t="placeholder=placeholder" autocomplete="off"></textarea>
+  <button class="stop" type="button" data-chat-stop data-t="stop" hidden></button>
+  <button class="send" type="submit" data-chat-send data-t="send"></button>
  </form>
 </section>`;
 
@@ -254,11 +256,52 @@ function storage() {
   try { return localStorage; } catch { return null; } // blocked in some sandboxed frames
 }
 
-const NOTES = {
-  cancelled: "Stopped",
-  error: "This answer was interrupted.",
-  interrupted: "This answer was interrupted.",
+// The English catalogue. Every string the widget shows or announces comes from here, or from
+// web/locales/<language>.json (same keys), fetched only for the language in use, or from the
+// store's own overrides (data-strings, SupportChat.setStrings). {name} is filled in.
+const EN = {
+  open: "Open chat", close: "Close chat", closeTitle: "Close",
+  unreadOne: "Open chat, 1 unread answer", unreadMany: "Open chat, {n} unread answers",
+  newChat: "Start a new conversation", newTitle: "New conversation",
+  heading: "Support", greeting: "Hi! How can we help you today?", log: "Conversation",
+  older: "Loading earlier messages…", typing: "Agent is typing", label: "Your message",
+  placeholder: "Type your message…", stop: "Stop", send: "Send",
+  stopped: "Stopped", interrupted: "This answer was interrupted.", from: "From: {title}",
+  offline: "You're offline. We'll reconnect when your connection is back.",
+  offlineKept: "You're offline. Your message is kept here: send it when you're back online.",
+  unreachable: "We couldn't reach support. Please try again.",
+  tooFast: "You're sending messages too quickly.", waitFor: "Please wait {time} and try again.",
+  waitMoment: "Please wait a moment and try again.",
+  second: "1 second", seconds: "{n} seconds", minutes: "{n} minutes",
+  unavailable: "Our assistant is unavailable right now. Please try again in a minute.",
+  notSent: "Your message couldn't be sent: {reason}",
+  failed: "Something went wrong on our side. Please try again.",
+  lost: "The connection dropped and we couldn't reconnect.",
+  unfinished: "Sorry, the assistant couldn't finish this answer. Please try again.",
+  onlineNow: "We're online now", opensAt: "A person can reply from {time} your time",
 };
+// Catalogues served at /locales/<language>.json; any other language reads English.
+const SHIPPED = ["de", "es", "fr", "hi"];
+const RTL = /^(ar|he|fa|ur|ps|yi|dv|ckb)(-|$)/i;
+const NOTES = { cancelled: "stopped", error: "interrupted", interrupted: "interrupted" };
+const primary = (tag) => String(tag).toLowerCase().split(/[-_]/)[0];
+
+// data-locale if set, else the first of the browser's languages the widget has strings for,
+// else the site's default (data-default-locale), else English.
+function chooseLocale(asked, siteDefault) {
+  if (asked) return asked;
+  const browser = navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language];
+  return browser.find((tag) => tag && (primary(tag) === "en" || SHIPPED.includes(primary(tag))))
+    || siteDefault || "en";
+}
+
+async function fetchStrings(url) {
+  try {
+    const response = await fetch(url);
+    const strings = response.ok ? await response.json() : null;
+    return strings && typeof strings === "object" ? strings : {};
+  } catch { return {}; } // English (or the catalogue) stays: the widget works without them
+}
 
 class SupportChat extends HTMLElement {
   #root;
@@ -274,6 +317,75 @@ class SupportChat extends HTMLElement {
   #noticeTimer = 0;
   #noticeKind = "";
   #historyLoaded = null;
+  #hours = null; // GET /chat/hours, asked for when the panel opens (at most once a minute)
+  #hoursAt = -Infinity;
+  #layers = [{}, {}, {}]; // the language's catalogue, data-strings, setStrings: later ones win
+
+  // A string from the catalogues, {name} replaced by vars[name].
+  #t(key, vars = {}) {
+    let text = EN[key];
+    for (const layer of this.#layers) if (typeof layer[key] === "string") text = layer[key];
+    return text.replace(/\{(\w+)\}/g, (all, name) => (name in vars ? String(vars[name]) : all));
+  }
+
+  setStrings(strings, layer = 2) {
+    if (!strings || typeof strings !== "object") return;
+    this.#layers[layer] = { ...this.#layers[layer], ...strings };
+    if (this.#el) this.#applyStrings();
+  }
+
+  #applyStrings() {
+    for (const el of this.#root.querySelectorAll("[data-t]")) {
+      for (const part of el.dataset.t.split(" ")) {
+        const [attr, key] = part.includes("=") ? part.split("=") : [null, part];
+        if (attr) el.setAttribute(attr, this.#t(key));
+        else el.textContent = this.#t(key);
+      }
+    }
+    this.#root.querySelector("h2").textContent = this.getAttribute("heading") || this.#t("heading");
+    this.#el.greeting.textContent = this.getAttribute("greeting") || this.#t("greeting");
+    this.#renderBadge();
+    this.#renderHours();
+  }
+
+  async #loadHours() {
+    if (performance.now() - this.#hoursAt < 60000) return;
+    this.#hoursAt = performance.now();
+    try {
+      const response = await fetch(this.#url("/chat/hours", {}));
+      if (response.ok) this.#hours = await response.json();
+    } catch { /* hours are a courtesy: nothing is shown without them */ }
+    this.#renderHours();
+  }
+
+  // The store's hours in the shopper's own time zone (the browser's), in their language.
+  #renderHours() {
+    const hours = this.#hours, el = this.#root.querySelector(".hours");
+    const opens = hours && hours.known && new Date(hours.opensAt);
+    el.hidden = !hours || !hours.known || (!hours.open && !(opens > 0));
+    if (el.hidden) return;
+    if (hours.open) { el.textContent = this.#t("onlineNow"); return; }
+    const today = opens.toDateString() === new Date().toDateString();
+    const time = new Intl.DateTimeFormat(this.#el.panel.lang || undefined,
+      { weekday: today ? undefined : "short", hour: "numeric", minute: "2-digit" }).format(opens);
+    el.textContent = this.#t("opensAt", { time });
+  }
+
+  async #loadStrings() {
+    const locale = chooseLocale(this.getAttribute("locale"), this.getAttribute("default-locale"));
+    const { panel } = this.#el;
+    const language = primary(locale);
+    // lang names the strings' language: English where there is no catalogue and no store file.
+    panel.lang = SHIPPED.includes(language) || this.getAttribute("strings") ? locale : "en";
+    panel.dir = RTL.test(locale) ? "rtl" : "ltr";
+    const [catalogue, custom] = await Promise.all([
+      SHIPPED.includes(language) ? fetchStrings(this.#url(`/locales/${language}.json`)) : {},
+      this.getAttribute("strings") ? fetchStrings(new URL(this.getAttribute("strings"), document.baseURI)) : {},
+    ]);
+    this.setStrings(catalogue, 0);
+    this.setStrings(custom, 1);
+    this.dataset.locale = locale; // the strings are in: tests and stores can wait for this
+  }
 
   connectedCallback() {
     if (this.#root) return;
@@ -285,8 +397,8 @@ class SupportChat extends HTMLElement {
       notice: q(".notice"), log: q(".log"), older: q(".older"), greeting: q(".greeting"),
       typing: q(".typing"), input: q("textarea"), send: q(".send"), stop: q(".stop"),
     });
-    q("h2").textContent = this.getAttribute("heading") || "Support";
-    el.greeting.textContent = this.getAttribute("greeting") || "Hi! How can we help you today?";
+    this.#applyStrings();
+    this.#loadStrings();
     const accent = this.getAttribute("accent");
     if (accent && CSS.supports("color", accent)) this.style.setProperty("--sc-accent", accent);
 
@@ -316,7 +428,7 @@ class SupportChat extends HTMLElement {
     el.panel.addEventListener("keydown", (e) => { if (e.key === "Tab" && PHONE.matches) this.#trapTab(e); });
     PHONE.addEventListener("change", () => el.panel.setAttribute("aria-modal", String(PHONE.matches)));
     addEventListener("offline", () =>
-      this.#notice("You're offline. We'll reconnect when your connection is back.", 0, "offline"));
+      this.#notice(this.#t("offline"), 0, "offline"));
     addEventListener("online", () => { if (this.#noticeKind === "offline") this.#clearNotice(); });
 
     this.#sessionId = storage()?.getItem(this.#storageKey()) || null;
@@ -335,6 +447,7 @@ class SupportChat extends HTMLElement {
     this.#scrollToBottom(true);
     this.#el.input.focus();
     this.#fillIfShort();
+    this.#loadHours();
   }
 
   close() {
@@ -549,6 +662,7 @@ class SupportChat extends HTMLElement {
 
   #addMessage(sender, text, { id, status, sources } = {}, before = null) {
     const el = node("div", "msg");
+    el.dir = "auto"; // Arabic or Hebrew reads right to left, whatever the page's direction
     el.setAttribute("data-chat-message", "");
     el.dataset.sender = sender;
     if (id) el.dataset.messageId = id;
@@ -562,9 +676,9 @@ class SupportChat extends HTMLElement {
     el.dataset.status = status;
     el.replaceChildren(renderMarkdown(text));
     for (const title of new Set(sources.map((s) => s && s.title).filter(Boolean))) {
-      el.append(node("div", "note", `From: ${title}`));
+      el.append(node("div", "note", this.#t("from", { title })));
     }
-    if (NOTES[status]) el.append(node("div", "note", NOTES[status]));
+    if (NOTES[status]) el.append(node("div", "note", this.#t(NOTES[status])));
   }
 
   // Tokens arrive faster than frames: draw at most once per frame, whatever came meanwhile.
@@ -699,8 +813,7 @@ class SupportChat extends HTMLElement {
   }
 
   #networkNotice() {
-    this.#notice(navigator.onLine ? "We couldn't reach support. Please try again."
-      : "You're offline. Your message is kept here: send it when you're back online.");
+    this.#notice(this.#t(navigator.onLine ? "unreachable" : "offlineKept"));
   }
 
   async #httpNotice(response) {
@@ -709,22 +822,21 @@ class SupportChat extends HTMLElement {
     const status = response.status;
     if (status === 429) {
       const wait = Math.ceil(Number(response.headers.get("Retry-After")));
-      const howLong = wait > 90 ? `${Math.ceil(wait / 60)} minutes` : `${wait} second${wait === 1 ? "" : "s"}`;
-      this.#notice(`You're sending messages too quickly. ${wait > 0
-        ? `Please wait ${howLong} and try again.` : "Please wait a moment and try again."}`,
-      Math.max(wait, 5) * 1000);
+      const time = wait > 90 ? this.#t("minutes", { n: Math.ceil(wait / 60) })
+        : this.#t(wait === 1 ? "second" : "seconds", { n: wait });
+      this.#notice(`${this.#t("tooFast")} ${wait > 0 ? this.#t("waitFor", { time }) : this.#t("waitMoment")}`,
+        Math.max(wait, 5) * 1000);
     } else if (status === 503) {
-      this.#notice("Our assistant is unavailable right now. Please try again in a minute.");
+      this.#notice(this.#t("unavailable"));
     } else if (status < 500 && reason) {
-      this.#notice(`Your message couldn't be sent: ${reason}`);
+      this.#notice(this.#t("notSent", { reason }));
     } else {
-      this.#notice("Something went wrong on our side. Please try again.");
+      this.#notice(this.#t("failed"));
     }
   }
 
   #streamErrorNotice(error) {
-    this.#notice(error.code === "connection_lost" ? "The connection dropped and we couldn't reconnect."
-      : "Sorry, the assistant couldn't finish this answer. Please try again.");
+    this.#notice(this.#t(error.code === "connection_lost" ? "lost" : "unfinished"));
   }
 
   #trapTab(e) {
@@ -743,8 +855,8 @@ class SupportChat extends HTMLElement {
     const unread = this.#unread;
     badge.hidden = !unread;
     badge.textContent = unread ? String(unread) : "";
-    launcher.setAttribute("aria-label", this.hasAttribute("open") ? "Close chat"
-      : unread ? `Open chat, ${unread} unread answer${unread === 1 ? "" : "s"}` : "Open chat");
+    launcher.setAttribute("aria-label", this.#t(this.hasAttribute("open") ? "close"
+      : unread ? (unread === 1 ? "unreadOne" : "unreadMany") : "open", { n: unread }));
   }
 
   #autogrow() {
@@ -768,7 +880,8 @@ if (!widget) {
   widget = document.createElement("support-chat");
   const options = script ? script.dataset : {};
   const api = options.api || (script && script.src ? new URL(script.src, document.baseURI).origin : "");
-  const attributes = { api, site: options.site, heading: options.title, greeting: options.greeting, accent: options.accent };
+  const attributes = { api, site: options.site, heading: options.title, greeting: options.greeting,
+    accent: options.accent, locale: options.locale, "default-locale": options.defaultLocale, strings: options.strings };
   if (options.position === "left") attributes.position = "left";
   if (options.open !== undefined) attributes["open-at-load"] = options.open || "true";
   for (const [name, value] of Object.entries(attributes)) if (value) widget.setAttribute(name, value);
@@ -779,5 +892,6 @@ window.SupportChat = {
   open: () => widget.open(),
   close: () => widget.close(),
   reset: () => widget.reset(),
+  setStrings: (strings) => widget.setStrings(strings),
 };
 })();
