@@ -33,6 +33,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .eventlog import REPLAYED_END_ID, Event
+from .messages import StatusConflict
 from .metrics import bearer_token_matches
 from .middleware import check_origin
 from .services import services
@@ -255,6 +256,20 @@ async def history(request: Request) -> Response:
     return JSONResponse({"sessionId": str(page.session_id),
                          "messages": [m.to_json() for m in page.messages],
                          "hasMore": page.has_more})
+
+
+async def handoff(request: Request) -> Response:
+    """The shopper asks for a person: the conversation waits for one (already waiting or with a
+    person: unchanged). The site's support hours are in the answer, for the widget to say."""
+    session_id = parse_uuid(request.path_params["session_id"], "sessionId")
+    site = site_param(request)
+    desk = services(request).desk
+    try:
+        summary = await desk.move(session_id, [site.id], "handoff", None)
+    except StatusConflict:
+        summary = await desk.summary(session_id, [site.id])
+    return JSONResponse({"sessionId": str(session_id), "status": summary.status,
+                         "supportHours": site.profile.support_hours or None})
 
 
 async def healthz(request: Request) -> Response:

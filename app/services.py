@@ -16,12 +16,15 @@ from starlette.requests import Request
 
 from .chat import ChatService
 from .config import Settings
+from .messages import ConversationDesk
 from .metrics import Metrics
 from .middleware import RefusedOrigins
+from .passwords import Passwords
 from .ratelimit import RateLimits
 from .redis_connection import SharedRedis
 from .sites import SiteDirectory
 from .sse import Connections
+from .staff import StaffStore
 
 
 class NotStarted(RuntimeError):
@@ -32,6 +35,8 @@ class NotStarted(RuntimeError):
 class Running:
     pool: AsyncConnectionPool
     chat: ChatService
+    staff: StaffStore
+    desk: ConversationDesk
 
 
 @dataclass
@@ -45,10 +50,11 @@ class Services:
     # costs no database round trip.
     sites: SiteDirectory
     refused_origins: RefusedOrigins
+    passwords: Passwords
     running: Running | None = None
 
     def started(self, pool: AsyncConnectionPool, chat: ChatService) -> None:
-        self.running = Running(pool, chat)
+        self.running = Running(pool, chat, StaffStore(pool), ConversationDesk(pool))
 
     def stopped(self) -> None:
         self.running = None
@@ -65,6 +71,14 @@ class Services:
     @property
     def chat(self) -> ChatService:
         return self._running().chat
+
+    @property
+    def staff(self) -> StaffStore:
+        return self._running().staff
+
+    @property
+    def desk(self) -> ConversationDesk:
+        return self._running().desk
 
 
 def services_of(app: Starlette) -> Services:
