@@ -289,6 +289,28 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     },
                 },
             },
+            "/chat/conversations/{sessionId}/handoff": {
+                "post": {
+                    "operationId": "handoff",
+                    "summary": "The shopper asks for a person: the conversation waits for one.",
+                    "description": "The conversation's status becomes `waiting` (it stays"
+                                   " `waiting`, or `human`, if it already is) and the store's"
+                                   " staff see it in the inbox at /admin. While a person has it"
+                                   " (`human`), a shopper's message is saved and answered by"
+                                   " that person: its stream is `meta` and a `done` with status"
+                                   " `forwarded` and no text.",
+                    "parameters": [
+                        {"name": "sessionId", "in": "path", "required": True, "schema": UUID,
+                         "description": "The conversation's id."},
+                        _site_query(),
+                    ],
+                    "responses": {
+                        "200": {"description": "The conversation's status now.",
+                                "content": _json("Handoff")},
+                        **chat_reads,
+                    },
+                },
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -385,7 +407,9 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "additionalProperties": False,
                     "properties": {
                         "id": UUID,
-                        "sender": {"enum": ["user", "ai"]},
+                        "sender": {"enum": ["user", "ai", "agent"],
+                                   "description": "agent: a person of the store's team wrote it"
+                                                  " (see agentName)."},
                         "text": {"type": "string"},
                         "status": _ref("schemas", "MessageStatus"),
                         "createdAt": {"type": "string", "format": "date-time"},
@@ -393,6 +417,20 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         "fallback": {"type": "boolean",
                                      "description": "As in the `done` event; false for the"
                                                     " shopper's messages."},
+                        "agentName": {"type": ["string", "null"],
+                                      "description": "sender agent only: the agent's name."},
+                    },
+                },
+                "Handoff": {
+                    "type": "object", "required": ["sessionId", "status", "supportHours"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "sessionId": UUID,
+                        "status": {"enum": ["waiting", "human"],
+                                   "description": "waiting: for a person; human: one has it."},
+                        "supportHours": {"type": ["string", "null"],
+                                         "description": "The site's support hours, to tell the"
+                                                        " shopper."},
                     },
                 },
                 "Sources": {
