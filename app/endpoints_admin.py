@@ -20,7 +20,17 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from .clientip import limit_key
-from .endpoints import parse_uuid, read_json_body, validate_message, whole_number
+from .conversation_events import conversation_key, site_key
+from .endpoints import (
+    announce,
+    event_stream,
+    last_event_id,
+    parse_uuid,
+    read_json_body,
+    status_payload,
+    validate_message,
+    whole_number,
+)
 from .errors import BadRequest, Conflict, CsrfRefused, NotFound, PayloadTooLarge, RateLimited, SignInRequired
 from .messages import INBOX_FILTERS, TRANSITIONS, StatusConflict
 from .services import services
@@ -213,6 +223,8 @@ async def conversation(request: Request) -> Response:
 async def conversation_action(request: Request) -> Response:
     session = await changing_session(request)
     action = request.path_params["action"]
+    if action == "typing":
+        return await agent_typing(request)
     if action not in TRANSITIONS or action == "handoff":
         raise NotFound()
     try:
@@ -221,6 +233,7 @@ async def conversation_action(request: Request) -> Response:
                                                     session.staff.id)
     except StatusConflict as exc:
         raise Conflict(f"The conversation is {exc.status}; it cannot be {action} now.") from None
+    await announce(request, summary.site_id, summary.id, "status", status_payload(summary))
     return JSONResponse({"conversation": summary.to_json()})
 
 
@@ -237,4 +250,39 @@ async def agent_message(request: Request) -> Response:
     except StatusConflict as exc:
         raise Conflict(f"The conversation is {exc.status}: take it over before writing.") \
             from None
+    summary = await app_services.desk.summary(conversation_id(request), session.staff.site_ids)
+    await announce(request, summary.site_id, summary.id, "message", message.to_json())
     return JSONResponse({"message": message.to_json()}, status_code=201)
+
+
+async def conversation_stream(request: Request) -> Response:
+    """An agent's view of one conversation, live (the shopper's messages and typing)."""
+    session = await staff_session(request)
+    after = last_event_id(request)
+    app_services = services(request)
+    summary = await app_services.desk.summary(conversation_id(request), session.staff.site_ids)
+    events = app_services.feeds.follow(conversation_key(summary.site_id, summary.id), after)
+    return event_stream(events, app_services.connections)
+
+
+async def site_stream(request: Request) -> Response:
+    """A site's inbox, live: `conversation` events with a conversation's summary."""
+    session = await staff_session(request)
+    raw = request.query_params.get("site")
+    site_id = session.staff.site_ids[0] if raw is None and session.staff.site_ids \
+        else whole_number(raw or "", 12)
+    if site_id is None or site_id not in session.staff.site_ids:
+        raise NotFound()
+    after = last_event_id(request)
+    app_services = services(request)
+    return event_stream(app_services.feeds.follow(site_key(site_id), after),
+                        app_services.connections)
+
+
+async def agent_typing(request: Request) -> Response:
+    session = await changing_session(request)
+    app_services = services(request)
+    summary = await app_services.desk.summary(conversation_id(request), session.staff.site_ids)
+    await app_services.feeds.publish(conversation_key(summary.site_id, summary.id), "typing",
+                                     {"sender": "agent", "agentName": session.staff.display_name})
+    return Response(status_code=204)

@@ -22,6 +22,7 @@ from .access import AccessMiddleware
 from .chat import ChatService
 from .clientip import parse_networks
 from .config import Settings
+from .conversation_events import build_feeds
 from .errors import (
     AppError,
     NotFoundError,
@@ -85,6 +86,12 @@ routes = [
     Route("/chat/messages/{message_id}/cancel", endpoints.cancel_answer, methods=["POST"]),
     Route("/chat/history/{session_id}", endpoints.history, methods=["GET"]),
     Route("/chat/conversations/{session_id}/handoff", endpoints.handoff, methods=["POST"]),
+    Route("/chat/conversations/{session_id}/stream", endpoints.conversation_stream,
+          methods=["GET"]),
+    Route("/chat/conversations/{session_id}/typing", endpoints.shopper_typing, methods=["POST"]),
+    Route("/admin/api/stream", endpoints_admin.site_stream, methods=["GET"]),
+    Route("/admin/api/conversations/{conversation_id}/stream",
+          endpoints_admin.conversation_stream, methods=["GET"]),
     Route("/admin", endpoints_admin.inbox_page, methods=["GET"]),
     Route("/admin/login", endpoints_admin.login_form, methods=["GET"]),
     Route("/admin/login", endpoints_admin.login, methods=["POST"]),
@@ -184,7 +191,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     refused_origins = RefusedOrigins()
     services = Services(settings=settings, metrics=metrics, redis=redis, limits=limits,
                         connections=Connections(), sites=sites, refused_origins=refused_origins,
-                        passwords=Passwords())
+                        passwords=Passwords(),
+                        feeds=build_feeds(redis, settings.redis_prefix))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -89,6 +89,7 @@ class HistoryPage:
     session_id: uuid.UUID
     messages: list[Message]
     has_more: bool
+    status: str = "bot"  # who answers the conversation now
 
 
 class Turn:
@@ -266,9 +267,11 @@ class MessageStore:
     async def history_page(self, session_id: uuid.UUID, limit: int, before: uuid.UUID | None,
                            site_id: int = DEFAULT_SITE_ID) -> HistoryPage:
         async with db.connection(self._pool) as conn:
-            cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s AND site_id = %s",
-                                     (session_id, site_id))
-            if await cur.fetchone() is None:
+            cur = await conn.execute(
+                "SELECT status FROM conversations WHERE id = %s AND site_id = %s",
+                (session_id, site_id))
+            found = await cur.fetchone()
+            if found is None:
                 raise NotFoundError("conversation")
             before_seq: int | None = None
             if before is not None:
@@ -287,7 +290,7 @@ class MessageStore:
             )
             newest_first = await rows.fetchall()
         has_more = len(newest_first) > limit
-        return HistoryPage(session_id, list(reversed(newest_first[:limit])), has_more)
+        return HistoryPage(session_id, list(reversed(newest_first[:limit])), has_more, found[0])
 
 
 # -- the back office: conversations as staff see them -----------------------------------------

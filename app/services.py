@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from .chat import ChatService
 from .config import Settings
+from .conversation_events import Feeds
 from .messages import ConversationDesk
 from .metrics import Metrics
 from .middleware import RefusedOrigins
@@ -51,6 +52,8 @@ class Services:
     sites: SiteDirectory
     refused_origins: RefusedOrigins
     passwords: Passwords
+    # The conversations' and sites' live events (message, status, typing).
+    feeds: Feeds
     running: Running | None = None
 
     def started(self, pool: AsyncConnectionPool, chat: ChatService) -> None:
