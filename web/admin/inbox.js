@@ -2,9 +2,11 @@
 // and the actions on it. Plain DOM, no build step; all text goes in through textContent.
 "use strict";
 (() => {
-  const POLL_MS = 3000; // until the site stream lands, the inbox re-reads on this interval
+  // The site stream says when a conversation changes; this re-read is a safety net only.
+  const POLL_MS = 15000;
   const $ = (id) => document.getElementById(id);
-  const state = { me: null, filter: "unresolved", openId: null, busy: false };
+  const state = { me: null, filter: "unresolved", openId: null, busy: false, again: false,
+    convo: null, typedAt: 0, typingTimer: 0 };
   const STATUS_LABEL = { bot: "assistant", waiting: "waiting", human: "with", resolved: "resolved" };
 
   async function api(path, options = {}) {
@@ -78,7 +80,30 @@
     transcript.scrollTop = transcript.scrollHeight;
   }
 
+  // The open conversation's own stream: the shopper's messages and typing, as they happen.
+  function follow(id) {
+    if (state.convo) state.convo.close();
+    state.convo = id ? new EventSource(`/admin/api/conversations/${id}/stream`) : null;
+    if (!state.convo) return;
+    state.convo.addEventListener("message", () => refresh());
+    state.convo.addEventListener("status", () => refresh());
+    state.convo.addEventListener("typing", (event) => {
+      const { sender } = JSON.parse(event.data);
+      if (sender !== "user") return;
+      $("shopper-typing").hidden = false;
+      clearTimeout(state.typingTimer);
+      state.typingTimer = setTimeout(() => { $("shopper-typing").hidden = true; }, 4000);
+    });
+  }
+
+  function typing() {
+    if (!state.openId || Date.now() - state.typedAt < 3000) return;
+    state.typedAt = Date.now();
+    api(`/admin/api/conversations/${state.openId}/typing`, { method: "POST" }).catch(() => {});
+  }
+
   function open(id) {
+    if (id !== state.openId) follow(id);
     state.openId = id;
     $("detail").hidden = !id;
     $("layout").classList.toggle("open", Boolean(id));
@@ -86,11 +111,14 @@
   }
 
   async function refresh() {
-    if (state.busy) return;
+    if (state.busy) { state.again = true; return; } // one more read once this one is done
     state.busy = true;
     try { await Promise.all([loadList(), loadConversation()]); }
     catch (error) { showError(error); }
-    finally { state.busy = false; }
+    finally {
+      state.busy = false;
+      if (state.again) { state.again = false; refresh(); }
+    }
   }
 
   function showError(error) {
@@ -138,6 +166,9 @@
     }
     for (const button of document.querySelectorAll("[data-action]")) button.addEventListener("click", () => act(button.dataset.action));
     $("reply").addEventListener("submit", send);
+    $("message").addEventListener("input", typing);
+    const inbox = new EventSource("/admin/api/stream");
+    inbox.addEventListener("conversation", () => refresh());
     $("back").addEventListener("click", () => { history.replaceState(null, "", "/admin"); open(null); });
     $("sign-out").addEventListener("click", () => signOut(false));
     $("sign-out-everywhere").addEventListener("click", () => signOut(true));
