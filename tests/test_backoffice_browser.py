@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
+from tests import test_widget
 from tests.test_admin import make_staff
-from tests.test_widget import (  # noqa: F401 (fixtures)
+from tests.test_widget import (
     AI,
     ARTIFACTS,
     RATE_LIMITS,
@@ -22,14 +23,16 @@ from tests.test_widget import (  # noqa: F401 (fixtures)
     FakeModel,
     app_process,
     ask,
-    browser,
-    fake_model,
-    new_context,
     open_chat,
-    playwright,
     question,
-    servers,
 )
+
+# The fixtures this module shares with tests/test_widget.py (module-scoped: started again here).
+servers = test_widget.servers
+fake_model = test_widget.fake_model
+playwright = test_widget.playwright
+browser = test_widget.browser
+new_context = test_widget.new_context
 
 AGENT = '[data-chat-message][data-sender="agent"]'
 PHONE = {"width": 390, "height": 844}
