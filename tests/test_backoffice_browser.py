@@ -109,6 +109,9 @@ def test_a_shopper_asks_for_a_person_and_an_agent_takes_over_and_hands_back(
     agent.get_by_label("Message").fill("Order 1234 ships on Friday.")
     agent.get_by_role("button", name="Send").click()
     expect(shopper.locator(AGENT).last).to_contain_text("Order 1234 ships on Friday.")
+    agent.get_by_role("button", name="Mine").click()
+    expect(agent.locator("#conversations a")).to_have_count(1)
+    expect(agent.locator("#transcript")).to_contain_text("Order 1234 ships on Friday.")
     shots(agent, "conversation")
     shots(shopper, "widget-with-agent")
 
