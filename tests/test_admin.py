@@ -383,3 +383,17 @@ async def test_bad_staff_requests_get_a_clear_400(chat_app: RunningApp, database
     async with aclosing(http):
         response = await http.get(path)
     assert response.status_code == 400 and response.json()["error"]["code"] == "bad_request"
+
+
+async def test_the_signed_in_back_office_is_outside_the_shoppers_per_ip_limit(
+        start_app: Callable[..., Any], database_url: str) -> None:
+    app: RunningApp = await start_app(rate_limit_ip="4/15minutes")
+    staff = await make_staff(database_url, [1])
+    async with app.client() as http:
+        assert (await sign_in(http, staff.email, staff.password)).status_code == 303
+        for _ in range(6):  # an inbox re-reads on every change of its site
+            assert (await http.get("/admin/api/conversations")).status_code == 200
+        # The sign-in's two requests and these count: the shoppers' endpoints are limited still.
+        statuses = [(await http.get("/chat/history/00000000-0000-4000-8000-000000000000")
+                     ).status_code for _ in range(3)]
+        assert statuses == [404, 404, 429]
