@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,10 +179,22 @@ async def start_chat(request: Request) -> tuple[ChatService, StartedAnswer, dict
     await limits.check_budget(site)
     service = app_services.chat
     started = await service.start_answer(chat_request.message, chat_request.session_id, site)
-    await announce(request, site.id, started.session_id, "message",
-                   {"id": str(started.user_message_id), "sender": "user",
-                    "text": chat_request.message})
+    # Told in the background: the answer's first token does not wait for the inbox.
+    in_background(announce(request, site.id, started.session_id, "message",
+                           {"id": str(started.user_message_id), "sender": "user",
+                            "text": chat_request.message}))
     return service, started, limit_headers
+
+
+# Keep a hard reference to each task: the event loop only keeps weak ones
+# (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def in_background(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
 
 
 async def announce(request: Request, site_id: int, conversation_id: uuid.UUID, kind: str,
