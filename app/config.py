@@ -204,6 +204,9 @@ class Settings:
                                             "Chat messages per client IP per day.", rate)
     rate_limit_session: str = setting("RATE_LIMIT_SESSION", "20/15minutes",
                                       "Chat messages per conversation.", rate)
+    alert_webhook_url: str = setting(
+        "ALERT_WEBHOOK_URL", "", "URL that gets a JSON POST (Slack-compatible `text`) when a"
+        " conversation starts waiting for a person; unset: no alerts.")
     rate_limit_login_ip: str = setting("RATE_LIMIT_LOGIN_IP", "20/15minutes",
                                        "Back-office sign-in attempts per client IP.", rate)
     rate_limit_login_account: str = setting("RATE_LIMIT_LOGIN_ACCOUNT", "10/15minutes",

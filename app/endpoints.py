@@ -300,6 +300,11 @@ async def handoff(request: Request) -> Response:
         summary = await desk.summary(session_id, [site.id])
     else:
         await announce(request, site.id, session_id, "status", status_payload(summary))
+        alerts = services(request).alerts
+        if alerts is not None:
+            last = summary.last_text if summary.last_sender == "user" else None
+            alerts.conversation_waiting(site.name, session_id, last,
+                                        str(request.url_for("inbox_page")))
     return JSONResponse({"sessionId": str(session_id), "status": summary.status,
                          "supportHours": site.profile.support_hours or None})
 

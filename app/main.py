@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from . import db, endpoints, endpoints_admin, openapi
 from .access import AccessMiddleware
+from .alerts import AlertWebhook
 from .chat import ChatService
 from .clientip import parse_networks
 from .config import Settings
@@ -192,7 +193,9 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     services = Services(settings=settings, metrics=metrics, redis=redis, limits=limits,
                         connections=Connections(), sites=sites, refused_origins=refused_origins,
                         passwords=Passwords(),
-                        feeds=build_feeds(redis, settings.redis_prefix))
+                        feeds=build_feeds(redis, settings.redis_prefix),
+                        alerts=AlertWebhook(settings.alert_webhook_url)
+                        if settings.alert_webhook_url else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -227,6 +230,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             await chat.shutdown(settings.shutdown_grace_s)
             services.stopped()
             await events.aclose()
+            if services.alerts is not None:
+                await services.alerts.aclose()
             if llm is not None:
                 await llm.aclose()
             if redis is not None:

@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.requests import Request
 
+from .alerts import AlertWebhook
 from .chat import ChatService
 from .config import Settings
 from .conversation_events import Feeds
@@ -54,6 +55,7 @@ class Services:
     passwords: Passwords
     # The conversations' and sites' live events (message, status, typing).
     feeds: Feeds
+    alerts: AlertWebhook | None = None  # None: no ALERT_WEBHOOK_URL
     running: Running | None = None
 
     def started(self, pool: AsyncConnectionPool, chat: ChatService) -> None:
