@@ -180,9 +180,8 @@ async def start_chat(request: Request) -> tuple[ChatService, StartedAnswer, dict
     service = app_services.chat
     started = await service.start_answer(chat_request.message, chat_request.session_id, site)
     # Told in the background: the answer's first token does not wait for the inbox.
-    in_background(announce(request, site.id, started.session_id, "message",
-                           {"id": str(started.user_message_id), "sender": "user",
-                            "text": chat_request.message}))
+    in_background(tell_followers(request, site.id, started.session_id, {
+        "id": str(started.user_message_id), "sender": "user", "text": chat_request.message}))
     return service, started, limit_headers
 
 
@@ -207,6 +206,16 @@ async def announce(request: Request, site_id: int, conversation_id: uuid.UUID, k
     except (NotFoundError, StoreUnavailable):
         return
     await app_services.feeds.publish(site_key(site_id), "conversation", summary.to_json())
+
+
+async def tell_followers(request: Request, site_id: int, conversation_id: uuid.UUID,
+                         message: dict[str, Any]) -> None:
+    """A shopper's message, to the conversation's followers and the site's inbox. No database
+    read: a burst of shoppers must not take the pool's connections from their own answers."""
+    feeds = services(request).feeds
+    await feeds.publish(conversation_key(site_id, conversation_id), "message", message)
+    await feeds.publish(site_key(site_id), "conversation",
+                        {"id": str(conversation_id), "siteId": site_id, "lastMessage": message})
 
 
 async def chat_stream(request: Request) -> Response:

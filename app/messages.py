@@ -116,6 +116,8 @@ class Turn:
         if self._new_session:
             await self._conn.execute("INSERT INTO conversations (id, site_id) VALUES (%s, %s)",
                                      (self.session_id, self.site_id))
+        else:
+            await self._touch()
         await self._conn.execute(
             "INSERT INTO messages (id, conversation_id, site_id, sender, text, status, model)"
             " VALUES (%s, %s, %s, 'user', %s, 'complete', NULL),"
@@ -123,11 +125,11 @@ class Turn:
             (user_message_id, self.session_id, self.site_id, question, answer_id,
              self.session_id, self.site_id, model),
         )
-        await self._touch()
         self.writer_pid = self._conn.info.backend_pid
 
     async def save_forwarded(self, question: str, user_message_id: uuid.UUID) -> None:
         """The shopper's message alone: a person answers this conversation."""
+        await self._touch()
         await self._conn.execute(
             "INSERT INTO messages (id, conversation_id, site_id, sender, text, status)"
             " VALUES (%s, %s, %s, 'user', %s, 'complete')",
@@ -135,6 +137,7 @@ class Turn:
         await self._touch()
 
     async def _touch(self) -> None:
+        # Before the messages' INSERT: the statements of a turn end with it, then COMMIT.
         # A resolved conversation that the shopper writes to again is the assistant's again.
         await self._conn.execute(
             "UPDATE conversations SET last_activity_at = now(),"
