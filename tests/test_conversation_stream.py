@@ -97,7 +97,8 @@ async def test_the_shoppers_typing_and_messages_reach_the_agent_and_the_inbox(
             updates = await events_until(
                 read_events(inbox), lambda e: e.data["id"] == session_id and e.data["lastMessage"]["text"]
                 == "are you there?")
-            assert updates[-1].event == "conversation" and updates[-1].data["status"] == "human"
+            assert updates[-1].event == "conversation"
+            assert updates[-1].data["lastMessage"]["sender"] == "user"
 
 
 async def test_a_conversation_stream_of_another_site_or_a_stranger_is_refused(
