@@ -1,6 +1,7 @@
 """`python -m app` serves; `python -m app migrate` applies migrations (and brings the default
 site up to date) and exits; `python -m app knowledge sync` indexes the knowledge folder and
-exits; `python -m app sites ...` manages sites (app/sites_cli.py)."""
+exits; `python -m app sites ...` manages sites (app/sites_cli.py), `python -m app staff ...`
+staff accounts (app/staff_cli.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from psycopg_pool import AsyncConnectionPool
 
-from . import db, sites_cli
+from . import db, sites_cli, staff_cli
 from .config import ConfigError, Settings
 from .knowledge import KnowledgeError, sync_knowledge
 from .logs import configure_logging
@@ -64,8 +65,8 @@ def main(argv: list[str]) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     command = argv[0] if argv else "serve"
-    usage = "use: python -m app [serve|migrate|knowledge sync|sites ...]"
-    if command not in ("serve", "migrate", "knowledge", "sites") or (
+    usage = "use: python -m app [serve|migrate|knowledge sync|sites ...|staff ...]"
+    if command not in ("serve", "migrate", "knowledge", "sites", "staff") or (
             command == "knowledge" and argv[1:] != ["sync"]):
         print(f"unknown command {' '.join(argv)!r}; {usage}", file=sys.stderr)
         return 2
@@ -75,6 +76,13 @@ def main(argv: list[str]) -> int:
             site_args = sites_cli.parse(argv[1:])
         except sites_cli.CommandError as exc:
             print(f"error: {exc}; {sites_cli.USAGE}", file=sys.stderr)
+            return 2
+    staff_args = None
+    if command == "staff":
+        try:
+            staff_args = staff_cli.parse(argv[1:])
+        except staff_cli.CommandError as exc:
+            print(f"error: {exc}; {staff_cli.USAGE}", file=sys.stderr)
             return 2
     from .main import load_store
 
@@ -99,6 +107,9 @@ def main(argv: list[str]) -> int:
     if site_args is not None:
         return asyncio.run(sites_cli.run_command(
             lambda: prepared_pool(settings, profile, knowledge_dir), site_args))
+    if staff_args is not None:
+        return asyncio.run(staff_cli.run_command(
+            lambda: prepared_pool(settings, profile, knowledge_dir), staff_args))
     from .main import create_app
     from .server import AppServer, server_config
 

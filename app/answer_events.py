@@ -120,6 +120,12 @@ def unfinished() -> tuple[Kind, ErrorPayload]:
     return error("upstream_error", UNFINISHED_MESSAGE, retryable=False)
 
 
+async def forwarded(session_id: str, user_message_id: str) -> AsyncIterator[Event]:
+    """The stream of a shopper's message in a conversation a person handles: no answer."""
+    yield encode_event(0, *meta(session_id, user_message_id, user_message_id))
+    yield encode_event(1, *done(user_message_id, "", "forwarded", None, [], False))
+
+
 def sources_of(chunks: Sequence[Any]) -> list[Source]:
     """The articles an answer drew on (chunks with `path` and `title`), each once, best first:
     the widget shows "From: …"."""
@@ -221,7 +227,9 @@ PAYLOAD_SCHEMAS: dict[str, tuple[Kind, dict[str, Any]]] = {
                                                " token's): the answer ended and is saved.", {
         "messageId": UUID_SCHEMA,
         "text": {"type": "string", "description": "The whole answer."},
-        "status": {"enum": ["complete", "cancelled"]},
+        "status": {"enum": ["complete", "cancelled", "forwarded"],
+                   "description": "forwarded: a person handles the conversation; the shopper's"
+                                  " message is saved and no answer follows (text is empty)."},
         "usage": _schema(UsagePayload, "Token usage, when the model reported it.", {
             "promptTokens": {"type": "integer", "minimum": 0},
             "completionTokens": {"type": "integer", "minimum": 0},

@@ -45,6 +45,9 @@ class StartedAnswer:
     session_id: uuid.UUID
     user_message_id: uuid.UUID
     answer_id: uuid.UUID
+    # A person handles the conversation: the message is saved and no answer starts (its
+    # stream is meta and a `done` with status 'forwarded', both naming the shopper's message).
+    forwarded: bool = False
 
 
 @dataclass(frozen=True)

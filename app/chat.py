@@ -99,16 +99,22 @@ class ChatService:
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         run: AnswerRun | None = None
         writer_pid: int | None = None
+        forwarded: StartedAnswer | None = None
         try:
             site_id = DEFAULT_SITE_ID if site is None else site.id
             async with self._messages.new_turn(session_id, site_id) as turn:
                 started = StartedAnswer(turn.session_id, user_message_id, answer_id)
-                run = AnswerRun(self._tools, started, question, turn.history, asked_at, committed,
-                                site, language=language)
-                run.start()
-                await turn.save(question, user_message_id, answer_id,
-                                run.model if self._llm else None, language=language)
-                writer_pid = turn.writer_pid
+                if turn.status == "human":
+                    await turn.save_forwarded(question, user_message_id, language=language)
+                    forwarded = replace(started, answer_id=user_message_id, forwarded=True)
+                    run = None
+                else:
+                    run = AnswerRun(self._tools, started, question, turn.history, asked_at,
+                                    committed, site, language=language)
+                    run.start()
+                    await turn.save(question, user_message_id, answer_id,
+                                    run.model if self._llm else None, language=language)
+                    writer_pid = turn.writer_pid
         except BaseException:
             # The question is not saved, so there is no answer: stop its task quietly.
             committed.cancel()
@@ -118,6 +124,9 @@ class ChatService:
                 self._settle_unconfirmed(answer_id, writer_pid)
             raise
         committed.set_result(None)
+        if forwarded is not None:
+            return forwarded
+        assert run is not None
         answer_key = str(answer_id)
         self._events.start(answer_key)
         self._events.append(answer_key, *answer_events.meta(
@@ -162,6 +171,8 @@ class ChatService:
 
     def new_answer_events(self, started: StartedAnswer) -> AsyncIterator[Event]:
         """The events of an answer this instance just started (no ownership check needed)."""
+        if started.forwarded:
+            return answer_events.forwarded(str(started.session_id), str(started.user_message_id))
         events = self._events.subscribe(str(started.answer_id), after=0)
         assert events is not None, "start_answer puts every new answer in the event log"
         return events

@@ -204,6 +204,14 @@ class Settings:
                                             "Chat messages per client IP per day.", rate)
     rate_limit_session: str = setting("RATE_LIMIT_SESSION", "20/15minutes",
                                       "Chat messages per conversation.", rate)
+    alert_webhook_url: str = setting(
+        "ALERT_WEBHOOK_URL", "", "URL that gets a JSON POST (Slack-compatible `text`) when a"
+        " conversation starts waiting for a person; unset: no alerts.")
+    rate_limit_login_ip: str = setting("RATE_LIMIT_LOGIN_IP", "20/15minutes",
+                                       "Back-office sign-in attempts per client IP.", rate)
+    rate_limit_login_account: str = setting("RATE_LIMIT_LOGIN_ACCOUNT", "10/15minutes",
+                                            "Back-office sign-in attempts per email address.",
+                                            rate)
     daily_token_budget: int = setting(
         "DAILY_TOKEN_BUDGET", "0", "Tokens the whole deployment may spend per day; 0 is no budget.",
         integer(0, 10**12))

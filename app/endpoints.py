@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,16 +24,20 @@ from starlette.responses import JSONResponse, Response
 
 from .chat import ChatService, StartedAnswer
 from .clientip import limit_key
+from .conversation_events import conversation_key, site_key
 from .errors import (
     BadRequest,
     DatabaseUnavailable,
     GatewayTimeout,
+    NotFoundError,
     PayloadTooLarge,
     ServiceUnavailable,
+    StoreUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
 from .eventlog import REPLAYED_END_ID, Event
+from .messages import ConversationSummary, StatusConflict
 from .metrics import bearer_token_matches
 from .middleware import check_origin
 from .services import services
@@ -177,7 +181,43 @@ async def start_chat(request: Request) -> tuple[ChatService, StartedAnswer, dict
     await limits.check_budget(site)
     service = app_services.chat
     started = await service.start_answer(chat_request.message, chat_request.session_id, site)
+    # Told in the background: the answer's first token does not wait for the inbox.
+    in_background(tell_followers(request, site.id, started.session_id, {
+        "id": str(started.user_message_id), "sender": "user", "text": chat_request.message}))
     return service, started, limit_headers
+
+
+# Keep a hard reference to each task: the event loop only keeps weak ones
+# (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def in_background(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+async def announce(request: Request, site_id: int, conversation_id: uuid.UUID, kind: str,
+                   payload: Any) -> None:
+    """Tell the conversation's followers (the widget, agents) and the site's inbox."""
+    app_services = services(request)
+    await app_services.feeds.publish(conversation_key(site_id, conversation_id), kind, payload)
+    try:
+        summary = await app_services.desk.summary(conversation_id, [site_id])
+    except (NotFoundError, StoreUnavailable):
+        return
+    await app_services.feeds.publish(site_key(site_id), "conversation", summary.to_json())
+
+
+async def tell_followers(request: Request, site_id: int, conversation_id: uuid.UUID,
+                         message: dict[str, Any]) -> None:
+    """A shopper's message, to the conversation's followers and the site's inbox. No database
+    read: a burst of shoppers must not take the pool's connections from their own answers."""
+    feeds = services(request).feeds
+    await feeds.publish(conversation_key(site_id, conversation_id), "message", message)
+    await feeds.publish(site_key(site_id), "conversation",
+                        {"id": str(conversation_id), "siteId": site_id, "lastMessage": message})
 
 
 async def chat_stream(request: Request) -> Response:
@@ -256,7 +296,54 @@ async def history(request: Request) -> Response:
     page = await chat_service(request).history(session_id, limit, before, site.id)
     return JSONResponse({"sessionId": str(page.session_id),
                          "messages": [m.to_json() for m in page.messages],
-                         "hasMore": page.has_more})
+                         "hasMore": page.has_more, "status": page.status})
+
+
+async def handoff(request: Request) -> Response:
+    """The shopper asks for a person: the conversation waits for one (already waiting or with a
+    person: unchanged). The site's support hours are in the answer, for the widget to say."""
+    session_id = parse_uuid(request.path_params["session_id"], "sessionId")
+    site = site_param(request)
+    desk = services(request).desk
+    try:
+        summary = await desk.move(session_id, [site.id], "handoff", None)
+    except StatusConflict:
+        summary = await desk.summary(session_id, [site.id])
+    else:
+        await announce(request, site.id, session_id, "status", status_payload(summary))
+        alerts = services(request).alerts
+        if alerts is not None:
+            last = summary.last_text if summary.last_sender == "user" else None
+            alerts.conversation_waiting(site.name, session_id, last,
+                                        str(request.url_for("inbox_page")))
+    return JSONResponse({"sessionId": str(session_id), "status": summary.status,
+                         "supportHours": site.profile.support_hours or None})
+
+
+def status_payload(summary: ConversationSummary) -> dict[str, Any]:
+    return {"status": summary.status, "agentName": summary.agent_name}
+
+
+async def conversation_stream(request: Request) -> Response:
+    """The shopper's view of a conversation, live: messages, status changes, typing. The widget
+    opens it only while a person is asked for or involved; Last-Event-ID resumes it."""
+    session_id = parse_uuid(request.path_params["session_id"], "sessionId")
+    site = site_param(request)
+    after = last_event_id(request)
+    app_services = services(request)
+    await app_services.desk.summary(session_id, [site.id])  # another site's id: a 404
+    events = app_services.feeds.follow(conversation_key(site.id, session_id), after)
+    return event_stream(events, app_services.connections)
+
+
+async def shopper_typing(request: Request) -> Response:
+    session_id = parse_uuid(request.path_params["session_id"], "sessionId")
+    site = site_param(request)
+    app_services = services(request)
+    await app_services.desk.summary(session_id, [site.id])
+    await app_services.feeds.publish(conversation_key(site.id, session_id), "typing",
+                                     {"sender": "user"})
+    return Response(status_code=204)
 
 
 async def support_hours(request: Request) -> Response:

@@ -68,6 +68,30 @@ class NotFound(AppError):
     message = "Not found."
 
 
+class SignInRequired(AppError):
+    """A staff endpoint was called without a live staff session (the cookie of /admin/login)."""
+
+    status = 401
+    code = "sign_in_required"
+    message = "Please sign in."
+
+
+class CsrfRefused(AppError):
+    """A state-changing staff request without the session's CSRF token."""
+
+    status = 403
+    code = "csrf_refused"
+    message = "This request is missing its security token. Please reload the page."
+
+
+class Conflict(AppError):
+    """The action does not fit the conversation's current status."""
+
+    status = 409
+    code = "conflict"
+    message = "The conversation changed meanwhile. Please reload it."
+
+
 class PayloadTooLarge(AppError):
     """The request body is larger than the service reads."""
 

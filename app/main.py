@@ -16,11 +16,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from . import db, endpoints, openapi
+from . import db, endpoints, endpoints_admin, openapi
 from .access import AccessMiddleware
+from .alerts import AlertWebhook
 from .chat import ChatService
 from .clientip import parse_networks
 from .config import Settings
+from .conversation_events import build_feeds
 from .errors import (
     AppError,
     NotFoundError,
@@ -41,6 +43,7 @@ from .middleware import (
     SecurityHeaders,
     SiteCORS,
 )
+from .passwords import Passwords
 from .ratelimit import RateLimits, Rule, parse_limit
 from .redis_connection import SharedRedis
 from .redis_eventlog import RedisEventLog
@@ -97,6 +100,27 @@ routes = [
     Route("/chat/messages/{message_id}/cancel", endpoints.cancel_answer, methods=["POST"]),
     Route("/chat/history/{session_id}", endpoints.history, methods=["GET"]),
     Route("/chat/hours", endpoints.support_hours, methods=["GET"]),
+    Route("/chat/conversations/{session_id}/handoff", endpoints.handoff, methods=["POST"]),
+    Route("/chat/conversations/{session_id}/stream", endpoints.conversation_stream,
+          methods=["GET"]),
+    Route("/chat/conversations/{session_id}/typing", endpoints.shopper_typing, methods=["POST"]),
+    Route("/admin/api/stream", endpoints_admin.site_stream, methods=["GET"]),
+    Route("/admin/api/conversations/{conversation_id}/stream",
+          endpoints_admin.conversation_stream, methods=["GET"]),
+    Route("/admin", endpoints_admin.inbox_page, methods=["GET"]),
+    Route("/admin/login", endpoints_admin.login_form, methods=["GET"]),
+    Route("/admin/login", endpoints_admin.login, methods=["POST"]),
+    Route("/admin/logout", endpoints_admin.logout, methods=["POST"]),
+    Route("/admin/logout-everywhere", endpoints_admin.logout_everywhere, methods=["POST"]),
+    Route("/admin/assets/{name}", endpoints_admin.admin_asset, methods=["GET"]),
+    Route("/admin/api/me", endpoints_admin.me, methods=["GET"]),
+    Route("/admin/api/conversations", endpoints_admin.conversations, methods=["GET"]),
+    Route("/admin/api/conversations/{conversation_id}", endpoints_admin.conversation,
+          methods=["GET"]),
+    Route("/admin/api/conversations/{conversation_id}/messages", endpoints_admin.agent_message,
+          methods=["POST"]),
+    Route("/admin/api/conversations/{conversation_id}/{action}",
+          endpoints_admin.conversation_action, methods=["POST"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
     Route("/readyz", endpoints.readyz, methods=["GET"]),
     Route("/metrics", endpoints.metrics, methods=["GET"]),
@@ -143,6 +167,13 @@ def build_rate_limits(settings: Settings, redis: SharedRedis | None,
         redis=redis,
         redis_prefix=settings.redis_prefix,
         on_refusal=on_refusal,
+        login_rules=(
+            Rule("login_ip", parse_limit("RATE_LIMIT_LOGIN_IP", settings.rate_limit_login_ip),
+                 "moving"),
+            Rule("login_account",
+                 parse_limit("RATE_LIMIT_LOGIN_ACCOUNT", settings.rate_limit_login_account),
+                 "moving"),
+        ),
     )
 
 
@@ -175,7 +206,11 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     sites = SiteDirectory()
     refused_origins = RefusedOrigins()
     services = Services(settings=settings, metrics=metrics, redis=redis, limits=limits,
-                        connections=Connections(), sites=sites, refused_origins=refused_origins)
+                        connections=Connections(), sites=sites, refused_origins=refused_origins,
+                        passwords=Passwords(),
+                        feeds=build_feeds(redis, settings.redis_prefix),
+                        alerts=AlertWebhook(settings.alert_webhook_url)
+                        if settings.alert_webhook_url else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -210,6 +245,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             await chat.shutdown(settings.shutdown_grace_s)
             services.stopped()
             await events.aclose()
+            if services.alerts is not None:
+                await services.alerts.aclose()
             if llm is not None:
                 await llm.aclose()
             if redis is not None:

@@ -44,6 +44,11 @@ _TRANSACTION_OPEN_SQL = ("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND xact
                          " AND pid <> pg_backend_pid()")
 
 
+MESSAGE_SQL = ("SELECT m.id, m.sender, m.text, m.status, m.created_at, m.seq, m.sources,"
+               " m.fallback, a.display_name AS agent_name"
+               " FROM messages m LEFT JOIN staff a ON a.id = m.staff_id")
+
+
 @dataclass(frozen=True)
 class Message:
     id: uuid.UUID
@@ -54,12 +59,16 @@ class Message:
     seq: int
     sources: list[dict[str, str]]
     fallback: bool
+    agent_name: str | None = None  # sender 'agent': who wrote it
 
     def to_json(self) -> dict[str, Any]:
         # sources and fallback as in the `done` event, so a reload shows what the live answer did.
-        return {"id": str(self.id), "sender": self.sender, "text": self.text,
+        body = {"id": str(self.id), "sender": self.sender, "text": self.text,
                 "status": self.status, "createdAt": self.created_at.isoformat(),
                 "sources": self.sources, "fallback": self.fallback}
+        if self.sender == "agent":
+            body["agentName"] = self.agent_name
+        return body
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,7 @@ class HistoryPage:
     session_id: uuid.UUID
     messages: list[Message]
     has_more: bool
+    status: str = "bot"  # who answers the conversation now
 
 
 class Turn:
@@ -87,12 +97,15 @@ class Turn:
     rows are not written yet (`save`). Leaving the block commits; an exception rolls back."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID,
-                 history: list[tuple[str, str]], new_session: bool, site_id: int) -> None:
+                 history: list[tuple[str, str]], new_session: bool, site_id: int,
+                 status: str = "bot") -> None:
         self._conn = conn
         self.session_id = session_id
         self.site_id = site_id
         self.history = history
         self._new_session = new_session
+        # Who answers (sql/0006_staff.sql): in 'human' a person does, and no answer starts.
+        self.status = status
         # Set once the rows are written: from then on a failure may come after the server has
         # committed them (a reply lost to a freeze or a cut), so they may exist after all.
         self.writer_pid: int | None = None
@@ -105,11 +118,8 @@ class Turn:
             await self._conn.execute(
                 "INSERT INTO conversations (id, site_id, language) VALUES (%s, %s, %s)",
                 (self.session_id, self.site_id, language))
-        elif language is not None:
-            await self._conn.execute(
-                "UPDATE conversations SET language = %s WHERE id = %s AND site_id = %s"
-                " AND language IS DISTINCT FROM %s",
-                (language, self.session_id, self.site_id, language))
+        else:
+            await self._touch(language)
         await self._conn.execute(
             "INSERT INTO messages"
             " (id, conversation_id, site_id, sender, text, status, model, language)"
@@ -119,6 +129,25 @@ class Turn:
              self.session_id, self.site_id, model),
         )
         self.writer_pid = self._conn.info.backend_pid
+
+    async def save_forwarded(self, question: str, user_message_id: uuid.UUID,
+                             language: str | None = None) -> None:
+        """The shopper's message alone: a person answers this conversation."""
+        await self._touch(language)
+        await self._conn.execute(
+            "INSERT INTO messages (id, conversation_id, site_id, sender, text, status, language)"
+            " VALUES (%s, %s, %s, 'user', %s, 'complete', %s)",
+            (user_message_id, self.session_id, self.site_id, question, language))
+
+    async def _touch(self, language: str | None) -> None:
+        # Before the messages' INSERT: the statements of a turn end with it, then COMMIT.
+        # A resolved conversation that the shopper writes to again is the assistant's again;
+        # the conversation takes the language of its newest question.
+        await self._conn.execute(
+            "UPDATE conversations SET last_activity_at = now(),"
+            " language = coalesce(%s, language),"
+            " status = CASE WHEN status = 'resolved' THEN 'bot' ELSE status END"
+            " WHERE id = %s", (language, self.session_id))
 
 
 class MessageStore:
@@ -134,27 +163,38 @@ class MessageStore:
         async with db.connection(self._pool) as conn, conn.transaction():
             history: list[tuple[str, str]] = []
             known = False
+            status = "bot"
             if session_id is not None:
+                # FOR UPDATE: a takeover committing meanwhile waits, so a message is either
+                # before it (answered) or after it (forwarded), never answered after it.
                 cur = await conn.execute(
-                    "SELECT 1 FROM conversations WHERE id = %s AND site_id = %s",
+                    "SELECT status FROM conversations WHERE id = %s AND site_id = %s FOR UPDATE",
                     (session_id, site_id))
-                if await cur.fetchone() is not None:
+                row = await cur.fetchone()
+                if row is not None:
                     known = True
+                    status = row[0]
                     history = await self._history_window_rows(conn, session_id)
             if session_id is None or not known:
                 # An unknown id from the client is never adopted: the server makes the id,
                 # so one shopper cannot pick another's future session id.
                 session_id = uuid.uuid4()
-            yield Turn(conn, session_id, history, new_session=not known, site_id=site_id)
+            yield Turn(conn, session_id, history, new_session=not known, site_id=site_id,
+                       status=status)
 
     async def _history_window_rows(self, conn: psycopg.AsyncConnection[Any],
                                    session_id: uuid.UUID) -> list[tuple[str, str]]:
         if self._history_window == 0:
             return []
         # Answers still streaming have no text yet, and failed ones may be empty: skip both.
+        # An agent's message is an assistant turn with a note, so the assistant, handed the
+        # conversation back, knows what the person said and that it was not itself.
         cur = await conn.execute(
-            "SELECT sender, text FROM messages WHERE conversation_id = %s AND text <> ''"
-            " ORDER BY seq DESC LIMIT %s",
+            "SELECT m.sender, CASE WHEN m.sender = 'agent' THEN '(' ||"
+            " coalesce(a.display_name, 'A person') || ' from the store''s team wrote this,"
+            " not the assistant) ' || m.text ELSE m.text END"
+            " FROM messages m LEFT JOIN staff a ON a.id = m.staff_id"
+            " WHERE m.conversation_id = %s AND m.text <> '' ORDER BY m.seq DESC LIMIT %s",
             (session_id, self._history_window),
         )
         rows = await cur.fetchall()
@@ -235,9 +275,11 @@ class MessageStore:
     async def history_page(self, session_id: uuid.UUID, limit: int, before: uuid.UUID | None,
                            site_id: int = DEFAULT_SITE_ID) -> HistoryPage:
         async with db.connection(self._pool) as conn:
-            cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s AND site_id = %s",
-                                     (session_id, site_id))
-            if await cur.fetchone() is None:
+            cur = await conn.execute(
+                "SELECT status FROM conversations WHERE id = %s AND site_id = %s",
+                (session_id, site_id))
+            found = await cur.fetchone()
+            if found is None:
                 raise NotFoundError("conversation")
             before_seq: int | None = None
             if before is not None:
@@ -250,11 +292,155 @@ class MessageStore:
                 before_seq = row[0]
             rows = conn.cursor(row_factory=class_row(Message))
             await rows.execute(
-                "SELECT id, sender, text, status, created_at, seq, sources, fallback FROM messages"
-                " WHERE conversation_id = %s AND (%s::bigint IS NULL OR seq < %s)"
-                " ORDER BY seq DESC LIMIT %s",
+                MESSAGE_SQL + " WHERE m.conversation_id = %s AND (%s::bigint IS NULL OR m.seq < %s)"
+                " ORDER BY m.seq DESC LIMIT %s",
                 (session_id, before_seq, before_seq, limit + 1),
             )
             newest_first = await rows.fetchall()
         has_more = len(newest_first) > limit
-        return HistoryPage(session_id, list(reversed(newest_first[:limit])), has_more)
+        return HistoryPage(session_id, list(reversed(newest_first[:limit])), has_more, found[0])
+
+
+# -- the back office: conversations as staff see them -----------------------------------------
+
+INBOX_FILTERS = ("all", "waiting", "mine", "unresolved", "resolved")
+# The statuses an action moves a conversation from, and to; app/endpoints_admin.py names them.
+TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "takeover": (("bot", "waiting", "resolved"), "human"),
+    "handback": (("human",), "bot"),
+    "resolve": (("bot", "waiting", "human"), "resolved"),
+    "reopen": (("resolved",), "bot"),
+    "handoff": (("bot", "resolved"), "waiting"),
+}
+
+
+class StatusConflict(Exception):
+    """The conversation is not in a status the action can move it from."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    id: uuid.UUID
+    site_id: int
+    status: str
+    agent_id: int | None
+    agent_name: str | None
+    waiting_since: datetime | None
+    last_activity_at: datetime
+    created_at: datetime
+    last_sender: str | None
+    last_text: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": str(self.id), "siteId": self.site_id, "status": self.status,
+                "agentId": self.agent_id, "agentName": self.agent_name,
+                "waitingSince": None if self.waiting_since is None
+                else self.waiting_since.isoformat(),
+                "lastActivityAt": self.last_activity_at.isoformat(),
+                "createdAt": self.created_at.isoformat(),
+                "lastMessage": None if self.last_sender is None
+                else {"sender": self.last_sender, "text": self.last_text}}
+
+
+_SUMMARY_SQL = (
+    "SELECT c.id, c.site_id, c.status, c.agent_id, a.display_name AS agent_name,"
+    " c.waiting_since, c.last_activity_at, c.created_at, lm.sender AS last_sender,"
+    " lm.text AS last_text FROM conversations c LEFT JOIN staff a ON a.id = c.agent_id"
+    " LEFT JOIN LATERAL (SELECT sender, text FROM messages m WHERE m.conversation_id = c.id"
+    " AND m.text <> '' ORDER BY m.seq DESC LIMIT 1) lm ON true")
+
+
+class ConversationDesk:
+    """The conversations of some sites as staff see and change them; a conversation of a site
+    the caller is not given is not found, exactly like an unknown one."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def inbox(self, site_ids: Sequence[int], view: str, staff_id: int,
+                    limit: int) -> list[ConversationSummary]:
+        """Newest activity first."""
+        async with db.connection(self._pool) as conn:
+            cur = conn.cursor(row_factory=class_row(ConversationSummary))
+            await cur.execute(
+                _SUMMARY_SQL + " WHERE c.site_id = ANY(%(sites)s) AND CASE %(view)s"
+                " WHEN 'waiting' THEN c.status = 'waiting'"
+                " WHEN 'mine' THEN c.status = 'human' AND c.agent_id = %(staff)s"
+                " WHEN 'unresolved' THEN c.status <> 'resolved'"
+                " WHEN 'resolved' THEN c.status = 'resolved' ELSE true END"
+                " ORDER BY c.last_activity_at DESC, c.id LIMIT %(limit)s",
+                {"sites": list(site_ids), "view": view, "staff": staff_id, "limit": limit})
+            return await cur.fetchall()
+
+    async def summary(self, conversation_id: uuid.UUID,
+                      site_ids: Sequence[int]) -> ConversationSummary:
+        async with db.connection(self._pool) as conn:
+            cur = conn.cursor(row_factory=class_row(ConversationSummary))
+            await cur.execute(_SUMMARY_SQL + " WHERE c.id = %s AND c.site_id = ANY(%s)",
+                              (conversation_id, list(site_ids)))
+            found = await cur.fetchone()
+        if found is None:
+            raise NotFoundError("conversation")
+        return found
+
+    async def transcript(self, conversation_id: uuid.UUID, site_ids: Sequence[int],
+                         limit: int = 500) -> list[Message]:
+        await self.summary(conversation_id, site_ids)
+        async with db.connection(self._pool) as conn:
+            rows = conn.cursor(row_factory=class_row(Message))
+            await rows.execute(MESSAGE_SQL + " WHERE m.conversation_id = %s"
+                               " ORDER BY m.seq DESC LIMIT %s", (conversation_id, limit))
+            return list(reversed(await rows.fetchall()))
+
+    async def move(self, conversation_id: uuid.UUID, site_ids: Sequence[int], action: str,
+                   staff_id: int | None) -> ConversationSummary:
+        """Apply an action of TRANSITIONS; StatusConflict when the status does not allow it.
+
+        A hand-back is only the handling agent's, and a takeover of a conversation someone
+        else handles is refused: taking it from a colleague is a conversation between them.
+        """
+        sources, target = TRANSITIONS[action]
+        async with db.connection(self._pool) as conn:
+            cur = await conn.execute(
+                "UPDATE conversations SET status = %(target)s,"
+                " agent_id = CASE WHEN %(target)s = 'human' THEN %(staff)s::bigint END,"
+                " waiting_since = CASE WHEN %(target)s = 'waiting' THEN now() END,"
+                " last_activity_at = now()"
+                " WHERE id = %(id)s AND site_id = ANY(%(sites)s) AND status = ANY(%(sources)s)"
+                " AND (%(action)s <> 'handback' OR agent_id = %(staff)s) RETURNING id",
+                {"target": target, "staff": staff_id, "id": conversation_id,
+                 "sites": list(site_ids), "sources": list(sources), "action": action})
+            moved = await cur.fetchone() is not None
+        summary = await self.summary(conversation_id, site_ids)
+        if not moved:
+            raise StatusConflict(summary.status)
+        return summary
+
+    async def add_agent_message(self, conversation_id: uuid.UUID, site_ids: Sequence[int],
+                                staff_id: int, text: str) -> Message:
+        """Only the agent who took the conversation over writes in it."""
+        message_id = uuid.uuid4()
+        async with db.connection(self._pool) as conn:
+            cur = await conn.execute(
+                "INSERT INTO messages (id, conversation_id, site_id, sender, text, status,"
+                " staff_id) SELECT %s, c.id, c.site_id, 'agent', %s, 'complete', %s"
+                " FROM conversations c WHERE c.id = %s AND c.site_id = ANY(%s)"
+                " AND c.status = 'human' AND c.agent_id = %s RETURNING id",
+                (message_id, text, staff_id, conversation_id, list(site_ids), staff_id))
+            added = await cur.fetchone() is not None
+            if added:
+                await conn.execute("UPDATE conversations SET last_activity_at = now()"
+                                   " WHERE id = %s", (conversation_id,))
+        if not added:
+            summary = await self.summary(conversation_id, site_ids)
+            raise StatusConflict(summary.status)
+        async with db.connection(self._pool) as conn:
+            rows = conn.cursor(row_factory=class_row(Message))
+            await rows.execute(MESSAGE_SQL + " WHERE m.id = %s", (message_id,))
+            message = await rows.fetchone()
+        assert message is not None
+        return message

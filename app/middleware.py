@@ -42,6 +42,13 @@ UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/widget.js
                              "/openapi.json", "/favicon.svg", "/favicon.ico"})
 
 
+def staff_path(path: str) -> bool:
+    """The back office past its sign-in: an agent's inbox re-reads on every change of the
+    site, far above the shoppers' per-IP rate, and everything there but the sign-in (which has
+    its own limits, per IP and per account) needs a staff session first."""
+    return path.startswith("/admin/") and path != "/admin/login"
+
+
 class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -210,7 +217,8 @@ class RequestLimit:
             return
         address = client_ip(scope, self.trusted_proxies)
         scope.setdefault("state", {})["client_ip"] = address
-        if scope["path"] not in UNLIMITED_PATHS and scope["method"] != "OPTIONS":
+        if scope["path"] not in UNLIMITED_PATHS and scope["method"] != "OPTIONS" \
+                and not staff_path(scope["path"]):
             try:
                 await self.limits.check_request(limit_key(address))
             except AppError as error:

@@ -54,6 +54,21 @@ Once the stream has started, every failure is an `error` event followed by a cle
 """
 
 
+CONVERSATION_STREAM_DESCRIPTION = """\
+Server-Sent Events about one conversation, every one with an `id:` (1, 2, 3, ... in one
+sequence per conversation), so `Last-Event-ID` resumes it on any instance. It never ends by
+itself; the widget opens it only while a person is asked for (`waiting`) or has the
+conversation (`human`), and closes it when the conversation is the assistant's again.
+
+- `event: message`, `data:` a message as in the history (`id`, `sender` user|ai|agent, `text`;
+  an agent's with `agentName` and `createdAt`);
+- `event: status`, `data:` `{"status": "bot"|"waiting"|"human"|"resolved", "agentName"}`;
+- `event: typing`, `data:` `{"sender": "user"|"agent", "agentName"?}`.
+
+An answer's tokens stay on its own stream (POST /chat/stream).
+"""
+
+
 # OpenAPI before 3.2 reads the `schema` of text/event-stream as the schema of one event, seen as
 # {"event", "data", "id"?}; `contentSchema` describes the JSON inside `data`.
 EVENT_STREAM = {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}}
@@ -305,6 +320,63 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     },
                 },
             },
+            "/chat/conversations/{sessionId}/handoff": {
+                "post": {
+                    "operationId": "handoff",
+                    "summary": "The shopper asks for a person: the conversation waits for one.",
+                    "description": "The conversation's status becomes `waiting` (it stays"
+                                   " `waiting`, or `human`, if it already is) and the store's"
+                                   " staff see it in the inbox at /admin. While a person has it"
+                                   " (`human`), a shopper's message is saved and answered by"
+                                   " that person: its stream is `meta` and a `done` with status"
+                                   " `forwarded` and no text.",
+                    "parameters": [
+                        {"name": "sessionId", "in": "path", "required": True, "schema": UUID,
+                         "description": "The conversation's id."},
+                        _site_query(),
+                    ],
+                    "responses": {
+                        "200": {"description": "The conversation's status now.",
+                                "content": _json("Handoff")},
+                        **chat_reads,
+                    },
+                },
+            },
+            "/chat/conversations/{sessionId}/stream": {
+                "get": {
+                    "operationId": "conversationStream",
+                    "summary": "The conversation, live, while a person is asked for or involved.",
+                    "description": CONVERSATION_STREAM_DESCRIPTION,
+                    "parameters": [
+                        {"name": "sessionId", "in": "path", "required": True, "schema": UUID,
+                         "description": "The conversation's id."},
+                        _site_query(),
+                        {"name": "Last-Event-ID", "in": "header", "required": False,
+                         "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                         "description": "The id of the last event the client has."},
+                        {"name": "lastEventId", "in": "query", "required": False,
+                         "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                         "description": "The same, for clients that cannot set headers."},
+                    ],
+                    "responses": {
+                        "200": {"description": "A stream of Server-Sent Events.",
+                                "content": EVENT_STREAM},
+                        **chat_reads,
+                    },
+                },
+            },
+            "/chat/conversations/{sessionId}/typing": {
+                "post": {
+                    "operationId": "shopperTyping",
+                    "summary": "The shopper is typing (the agent sees it on the conversation).",
+                    "parameters": [
+                        {"name": "sessionId", "in": "path", "required": True, "schema": UUID,
+                         "description": "The conversation's id."},
+                        _site_query(),
+                    ],
+                    "responses": {"204": {"description": "Told."}, **chat_reads},
+                },
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -416,7 +488,9 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "additionalProperties": False,
                     "properties": {
                         "id": UUID,
-                        "sender": {"enum": ["user", "ai"]},
+                        "sender": {"enum": ["user", "ai", "agent"],
+                                   "description": "agent: a person of the store's team wrote it"
+                                                  " (see agentName)."},
                         "text": {"type": "string"},
                         "status": _ref("schemas", "MessageStatus"),
                         "createdAt": {"type": "string", "format": "date-time"},
@@ -424,6 +498,20 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         "fallback": {"type": "boolean",
                                      "description": "As in the `done` event; false for the"
                                                     " shopper's messages."},
+                        "agentName": {"type": ["string", "null"],
+                                      "description": "sender agent only: the agent's name."},
+                    },
+                },
+                "Handoff": {
+                    "type": "object", "required": ["sessionId", "status", "supportHours"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "sessionId": UUID,
+                        "status": {"enum": ["waiting", "human"],
+                                   "description": "waiting: for a person; human: one has it."},
+                        "supportHours": {"type": ["string", "null"],
+                                         "description": "The site's support hours, to tell the"
+                                                        " shopper."},
                     },
                 },
                 "Sources": {
@@ -439,6 +527,10 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "required": ["sessionId", "messages", "hasMore"],
                     "additionalProperties": False,
                     "properties": {
+                        "status": {"enum": ["bot", "waiting", "human", "resolved"],
+                                   "description": "Who answers: the assistant, nobody yet (a"
+                                                  " person was asked for), a person, or"
+                                                  " nobody (resolved)."},
                         "sessionId": UUID,
                         "messages": {"type": "array", "maxItems": HISTORY_PAGE_MAX,
                                      "items": _ref("schemas", "HistoryMessage")},

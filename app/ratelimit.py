@@ -84,8 +84,11 @@ class RateLimits:
 
     def __init__(self, *, enabled: bool, every_request: Rule, chat_rules: tuple[Rule, ...],
                  session_rule: Rule, daily_token_budget: int, redis: SharedRedis | None,
-                 redis_prefix: str, on_refusal: Callable[[str], None] | None = None) -> None:
+                 redis_prefix: str, on_refusal: Callable[[str], None] | None = None,
+                 login_rules: tuple[Rule, Rule] | None = None) -> None:
         self.enabled = enabled
+        # (per client IP, per account) for back-office sign-in; None: not limited.
+        self.login_rules = login_rules
         self.every_request = every_request
         self.chat_rules = chat_rules
         self.session_rule = session_rule
@@ -187,6 +190,17 @@ class RateLimits:
         return {"RateLimit-Limit": str(rule.item.amount), "RateLimit-Remaining": str(remaining),
                 "RateLimit-Reset": str(reset_in)}
 
+    async def check_login(self, client_key: str, email: str) -> None:
+        """Count a sign-in attempt against the IP and the account (whether or not it exists,
+        so the refusal says nothing about which emails have accounts)."""
+        if not self.enabled or self.login_rules is None:
+            return
+        by_ip, by_account = self.login_rules
+        for rule, key in ((by_ip, client_key), (by_account, email.strip().lower())):
+            allowed, _, reset_in = await self._hit(rule, key)
+            if not allowed:
+                raise self._refuse(rule, reset_in)
+
     def _budget_for(self, site: Site | None) -> RateLimitItem | None:
         if site is None or site.daily_token_budget is None:
             return self._budget
@@ -237,6 +251,8 @@ _REFUSALS = {
     "chat_ip": "Too many messages from your network. Please wait {wait} and try again.",
     "chat_ip_daily": "You have reached today's message limit. Please try again in {wait}.",
     "ip": "Too many requests from your network. Please wait {wait} and try again.",
+    "login_ip": "Too many sign-in attempts from your network. Please wait {wait}.",
+    "login_account": "Too many sign-in attempts for this account. Please wait {wait}.",
 }
 
 

@@ -14,14 +14,19 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.requests import Request
 
+from .alerts import AlertWebhook
 from .chat import ChatService
 from .config import Settings
+from .conversation_events import Feeds
+from .messages import ConversationDesk
 from .metrics import Metrics
 from .middleware import RefusedOrigins
+from .passwords import Passwords
 from .ratelimit import RateLimits
 from .redis_connection import SharedRedis
 from .sites import SiteDirectory
 from .sse import Connections
+from .staff import StaffStore
 
 
 class NotStarted(RuntimeError):
@@ -32,6 +37,8 @@ class NotStarted(RuntimeError):
 class Running:
     pool: AsyncConnectionPool
     chat: ChatService
+    staff: StaffStore
+    desk: ConversationDesk
 
 
 @dataclass
@@ -45,10 +52,14 @@ class Services:
     # costs no database round trip.
     sites: SiteDirectory
     refused_origins: RefusedOrigins
+    passwords: Passwords
+    # The conversations' and sites' live events (message, status, typing).
+    feeds: Feeds
+    alerts: AlertWebhook | None = None  # None: no ALERT_WEBHOOK_URL
     running: Running | None = None
 
     def started(self, pool: AsyncConnectionPool, chat: ChatService) -> None:
-        self.running = Running(pool, chat)
+        self.running = Running(pool, chat, StaffStore(pool), ConversationDesk(pool))
 
     def stopped(self) -> None:
         self.running = None
@@ -65,6 +76,14 @@ class Services:
     @property
     def chat(self) -> ChatService:
         return self._running().chat
+
+    @property
+    def staff(self) -> StaffStore:
+        return self._running().staff
+
+    @property
+    def desk(self) -> ConversationDesk:
+        return self._running().desk
 
 
 def services_of(app: Starlette) -> Services:

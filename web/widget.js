@@ -49,6 +49,9 @@ h2{flex:1;margin:0;font-size:17px;font-weight:600;overflow:hidden;text-overflow:
 .older{align-self:center;color:var(--sc-muted);font-size:13px}
 .greeting,.msg{max-width:85%;margin:0;padding:9px 13px;border-radius:16px;overflow-wrap:anywhere}
 .greeting,.msg[data-sender=ai]{align-self:flex-start;background:var(--sc-ai);border-end-start-radius:4px}
+.msg[data-sender=agent]{align-self:flex-start;background:var(--sc-ai);border:1px solid var(--sc-accent)}
+.who{font-size:12px;font-weight:600}
+.handoff{margin:0 12px 6px;align-self:flex-start;border:1px solid var(--sc-line);border-radius:99px;background:none;color:inherit;padding:4px 12px;font-size:14px}
 .msg[data-sender=user]{align-self:flex-end;background:var(--sc-accent);color:var(--sc-on-accent);
 border-end-end-radius:4px;white-space:pre-wrap}
 .body p{margin:0 0 .5em}.body>:last-child{margin-bottom:0}
@@ -92,6 +95,7 @@ const TEMPLATE = `<style>${STYLES}</style>
   <div class="older" data-t="older" hidden></div><p class="greeting" dir="auto"></p>
  </div>
  <div class="typing" data-chat-typing role="status" hidden><b data-t="typing"></b><span>…</span></div>
+ <button class="handoff" type="button" data-chat-handoff data-t="handoff" hidden></button>
  <form novalidate>
   <label class="sr-only" for="input" data-t="label"></label>
   <textarea id="input" data-chat-input rows="1" dir="auto" data-t="placeholder=placeholder" autocomplete="off"></textarea>
@@ -264,7 +268,7 @@ const EN = {
   unreadOne: "Open chat, 1 unread answer", unreadMany: "Open chat, {n} unread answers",
   newChat: "Start a new conversation", newTitle: "New conversation",
   heading: "Support", greeting: "Hi! How can we help you today?", log: "Conversation",
-  older: "Loading earlier messages…", typing: "Agent is typing", label: "Your message",
+  older: "Loading earlier messages…", handoff: "Talk to a person", typing: "Agent is typing", label: "Your message",
   placeholder: "Type your message…", stop: "Stop", send: "Send",
   stopped: "Stopped", interrupted: "This answer was interrupted.", from: "From: {title}",
   offline: "You're offline. We'll reconnect when your connection is back.",
@@ -307,6 +311,9 @@ class SupportChat extends HTMLElement {
   #root;
   #el;
   #sessionId = null;
+  #convo = null;
+  #typedAt = 0;
+  #typingTimer = 0;
   #turn = null; // the answer in flight: at most one at a time
   #oldestId = null;
   #hasMore = false;
@@ -396,6 +403,7 @@ class SupportChat extends HTMLElement {
       launcher: q("[data-chat-launcher]"), badge: q(".badge"), panel: q(".panel"),
       notice: q(".notice"), log: q(".log"), older: q(".older"), greeting: q(".greeting"),
       typing: q(".typing"), input: q("textarea"), send: q(".send"), stop: q(".stop"),
+      handoff: q(".handoff"),
     });
     this.#applyStrings();
     this.#loadStrings();
@@ -405,6 +413,7 @@ class SupportChat extends HTMLElement {
     el.launcher.onclick = () => (this.hasAttribute("open") ? this.close() : this.open());
     q("[data-chat-close]").onclick = () => this.close();
     q("[data-chat-new]").onclick = () => this.reset();
+    q("[data-chat-handoff]").onclick = () => this.#handoff();
     el.stop.onclick = () => this.#stop();
     q("form").onsubmit = (e) => { e.preventDefault(); this.#send(); };
     this.#root.addEventListener("keydown", (e) => {
@@ -413,7 +422,7 @@ class SupportChat extends HTMLElement {
     el.input.addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); this.#send(); }
     });
-    el.input.addEventListener("input", () => this.#autogrow());
+    el.input.addEventListener("input", () => { this.#autogrow(); this.#typing(); });
     el.log.addEventListener("scroll", () => {
       const log = el.log;
       // Only the shopper moves the view up. The log shrinking (the typing line, a notice, a
@@ -467,6 +476,7 @@ class SupportChat extends HTMLElement {
       this.#endTurn();
     }
     this.#sessionId = this.#oldestId = null;
+    this.#follow(false);
     this.#hasMore = false;
     storage()?.removeItem(this.#storageKey());
     for (const message of this.#el.log.querySelectorAll("[data-chat-message]")) message.remove();
@@ -490,6 +500,61 @@ class SupportChat extends HTMLElement {
     if (!id || id === this.#sessionId) return;
     this.#sessionId = id;
     storage()?.setItem(this.#storageKey(), id);
+    this.#follow(false);
+  }
+
+  // A person is asked for: the conversation becomes `waiting` and its stream opens.
+  async #handoff() {
+    if (!this.#sessionId) return;
+    const response = await fetch(this.#url(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/handoff`, {}), { method: "POST" }).catch(() => null);
+    if (!response || !response.ok) return response ? this.#httpNotice(response) : this.#networkNotice();
+    const { supportHours } = await response.json();
+    this.#say(`We've asked a person to join.${supportHours ? ` Support hours: ${supportHours}.` : ""}`);
+    this.#follow(true);
+  }
+
+  #say(text) {
+    this.#el.log.append(node("p", "note", text));
+    this.#scrollToBottom();
+  }
+
+  // The conversation's own stream, open only while a person is asked for or involved (an idle
+  // widget holds no connection). EventSource resumes it with Last-Event-ID by itself.
+  #follow(on) {
+    this.#el.handoff.hidden = on || !this.#sessionId;
+    if (!on) { this.#convo?.close(); this.#convo = null; return; }
+    if (this.#convo) return;
+    const source = this.#convo = new EventSource(this.#url(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/stream`, {}));
+    source.addEventListener("message", (e) => {
+      const m = parseJson(e.data) || {};
+      if (m.sender !== "agent" || this.#el.log.querySelector(`[data-message-id="${CSS.escape(m.id)}"]`)) return;
+      this.#el.typing.hidden = true;
+      this.#addMessage("agent", m.text || "", m);
+      this.#scrollToBottom();
+    });
+    source.addEventListener("status", (e) => {
+      const { status, agentName } = parseJson(e.data) || {};
+      if (status === "human") this.#say(`${agentName || "A person"} joined the conversation.`);
+      if (status === "bot" || status === "resolved") { this.#say("The assistant is back."); this.#follow(false); }
+    });
+    source.addEventListener("typing", (e) => {
+      const { sender, agentName } = parseJson(e.data) || {};
+      if (sender !== "agent" || this.#turn) return;
+      const { typing } = this.#el;
+      typing.firstChild.textContent = `${agentName || "Agent"} is typing`;
+      typing.hidden = false;
+      clearTimeout(this.#typingTimer);
+      this.#typingTimer = setTimeout(() => {
+        typing.firstChild.textContent = "Agent is typing";
+        if (!this.#turn) typing.hidden = true;
+      }, 4000);
+    });
+  }
+
+  #typing() {
+    if (!this.#convo || Date.now() - this.#typedAt < 3000) return;
+    this.#typedAt = Date.now();
+    fetch(this.#url(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/typing`, {}), { method: "POST" }).catch(() => {});
   }
 
   async #send() {
@@ -660,12 +725,13 @@ class SupportChat extends HTMLElement {
     fetch(url, { method: "POST" }).catch(() => {});
   }
 
-  #addMessage(sender, text, { id, status, sources } = {}, before = null) {
+  #addMessage(sender, text, { id, status, sources, agentName } = {}, before = null) {
     const el = node("div", "msg");
     el.dir = "auto"; // Arabic or Hebrew reads right to left, whatever the page's direction
     el.setAttribute("data-chat-message", "");
     el.dataset.sender = sender;
     if (id) el.dataset.messageId = id;
+    if (sender === "agent") el.append(node("div", "who", agentName || "Agent"));
     if (sender === "ai") this.#fillAnswer(el, text, status || "complete", Array.isArray(sources) ? sources : []);
     else el.append(...bidiSafe(text));
     this.#el.log.insertBefore(el, before);
@@ -718,6 +784,7 @@ class SupportChat extends HTMLElement {
   #finishMessage(turn) {
     cancelAnimationFrame(turn.frame);
     if (!turn.el && !turn.text && turn.status === "error") return; // the notice says it all
+    if (turn.status === "forwarded") return turn.el?.remove(); // a person answers, not the assistant
     turn.el ||= this.#addMessage("ai", "", { id: turn.messageId });
     if (turn.messageId) turn.el.dataset.messageId = turn.messageId;
     this.#fillAnswer(turn.el, turn.text, turn.status || "complete", turn.sources);
@@ -752,6 +819,7 @@ class SupportChat extends HTMLElement {
         return;
       }
       const messages = this.#addPage(page, null);
+      this.#follow(page.status === "waiting" || page.status === "human");
       this.#scrollToBottom(true);
       this.#fillIfShort();
       const last = messages[messages.length - 1];
