@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import answer_events
 from .eventlog import EventLog
+from .identity import Customer
 from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
 from .llm import LLM, UpstreamError, Usage
 from .logs import log_answer
@@ -62,8 +63,11 @@ class AnswerTools:
 class AnswerRun:
     def __init__(self, tools: AnswerTools, started: StartedAnswer, question: str,
                  history: list[tuple[str, str]], asked_at: float,
-                 committed: asyncio.Future[None], site: Site | None = None) -> None:
+                 committed: asyncio.Future[None], site: Site | None = None,
+                 customer: Customer | None = None) -> None:
         self._tools = tools
+        # The verified shopper (None: anonymous): the only authority for order lookups.
+        self._customer = customer
         self._site = site
         self._site_id = DEFAULT_SITE_ID if site is None else site.id
         # The site's profile, or the default site's.

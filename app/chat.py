@@ -25,6 +25,7 @@ from .answer_events import record_meta, replay_record, settled, terminal_event
 from .answer_run import KNOWLEDGE_ONLY_MODEL, AnswerRun, AnswerTools, StartedAnswer
 from .errors import ServiceUnavailable, StoreUnavailable
 from .eventlog import REPLAYED_END_ID, Event, EventLog, SharedLogUnavailable
+from .identity import Customer
 from .llm import LLM
 from .messages import AnswerRecord, HistoryPage, MessageStore
 from .metrics import Metrics
@@ -76,8 +77,12 @@ class ChatService:
     # -- starting an answer ------------------------------------------------------------------
 
     async def start_answer(self, question: str, session_id: uuid.UUID | None,
-                           site: Site | None = None) -> StartedAnswer:
+                           site: Site | None = None, customer: Customer | None = None,
+                           ) -> StartedAnswer:
         """Commit the shopper's message and an empty answer row while the answer starts.
+
+        `customer` is the shopper's verified identity (app/identity.py), kept on the
+        conversation and the only authority for the answer's order lookups.
 
         The conversation is the site's (None: the default site's): another site's session id
         is treated as unknown, and starts a new conversation.
@@ -99,10 +104,10 @@ class ChatService:
             async with self._messages.new_turn(session_id, site_id) as turn:
                 started = StartedAnswer(turn.session_id, user_message_id, answer_id)
                 run = AnswerRun(self._tools, started, question, turn.history, asked_at, committed,
-                                site)
+                                site, customer)
                 run.start()
                 await turn.save(question, user_message_id, answer_id,
-                                run.model if self._llm else None)
+                                run.model if self._llm else None, customer)
                 writer_pid = turn.writer_pid
         except BaseException:
             # The question is not saved, so there is no answer: stop its task quietly.

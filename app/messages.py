@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import db
 from .errors import NotFoundError, StoreUnavailable
+from .identity import Customer
 from .sites import DEFAULT_SITE_ID
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,22 @@ class Turn:
         self.writer_pid: int | None = None
 
     async def save(self, question: str, user_message_id: uuid.UUID, answer_id: uuid.UUID,
-                   model: str | None) -> None:
-        """The shopper's message, and the answer's empty 'streaming' row."""
+                   model: str | None, customer: Customer | None = None) -> None:
+        """The shopper's message, and the answer's empty 'streaming' row; a verified
+        customer is noted on the conversation (for the inbox, never as authority)."""
+        customer_id = None if customer is None else customer.id
+        customer_email = None if customer is None else customer.email
         if self._new_session:
-            await self._conn.execute("INSERT INTO conversations (id, site_id) VALUES (%s, %s)",
-                                     (self.session_id, self.site_id))
+            await self._conn.execute(
+                "INSERT INTO conversations (id, site_id, customer_id, customer_email)"
+                " VALUES (%s, %s, %s, %s)",
+                (self.session_id, self.site_id, customer_id, customer_email))
+        elif customer is not None:
+            await self._conn.execute(
+                "UPDATE conversations SET customer_id = %s, customer_email = %s"
+                " WHERE id = %s AND (customer_id IS DISTINCT FROM %s"
+                " OR customer_email IS DISTINCT FROM %s)",
+                (customer_id, customer_email, self.session_id, customer_id, customer_email))
         await self._conn.execute(
             "INSERT INTO messages (id, conversation_id, site_id, sender, text, status, model)"
             " VALUES (%s, %s, %s, 'user', %s, 'complete', NULL),"
