@@ -29,6 +29,8 @@ from .llm import LLM, UpstreamError, Usage
 from .logs import log_answer
 from .messages import MessageStore
 from .metrics import Metrics
+from .order_tools import ToolOutcome, direct_answer
+from .orders import OrdersClient
 from .prompt import build_messages
 from .ratelimit import estimate_tokens
 from .sites import DEFAULT_SITE_ID, Site
@@ -58,6 +60,7 @@ class AnswerTools:
     profile: StoreProfile  # the default site's
     metrics: Metrics
     record_tokens: Callable[[int, Site | None], Awaitable[None]] | None
+    orders: OrdersClient | None = None  # None: no order lookups (app/orders.py)
 
 
 class AnswerRun:
@@ -88,6 +91,8 @@ class AnswerRun:
         self._shutting_down = False
         self._text = ""
         self._sources: list[answer_events.Source] = []
+        # The tool events sent (order cards), kept with the answer for its replay.
+        self._tools_used: list[answer_events.ToolPayload] = []
         self.status = "complete"
         # Only while generating may a cancel interrupt the run: once generation has ended, the
         # save and the terminal event must run to the end, or the text is lost and the stream
@@ -150,7 +155,8 @@ class AnswerRun:
         llm = self._tools.llm
         if llm is None:
             await self._committed
-            self._answer_from_knowledge()
+            if not await self._answer_order_directly():
+                self._answer_from_knowledge()
             return
         system_prompt = build_system_prompt(self._profile, self._chunks)
         self._prompt = build_messages(system_prompt, self._history, self._question)
@@ -180,7 +186,8 @@ class AnswerRun:
                         "the knowledge base", exc.code)
             self._fallback = True
             await self._committed
-            self._answer_from_knowledge()
+            if not await self._answer_order_directly():
+                self._answer_from_knowledge()
 
     async def _find_knowledge(self) -> list[KnowledgeChunk]:
         """The knowledge base's best chunks for the question; a follow-up such as "and to
@@ -198,6 +205,27 @@ class AnswerRun:
             log.warning("knowledge search failed: %s", type(exc).__name__)
             return []
 
+    def _send_tool_event(self, outcome: ToolOutcome) -> None:
+        kind, payload = outcome.event
+        self._tools_used.append(payload)
+        self._tools.events.append(self._key, kind, payload)
+
+    async def _answer_order_directly(self) -> bool:
+        """Without the model: a question naming an order gets its card and a one-line answer
+        (app/order_tools.py); False when it names none."""
+        answered = await direct_answer(self._tools.orders, self._site, self._customer,
+                                       self._question)
+        if answered is None:
+            return False
+        outcome, line = answered
+        if outcome is not None:
+            self._send_tool_event(outcome)
+        self._chunks = []  # the answer drew on the order, not on an article
+        for piece in answer_pieces(line):
+            self._parts.append(piece)
+            self._tools.events.append(self._key, *answer_events.token(piece))
+        return True
+
     def _answer_from_knowledge(self) -> None:
         """Stream the framed best chunk with the same token events a model's answer uses."""
         for piece in answer_pieces(knowledge_only_answer(self._profile, self._chunks)):
@@ -211,7 +239,7 @@ class AnswerRun:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             sources=self._sources,
-            fallback=self._fallback)
+            fallback=self._fallback, tools=self._tools_used)
 
     def _end_event(self, saved: bool) -> tuple[answer_events.Kind, object]:
         if not saved:

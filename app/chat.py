@@ -29,6 +29,7 @@ from .identity import Customer
 from .llm import LLM
 from .messages import AnswerRecord, HistoryPage, MessageStore
 from .metrics import Metrics
+from .orders import OrdersClient
 from .sites import DEFAULT_SITE_ID, Site
 from .store_profile import StoreProfile
 
@@ -50,7 +51,7 @@ class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
                  history_window: int, profile: StoreProfile,
                  record_tokens: Callable[[int, Site | None], Awaitable[None]] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, orders: OrdersClient | None = None) -> None:
         self._messages = MessageStore(pool, history_window=history_window)
         self._events = events
         self._llm = llm
@@ -58,7 +59,7 @@ class ChatService:
         self._tools = AnswerTools(pool=pool, messages=self._messages, events=events, llm=llm,
                                   profile=profile,
                                   metrics=metrics if metrics is not None else Metrics(),
-                                  record_tokens=record_tokens)
+                                  record_tokens=record_tokens, orders=orders)
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
         self._running: dict[uuid.UUID, AnswerRun] = {}

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -42,6 +43,7 @@ from .middleware import (
     SecurityHeaders,
     SiteCORS,
 )
+from .orders import OrdersClient
 from .ratelimit import RateLimits, Rule, parse_limit
 from .redis_connection import SharedRedis
 from .redis_eventlog import RedisEventLog
@@ -179,8 +181,14 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             log.warning("no OPENAI_API_KEY or OPENAI_BASE_URL: knowledge-only mode, answers "
                         "come from the knowledge base")
         events = build_event_log(settings, redis)
+        orders_http = httpx.AsyncClient()
+        orders = OrdersClient(orders_http, default_url=settings.orders_api_url,
+                              default_token=settings.orders_api_token,
+                              default_pattern=settings.order_number_pattern,
+                              cache_s=settings.orders_cache_s, timeout_s=settings.orders_timeout_s)
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
-                           profile=profile, record_tokens=limits.record_tokens, metrics=metrics)
+                           profile=profile, record_tokens=limits.record_tokens, metrics=metrics,
+                           orders=orders)
         await events.open(on_cancel_request=chat.cancel_running)
         # An answer left 'streaming' that no instance produces had its producer die: with one
         # instance, with the previous process; with Redis, whichever instance let its lease go.
@@ -195,6 +203,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             await chat.shutdown(settings.shutdown_grace_s)
             services.stopped()
             await events.aclose()
+            await orders_http.aclose()
             if llm is not None:
                 await llm.aclose()
             if redis is not None:

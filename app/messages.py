@@ -15,7 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -74,6 +74,7 @@ class AnswerRecord:
     fallback: bool
     sources: list[dict[str, str]]
     site_id: int
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ class MessageStore:
 
     async def save_answer(self, answer_id: uuid.UUID, text: str, status: str, *,
                           prompt_tokens: int | None, completion_tokens: int | None,
-                          sources: Sequence[Mapping[str, object]], fallback: bool) -> bool:
+                          sources: Sequence[Mapping[str, object]], fallback: bool,
+                          tools: Sequence[Mapping[str, object]] = ()) -> bool:
         """Write the answer's one row; retry through a short database outage. False: not saved."""
         delay = 0.5
         for attempt in range(1, SAVE_ATTEMPTS + 1):
@@ -174,10 +176,10 @@ class MessageStore:
                 async with db.connection(self._pool) as conn:
                     await conn.execute(
                         "UPDATE messages SET text = %s, status = %s, prompt_tokens = %s,"
-                        " completion_tokens = %s, sources = %s, fallback = %s,"
+                        " completion_tokens = %s, sources = %s, fallback = %s, tools = %s,"
                         " finished_at = now() WHERE id = %s",
                         (text, status, prompt_tokens, completion_tokens, Jsonb(sources),
-                         fallback, answer_id),
+                         fallback, Jsonb(list(tools)), answer_id),
                     )
                 return True
             except StoreUnavailable:
@@ -196,7 +198,8 @@ class MessageStore:
             cur = conn.cursor(row_factory=class_row(AnswerRecord))
             await cur.execute(
                 "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens,"
-                " fallback, sources, site_id FROM messages WHERE id = %s AND conversation_id = %s"
+                " fallback, sources, site_id, tools FROM messages WHERE id = %s"
+                " AND conversation_id = %s"
                 " AND site_id = %s AND sender = 'ai'",
                 (answer_id, session_id, site_id),
             )

@@ -19,3 +19,7 @@ ALTER TABLE sites
 ALTER TABLE conversations
     ADD COLUMN customer_id text,
     ADD COLUMN customer_email text;
+
+-- The tool events an answer sent (order cards, app/answer_events.py `tool`), so a replay of
+-- the settled answer shows them again.
+ALTER TABLE messages ADD COLUMN tools jsonb NOT NULL DEFAULT '[]';
