@@ -21,8 +21,13 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 venv: $(VENV)/.installed
 venv-test: $(VENV)/.installed-test
 
+# The demo store's order API (app/demo_orders.py) runs beside the chat server, and the demo page
+# is signed in as its demo customer: ask "where is my order 1042?".
 run: venv
-	$(PY) -m app
+	$(PY) -m app.demo_orders & orders=$$!; trap "kill $$orders" EXIT INT TERM; \
+	ORDERS_API_URL=$${ORDERS_API_URL:-http://127.0.0.1:8001} \
+	ORDERS_API_TOKEN=$${ORDERS_API_TOKEN:-demo-orders-token} \
+	DEMO_CUSTOMER=$${DEMO_CUSTOMER-demo-customer:demo@example.com} $(PY) -m app
 
 migrate: venv
 	$(PY) -m app migrate

@@ -154,6 +154,12 @@ def base_url(name: str, raw: str) -> str:
     return raw
 
 
+def demo_customer(name: str, raw: str) -> str:
+    if raw and (":" not in raw or "@" not in raw.split(":", 1)[1]):
+        raise ConfigError(f"{name} must look like 'customer-id:email@example.com', got {raw!r}")
+    return raw
+
+
 def setting(variable: str, default: str, meaning: str, read: Read = text) -> Any:
     """A field of Settings read from `variable`; unset or blank, `default` is read instead."""
     return dataclasses.field(default=read(variable, default),
@@ -251,7 +257,8 @@ class Settings:
         number(0.1, 60))
     demo_customer: str = setting(
         "DEMO_CUSTOMER", "", "Demo only: 'id:email' of a customer whose signed token the demo page"
-                             " (GET /) is given; empty: none. Never set it in production.")
+                             " (GET /) is given; empty: none. Never set it in production.",
+        demo_customer)
 
     @property
     def llm_configured(self) -> bool:
