@@ -12,11 +12,13 @@ and its token budget.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -25,11 +27,19 @@ from . import answer_events
 from .eventlog import EventLog
 from .identity import Customer
 from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
-from .llm import LLM, UpstreamError, Usage
+from .llm import LLM, ToolCalls, UpstreamError, Usage
 from .logs import log_answer
 from .messages import MessageStore
 from .metrics import Metrics
-from .order_tools import ToolOutcome, direct_answer
+from .order_tools import (
+    MAX_TOOL_CALLS,
+    ORDER_TOOLS_PROMPT,
+    UNAVAILABLE_LINE,
+    OrderTools,
+    ToolOutcome,
+    describe,
+    direct_answer,
+)
 from .orders import OrdersClient
 from .prompt import build_messages
 from .ratelimit import estimate_tokens
@@ -159,22 +169,39 @@ class AnswerRun:
                 self._answer_from_knowledge()
             return
         system_prompt = build_system_prompt(self._profile, self._chunks)
+        orders = self._tools.orders
+        order_tools = (OrderTools(orders, self._site, self._customer, self._question)
+                       if orders is not None and orders.configured(self._site) else None)
+        if order_tools is not None:
+            system_prompt += "\n\n" + ORDER_TOOLS_PROMPT
         self._prompt = build_messages(system_prompt, self._history, self._question)
+        conversation: list[dict[str, Any]] = list(self._prompt)
         # The per-token path: locals, not attributes, and no call beyond the log's append.
         parts, append, key, site = self._parts, self._tools.events.append, self._key, self._site
         try:
-            async for item in llm.stream(
-                    self._prompt, model=site.model if site else None,
-                    temperature=site.temperature if site else None,
-                    max_tokens=site.max_tokens if site else None):
-                if isinstance(item, Usage):
-                    self._usage = item
-                else:
-                    if self._first_token_at is None:
-                        await self._committed
-                        self._first_token_at = time.monotonic()
-                    parts.append(item)
-                    append(key, "token", {"text": item})  # answer_events.token, inlined
+            # One round per model stream: a round that ends in tool calls runs them and streams
+            # again, with their results; past MAX_TOOL_CALLS the model must answer in text.
+            while True:
+                offer = (order_tools.specs if order_tools is not None
+                         and order_tools.calls < MAX_TOOL_CALLS else None)
+                requested: ToolCalls | None = None
+                async for item in llm.stream(
+                        conversation, model=site.model if site else None,
+                        temperature=site.temperature if site else None,
+                        max_tokens=site.max_tokens if site else None, tools=offer):
+                    if isinstance(item, str):
+                        if self._first_token_at is None:
+                            await self._committed
+                            self._first_token_at = time.monotonic()
+                        parts.append(item)
+                        append(key, "token", {"text": item})  # answer_events.token, inlined
+                    elif isinstance(item, Usage):
+                        self._add_usage(item)
+                    else:
+                        requested = item
+                if requested is None or order_tools is None:
+                    break
+                conversation += await self._run_tools(order_tools, requested)
         except UpstreamError as exc:
             self._tools.metrics.upstream_errors.labels(kind=exc.code).inc()
             # Before the first token the shopper has seen nothing, so the knowledge base can
@@ -186,8 +213,49 @@ class AnswerRun:
                         "the knowledge base", exc.code)
             self._fallback = True
             await self._committed
-            if not await self._answer_order_directly():
+            if self._tools_used:
+                self._answer_from_tool_results()
+            elif not await self._answer_order_directly():
                 self._answer_from_knowledge()
+
+    def _add_usage(self, usage: Usage) -> None:
+        """Each round of tool calling is a request of its own: the answer costs their sum."""
+        if self._usage is not None:
+            usage = Usage(self._usage.prompt_tokens + usage.prompt_tokens,
+                          self._usage.completion_tokens + usage.completion_tokens)
+        self._usage = usage
+
+    async def _run_tools(self, order_tools: OrderTools, requested: ToolCalls
+                         ) -> list[dict[str, Any]]:
+        """Run the model's tool calls (at most MAX_TOOL_CALLS per answer, each with its own
+        timeout, app/order_tools.py): the messages that carry their results back."""
+        replies: list[dict[str, Any]] = [{
+            "role": "assistant", "content": None,
+            "tool_calls": [{"id": call.id, "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments}}
+                           for call in requested.calls]}]
+        for call in requested.calls:
+            if order_tools.calls >= MAX_TOOL_CALLS:
+                result: dict[str, Any] = {"result": "limit",
+                                          "note": "No more lookups in this answer."}
+            else:
+                outcome = await order_tools.call(call.name, call.arguments)
+                await self._committed
+                self._send_tool_event(outcome)
+                result = outcome.for_model
+            replies.append({"role": "tool", "tool_call_id": call.id,
+                            "content": json.dumps(result)})
+        return replies
+
+    def _answer_from_tool_results(self) -> None:
+        """The model failed after its tools ran: the cards are shown, say what they say."""
+        lines = [describe(order) for payload in self._tools_used
+                 for order in ([payload["order"]] if "order" in payload
+                               else payload.get("orders", []))]
+        text = " ".join(lines) or UNAVAILABLE_LINE
+        for piece in answer_pieces(text):
+            self._parts.append(piece)
+            self._tools.events.append(self._key, *answer_events.token(piece))
 
     async def _find_knowledge(self) -> list[KnowledgeChunk]:
         """The knowledge base's best chunks for the question; a follow-up such as "and to

@@ -29,6 +29,15 @@ MAX_TOOL_CALLS = 3
 UNAVAILABLE_LINE = ("I can't reach our order system right now. Please try again in a few"
                     " minutes, or contact our team.")
 
+# Added to the system prompt when the tools are offered.
+ORDER_TOOLS_PROMPT = (
+    "You can look up the shopper's orders with the tools. Only ever state order details a tool"
+    " returned in this conversation; never guess them. A tool result of not_found means no such"
+    " order for this shopper: say you could not find it, and do not speculate whether it exists."
+    " A result of unavailable means the order system is down: apologise and suggest trying"
+    " again later. If the shopper is not signed in, ask for the order number and the email"
+    " address used for the order.")
+
 TOOL_SPECS: list[dict[str, Any]] = [
     {"type": "function", "function": {
         "name": "lookup_order",
