@@ -55,12 +55,14 @@ class Message:
     seq: int
     sources: list[dict[str, str]]
     fallback: bool
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        # sources and fallback as in the `done` event, so a reload shows what the live answer did.
+        # sources, fallback and the tool events as the live answer had them, so a reload shows
+        # what it did (order cards included).
         return {"id": str(self.id), "sender": self.sender, "text": self.text,
                 "status": self.status, "createdAt": self.created_at.isoformat(),
-                "sources": self.sources, "fallback": self.fallback}
+                "sources": self.sources, "fallback": self.fallback, "tools": self.tools}
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,8 @@ class MessageStore:
                 before_seq = row[0]
             rows = conn.cursor(row_factory=class_row(Message))
             await rows.execute(
-                "SELECT id, sender, text, status, created_at, seq, sources, fallback FROM messages"
+                "SELECT id, sender, text, status, created_at, seq, sources, fallback, tools"
+                " FROM messages"
                 " WHERE conversation_id = %s AND (%s::bigint IS NULL OR seq < %s)"
                 " ORDER BY seq DESC LIMIT %s",
                 (session_id, before_seq, before_seq, limit + 1),

@@ -392,7 +392,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 "HistoryMessage": {
                     "type": "object",
                     "required": ["id", "sender", "text", "status", "createdAt", "sources",
-                                 "fallback"],
+                                 "fallback", "tools"],
                     "additionalProperties": False,
                     "properties": {
                         "id": UUID,
@@ -404,6 +404,10 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         "fallback": {"type": "boolean",
                                      "description": "As in the `done` event; false for the"
                                                     " shopper's messages."},
+                        "tools": {"type": "array",
+                                  "description": "The answer's `tool` events (order cards), in"
+                                                 " order; empty for the shopper's messages.",
+                                  "items": _ref("schemas", "ToolEvent")},
                     },
                 },
                 "Sources": {

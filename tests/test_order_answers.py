@@ -107,12 +107,15 @@ async def test_the_card_is_resumed_by_last_event_id_and_replayed_once_settled(
         params = {"sessionId": meta["sessionId"]}
         from_start = parse_sse((await http.get(path, params={**params, "lastEventId": "0"})).text)
         after_card = parse_sse((await http.get(path, params={**params, "lastEventId": "1"})).text)
+        history = (await http.get(f"/chat/history/{meta['sessionId']}")).json()
     assert [e.event for e in from_start] == kinds(events)
     assert from_start[1].data == events[1].data
     assert "tool" not in kinds(after_card) and text_of(after_card) == text_of(events)
     # Kept with the answer, for a replay from PostgreSQL once the stream has expired.
     [(tools,)] = query("SELECT tools FROM messages WHERE id = %s", meta["messageId"])
     assert tools == [events[1].data]
+    # And in the history, so a reloaded widget shows the card again.
+    assert [m["tools"] for m in history["messages"]] == [[], [events[1].data]]
 
 
 async def test_a_failing_store_gets_a_friendly_answer(

@@ -46,5 +46,10 @@ async def test_the_demo_customer_sees_the_order_card(start_app: Callable[..., An
             await expect(answer).to_contain_text("Order 1042 is shipped, with Royal Mail")
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "widget-order-card.png"))
+            # A reload draws the conversation from its history: the card is there again.
+            await page.reload()
+            await page.locator("[data-chat-launcher]").click()
+            await expect(page.locator("[data-chat-order]")).to_contain_text("Order 1042: shipped")
+            await page.screenshot(path=str(ARTIFACTS / "widget-order-card-after-reload.png"))
         finally:
             await browser.close()

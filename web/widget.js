@@ -589,12 +589,12 @@ class SupportChat extends HTMLElement {
     fetch(url, { method: "POST" }).catch(() => {});
   }
 
-  #addMessage(sender, text, { id, status, sources } = {}, before = null) {
+  #addMessage(sender, text, { id, status, sources, tools } = {}, before = null) {
     const el = node("div", "msg");
     el.setAttribute("data-chat-message", "");
     el.dataset.sender = sender;
     if (id) el.dataset.messageId = id;
-    if (sender === "ai") this.#fillAnswer(el, text, status || "complete", Array.isArray(sources) ? sources : []);
+    if (sender === "ai") this.#fillAnswer(el, text, status || "complete", Array.isArray(sources) ? sources : [], Array.isArray(tools) ? tools : []);
     else el.append(...bidiSafe(text));
     this.#el.log.insertBefore(el, before);
     return el;
