@@ -69,7 +69,8 @@ class ChatService:
 
     @property
     def running_count(self) -> int:
-        return len(self._running)
+        """Answers this instance still looks after: produced here, or being settled."""
+        return len(self._running) + len(self._settling)
 
     @property
     def mode(self) -> str:
@@ -95,7 +96,8 @@ class ChatService:
         """
         asked_at = time.monotonic()
         user_message_id, answer_id = uuid.uuid4(), uuid.uuid4()
-        # Claimed before the row exists: other instances never see it 'streaming' unclaimed.
+        # Claimed before the row exists; the lease may reach other instances just after the
+        # commit, and they confirm a missing lease before declaring a producer dead.
         await self._events.claim(str(answer_id))
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         run: AnswerRun | None = None

@@ -43,7 +43,7 @@ from .sse import AnswerStreamResponse, Connections
 MAX_BODY_BYTES = 100 * 1024
 MESSAGE_TIMEOUT_S = 30.0
 HISTORY_PAGE_MAX = 200
-# sse-starlette's keep-alive comment interval; proxies drop connections idle for ~60 s.
+# The keep-alive comment interval on an idle stream; proxies drop connections idle for ~60 s.
 PING_S = 15
 # A client that stops reading must not hold a stream (and its buffers) forever.
 SEND_TIMEOUT_S = 30
@@ -161,8 +161,8 @@ async def sse_frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
 
 
 def event_stream(events: AsyncIterator[Event], connections: Connections) -> AnswerStreamResponse:
-    return AnswerStreamResponse(sse_frames(events), connections=connections, ping=PING_S,
-                                headers=SSE_HEADERS, send_timeout=SEND_TIMEOUT_S)
+    return AnswerStreamResponse(sse_frames(events), connections=connections, ping_s=PING_S,
+                                headers=SSE_HEADERS, send_timeout_s=SEND_TIMEOUT_S)
 
 
 async def start_chat(request: Request) -> tuple[ChatService, StartedAnswer, dict[str, str]]:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -225,9 +224,6 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             metrics.watch_pool(None)
             await pool.close()
 
-    # sse-starlette ends every stream the moment uvicorn sees SIGTERM; our streams end when their
-    # answers end, and AppServer gives answers a grace period first.
-    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     middleware = [
         # Outermost: it sees every response, CORS refusals included, and times the whole request.
         Middleware(AccessMiddleware, metrics=metrics),
