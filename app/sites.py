@@ -88,7 +88,8 @@ class Site:
     def identity_secrets(self, now: datetime) -> list[str]:
         """The secrets a customer token may be signed with right now: the current one, and
         the previous one until its overlap ends."""
-        secrets = [self.identity_secret]
+        # An empty secret (a Site made without one) verifies nothing.
+        secrets = [self.identity_secret] if self.identity_secret else []
         if (self.identity_secret_previous and self.identity_previous_until is not None
                 and now < self.identity_previous_until):
             secrets.append(self.identity_secret_previous)

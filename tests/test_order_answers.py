@@ -4,13 +4,17 @@ resume."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
+from app.answer_events import replay_record
 from app.demo_orders import DEMO_TOKEN, create_demo_orders_app
+from app.eventlog import REPLAYED_END_ID
 from app.identity import sign_customer_token
+from app.messages import AnswerRecord
 from tests.conftest import FakeUpstream, Reply, RunningApp, SSEEvent, parse_sse, stream_chat
 from tests.orders_server import serve
 
@@ -141,3 +145,19 @@ async def test_when_the_model_fails_first_the_card_comes_as_the_fallback(
                                           "customerToken": demo_token(query)})
     assert events[1].event == "tool" and events[1].data["result"] == "found"
     assert events[-1].data["fallback"] is True
+
+
+async def test_a_settled_answer_replayed_from_postgresql_sends_its_card_before_its_text() -> None:
+    card = {"name": "lookup_order", "result": "found", "order": {
+        "number": "1042", "status": "shipped", "items": [], "carrier": None,
+        "trackingUrl": None, "expectedDelivery": None}}
+    record = AnswerRecord(id=uuid.uuid4(), conversation_id=uuid.uuid4(), text="Order 1042 is shipped.",
+                          status="complete", prompt_tokens=None, completion_tokens=None,
+                          fallback=False, sources=[], site_id=1, tools=[card])
+    events = [event async for event in replay_record(record, after=0)]
+    assert [(e.kind, e.seq) for e in events] == [
+        ("meta", 0), ("tool", 1), ("token", 2), ("done", REPLAYED_END_ID)]
+    assert events[1].payload == card and events[1].frame.startswith(b"id: 1\nevent: tool\n")
+    # A client that has the card already gets only the end.
+    assert [e.kind for e in [event async for event in replay_record(record, after=2)]] == [
+        "meta", "done"]
