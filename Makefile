@@ -21,8 +21,15 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 venv: $(VENV)/.installed
 venv-test: $(VENV)/.installed-test
 
+# The demo store's order API (app/demo_orders.py) runs beside the chat server, and the demo page
+# is signed in as its demo customer: ask "where is my order 1042?".
+DEMO_ORDERS_PORT ?= 8001
 run: venv
-	$(PY) -m app
+	DEMO_ORDERS_PORT=$(DEMO_ORDERS_PORT) $(PY) -m app.demo_orders & orders=$$!; \
+	trap "kill $$orders 2>/dev/null" EXIT INT TERM; \
+	ORDERS_API_URL=$${ORDERS_API_URL:-http://127.0.0.1:$(DEMO_ORDERS_PORT)} \
+	ORDERS_API_TOKEN=$${ORDERS_API_TOKEN:-demo-orders-token} \
+	DEMO_CUSTOMER=$${DEMO_CUSTOMER-demo-customer:demo@example.com} $(PY) -m app
 
 migrate: venv
 	$(PY) -m app migrate

@@ -19,8 +19,9 @@ from typing import Any, Literal, NotRequired, TypedDict
 from .eventlog import REPLAYED_END_ID, Event, encode_event
 from .llm import Usage
 from .messages import AnswerRecord
+from .orders import OrderItem, OrderSummary
 
-Kind = Literal["meta", "token", "done", "error"]
+Kind = Literal["meta", "token", "tool", "done", "error"]
 
 
 class MetaPayload(TypedDict):
@@ -31,6 +32,13 @@ class MetaPayload(TypedDict):
 
 class TokenPayload(TypedDict):
     text: str
+
+
+class ToolPayload(TypedDict):
+    name: str
+    result: str
+    order: NotRequired[OrderSummary]
+    orders: NotRequired[list[OrderSummary]]
 
 
 class UsagePayload(TypedDict, total=False):
@@ -79,6 +87,18 @@ def meta(session_id: str, answer_id: str, user_message_id: str | None = None,
 
 def token(text: str) -> tuple[Kind, TokenPayload]:
     return "token", {"text": text}
+
+
+def tool(name: str, result: str, *, order: OrderSummary | None = None,
+         orders: Sequence[OrderSummary] | None = None) -> tuple[Kind, ToolPayload]:
+    """A tool the answer used (an order lookup): its result, shopper-safe, for an order card.
+    `result` is 'found', 'not_found' (also for another customer's order) or 'unavailable'."""
+    payload: ToolPayload = {"name": name, "result": result}
+    if order is not None:
+        payload["order"] = order
+    if orders is not None:
+        payload["orders"] = list(orders)
+    return "tool", payload
 
 
 def usage_payload(usage: Usage | None) -> UsagePayload:
@@ -171,13 +191,19 @@ async def settled(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
 
 
 def replay_record(record: AnswerRecord, after: int) -> AsyncIterator[Event]:
-    """A finished answer from PostgreSQL: meta, its whole text as one token, then the end.
+    """A finished answer from PostgreSQL: meta, its tool events (order cards), its whole text
+    as one token, then the end.
 
     The token ids it was streamed with are not kept, so its end has an id past any of them.
     """
     events = [record_meta(record)]
-    if after < 1 and record.text:
-        events.append(encode_event(1, *token(record.text)))
+    if after < 1:
+        seq = 1
+        for used in record.tools:
+            events.append(encode_event(seq, "tool", used))
+            seq += 1
+        if record.text:
+            events.append(encode_event(seq, *token(record.text)))
     events.append(terminal_event(record, REPLAYED_END_ID))
 
     async def replay() -> AsyncIterator[Event]:
@@ -223,6 +249,16 @@ PAYLOAD_SCHEMAS: dict[str, tuple[Kind, dict[str, Any]]] = {
     "TokenEvent": ("token", _schema(TokenPayload, "`event: token` with `id: n` (1, 2, 3, ... per answer).", {
         "text": {"type": "string"},
     })),
+    "ToolEvent": ("tool", _schema(
+        ToolPayload, "`event: tool` with `id: n` (numbered with the tokens): the answer looked"
+                     " something up, e.g. an order; the widget shows an order card. Only what"
+                     " the shopper may see: never another customer's order.", {
+            "name": {"enum": ["lookup_order", "list_recent_orders"]},
+            "result": {"enum": ["found", "not_found", "unavailable"],
+                       "description": "not_found also for an order of another customer."},
+            "order": {"$ref": "#/components/schemas/OrderSummary"},
+            "orders": {"type": "array", "items": {"$ref": "#/components/schemas/OrderSummary"}},
+        })),
     "DoneEvent": ("done", _schema(DonePayload, "`event: done` with `id: n` (the id after the last"
                                                " token's): the answer ended and is saved.", {
         "messageId": UUID_SCHEMA,
@@ -255,3 +291,15 @@ PAYLOAD_SCHEMAS: dict[str, tuple[Kind, dict[str, Any]]] = {
             "retryable": {"type": "boolean", "description": "Asking again (or resuming) may work."},
         })),
 }
+
+
+# The order card's schema, referenced by ToolEvent (app/openapi.py adds it beside the events).
+ORDER_SUMMARY_SCHEMA: dict[str, Any] = _schema(OrderSummary, "One order, as a shopper sees it.", {
+    "number": {"type": "string"},
+    "status": {"type": "string", "description": "As the store says it, e.g. shipped."},
+    "items": {"type": "array", "items": _schema(OrderItem, "One line of the order.", {
+        "name": {"type": "string"}, "quantity": {"type": "integer"}})},
+    "carrier": {"type": ["string", "null"]},
+    "trackingUrl": {"type": ["string", "null"], "description": "http(s) only."},
+    "expectedDelivery": {"type": ["string", "null"]},
+})

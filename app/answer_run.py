@@ -12,23 +12,36 @@ and its token budget.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import answer_events
 from .eventlog import EventLog
+from .identity import Customer
 from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
 from .language import ENGLISH, answer_in, english_help_centre_note
-from .llm import LLM, UpstreamError, Usage
+from .llm import LLM, ToolCalls, UpstreamError, Usage
 from .logs import log_answer
 from .messages import MessageStore
 from .metrics import Metrics
+from .order_tools import (
+    MAX_TOOL_CALLS,
+    ORDER_TOOLS_PROMPT,
+    UNAVAILABLE_LINE,
+    OrderTools,
+    ToolOutcome,
+    describe,
+    direct_answer,
+)
+from .orders import OrdersClient
 from .prompt import build_messages
 from .ratelimit import estimate_tokens
 from .sites import DEFAULT_SITE_ID, Site
@@ -61,14 +74,17 @@ class AnswerTools:
     profile: StoreProfile  # the default site's
     metrics: Metrics
     record_tokens: Callable[[int, Site | None], Awaitable[None]] | None
+    orders: OrdersClient | None = None  # None: no order lookups (app/orders.py)
 
 
 class AnswerRun:
     def __init__(self, tools: AnswerTools, started: StartedAnswer, question: str,
                  history: list[tuple[str, str]], asked_at: float,
                  committed: asyncio.Future[None], site: Site | None = None,
-                 language: str = ENGLISH) -> None:
+                 customer: Customer | None = None, language: str = ENGLISH) -> None:
         self._tools = tools
+        # The verified shopper (None: anonymous): the only authority for order lookups.
+        self._customer = customer
         self._language = language  # the question's, detected (app/language.py)
         self._site = site
         self._site_id = DEFAULT_SITE_ID if site is None else site.id
@@ -90,6 +106,8 @@ class AnswerRun:
         self._shutting_down = False
         self._text = ""
         self._sources: list[answer_events.Source] = []
+        # The tool events sent (order cards), kept with the answer for its replay.
+        self._tools_used: list[answer_events.ToolPayload] = []
         self.status = "complete"
         # Only while generating may a cancel interrupt the run: once generation has ended, the
         # save and the terminal event must run to the end, or the text is lost and the stream
@@ -152,26 +170,44 @@ class AnswerRun:
         llm = self._tools.llm
         if llm is None:
             await self._committed
-            self._answer_from_knowledge()
+            if not await self._answer_order_directly():
+                self._answer_from_knowledge()
             return
         system_prompt = build_system_prompt(self._profile, self._chunks)
         system_prompt = answer_in(system_prompt, self._language)
+        orders = self._tools.orders
+        order_tools = (OrderTools(orders, self._site, self._customer, self._question)
+                       if orders is not None and orders.configured(self._site) else None)
+        if order_tools is not None:
+            system_prompt += "\n\n" + ORDER_TOOLS_PROMPT
         self._prompt = build_messages(system_prompt, self._history, self._question)
+        conversation: list[dict[str, Any]] = list(self._prompt)
         # The per-token path: locals, not attributes, and no call beyond the log's append.
         parts, append, key, site = self._parts, self._tools.events.append, self._key, self._site
         try:
-            async for item in llm.stream(
-                    self._prompt, model=site.model if site else None,
-                    temperature=site.temperature if site else None,
-                    max_tokens=site.max_tokens if site else None):
-                if isinstance(item, Usage):
-                    self._usage = item
-                else:
-                    if self._first_token_at is None:
-                        await self._committed
-                        self._first_token_at = time.monotonic()
-                    parts.append(item)
-                    append(key, "token", {"text": item})  # answer_events.token, inlined
+            # One round per model stream: a round that ends in tool calls runs them and streams
+            # again, with their results; past MAX_TOOL_CALLS the model must answer in text.
+            while True:
+                offer = (order_tools.specs if order_tools is not None
+                         and order_tools.calls < MAX_TOOL_CALLS else None)
+                requested: ToolCalls | None = None
+                async for item in llm.stream(
+                        conversation, model=site.model if site else None,
+                        temperature=site.temperature if site else None,
+                        max_tokens=site.max_tokens if site else None, tools=offer):
+                    if isinstance(item, str):
+                        if self._first_token_at is None:
+                            await self._committed
+                            self._first_token_at = time.monotonic()
+                        parts.append(item)
+                        append(key, "token", {"text": item})  # answer_events.token, inlined
+                    elif isinstance(item, Usage):
+                        self._add_usage(item)
+                    else:
+                        requested = item
+                if requested is None or order_tools is None:
+                    break
+                conversation += await self._run_tools(order_tools, requested)
         except UpstreamError as exc:
             self._tools.metrics.upstream_errors.labels(kind=exc.code).inc()
             # Before the first token the shopper has seen nothing, so the knowledge base can
@@ -183,7 +219,49 @@ class AnswerRun:
                         "the knowledge base", exc.code)
             self._fallback = True
             await self._committed
-            self._answer_from_knowledge()
+            if self._tools_used:
+                self._answer_from_tool_results()
+            elif not await self._answer_order_directly():
+                self._answer_from_knowledge()
+
+    def _add_usage(self, usage: Usage) -> None:
+        """Each round of tool calling is a request of its own: the answer costs their sum."""
+        if self._usage is not None:
+            usage = Usage(self._usage.prompt_tokens + usage.prompt_tokens,
+                          self._usage.completion_tokens + usage.completion_tokens)
+        self._usage = usage
+
+    async def _run_tools(self, order_tools: OrderTools, requested: ToolCalls
+                         ) -> list[dict[str, Any]]:
+        """Run the model's tool calls (at most MAX_TOOL_CALLS per answer, each with its own
+        timeout, app/order_tools.py): the messages that carry their results back."""
+        replies: list[dict[str, Any]] = [{
+            "role": "assistant", "content": None,
+            "tool_calls": [{"id": call.id, "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments}}
+                           for call in requested.calls]}]
+        for call in requested.calls:
+            if order_tools.calls >= MAX_TOOL_CALLS:
+                result: dict[str, Any] = {"result": "limit",
+                                          "note": "No more lookups in this answer."}
+            else:
+                outcome = await order_tools.call(call.name, call.arguments)
+                await self._committed
+                self._send_tool_event(outcome)
+                result = outcome.for_model
+            replies.append({"role": "tool", "tool_call_id": call.id,
+                            "content": json.dumps(result)})
+        return replies
+
+    def _answer_from_tool_results(self) -> None:
+        """The model failed after its tools ran: the cards are shown, say what they say."""
+        lines = [describe(order) for payload in self._tools_used
+                 for order in ([payload["order"]] if "order" in payload
+                               else payload.get("orders", []))]
+        text = " ".join(lines) or UNAVAILABLE_LINE
+        for piece in answer_pieces(text):
+            self._parts.append(piece)
+            self._tools.events.append(self._key, *answer_events.token(piece))
 
     async def _find_knowledge(self) -> list[KnowledgeChunk]:
         """The knowledge base's best chunks for the question; a follow-up such as "and to
@@ -200,6 +278,27 @@ class AnswerRun:
             # The answer can still be given without the articles; losing it would be worse.
             log.warning("knowledge search failed: %s", type(exc).__name__)
             return []
+
+    def _send_tool_event(self, outcome: ToolOutcome) -> None:
+        kind, payload = outcome.event
+        self._tools_used.append(payload)
+        self._tools.events.append(self._key, kind, payload)
+
+    async def _answer_order_directly(self) -> bool:
+        """Without the model: a question naming an order gets its card and a one-line answer
+        (app/order_tools.py); False when it names none."""
+        answered = await direct_answer(self._tools.orders, self._site, self._customer,
+                                       self._question)
+        if answered is None:
+            return False
+        outcome, line = answered
+        if outcome is not None:
+            self._send_tool_event(outcome)
+        self._chunks = []  # the answer drew on the order, not on an article
+        for piece in answer_pieces(line):
+            self._parts.append(piece)
+            self._tools.events.append(self._key, *answer_events.token(piece))
+        return True
 
     def _answer_from_knowledge(self) -> None:
         """Stream the framed best chunk with the same token events a model's answer uses.
@@ -220,7 +319,7 @@ class AnswerRun:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             sources=self._sources,
-            fallback=self._fallback)
+            fallback=self._fallback, tools=self._tools_used)
 
     def _end_event(self, saved: bool) -> tuple[answer_events.Kind, object]:
         if not saved:

@@ -25,10 +25,12 @@ from .answer_events import record_meta, replay_record, settled, terminal_event
 from .answer_run import KNOWLEDGE_ONLY_MODEL, AnswerRun, AnswerTools, StartedAnswer
 from .errors import ServiceUnavailable, StoreUnavailable
 from .eventlog import REPLAYED_END_ID, Event, EventLog, SharedLogUnavailable
+from .identity import Customer
 from .language import detect_language, detector
 from .llm import LLM
 from .messages import AnswerRecord, HistoryPage, MessageStore
 from .metrics import Metrics
+from .orders import OrdersClient
 from .sites import DEFAULT_SITE_ID, Site
 from .store_profile import StoreProfile
 
@@ -50,7 +52,7 @@ class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
                  history_window: int, profile: StoreProfile,
                  record_tokens: Callable[[int, Site | None], Awaitable[None]] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, orders: OrdersClient | None = None) -> None:
         self._messages = MessageStore(pool, history_window=history_window)
         detector()  # built now (about 0.15 s), not on the first shopper's question
         self._events = events
@@ -59,7 +61,7 @@ class ChatService:
         self._tools = AnswerTools(pool=pool, messages=self._messages, events=events, llm=llm,
                                   profile=profile,
                                   metrics=metrics if metrics is not None else Metrics(),
-                                  record_tokens=record_tokens)
+                                  record_tokens=record_tokens, orders=orders)
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
         self._running: dict[uuid.UUID, AnswerRun] = {}
@@ -79,8 +81,12 @@ class ChatService:
     # -- starting an answer ------------------------------------------------------------------
 
     async def start_answer(self, question: str, session_id: uuid.UUID | None,
-                           site: Site | None = None) -> StartedAnswer:
+                           site: Site | None = None, customer: Customer | None = None,
+                           ) -> StartedAnswer:
         """Commit the shopper's message and an empty answer row while the answer starts.
+
+        `customer` is the shopper's verified identity (app/identity.py), kept on the
+        conversation and the only authority for the answer's order lookups.
 
         The conversation is the site's (None: the default site's): another site's session id
         is treated as unknown, and starts a new conversation.
@@ -110,10 +116,11 @@ class ChatService:
                     run = None
                 else:
                     run = AnswerRun(self._tools, started, question, turn.history, asked_at,
-                                    committed, site, language=language)
+                                    committed, site, customer, language=language)
                     run.start()
                     await turn.save(question, user_message_id, answer_id,
-                                    run.model if self._llm else None, language=language)
+                                    run.model if self._llm else None, customer,
+                                    language=language)
                     writer_pid = turn.writer_pid
         except BaseException:
             # The question is not saved, so there is no answer: stop its task quietly.

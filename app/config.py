@@ -154,6 +154,12 @@ def base_url(name: str, raw: str) -> str:
     return raw
 
 
+def demo_customer(name: str, raw: str) -> str:
+    if raw and (":" not in raw or "@" not in raw.split(":", 1)[1]):
+        raise ConfigError(f"{name} must look like 'customer-id:email@example.com', got {raw!r}")
+    return raw
+
+
 def setting(variable: str, default: str, meaning: str, read: Read = text) -> Any:
     """A field of Settings read from `variable`; unset or blank, `default` is read instead."""
     return dataclasses.field(default=read(variable, default),
@@ -244,6 +250,23 @@ class Settings:
     answer_lease_s: float = setting(
         "ANSWER_LEASE_S", "15", "Seconds after its producer's last heartbeat that other instances"
                                 " treat an answer as cut off.", number(1, 300))
+    orders_api_url: str = setting(
+        "ORDERS_API_URL", "", "The store's order API (README \"The store connector\") for sites that"
+                              " set none; empty: no order lookups.", base_url)
+    orders_api_token: str = setting(
+        "ORDERS_API_TOKEN", "", "Bearer token sent to ORDERS_API_URL.")
+    order_number_pattern: str = setting(
+        "ORDER_NUMBER_PATTERN", r"#?(\d{4,8})", "Regular expression that finds an order number in"
+                                               " a message, for sites that set none.")
+    orders_cache_s: float = setting(
+        "ORDERS_CACHE_S", "60", "Seconds an order looked up at the store is reused.", number(0, 3600))
+    orders_timeout_s: float = setting(
+        "ORDERS_TIMEOUT_S", "5", "Seconds one call to the store's order API may take.",
+        number(0.1, 60))
+    demo_customer: str = setting(
+        "DEMO_CUSTOMER", "", "Demo only: 'id:email' of a customer whose signed token the demo page"
+                             " (GET /) is given; empty: none. Never set it in production.",
+        demo_customer)
 
     @property
     def llm_configured(self) -> bool:

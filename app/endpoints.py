@@ -37,6 +37,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .eventlog import REPLAYED_END_ID, Event
+from .identity import verify_customer_token
 from .messages import ConversationSummary, StatusConflict
 from .metrics import bearer_token_matches
 from .middleware import check_origin
@@ -61,6 +62,7 @@ class ChatRequest:
     message: str
     session_id: uuid.UUID | None
     site_key: str | None = None
+    customer_token: object = None  # checked once the site is known (app/identity.py)
 
 
 def whole_number(raw: str, max_digits: int) -> int | None:
@@ -134,7 +136,7 @@ def parse_chat_request(body: Any, max_chars: int) -> ChatRequest:
     raw_site = body.get("siteKey")
     if raw_site is not None and not isinstance(raw_site, str):
         raise BadRequest("siteKey must be a string.")
-    return ChatRequest(message, session_id, raw_site)
+    return ChatRequest(message, session_id, raw_site, body.get("customerToken"))
 
 
 def request_site(request: Request, site_key: str | None) -> Site:
@@ -175,12 +177,15 @@ async def start_chat(request: Request) -> tuple[ChatService, StartedAnswer, dict
     chat_request = parse_chat_request(await read_json_body(request),
                                       app_services.settings.max_message_chars)
     site = request_site(request, chat_request.site_key)
+    customer = (None if chat_request.customer_token is None
+                else verify_customer_token(chat_request.customer_token, site))
     limits = app_services.limits
     session_key = None if chat_request.session_id is None else str(chat_request.session_id)
     limit_headers = await limits.check_chat(limit_key(request.state.client_ip), session_key, site)
     await limits.check_budget(site)
     service = app_services.chat
-    started = await service.start_answer(chat_request.message, chat_request.session_id, site)
+    started = await service.start_answer(chat_request.message, chat_request.session_id, site,
+                                         customer)
     # Told in the background: the answer's first token does not wait for the inbox.
     in_background(tell_followers(request, site.id, started.session_id, {
         "id": str(started.user_message_id), "sender": "user", "text": chat_request.message}))

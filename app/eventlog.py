@@ -65,7 +65,10 @@ def encode_event(seq: int, kind: str, payload: Any) -> Event:
 
 def event_from_data(seq: int, kind: str, data: str) -> Event:
     """An event whose JSON is already encoded (read back from a shared log)."""
-    id_line = f"id: {seq}\n" if kind == "token" or _ends_the_answer(kind, data) else ""
+    # A `tool` event (an order card) is part of the answer like a token: it has an id, so a
+    # client resuming after it does not get it twice.
+    id_line = (f"id: {seq}\n" if kind == "token" or kind == "tool" or _ends_the_answer(kind, data)
+               else "")
     frame = f"{id_line}event: {kind}\ndata: {data}\n\n".encode()
     return Event(seq, kind, data, frame)
 

@@ -27,6 +27,51 @@ class Usage:
     completion_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it: never trusted for authority
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCalls:
+    """The model asked for tools instead of (or after) text: the calls, assembled from deltas."""
+
+    calls: tuple[ToolCall, ...]
+
+
+class _ToolCallParts:
+    """Tool calls arrive in pieces: an index, then its id and name, then the arguments a few
+    characters per chunk. Collected by index, in order."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, dict[str, Any]] = {}
+
+    def add(self, deltas: list[Any]) -> None:
+        for delta in deltas:
+            if not isinstance(delta, dict):
+                raise TypeError("a tool call delta that is not a JSON object")
+            index = delta.get("index", 0)
+            if not isinstance(index, int) or not 0 <= index < 16:
+                raise ValueError("a tool call index out of range")
+            part = self._parts.setdefault(index, {"id": "", "name": "", "arguments": []})
+            if delta.get("id"):
+                part["id"] = str(delta["id"])
+            function = delta.get("function") or {}
+            if function.get("name"):
+                part["name"] += str(function["name"])
+            if function.get("arguments"):
+                part["arguments"].append(str(function["arguments"]))
+
+    def assembled(self) -> ToolCalls | None:
+        if not self._parts:
+            return None
+        return ToolCalls(tuple(
+            ToolCall(part["id"] or f"call_{index}", part["name"], "".join(part["arguments"]))
+            for index, part in sorted(self._parts.items())))
+
+
 class UpstreamError(Exception):
     """The model provider failed or could not be reached."""
 
@@ -113,12 +158,17 @@ class LLM:
     async def aclose(self) -> None:
         await self._client.close()
 
-    async def stream(self, messages: Sequence[dict[str, str]], *, model: str | None = None,
-                     temperature: float | None = None, max_tokens: int | None = None
-                     ) -> AsyncIterator[str | Usage]:
-        """The answer's deltas, then its usage; a site may override the model's settings."""
+    async def stream(self, messages: Sequence[dict[str, Any]], *, model: str | None = None,
+                     temperature: float | None = None, max_tokens: int | None = None,
+                     tools: Sequence[dict[str, Any]] | None = None,
+                     ) -> AsyncIterator[str | Usage | ToolCalls]:
+        """The answer's deltas, then its usage; a site may override the model's settings.
+
+        With `tools`, the model may ask for them: the calls, assembled from their deltas, come
+        as one ToolCalls once the stream ends; the caller runs them and streams again.
+        """
         loop = asyncio.get_running_loop()
-        body = {
+        body: dict[str, Any] = {
             "model": model or self.model,
             "messages": list(messages),
             "max_tokens": self._max_tokens if max_tokens is None else max_tokens,
@@ -126,6 +176,9 @@ class LLM:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if tools:
+            body["tools"] = list(tools)
+        tool_calls = _ToolCallParts()
         try:
             # One timer for the whole answer, pushed forward as chunks arrive: it fires when the
             # first chunk, or the next one, is LLM_TIMEOUT_S late. Rescheduling re-arms a timer
@@ -153,9 +206,12 @@ class LLM:
                             raise TypeError("a stream chunk that is not a JSON object")
                         choices = chunk.get("choices")
                         if choices:
-                            delta = (choices[0].get("delta") or {}).get("content")
-                            if delta:
-                                yield clean_text(delta)
+                            delta = choices[0].get("delta") or {}
+                            content = delta.get("content")
+                            if content:
+                                yield clean_text(content)
+                            if delta.get("tool_calls"):
+                                tool_calls.add(delta["tool_calls"])
                             finished = finished or choices[0].get("finish_reason") is not None
                         usage = chunk.get("usage")
                         if usage:
@@ -167,6 +223,9 @@ class LLM:
                     # connection is cut: without a finish_reason the answer is not complete.
                     log.warning("the model's stream ended without a finish_reason")
                     raise UpstreamError("upstream_unreachable", _DOWN, retryable=True)
+            assembled = tool_calls.assembled()
+            if assembled is not None:
+                yield assembled
         except asyncio.CancelledError:
             raise
         except UpstreamError:

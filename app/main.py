@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
 from . import db, endpoints, endpoints_admin, openapi
@@ -33,6 +35,7 @@ from .errors import (
     unexpected_error_handler,
 )
 from .eventlog import EventLog, MemoryEventLog
+from .identity import sign_customer_token
 from .knowledge import DEFAULT_KNOWLEDGE_DIR, KnowledgeError, sync_knowledge
 from .llm import LLM
 from .metrics import Metrics
@@ -43,11 +46,12 @@ from .middleware import (
     SecurityHeaders,
     SiteCORS,
 )
+from .orders import OrdersClient
 from .passwords import Passwords
 from .ratelimit import RateLimits, Rule, parse_limit
 from .redis_connection import SharedRedis
 from .redis_eventlog import RedisEventLog
-from .services import Services
+from .services import Services, services_of
 from .sites import SiteDirectory, SiteStore, ensure_default_site
 from .sse import Connections
 from .store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
@@ -58,7 +62,19 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 async def demo_page(request: Request) -> Response:
-    return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+    """The demo store page; with DEMO_CUSTOMER set, as if that customer had signed in: the
+    page carries a customer token made here, as a store's own server would make it."""
+    app_services = services_of(request.app)
+    demo = app_services.settings.demo_customer
+    if not demo:
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+    customer_id, email = demo.split(":", 1)
+    token = sign_customer_token(app_services.sites.default.identity_secret, customer_id, email)
+    page = (WEB_DIR / "index.html").read_text(encoding="utf-8").replace(
+        '<script src="/widget.js" defer></script>',
+        f'<script src="/widget.js" defer data-customer-token="{html.escape(token)}"></script>', 1
+    ).replace("</footer>", f" You are signed in as {html.escape(email)} (demo).</footer>", 1)
+    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
 
 async def favicon(request: Request) -> Response:
@@ -229,8 +245,14 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             log.warning("no OPENAI_API_KEY or OPENAI_BASE_URL: knowledge-only mode, answers "
                         "come from the knowledge base")
         events = build_event_log(settings, redis)
+        orders_http = httpx.AsyncClient()
+        orders = OrdersClient(orders_http, default_url=settings.orders_api_url,
+                              default_token=settings.orders_api_token,
+                              default_pattern=settings.order_number_pattern,
+                              cache_s=settings.orders_cache_s, timeout_s=settings.orders_timeout_s)
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
-                           profile=profile, record_tokens=limits.record_tokens, metrics=metrics)
+                           profile=profile, record_tokens=limits.record_tokens, metrics=metrics,
+                           orders=orders)
         await events.open(on_cancel_request=chat.cancel_running)
         # An answer left 'streaming' that no instance produces had its producer die: with one
         # instance, with the previous process; with Redis, whichever instance let its lease go.
@@ -247,6 +269,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             await events.aclose()
             if services.alerts is not None:
                 await services.alerts.aclose()
+            await orders_http.aclose()
             if llm is not None:
                 await llm.aclose()
             if redis is not None:

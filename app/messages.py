@@ -15,7 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import db
 from .errors import NotFoundError, StoreUnavailable
+from .identity import Customer
 from .sites import DEFAULT_SITE_ID
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ _TRANSACTION_OPEN_SQL = ("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND xact
 
 
 MESSAGE_SQL = ("SELECT m.id, m.sender, m.text, m.status, m.created_at, m.seq, m.sources,"
-               " m.fallback, a.display_name AS agent_name"
+               " m.fallback, a.display_name AS agent_name, m.tools"
                " FROM messages m LEFT JOIN staff a ON a.id = m.staff_id")
 
 
@@ -60,12 +61,14 @@ class Message:
     sources: list[dict[str, str]]
     fallback: bool
     agent_name: str | None = None  # sender 'agent': who wrote it
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        # sources and fallback as in the `done` event, so a reload shows what the live answer did.
+        # sources, fallback and the tool events as the live answer had them, so a reload shows
+        # what it did (order cards included).
         body = {"id": str(self.id), "sender": self.sender, "text": self.text,
                 "status": self.status, "createdAt": self.created_at.isoformat(),
-                "sources": self.sources, "fallback": self.fallback}
+                "sources": self.sources, "fallback": self.fallback, "tools": self.tools}
         if self.sender == "agent":
             body["agentName"] = self.agent_name
         return body
@@ -82,6 +85,7 @@ class AnswerRecord:
     fallback: bool
     sources: list[dict[str, str]]
     site_id: int
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -111,15 +115,27 @@ class Turn:
         self.writer_pid: int | None = None
 
     async def save(self, question: str, user_message_id: uuid.UUID, answer_id: uuid.UUID,
-                   model: str | None, language: str | None = None) -> None:
+                   model: str | None, customer: Customer | None = None, *,
+                   language: str | None = None) -> None:
         """The shopper's message (with its question's language), and the answer's empty
-        'streaming' row; the conversation takes the question's language."""
+        'streaming' row; the conversation takes the question's language, and a verified
+        customer is noted on it (for the inbox, never as authority)."""
+        customer_id = None if customer is None else customer.id
+        customer_email = None if customer is None else customer.email
         if self._new_session:
             await self._conn.execute(
-                "INSERT INTO conversations (id, site_id, language) VALUES (%s, %s, %s)",
-                (self.session_id, self.site_id, language))
+                "INSERT INTO conversations (id, site_id, language, customer_id, customer_email)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (self.session_id, self.site_id, language, customer_id, customer_email))
         else:
             await self._touch(language)
+            if customer is not None:
+                await self._conn.execute(
+                    "UPDATE conversations SET customer_id = %s, customer_email = %s"
+                    " WHERE id = %s AND (customer_id IS DISTINCT FROM %s"
+                    " OR customer_email IS DISTINCT FROM %s)",
+                    (customer_id, customer_email, self.session_id, customer_id,
+                     customer_email))
         await self._conn.execute(
             "INSERT INTO messages"
             " (id, conversation_id, site_id, sender, text, status, model, language)"
@@ -202,7 +218,8 @@ class MessageStore:
 
     async def save_answer(self, answer_id: uuid.UUID, text: str, status: str, *,
                           prompt_tokens: int | None, completion_tokens: int | None,
-                          sources: Sequence[Mapping[str, object]], fallback: bool) -> bool:
+                          sources: Sequence[Mapping[str, object]], fallback: bool,
+                          tools: Sequence[Mapping[str, object]] = ()) -> bool:
         """Write the answer's one row; retry through a short database outage. False: not saved."""
         delay = 0.5
         for attempt in range(1, SAVE_ATTEMPTS + 1):
@@ -210,10 +227,10 @@ class MessageStore:
                 async with db.connection(self._pool) as conn:
                     await conn.execute(
                         "UPDATE messages SET text = %s, status = %s, prompt_tokens = %s,"
-                        " completion_tokens = %s, sources = %s, fallback = %s,"
+                        " completion_tokens = %s, sources = %s, fallback = %s, tools = %s,"
                         " finished_at = now() WHERE id = %s",
                         (text, status, prompt_tokens, completion_tokens, Jsonb(sources),
-                         fallback, answer_id),
+                         fallback, Jsonb(list(tools)), answer_id),
                     )
                 return True
             except StoreUnavailable:
@@ -232,7 +249,8 @@ class MessageStore:
             cur = conn.cursor(row_factory=class_row(AnswerRecord))
             await cur.execute(
                 "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens,"
-                " fallback, sources, site_id FROM messages WHERE id = %s AND conversation_id = %s"
+                " fallback, sources, site_id, tools FROM messages WHERE id = %s"
+                " AND conversation_id = %s"
                 " AND site_id = %s AND sender = 'ai'",
                 (answer_id, session_id, site_id),
             )

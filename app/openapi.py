@@ -7,7 +7,7 @@ and schemathesis checks that the app answers what it says (tests/test_openapi.py
 Two SSE endpoints answer `text/event-stream`; OpenAPI 3.1 has no schema for a stream of events,
 so their descriptions list the events, `StreamEvent` is the schema of one event (read as
 {"event", "data", "id"}) and the JSON in each `data` has its schema under
-`components/schemas` (`MetaEvent`, `TokenEvent`, `DoneEvent`, `ErrorEvent`).
+`components/schemas` (`MetaEvent`, `TokenEvent`, `ToolEvent`, `DoneEvent`, `ErrorEvent`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .answer_events import PAYLOAD_SCHEMAS, UUID_SCHEMA
+from .answer_events import ORDER_SUMMARY_SCHEMA, PAYLOAD_SCHEMAS, UUID_SCHEMA
 from .endpoints import HISTORY_PAGE_MAX
 from .services import services
 
@@ -39,6 +39,8 @@ keeps proxies from closing an idle connection. Then, in order:
 
 - `event: meta` with `data:` a `MetaEvent` (the session, the answer's id, the shopper's message id);
 - `event: token` with `id: 1`, `id: 2`, ... and `data:` a `TokenEvent` (the next piece of text);
+- between tokens, `event: tool` numbered with them, `data:` a `ToolEvent`: the answer looked up
+  an order (the widget shows an order card; only the shopper's own orders, ever);
 - exactly one of `event: done` with `data:` a `DoneEvent` (the whole answer, its status and token
   usage), or `event: error` with `data:` an `ErrorEvent` (a code, a message for the shopper and
   whether asking again may work).
@@ -74,7 +76,8 @@ An answer's tokens stay on its own stream (POST /chat/stream).
 EVENT_STREAM = {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}}
 
 
-EVENT_IDS: dict[str, bool | None] = {"meta": False, "token": True, "done": True, "error": None}
+EVENT_IDS: dict[str, bool | None] = {"meta": False, "token": True, "tool": True, "done": True,
+                                     "error": None}
 
 
 def _event(kind: str, data_schema: str, *, numbered: bool | None = False) -> dict[str, Any]:
@@ -112,6 +115,7 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
 
 _ERROR_RESPONSE_NAMES = {
     400: "BadRequest",
+    401: "InvalidCustomerToken",
     403: "OriginNotAllowed",
     404: "NotFound",
     413: "PayloadTooLarge",
@@ -153,6 +157,13 @@ def _chat_request_schema(max_message_chars: int) -> dict[str, Any]:
                 "oneOf": [{"type": "string"}, {"type": "null"}],
                 "description": SITE_KEY_DESCRIPTION,
             },
+            "customerToken": {
+                "oneOf": [{"type": "string"}, {"type": "null"}],
+                "description": "The logged-in customer, signed by the store's server: an HS256"
+                               " JWT with sub, email, iat and exp (at most 24 h), signed with the"
+                               " site's identity secret (README \"Who the shopper is\"). Absent"
+                               " or null: an anonymous shopper. Invalid: 401.",
+            },
         },
     }
 
@@ -185,7 +196,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
     # Every endpoint but the health checks counts against the per-IP limit (429), and every
     # /chat/ endpoint refuses a browser page on an origin outside ALLOWED_ORIGINS (403).
     # 404: a siteKey that names no site.
-    chat_refusals = _error_responses(400, 403, 404, 413, 415, 429, 503)
+    chat_refusals = _error_responses(400, 401, 403, 404, 413, 415, 429, 503)
     chat_reads = _error_responses(400, 403, 404, 429, 503)
     limited = _error_responses(429)
     return {
@@ -484,7 +495,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 "HistoryMessage": {
                     "type": "object",
                     "required": ["id", "sender", "text", "status", "createdAt", "sources",
-                                 "fallback"],
+                                 "fallback", "tools"],
                     "additionalProperties": False,
                     "properties": {
                         "id": UUID,
@@ -500,6 +511,10 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                                                     " shopper's messages."},
                         "agentName": {"type": ["string", "null"],
                                       "description": "sender agent only: the agent's name."},
+                        "tools": {"type": "array",
+                                  "description": "The answer's `tool` events (order cards), in"
+                                                 " order; empty for the shopper's messages.",
+                                  "items": _ref("schemas", "ToolEvent")},
                     },
                 },
                 "Handoff": {
@@ -614,11 +629,16 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 },
                 # Derived from the payloads' types (app/answer_events.py), so they cannot drift.
                 **{name: schema for name, (_, schema) in PAYLOAD_SCHEMAS.items()},
+                "OrderSummary": ORDER_SUMMARY_SCHEMA,
             },
             "responses": {
                 "BadRequest": _error_response(
                     "The body or a parameter is not valid (a blank or too long message, an id that"
                     " is not a UUID, JSON that does not parse, NUL or invalid Unicode)."),
+                "InvalidCustomerToken": _error_response(
+                    "`customerToken` is not a valid HS256 token signed with the site's identity"
+                    " secret (`invalid_customer_token`): wrong signature or site, expired, issued"
+                    " in the future, living longer than 24 h, or not HS256."),
                 "OriginNotAllowed": _error_response(
                     "A browser page on an origin the site does not allow (for the default site:"
                     " outside ALLOWED_ORIGINS) called the chat API."),

@@ -75,6 +75,25 @@ class Site:
     max_tokens: int | None = None
     created_at: datetime | None = field(default=None, compare=False)
     updated_at: datetime | None = field(default=None, compare=False)
+    # The identity secret, and the previous one while its overlap lasts (app/identity.py).
+    # Kept out of repr, so a site in a log line or a traceback never shows them.
+    identity_secret: str = field(default="", repr=False)
+    identity_secret_previous: str | None = field(default=None, repr=False)
+    identity_previous_until: datetime | None = None
+    # The store's order API (app/orders.py); None: the deployment's ORDERS_API_* settings.
+    orders_api_url: str | None = None
+    orders_api_token: str | None = field(default=None, repr=False)
+    order_number_pattern: str | None = None
+
+    def identity_secrets(self, now: datetime) -> list[str]:
+        """The secrets a customer token may be signed with right now: the current one, and
+        the previous one until its overlap ends."""
+        # An empty secret (a Site made without one) verifies nothing.
+        secrets = [self.identity_secret] if self.identity_secret else []
+        if (self.identity_secret_previous and self.identity_previous_until is not None
+                and now < self.identity_previous_until):
+            secrets.append(self.identity_secret_previous)
+        return secrets
 
     @property
     def is_default(self) -> bool:
@@ -100,6 +119,12 @@ class SiteRecord:
     max_tokens: int | None
     created_at: datetime
     updated_at: datetime
+    identity_secret: str = field(default="", repr=False)
+    identity_secret_previous: str | None = field(default=None, repr=False)
+    identity_previous_until: datetime | None = None
+    orders_api_url: str | None = None
+    orders_api_token: str | None = field(default=None, repr=False)
+    order_number_pattern: str | None = None
 
 
 # -- checking what an operator types ---------------------------------------------------------
@@ -155,6 +180,23 @@ def check_whole(field_name: str, raw: str, *, low: int, high: int) -> int:
     return value
 
 
+def check_order_pattern(raw: str) -> str:
+    """A regular expression that finds an order number in a message (its first group, or
+    the whole match, with any '#' dropped, is the number)."""
+    try:
+        re.compile(raw)
+    except re.error as exc:
+        raise SiteError(f"--order-pattern is not a regular expression: {exc}") from None
+    return raw
+
+
+def check_api_url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise SiteError(f"--orders-api-url must look like https://shop.example.com/api, got {raw!r}")
+    return raw.strip().rstrip("/")
+
+
 def check_number(field_name: str, raw: str, *, low: float, high: float) -> float:
     try:
         value = float(raw)
@@ -183,7 +225,12 @@ def site_from_record(record: SiteRecord, default_profile: StoreProfile | None) -
         rate_limit_session=record.rate_limit_session,
         daily_token_budget=record.daily_token_budget, model=record.model,
         temperature=record.temperature, max_tokens=record.max_tokens,
-        created_at=record.created_at, updated_at=record.updated_at)
+        created_at=record.created_at, updated_at=record.updated_at,
+        identity_secret=record.identity_secret,
+        identity_secret_previous=record.identity_secret_previous,
+        identity_previous_until=record.identity_previous_until,
+        orders_api_url=record.orders_api_url, orders_api_token=record.orders_api_token,
+        order_number_pattern=record.order_number_pattern)
 
 
 def sites_from_records(records: Iterable[SiteRecord]) -> list[Site]:
@@ -201,11 +248,14 @@ def sites_from_records(records: Iterable[SiteRecord]) -> list[Site]:
 
 _COLUMNS = ("id, site_key, name, allowed_origins, profile, knowledge_dir, rate_limit_chat_ip,"
             " rate_limit_chat_ip_daily, rate_limit_session, daily_token_budget, model,"
-            " temperature, max_tokens, created_at, updated_at")
+            " temperature, max_tokens, created_at, updated_at, identity_secret,"
+            " identity_secret_previous, identity_previous_until, orders_api_url,"
+            " orders_api_token, order_number_pattern")
 # Every column `update` may set; the names never come from input, only from this tuple.
 UPDATABLE = ("name", "allowed_origins", "profile", "knowledge_dir", "rate_limit_chat_ip",
              "rate_limit_chat_ip_daily", "rate_limit_session", "daily_token_budget", "model",
-             "temperature", "max_tokens")
+             "temperature", "max_tokens", "orders_api_url", "orders_api_token",
+             "order_number_pattern")
 
 
 class SiteStore:
@@ -274,6 +324,23 @@ class SiteStore:
                 f"UPDATE sites SET {assignments}, revision = nextval('sites_revision'),"
                 f" updated_at = now() WHERE id = %s RETURNING {_COLUMNS}",
                 [*changes.values(), record.id])
+            updated = await cur.fetchone()
+        assert updated is not None
+        return updated
+
+
+    async def rotate_secret(self, site_key: str, overlap_hours: float) -> SiteRecord:
+        """A new identity secret; the old one stays valid for `overlap_hours` (0: not at all)."""
+        record = await self.find(site_key)
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(SiteRecord))
+            await cur.execute(
+                "UPDATE sites SET identity_secret_previous = identity_secret,"
+                " identity_previous_until = now() + make_interval(secs => %s),"
+                " identity_secret = encode(uuid_send(gen_random_uuid())"
+                " || uuid_send(gen_random_uuid()), 'hex'),"
+                f" revision = nextval('sites_revision'), updated_at = now() WHERE id = %s"
+                f" RETURNING {_COLUMNS}", (overlap_hours * 3600, record.id))
             updated = await cur.fetchone()
         assert updated is not None
         return updated

@@ -19,8 +19,10 @@ from .sites import (
     SiteError,
     SiteRecord,
     SiteStore,
+    check_api_url,
     check_name,
     check_number,
+    check_order_pattern,
     check_origin,
     check_rate,
     check_whole,
@@ -30,7 +32,8 @@ from .sites import (
 from .store_profile import ProfileError, StoreProfile, load_profile
 
 USAGE = ("use: python -m app sites create --name NAME --origin URL [--profile FILE]"
-         " [--knowledge DIR] | list | show KEY | update KEY [options] | knowledge sync KEY DIR")
+         " [--knowledge DIR] | list | show KEY | update KEY [options]"
+         " | secret KEY [--rotate [--overlap-hours H]] | knowledge sync KEY DIR")
 
 
 class CommandError(Exception):
@@ -53,6 +56,9 @@ def _override_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model")
     parser.add_argument("--temperature")
     parser.add_argument("--max-tokens", metavar="TOKENS")
+    parser.add_argument("--orders-api-url", metavar="URL")
+    parser.add_argument("--orders-api-token", metavar="TOKEN")
+    parser.add_argument("--order-pattern", metavar="REGEX")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the new list of origins (repeat the option); replaces the old one")
     update.add_argument("--profile", metavar="FILE")
     _override_options(update)
+    secret = commands.add_parser("secret", add_help=False)
+    secret.add_argument("key")
+    secret.add_argument("--rotate", action="store_true")
+    secret.add_argument("--overlap-hours", default="24", metavar="HOURS")
     knowledge = commands.add_parser("knowledge", add_help=False)
     knowledge_commands = knowledge.add_subparsers(dest="knowledge_command", required=True,
                                                   parser_class=_Parser)
@@ -94,12 +104,17 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "model": lambda raw: raw.strip(),
         "temperature": lambda raw: check_number("--temperature", raw, low=0, high=2),
         "max_tokens": lambda raw: check_whole("--max-tokens", raw, low=1, high=100_000),
+        "orders_api_url": check_api_url,
+        "orders_api_token": lambda raw: raw.strip(),
+        "order_pattern": check_order_pattern,
     }
     values: dict[str, Any] = {}
     for name, check in checks.items():
         raw = getattr(args, name)
         if raw is not None:
             values[name] = check(raw) if raw.strip() else None
+    if "order_pattern" in values:
+        values["order_number_pattern"] = values.pop("order_pattern")
     return values
 
 
@@ -129,8 +144,11 @@ def describe(record: SiteRecord, default_profile: StoreProfile | None) -> list[s
                          ("rate limit session", site.rate_limit_session),
                          ("daily token budget", site.daily_token_budget),
                          ("model", site.model), ("temperature", site.temperature),
-                         ("max tokens", site.max_tokens)):
+                         ("max tokens", site.max_tokens),
+                         ("orders api url", site.orders_api_url),
+                         ("order pattern", site.order_number_pattern)):
         lines.append(f"{label}: {inherited if value is None else value}")
+    lines.append("orders api token: " + ("(set)" if site.orders_api_token else inherited))
     lines += [f"created: {record.created_at.isoformat()}",
               f"updated: {record.updated_at.isoformat()}"]
     return lines
@@ -150,6 +168,17 @@ async def run(pool: AsyncConnectionPool, args: argparse.Namespace,
         return
     if args.command == "show":
         out("\n".join(describe(await store.find(args.key), await _default_profile(store))))
+        return
+    if args.command == "secret":
+        # The secret alone on the last line, for scripts; never in a log.
+        record = await store.find(args.key)
+        if args.rotate:
+            hours = check_number("--overlap-hours", args.overlap_hours, low=0, high=24 * 30)
+            record = await store.rotate_secret(args.key, hours)
+            until = record.identity_previous_until
+            out(f"rotated: the previous secret is accepted until"
+                f" {until.isoformat() if until else '(now)'}")
+        out(record.identity_secret)
         return
     if args.command == "knowledge":
         record = await store.find(args.key)

@@ -61,6 +61,7 @@ border-end-end-radius:4px;white-space:pre-wrap}
 .body a,.host,.note,bdi{unicode-bidi:isolate}
 .host{color:var(--sc-muted);font-size:13px}
 .note{margin-top:4px;font-size:12.5px;color:var(--sc-muted)}
+.order{margin:4px 0 6px;padding:8px 10px;border:1px solid #d0d4da;border-radius:8px;background:#fff}.order b{display:block}.order ul{margin:4px 0;padding-left:18px}
 .typing{padding:0 16px 6px;color:var(--sc-muted);font-size:13px}
 .typing b{font-weight:inherit}.typing span{animation:sc-blink 1.2s infinite}
 @keyframes sc-blink{50%{opacity:.2}}
@@ -147,6 +148,33 @@ const INLINE =
   /`([^`\n]+)`|\*\*([^\n]+?)\*\*|(^|[\s(])[*_]([^*_\s](?:[^*_\n]*[^*_\s])?)[*_](?=$|[\s.,;:!?)])|\[([^\]\n]+)\]\(([^)\s]+)\)|(https?:\/\/[^\s<>()]*[^\s<>().,;:!?'"])/g;
 const BULLET = /^\s*[-*•]\s+(.*)$/;
 const NUMBERED = /^\s*\d+[.)]\s+(.*)$/;
+
+// An order card from a `tool` event: only what the server chose to show the shopper.
+function orderCards(tools) {
+  const cards = [];
+  for (const tool of tools || []) {
+    if (!tool || tool.result !== "found") continue;
+    for (const order of tool.order ? [tool.order] : tool.orders || []) {
+      const card = node("div", "order");
+      card.setAttribute("data-chat-order", "");
+      card.append(node("b", "", `Order ${order.number}: ${order.status}`));
+      const items = node("ul");
+      for (const item of order.items || []) items.append(node("li", "", `${item.quantity} × ${item.name}`));
+      card.append(items);
+      if (order.carrier) card.append(node("div", "", `Carrier: ${order.carrier}`));
+      if (/^https?:\/\//.test(order.trackingUrl || "")) {
+        const link = node("a", "", "Track the parcel");
+        link.href = order.trackingUrl;
+        link.target = "_blank";
+        link.rel = "noopener noreferrer";
+        card.append(link);
+      }
+      if (order.expectedDelivery) card.append(node("div", "", `Expected: ${order.expectedDelivery}`));
+      cards.push(card);
+    }
+  }
+  return cards;
+}
 
 function node(tag, className, text) {
   const el = document.createElement(tag);
@@ -468,6 +496,12 @@ class SupportChat extends HTMLElement {
     if (hadFocus) this.#el.launcher.focus();
   }
 
+  // The store's signed customer token (data-customer-token, SupportChat.identify); null: anonymous.
+  identify(token) {
+    if (token) this.setAttribute("customer-token", token);
+    else this.removeAttribute("customer-token");
+  }
+
   reset() {
     const turn = this.#turn;
     if (turn) { // a new conversation: this answer is no longer wanted
@@ -585,6 +619,7 @@ class SupportChat extends HTMLElement {
       const body = { message: text };
       if (this.#sessionId) body.sessionId = this.#sessionId;
       if (this.hasAttribute("site")) body.siteKey = this.getAttribute("site");
+      if (this.hasAttribute("customer-token")) body.customerToken = this.getAttribute("customer-token");
       response = await fetch(this.#url("/chat/stream"), {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
@@ -640,6 +675,13 @@ class SupportChat extends HTMLElement {
           if (id) turn.lastEventId = id;
           if (turn.replaceText) { turn.text = turn.replaceText = ""; turn.live = null; }
           turn.text += typeof data.text === "string" ? data.text : "";
+          this.#el.typing.hidden = true;
+          this.#renderLive(turn);
+        } else if (frame.event === "tool") {
+          const id = Number(frame.id);
+          if (id && id <= turn.lastEventId) continue;
+          if (id) turn.lastEventId = id;
+          (turn.tools ||= []).push(data);
           this.#el.typing.hidden = true;
           this.#renderLive(turn);
         } else if (frame.event === "done") {
@@ -725,22 +767,22 @@ class SupportChat extends HTMLElement {
     fetch(url, { method: "POST" }).catch(() => {});
   }
 
-  #addMessage(sender, text, { id, status, sources, agentName } = {}, before = null) {
+  #addMessage(sender, text, { id, status, sources, agentName, tools } = {}, before = null) {
     const el = node("div", "msg");
     el.dir = "auto"; // Arabic or Hebrew reads right to left, whatever the page's direction
     el.setAttribute("data-chat-message", "");
     el.dataset.sender = sender;
     if (id) el.dataset.messageId = id;
     if (sender === "agent") el.append(node("div", "who", agentName || "Agent"));
-    if (sender === "ai") this.#fillAnswer(el, text, status || "complete", Array.isArray(sources) ? sources : []);
+    if (sender === "ai") this.#fillAnswer(el, text, status || "complete", Array.isArray(sources) ? sources : [], Array.isArray(tools) ? tools : []);
     else el.append(...bidiSafe(text));
     this.#el.log.insertBefore(el, before);
     return el;
   }
 
-  #fillAnswer(el, text, status, sources = []) {
+  #fillAnswer(el, text, status, sources = [], tools = []) {
     el.dataset.status = status;
-    el.replaceChildren(renderMarkdown(text));
+    el.replaceChildren(...orderCards(tools), renderMarkdown(text));
     for (const title of new Set(sources.map((s) => s && s.title).filter(Boolean))) {
       el.append(node("div", "note", this.#t("from", { title })));
     }
@@ -765,11 +807,17 @@ class SupportChat extends HTMLElement {
       turn.el.dataset.status = "streaming";
       turn.live = node("div", "body");
       turn.live.setAttribute("aria-hidden", "true");
-      turn.el.replaceChildren(turn.live);
+      turn.cards = node("div");
+      turn.cardsFor = 0;
+      turn.el.replaceChildren(turn.cards, turn.live);
       turn.settled = 0;
       turn.tail = [];
     }
     const { text } = turn;
+    if (turn.tools && turn.cardsFor !== turn.tools.length) {
+      turn.cardsFor = turn.tools.length;
+      turn.cards.replaceChildren(...orderCards(turn.tools));
+    }
     for (const old of turn.tail) old.remove();
     const blankLine = text.lastIndexOf("\n\n");
     if (blankLine >= turn.settled) {
@@ -787,7 +835,7 @@ class SupportChat extends HTMLElement {
     if (turn.status === "forwarded") return turn.el?.remove(); // a person answers, not the assistant
     turn.el ||= this.#addMessage("ai", "", { id: turn.messageId });
     if (turn.messageId) turn.el.dataset.messageId = turn.messageId;
-    this.#fillAnswer(turn.el, turn.text, turn.status || "complete", turn.sources);
+    this.#fillAnswer(turn.el, turn.text, turn.status || "complete", turn.sources, turn.tools);
     this.#scrollToBottom();
   }
 
@@ -948,7 +996,7 @@ if (!widget) {
   widget = document.createElement("support-chat");
   const options = script ? script.dataset : {};
   const api = options.api || (script && script.src ? new URL(script.src, document.baseURI).origin : "");
-  const attributes = { api, site: options.site, heading: options.title, greeting: options.greeting,
+  const attributes = { api, site: options.site, "customer-token": options.customerToken, heading: options.title, greeting: options.greeting,
     accent: options.accent, locale: options.locale, "default-locale": options.defaultLocale, strings: options.strings };
   if (options.position === "left") attributes.position = "left";
   if (options.open !== undefined) attributes["open-at-load"] = options.open || "true";
@@ -961,5 +1009,6 @@ window.SupportChat = {
   close: () => widget.close(),
   reset: () => widget.reset(),
   setStrings: (strings) => widget.setStrings(strings),
+  identify: (token) => widget.identify(token),
 };
 })();
