@@ -43,6 +43,7 @@ class KnowledgeChunk:
     score: float
     kind: str = "article"  # or "answer": a curated answer from answers.toml
     link: str | None = None  # a curated answer's article, for more
+    link_title: str | None = None
     coverage: float = 1.0  # the share of the question's weight this chunk matches
 
     @property

@@ -38,7 +38,7 @@ MIN_KNOWN_SHARE = 0.5
 # The best chunk must match this share of the question's weight (its groups' idf), or the
 # question is about something the help centre does not cover. Measured on
 # tests/retrieval_questions.toml (`make eval`).
-MIN_COVERAGE = 0.45
+MIN_COVERAGE = 0.2
 # A curated answer is given word for word only when it matches the question this closely.
 CURATED_COVERAGE = 0.6
 # A misspelt word is replaced by an index word at least this similar (pg_trgm similarity).
@@ -55,6 +55,7 @@ class Retrieval:
     chunks: tuple[KnowledgeChunk, ...]  # best first; empty when nothing is relevant
     places: tuple[Place, ...] = ()  # place names in the question, with their shipping region
     curated: KnowledgeChunk | None = None  # a curated answer that matches closely
+    terms: tuple[tuple[str, ...], ...] = ()  # the widened question: one group per thing asked
 
     @property
     def found(self) -> bool:
@@ -90,7 +91,7 @@ class KnowledgeSearch:
         fixes = await self._fix_typos(conn, words, words.typo_candidates(question))
         widened = words.widen(question, fixes)
         if not widened.groups:
-            return Retrieval(question, (), widened.places)
+            return Retrieval(question, (), widened.places, None, widened.groups)
         terms = [term for group in widened.groups for term in group]
         group_ids = [number for number, group in enumerate(widened.groups) for _ in group]
         async with conn.cursor(row_factory=class_row(KnowledgeChunk)) as cursor:
@@ -101,12 +102,12 @@ class KnowledgeSearch:
             })
             rows = await cursor.fetchall()
         if not rows or rows[0].coverage < MIN_COVERAGE:
-            return Retrieval(question, (), widened.places)
+            return Retrieval(question, (), widened.places, None, widened.groups)
         # Once the best chunk is on topic, the others only need to be relevant.
         chunks = tuple(rows)
         best = chunks[0]
         curated = best if best.kind == "answer" and best.coverage >= CURATED_COVERAGE else None
-        return Retrieval(question, chunks, widened.places, curated)
+        return Retrieval(question, chunks, widened.places, curated, widened.groups)
 
     async def _current_words(self, conn: AsyncConnection) -> ShopperWords:
         if self._words is not None and time.monotonic() - self._checked_at < self._check_s:
@@ -222,12 +223,16 @@ scored_chunk AS (
 )
 SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
        chunk.article_path AS path, scored_chunk.score::float8 AS score, chunk.kind, chunk.link,
+       linked.title AS link_title,
        coalesce(scored_chunk.matched_idf / nullif(question_weight.idf, 0), 0)::float8 AS coverage
 FROM scored_chunk
 JOIN knowledge_chunks AS chunk USING (id)
+LEFT JOIN knowledge_articles AS linked ON linked.path = chunk.link
 CROSS JOIN question_weight
 WHERE scored_chunk.score >= %(threshold)s
   AND question_weight.known_share >= %(min_known_share)s
-ORDER BY scored_chunk.score DESC, chunk.article_path, chunk.position
+-- A chunk that matches one common word very well ("card" in "Gift cards") must not beat one
+-- that matches most of what is asked: the score counts as much as the coverage allows.
+ORDER BY scored_chunk.score * scored_chunk.matched_idf DESC, chunk.article_path, chunk.position
 LIMIT %(limit)s
 """

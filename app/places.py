@@ -79,7 +79,7 @@ def _name_index() -> tuple[dict[str, _Entry], dict[str, str], dict[str, str]]:
 
     def add(name: str, entry: _Entry) -> None:
         key = _folded(name)
-        if len(key) < (2 if entry.kind == "country" else 3) or len(
+        if len(key) < (2 if entry.kind == "country" else 4) or len(
                 key.split()) > _LONGEST_NAME_WORDS:
             return
         known = names.get(key)
