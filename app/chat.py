@@ -26,13 +26,19 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from . import db
 from .errors import DatabaseUnavailable, NotFound, ServiceUnavailable
 from .eventlog import Event, EventLog, SharedLogUnavailable, encode_event
-from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
+from .knowledge_search import KnowledgeSearch, Retrieval
 from .llm import LLM, UpstreamError, Usage
 from .logs import log_answer
 from .metrics import Metrics
-from .prompt import build_messages
+from .prompt import (
+    answer_pieces,
+    build_messages,
+    build_system_prompt,
+    cited_sources,
+    compose_answer,
+)
 from .ratelimit import estimate_tokens
-from .store_profile import StoreProfile, build_system_prompt
+from .store_profile import StoreProfile
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +107,6 @@ def usage_payload(usage: Usage | None) -> dict[str, int]:
             "totalTokens": usage.prompt_tokens + usage.completion_tokens}
 
 
-def sources_payload(chunks: list[KnowledgeChunk]) -> list[dict[str, str]]:
-    """The articles an answer drew on, each once, best first: the widget shows "From: …"."""
-    articles = {chunk.path: chunk.title for chunk in chunks}
-    return [{"title": title, "path": path} for path, title in articles.items()]
-
-
 def done_payload(answer_key: str, text: str, status: str, usage: Usage | None,
                  sources: list[dict[str, str]], fallback: bool) -> dict[str, Any]:
     return {"messageId": answer_key, "text": text, "status": status,
@@ -125,8 +125,10 @@ class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
                  history_window: int, profile: StoreProfile,
                  record_tokens: Callable[[int], Awaitable[None]] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 knowledge: KnowledgeSearch | None = None) -> None:
         self._pool = pool
+        self._knowledge = knowledge if knowledge is not None else KnowledgeSearch(pool, profile)
         self._events = events
         # None: knowledge-only mode, every answer comes from the knowledge base.
         self._llm = llm
@@ -235,18 +237,19 @@ class ChatService:
         usage: Usage | None = None
         failure: UpstreamError | None = None
         status = "complete"
-        chunks: list[KnowledgeChunk] = []
+        retrieval = Retrieval(question, ())
+        sources: list[dict[str, str]] = []
         prompt: list[dict[str, str]] = []
         fallback = False
         first_token_at: float | None = None
         self._generating.add(started.answer_id)
         try:
-            chunks = await self._find_knowledge(question, history)
+            retrieval = await self._find_knowledge(question, history)
             if self._llm is None:
                 await committed
-                self._answer_from_knowledge(answer_key, chunks, parts)
+                sources = self._answer_from_knowledge(answer_key, retrieval, parts)
             else:
-                system_prompt = build_system_prompt(self._profile, chunks)
+                system_prompt = build_system_prompt(self._profile, retrieval)
                 prompt = build_messages(system_prompt, history, question)
                 try:
                     async for item in self._llm.stream(prompt):
@@ -269,7 +272,7 @@ class ChatService:
                                 "the knowledge base", exc.code)
                     fallback = True
                     await committed
-                    self._answer_from_knowledge(answer_key, chunks, parts)
+                    sources = self._answer_from_knowledge(answer_key, retrieval, parts)
         except asyncio.CancelledError:
             if committed.cancelled():
                 raise  # the question was never saved (see start_answer): nothing to keep
@@ -285,7 +288,9 @@ class ChatService:
         # A failure can come before the commit; the answer row must exist before its update.
         await committed
         text = "".join(parts)
-        sources = sources_payload(chunks)
+        if self._llm is not None and not fallback:
+            # Only the sources the model cited (all it was given when it cited none).
+            sources = cited_sources(retrieval, text) if retrieval.found else []
         saved = await self._save_answer(started.answer_id, text, status, usage, sources,
                                         fallback)
         if first_token_at is None and parts:
@@ -333,26 +338,26 @@ class ChatService:
             deltas=deltas)
 
     async def _find_knowledge(self, question: str,
-                              history: list[tuple[str, str]]) -> list[KnowledgeChunk]:
-        """The knowledge base's best chunks for the question; a follow-up such as "and to
+                              history: list[tuple[str, str]]) -> Retrieval:
+        """What the knowledge base holds for the question; a follow-up such as "and to
         Europe?" is searched again together with the shopper's previous message."""
+        earlier = [text for sender, text in history if sender == "user"]
         try:
-            chunks = await search_knowledge(self._pool, question)
-            earlier = [text for sender, text in history if sender == "user"]
-            if not chunks and earlier:
-                chunks = await search_knowledge(self._pool, f"{earlier[-1]} {question}")
-            return chunks
+            return await self._knowledge.search(question, earlier[-1] if earlier else None)
         except (PoolTimeout, psycopg.Error) as exc:
             # The answer can still be given without the articles; losing it would be worse.
             log.warning("knowledge search failed: %s", type(exc).__name__)
-            return []
+            return Retrieval(question, ())
 
-    def _answer_from_knowledge(self, answer_key: str, chunks: list[KnowledgeChunk],
-                               parts: list[str]) -> None:
-        """Stream the framed best chunk with the same token events a model's answer uses."""
-        for piece in answer_pieces(knowledge_only_answer(self._profile, chunks)):
+    def _answer_from_knowledge(self, answer_key: str, retrieval: Retrieval,
+                               parts: list[str]) -> list[dict[str, str]]:
+        """Stream the composed answer with the same token events a model's answer uses;
+        return the sources it used."""
+        composed = compose_answer(self._profile, retrieval)
+        for piece in answer_pieces(composed.text):
             parts.append(piece)
             self._events.append(answer_key, "token", {"text": piece})
+        return composed.sources
 
     async def _count_tokens(self, prompt: list[dict[str, str]], text: str,
                             usage: Usage | None) -> None:

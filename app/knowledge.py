@@ -292,7 +292,7 @@ async def _index_words(conn: AsyncConnection) -> None:
 async def _index_store_words(conn: AsyncConnection, store_words: StoreWords) -> bool:
     """Mirror synonyms.toml into its tables; True when they changed."""
     cursor = await conn.execute("SELECT phrase, terms FROM knowledge_synonyms")
-    synonyms = dict(await cursor.fetchall())
+    synonyms: dict[str, str] = dict(await cursor.fetchall())
     cursor = await conn.execute("SELECT region, country_codes FROM knowledge_regions")
     regions = {region: tuple(codes) for region, codes in await cursor.fetchall()}
     if synonyms == store_words.synonyms and regions == store_words.regions:
