@@ -158,7 +158,7 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
             "Sorry, our help centre does not cover that. " + footer, [])
     if retrieval.curated is not None:
         curated = retrieval.curated
-        lines = [curated.text.strip()]
+        lines = [" ".join([*_place_lead(retrieval, curated.text), curated.text.strip()])]
         if curated.link_title:
             lines.append(f"More in our help centre: {curated.link_title}.")
         return ComposedAnswer("\n\n".join(lines), sources_of([curated]))
@@ -166,15 +166,19 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
     chosen = _choose_sentences(retrieval)
     used = [chunk for chunk, _ in chosen]
     body = " ".join(sentence for _, sentence in chosen)
-    lead = [_place_sentence(place) for place in retrieval.places
-            if place.country.lower() not in body.lower()
-            and place.name.lower() not in body.lower()][:1]
-    lines = [" ".join([*lead, body])]
+    lines = [" ".join([*_place_lead(retrieval, body), body])]
     best = used[0]
     lines.append(f"More in our help centre: {best.title}.")
     if _NEEDS_PERSON.search(retrieval.question) or _CONTACT_US.search(body):
         lines.append(footer)
     return ComposedAnswer("\n\n".join(lines), sources_of(used))
+
+
+def _place_lead(retrieval: Retrieval, body: str) -> list[str]:
+    """One sentence placing the shopper's city or country, unless the answer names it."""
+    return [_place_sentence(place) for place in retrieval.places
+            if place.country.lower() not in body.lower()
+            and place.name.lower() not in body.lower()][:1]
 
 
 def _place_sentence(place: Place) -> str:

@@ -257,7 +257,8 @@ class ShopperWords:
                 start = min(i for i, p in place_at.items() if p is place_at[index])
                 if index == start:
                     place = place_at[index]
-                    region = (place.region.lower().split() if place.region
+                    # A place asks where the store delivers: "countries" finds where it says so.
+                    region = ([*place.region.lower().split(), "countries"] if place.region
                               else list(OUTSIDE_REGIONS_TERMS))
                     groups.append(tuple(dict.fromkeys(
                         [*place.name.split(), *place.country.lower().split(), *region])))
