@@ -439,7 +439,9 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         },
                         "sources": {
                             "type": "array",
-                            "description": "The knowledge articles the answer drew on, best first.",
+                            "description": "The knowledge articles (or curated answers, path"
+                                           " `answers.toml#<id>`) the answer used: those the"
+                                           " model cited, else all it was given, best first.",
                             "items": {"type": "object", "required": ["title", "path"],
                                       "properties": {"title": {"type": "string"},
                                                      "path": {"type": "string"}}},
