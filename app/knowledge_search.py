@@ -14,6 +14,7 @@ the typo fixes found for that vocabulary. The steps per question:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ MIN_COVERAGE = 0.2
 CURATED_COVERAGE = 0.6
 # A misspelt word is replaced by an index word at least this similar (pg_trgm similarity).
 TYPO_SIMILARITY = 0.4
+# A term matching more chunks than this (a store of thousands of articles) makes a chunk a
+# candidate only where it is in the title or heading; below it, every chunk it matches is ranked.
+BROAD_TERM_CHUNKS = 200
 VOCABULARY_CHECK_S = 5.0
 DEFAULT_LIMIT = 3
 
@@ -62,6 +66,12 @@ class Retrieval:
         return bool(self.chunks)
 
 
+def _close_curated(chunks: tuple[KnowledgeChunk, ...]) -> KnowledgeChunk | None:
+    """The best chunk, when it is a curated answer that matches the question closely."""
+    best = chunks[0]
+    return best if best.kind == "answer" and best.coverage >= CURATED_COVERAGE else None
+
+
 class KnowledgeSearch:
     """Search the indexed knowledge; `await search(question)` -> Retrieval."""
 
@@ -76,6 +86,9 @@ class KnowledgeSearch:
         self._fingerprint: str | None = None
         self._words: ShopperWords | None = None
         self._typo_fixes: dict[str, str] = {}
+        # Per vocabulary: how many chunks match each term (None: a stop word, not searchable).
+        self._term_chunks: dict[str, int | None] = {}
+        self._total_chunks = 0
 
     async def search(self, question: str, previous_question: str | None = None) -> Retrieval:
         """The chunks that best answer `question`; a follow-up that finds nothing alone ("and to
@@ -90,24 +103,67 @@ class KnowledgeSearch:
         words = await self._current_words(conn)
         fixes = await self._fix_typos(conn, words, words.typo_candidates(question))
         widened = words.widen(question, fixes)
+        nothing = Retrieval(question, (), widened.places, None, widened.groups)
         if not widened.groups:
-            return Retrieval(question, (), widened.places, None, widened.groups)
-        terms = [term for group in widened.groups for term in group]
-        group_ids = [number for number, group in enumerate(widened.groups) for _ in group]
+            return nothing
+        weighted = await self._weigh(conn, widened.groups)
+        if weighted is None:
+            return nothing
+        terms, group_ids, idfs, group_weights = weighted
+        broad = [(self._term_chunks[term] or 0) > BROAD_TERM_CHUNKS for term in terms]
         async with conn.cursor(row_factory=class_row(KnowledgeChunk)) as cursor:
             await cursor.execute(_SEARCH_SQL, {
-                "terms": terms, "group_ids": group_ids, "weights": RANK_WEIGHTS,
-                "normalization": RANK_NORMALIZATION, "min_known_share": MIN_KNOWN_SHARE,
+                "terms": terms, "group_ids": group_ids, "idfs": idfs, "broad": broad,
+                "group_weights": group_weights, "question_idf": sum(group_weights),
+                "weights": RANK_WEIGHTS, "normalization": RANK_NORMALIZATION,
                 "threshold": RELEVANCE_THRESHOLD, "limit": self._limit,
             })
             rows = await cursor.fetchall()
         if not rows or rows[0].coverage < MIN_COVERAGE:
-            return Retrieval(question, (), widened.places, None, widened.groups)
+            return nothing
         # Once the best chunk is on topic, the others only need to be relevant.
         chunks = tuple(rows)
-        best = chunks[0]
-        curated = best if best.kind == "answer" and best.coverage >= CURATED_COVERAGE else None
-        return Retrieval(question, chunks, widened.places, curated, widened.groups)
+        return Retrieval(question, chunks, widened.places, _close_curated(chunks), widened.groups)
+
+    async def _weigh(self, conn: AsyncConnection, groups: tuple[tuple[str, ...], ...]
+                     ) -> tuple[list[str], list[int], list[float], list[float]] | None:
+        """Each searchable term with its group and its rarity among the chunks (BM25's idf),
+        and what each group weighs; None when the question is mostly words the articles never
+        use. The counts are cached per vocabulary, so a search runs one query, not one a term.
+
+        A group weighs as its rarest term the chunks use, or, for a word they never use, as the
+        rarest possible word. Numbers weigh nothing: every article has some, so "what is 2+2"
+        would look like a question the articles know all about."""
+        unseen = list(dict.fromkeys(t for g in groups for t in g if t not in self._term_chunks))
+        if unseen:
+            cursor = await conn.execute(_TERM_COUNT_SQL, {"words": unseen})
+            for word, searchable, chunks in await cursor.fetchall():
+                self._term_chunks[word] = chunks if searchable else None
+        total = self._total_chunks
+
+        def idf(chunks: int) -> float:
+            return math.log(1 + (total - chunks + 0.5) / (chunks + 0.5))
+
+        terms: list[str] = []
+        group_ids: list[int] = []
+        idfs: list[float] = []
+        group_weights: list[float] = []
+        known_groups = weighed_groups = 0
+        for number, group in enumerate(groups):
+            counts = {term: self._term_chunks[term] for term in group}
+            searchable = {term: count for term, count in counts.items() if count is not None}
+            for term, count in searchable.items():
+                terms.append(term)
+                group_ids.append(number)
+                idfs.append(idf(count))
+            weighed = [count for term, count in searchable.items() if not term.isdigit()]
+            known = [count for count in weighed if count > 0]
+            group_weights.append(idf(min(known or weighed)) if weighed else 0.0)
+            weighed_groups += bool(weighed)
+            known_groups += bool(known)
+        if not terms or not weighed_groups or known_groups / weighed_groups < MIN_KNOWN_SHARE:
+            return None
+        return terms, group_ids, idfs, group_weights
 
     async def _current_words(self, conn: AsyncConnection) -> ShopperWords:
         if self._words is not None and time.monotonic() - self._checked_at < self._check_s:
@@ -118,8 +174,12 @@ class KnowledgeSearch:
         self._checked_at = time.monotonic()
         if self._words is None or fingerprint != self._fingerprint:
             self._words = await self._load_words(conn)
+            cursor = await conn.execute("SELECT count(*) FROM knowledge_chunks")
+            row = await cursor.fetchone()
+            self._total_chunks = row[0] if row else 0
             self._fingerprint = fingerprint
             self._typo_fixes = {}
+            self._term_chunks = {}
         return self._words
 
     async def _load_words(self, conn: AsyncConnection) -> ShopperWords:
@@ -168,71 +228,69 @@ LEFT JOIN LATERAL (
 ) AS best ON true
 """
 
+# How many chunks each term matches (its idf follows); websearch_to_tsquery stems each word and
+# drops stop words (numnode 0: not searchable), and never fails on odd input.
+_TERM_COUNT_SQL = """
+SELECT term.word, numnode(query) > 0,
+       (SELECT count(*) FROM knowledge_chunks WHERE search_vector @@ query)::int
+FROM unnest(%(words)s::text[]) AS term(word), websearch_to_tsquery('english', term.word) AS query
+"""
+
 # Each term of the widened question is its own query, ranked with ts_rank_cd and weighted by
-# how rare it is among the chunks (BM25's idf): one OR-query ranked as a whole would let a
-# common word ("order") in a title outweigh the one rare word ("paypal") that matters. A group
-# (a word with its fixes and synonyms) counts once per chunk, by its best term.
-# websearch_to_tsquery stems each word and drops stop words, and never fails on odd input.
+# how rare it is (idf, passed in): one OR-query ranked as a whole would let a common word
+# ("order") in a title outweigh the one rare word ("paypal") that matters. A group (a word with
+# its fixes and synonyms) counts once per chunk, by its best term. The chunks matching any term
+# are read once (one index scan, not one a term), and only the best few are joined to their
+# article, so a store of thousands of articles costs little more than one of fifteen.
 _SEARCH_SQL = """
-WITH grouped_term AS (
-    SELECT term.word, group_id, query
-    FROM unnest(%(terms)s::text[], %(group_ids)s::int[]) AS term(word, group_id),
-         websearch_to_tsquery('english', term.word) AS query
-    WHERE numnode(query) > 0
+WITH term AS MATERIALIZED (
+    SELECT group_id, idf, broad, websearch_to_tsquery('english', word) AS query
+    FROM unnest(%(terms)s::text[], %(group_ids)s::int[], %(idfs)s::float8[],
+                %(broad)s::bool[]) AS term(word, group_id, idf, broad)
 ),
-weighted_term AS (
-    SELECT term.query,
-           matching.chunks,
-           ln(1 + (total.chunks - matching.chunks + 0.5) / (matching.chunks + 0.5)) AS idf
-    FROM (SELECT DISTINCT query FROM grouped_term) AS term,
-         (SELECT count(*) AS chunks FROM knowledge_chunks) AS total,
-         LATERAL (SELECT count(*) AS chunks FROM knowledge_chunks
-                  WHERE search_vector @@ term.query) AS matching
+any_term AS MATERIALIZED (
+    SELECT coalesce(string_agg('(' || query::text || ')', ' | ') FILTER (WHERE NOT broad),
+                    '')::tsquery AS narrow,
+           coalesce(string_agg('(' || query::text || ')', ' | ') FILTER (WHERE broad),
+                    '')::tsquery AS broad
+    FROM term
 ),
--- What each thing asked about weighs: its rarest term the chunks use, or, for a word they
--- never use, the weight of the rarest possible word. Numbers are left out: every article
--- has some, so "what is 2+2" would look like a question the articles know all about.
-group_weight AS (
-    SELECT grouped_term.group_id,
-           coalesce(max(weighted_term.idf) FILTER (WHERE weighted_term.chunks > 0),
-                    max(weighted_term.idf)) AS idf,
-           bool_or(weighted_term.chunks > 0) AS known
-    FROM grouped_term JOIN weighted_term USING (query)
-    WHERE grouped_term.word !~ '^[0-9]+$'
-    GROUP BY grouped_term.group_id
-),
-question_weight AS (
-    SELECT sum(idf) AS idf,
-           count(*) FILTER (WHERE known)::float8 / nullif(count(*), 0) AS known_share
-    FROM group_weight
+candidate AS MATERIALIZED (
+    SELECT id, article_path, position, search_vector FROM knowledge_chunks
+    WHERE search_vector @@ (SELECT narrow FROM any_term)
+    UNION
+    SELECT id, article_path, position, search_vector FROM knowledge_chunks
+    WHERE heading_vector @@ (SELECT broad FROM any_term)
 ),
 chunk_group AS (
-    SELECT chunk.id, grouped_term.group_id,
-           max(weighted_term.idf * ts_rank_cd(%(weights)s::real[], chunk.search_vector,
-                                              weighted_term.query, %(normalization)s)) AS rank
-    FROM knowledge_chunks AS chunk
-    JOIN weighted_term ON chunk.search_vector @@ weighted_term.query
-    JOIN grouped_term USING (query)
-    GROUP BY chunk.id, grouped_term.group_id
+    SELECT candidate.id, candidate.article_path, candidate.position, term.group_id,
+           max(term.idf * ts_rank_cd(%(weights)s::real[], candidate.search_vector, term.query,
+                                     %(normalization)s)) AS rank
+    FROM candidate JOIN term ON candidate.search_vector @@ term.query
+    GROUP BY candidate.id, candidate.article_path, candidate.position, term.group_id
 ),
 scored_chunk AS (
-    SELECT chunk_group.id, sum(chunk_group.rank) AS score,
-           coalesce(sum(group_weight.idf), 0) AS matched_idf
-    FROM chunk_group LEFT JOIN group_weight USING (group_id)
-    GROUP BY chunk_group.id
+    SELECT chunk_group.id, chunk_group.article_path, chunk_group.position,
+           sum(chunk_group.rank) AS score, sum(group_weight.idf) AS matched_idf
+    FROM chunk_group
+    JOIN unnest(%(group_weights)s::float8[]) WITH ORDINALITY AS group_weight(idf, number)
+      ON group_weight.number = chunk_group.group_id + 1
+    GROUP BY chunk_group.id, chunk_group.article_path, chunk_group.position
+    HAVING sum(chunk_group.rank) >= %(threshold)s
+    -- A chunk that matches one common word very well ("card" in "Gift cards") must not beat
+    -- one that matches most of what is asked: the score counts as much as the coverage allows.
+    ORDER BY sum(chunk_group.rank) * sum(group_weight.idf) DESC, chunk_group.article_path,
+             chunk_group.position
+    LIMIT %(limit)s
 )
 SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
        chunk.article_path AS path, scored_chunk.score::float8 AS score, chunk.kind, chunk.link,
        linked.title AS link_title,
-       coalesce(scored_chunk.matched_idf / nullif(question_weight.idf, 0), 0)::float8 AS coverage
+       coalesce(scored_chunk.matched_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
+           AS coverage
 FROM scored_chunk
 JOIN knowledge_chunks AS chunk USING (id)
 LEFT JOIN knowledge_articles AS linked ON linked.path = chunk.link
-CROSS JOIN question_weight
-WHERE scored_chunk.score >= %(threshold)s
-  AND question_weight.known_share >= %(min_known_share)s
--- A chunk that matches one common word very well ("card" in "Gift cards") must not beat one
--- that matches most of what is asked: the score counts as much as the coverage allows.
-ORDER BY scored_chunk.score * scored_chunk.matched_idf DESC, chunk.article_path, chunk.position
-LIMIT %(limit)s
+ORDER BY scored_chunk.score * scored_chunk.matched_idf DESC, scored_chunk.article_path,
+         scored_chunk.position
 """
