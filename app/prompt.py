@@ -135,6 +135,8 @@ class ComposedAnswer:
 # The answer stops growing at this many words: a 380 px panel shows about sixty.
 WORD_BUDGET = 45
 MAX_SENTENCES = 3
+# How much a sentence with a number gains when the question asks how long, how much, when.
+NUMBER_BONUS = 0.35
 # A question about one order, or money or a parcel that has not come, needs a person.
 _NEEDS_PERSON = re.compile(
     r"\b[A-Z]{2,3}-?\d{3,}\b|\border (?:number|no|#)|\b(?:never|not|hasnt|didnt|still no)\b"
@@ -243,7 +245,7 @@ def _choose_sentences(retrieval: Retrieval) -> list[tuple[KnowledgeChunk, str]]:
         gain = sum(weight[number] for number in matched - covered)
         if gain == 0:
             return 0.0
-        bonus = 0.35 if wants_number and any(c.isdigit() for c in sentence) else 0.0
+        bonus = NUMBER_BONUS if wants_number and any(c.isdigit() for c in sentence) else 0.0
         return gain + bonus - 0.12 * rank - 0.02 * position
 
     chosen: list[tuple[int, int, KnowledgeChunk, str, frozenset[int]]] = []
