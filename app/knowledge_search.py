@@ -262,11 +262,11 @@ WITH term AS MATERIALIZED (
     FROM unnest(%(terms)s::text[], %(group_ids)s::int[], %(idfs)s::float8[],
                 %(broad)s::bool[]) AS term(word, group_id, idf, broad)
 ),
+-- Without a term of one kind its query is NULL, matching nothing ('' would, with a NOTICE).
 any_term AS MATERIALIZED (
-    SELECT coalesce(string_agg('(' || query::text || ')', ' | ') FILTER (WHERE NOT broad),
-                    '')::tsquery AS narrow,
-           coalesce(string_agg('(' || query::text || ')', ' | ') FILTER (WHERE broad),
-                    '')::tsquery AS broad
+    SELECT (string_agg('(' || query::text || ')', ' | ') FILTER (WHERE NOT broad))::tsquery
+               AS narrow,
+           (string_agg('(' || query::text || ')', ' | ') FILTER (WHERE broad))::tsquery AS broad
     FROM term
 ),
 candidate AS MATERIALIZED (
