@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .chat import ChatService
+from .chat import ChatService, StartedAnswer
 from .clientip import limit_key
 from .errors import (
     BadRequest,
@@ -25,10 +25,13 @@ from .errors import (
     GatewayTimeout,
     PayloadTooLarge,
     ServiceUnavailable,
+    Unauthorized,
     UnsupportedMediaType,
 )
-from .eventlog import Event
-from .sse import AnswerStreamResponse
+from .eventlog import REPLAYED_END_ID, Event
+from .metrics import bearer_token_matches
+from .services import services
+from .sse import AnswerStreamResponse, Connections
 
 MAX_BODY_BYTES = 100 * 1024
 MESSAGE_TIMEOUT_S = 30.0
@@ -37,6 +40,7 @@ HISTORY_PAGE_MAX = 200
 PING_S = 15
 # A client that stops reading must not hold a stream (and its buffers) forever.
 SEND_TIMEOUT_S = 30
+LAST_EVENT_ID_DIGITS = len(str(REPLAYED_END_ID))
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -118,8 +122,7 @@ def parse_chat_request(body: Any, max_chars: int) -> ChatRequest:
 
 
 def chat_service(request: Request) -> ChatService:
-    service: ChatService = request.app.state.chat
-    return service
+    return services(request).chat
 
 
 async def sse_frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
@@ -130,27 +133,28 @@ async def sse_frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
             yield event.frame
 
 
-def event_stream(events: AsyncIterator[Event]) -> AnswerStreamResponse:
-    return AnswerStreamResponse(sse_frames(events), ping=PING_S, headers=SSE_HEADERS,
-                                send_timeout=SEND_TIMEOUT_S)
+def event_stream(events: AsyncIterator[Event], connections: Connections) -> AnswerStreamResponse:
+    return AnswerStreamResponse(sse_frames(events), connections=connections, ping=PING_S,
+                                headers=SSE_HEADERS, send_timeout=SEND_TIMEOUT_S)
 
 
-async def start_chat(request: Request) -> tuple[ChatService, Any, dict[str, str]]:
+async def start_chat(request: Request) -> tuple[ChatService, StartedAnswer, dict[str, str]]:
     """Validate, apply the limits, then start the answer: every refusal comes before a stream."""
-    settings = request.app.state.settings
-    chat_request = parse_chat_request(await read_json_body(request), settings.max_message_chars)
-    limits = request.app.state.limits
+    app_services = services(request)
+    chat_request = parse_chat_request(await read_json_body(request),
+                                      app_services.settings.max_message_chars)
+    limits = app_services.limits
     session_key = None if chat_request.session_id is None else str(chat_request.session_id)
     limit_headers = await limits.check_chat(limit_key(request.state.client_ip), session_key)
     await limits.check_budget()
-    service = chat_service(request)
+    service = app_services.chat
     started = await service.start_answer(chat_request.message, chat_request.session_id)
     return service, started, limit_headers
 
 
 async def chat_stream(request: Request) -> Response:
     service, started, limit_headers = await start_chat(request)
-    response = event_stream(service.new_answer_events(started))
+    response = event_stream(service.new_answer_events(started), services(request).connections)
     response.headers.update(limit_headers)
     return response
 
@@ -179,7 +183,7 @@ def last_event_id(request: Request) -> int:
     values: list[int] = []
     for raw in (request.headers.get("last-event-id"), request.query_params.get("lastEventId")):
         if raw:
-            value = whole_number(raw, 12)
+            value = whole_number(raw, LAST_EVENT_ID_DIGITS)
             if value is None:
                 raise BadRequest("Last-Event-ID must be a whole number.")
             values.append(value)
@@ -194,9 +198,14 @@ async def resume_stream(request: Request) -> Response:
     answer_id = parse_uuid(request.path_params["message_id"], "messageId")
     session_id = session_param(request)
     after = last_event_id(request)
-    events = await chat_service(request).follow(answer_id, session_id, after)
-    request.app.state.metrics.resumes.inc()
-    return event_stream(events)
+    app_services = services(request)
+    events = await app_services.chat.follow(answer_id, session_id, after)
+    if events is None:
+        # The client has the answer's end (an EventSource reconnecting after `done`): 204 is
+        # what stops an EventSource for good (WHATWG HTML, "server-sent events").
+        return Response(status_code=204, headers={"Cache-Control": "no-cache"})
+    app_services.metrics.resumes.inc()
+    return event_stream(events, app_services.connections)
 
 
 async def cancel_answer(request: Request) -> Response:
@@ -224,14 +233,30 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """503 without the database; 200 but "degraded" without Redis (limits count per instance)."""
-    pool = request.app.state.pool
+    """503 without the database; 200 but "degraded" while Redis is down or any of its uses
+    (rate limits, event log) still falls back to this instance's memory."""
+    app_services = services(request)
     try:
-        async with pool.connection(timeout=2.0) as conn:
+        async with app_services.pool.connection(timeout=2.0) as conn:
             await conn.execute("SELECT 1")
     except Exception:
         raise DatabaseUnavailable("The database is not reachable.") from None
-    redis_state = await request.app.state.limits.redis_health()
-    status = "degraded" if redis_state == "down" else "ready"
-    return JSONResponse({"status": status, "database": "up", "redis": redis_state,
-                         "mode": chat_service(request).mode})
+    body: dict[str, Any] = {"status": "ready", "database": "up", "redis": "off",
+                            "mode": app_services.chat.mode}
+    redis = app_services.redis
+    if redis is not None:
+        body["redis"] = await redis.ping()
+        body["redisUses"] = redis.uses()
+        if body["redis"] == "down" or "down" in body["redisUses"].values():
+            body["status"] = "degraded"
+    return JSONResponse(body)
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: the Prometheus text format; asks for a bearer token when METRICS_TOKEN is set."""
+    app_services = services(request)
+    expected = app_services.settings.metrics_token
+    if expected and not bearer_token_matches(request.headers.get("authorization"), expected):
+        raise Unauthorized()
+    body, content_type = app_services.metrics.exposition()
+    return Response(body, media_type=content_type)

@@ -15,12 +15,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from app.answer_events import Source
 from app.knowledge import KnowledgeChunk
 from app.knowledge_search import Retrieval
 from app.places import Place
 from app.store_profile import StoreProfile
-
-Source = dict[str, str]
 
 
 def build_messages(system_prompt: str, history: Sequence[tuple[str, str]],

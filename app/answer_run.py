@@ -1,0 +1,246 @@
+"""One answer's run, from the shopper's question to its saved row and the stream's last event.
+
+Each answer is an `AnswerRun` with its own state (the text so far, usage, status, what the
+knowledge search found for it), run as one asyncio task that app/chat.py keeps in its registry.
+It reads straight down: knowledge (the app's one KnowledgeSearch), prompt or composed answer
+(app/prompt.py), upstream stream, events, save with its sources, metrics, token budget. Nothing reaches the
+event log or the database before the shopper's message is committed (`committed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from . import answer_events
+from .eventlog import EventLog
+from .knowledge_search import KnowledgeSearch, Retrieval
+from .llm import LLM, UpstreamError, Usage
+from .logs import log_answer
+from .messages import MessageStore
+from .metrics import Metrics
+from .prompt import (
+    answer_pieces,
+    build_messages,
+    build_system_prompt,
+    cited_sources,
+    compose_answer,
+)
+from .ratelimit import estimate_tokens
+from .store_profile import StoreProfile
+
+log = logging.getLogger(__name__)
+
+# The `model` of answers in the log when no model is configured (knowledge-only mode).
+KNOWLEDGE_ONLY_MODEL = "knowledge-only"
+
+
+@dataclass(frozen=True)
+class StartedAnswer:
+    session_id: uuid.UUID
+    user_message_id: uuid.UUID
+    answer_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class AnswerTools:
+    """What every run uses; one per app, built by ChatService."""
+
+    messages: MessageStore
+    knowledge: KnowledgeSearch
+    events: EventLog
+    llm: LLM | None  # None: knowledge-only mode, every answer comes from the knowledge base
+    profile: StoreProfile
+    metrics: Metrics
+    record_tokens: Callable[[int], Awaitable[None]] | None
+
+
+class AnswerRun:
+    def __init__(self, tools: AnswerTools, started: StartedAnswer, question: str,
+                 history: list[tuple[str, str]], asked_at: float,
+                 committed: asyncio.Future[None]) -> None:
+        self._tools = tools
+        self.started = started
+        self._key = str(started.answer_id)
+        self._question = question
+        self._history = history
+        self._asked_at = asked_at
+        self._committed = committed
+        self._parts: list[str] = []
+        self._usage: Usage | None = None
+        self._failure: UpstreamError | None = None
+        self._retrieval = Retrieval(question, ())
+        self._prompt: list[dict[str, str]] = []
+        self._fallback = False
+        self._first_token_at: float | None = None
+        self._shutting_down = False
+        self._text = ""
+        self._sources: list[answer_events.Source] = []
+        self.status = "complete"
+        # Only while generating may a cancel interrupt the run: once generation has ended, the
+        # save and the terminal event must run to the end, or the text is lost and the stream
+        # never ends.
+        self.generating = False
+        self.task: asyncio.Task[str] | None = None
+
+    def start(self) -> asyncio.Task[str]:
+        # The task copies the caller's context, so the answer's log line carries the request id.
+        self.task = asyncio.create_task(self.run(), name=f"answer-{self._key}")
+        return self.task
+
+    def cancel(self, *, shutting_down: bool = False) -> None:
+        """Stop generating (the shopper cancelled, or the instance is shutting down); the text
+        so far is saved as 'cancelled', or 'interrupted' on shutdown."""
+        self._shutting_down = self._shutting_down or shutting_down
+        if self.generating and self.task is not None:
+            self.task.cancel()
+
+    async def run(self) -> str:
+        self.generating = True
+        try:
+            await self._generate()
+        except asyncio.CancelledError:
+            if self._committed.cancelled():
+                raise  # the question was never saved (see start_answer): nothing to keep
+            # Cancelled by the shopper (cancel) or by shutdown: either way, keep what was said.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            self.status = "interrupted" if self._shutting_down else "cancelled"
+        except UpstreamError as exc:  # counted where it was caught first, in _generate
+            self._failure, self.status = exc, "error"
+        finally:
+            self.generating = False
+        # A failure can come before the commit; the answer row must exist before its update.
+        await self._committed
+        self._text = "".join(self._parts)
+        if self._tools.llm is not None and not self._fallback:
+            # Only the sources the model cited (all it was given when it cited none).
+            self._sources = (cited_sources(self._retrieval, self._text)
+                             if self._retrieval.found else [])
+        saved = await self._save()
+        if self._first_token_at is None and self._parts:
+            self._first_token_at = time.monotonic()  # a knowledge-base answer: all of it at once
+        self._observe_finished()
+        self._tools.events.append(self._key, *self._end_event(saved))
+        # After the end is sent: charging the budget may wait on Redis, the shopper need not.
+        if self._prompt and not self._fallback:
+            await self._count_tokens()
+        return self.status
+
+    async def _generate(self) -> None:
+        self._retrieval = await self._find_knowledge()
+        llm = self._tools.llm
+        if llm is None:
+            await self._committed
+            self._answer_from_knowledge()
+            return
+        system_prompt = build_system_prompt(self._tools.profile, self._retrieval)
+        self._prompt = build_messages(system_prompt, self._history, self._question)
+        # The per-token path: locals, not attributes, and no call beyond the log's append.
+        parts, append, key = self._parts, self._tools.events.append, self._key
+        try:
+            async for item in llm.stream(self._prompt):
+                if isinstance(item, Usage):
+                    self._usage = item
+                else:
+                    if self._first_token_at is None:
+                        await self._committed
+                        self._first_token_at = time.monotonic()
+                    parts.append(item)
+                    append(key, "token", {"text": item})  # answer_events.token, inlined
+        except UpstreamError as exc:
+            self._tools.metrics.upstream_errors.labels(kind=exc.code).inc()
+            # Before the first token the shopper has seen nothing, so the knowledge base can
+            # still answer; after it, a second voice would contradict the first. A rejected key
+            # or request is a configuration fault: it stays an error.
+            if parts or not exc.retryable:
+                raise
+            log.warning("the model failed before its first token (%s): answering from "
+                        "the knowledge base", exc.code)
+            self._fallback = True
+            await self._committed
+            self._answer_from_knowledge()
+
+    async def _find_knowledge(self) -> Retrieval:
+        """What the knowledge base holds for the question; a follow-up such as "and to
+        Europe?" is searched again together with the shopper's previous message."""
+        earlier = [text for sender, text in self._history if sender == "user"]
+        try:
+            return await self._tools.knowledge.search(self._question,
+                                                      earlier[-1] if earlier else None)
+        except (PoolTimeout, psycopg.Error) as exc:
+            # The answer can still be given without the articles; losing it would be worse.
+            log.warning("knowledge search failed: %s", type(exc).__name__)
+            return Retrieval(self._question, ())
+
+    def _answer_from_knowledge(self) -> None:
+        """Stream the composed answer with the same token events a model's answer uses; its
+        sources are the ones it used."""
+        composed = compose_answer(self._tools.profile, self._retrieval)
+        for piece in answer_pieces(composed.text):
+            self._parts.append(piece)
+            self._tools.events.append(self._key, *answer_events.token(piece))
+        self._sources = composed.sources
+
+    async def _save(self) -> bool:
+        usage = self._usage
+        return await self._tools.messages.save_answer(
+            self.started.answer_id, self._text, self.status,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            sources=self._sources,
+            fallback=self._fallback)
+
+    def _end_event(self, saved: bool) -> tuple[answer_events.Kind, object]:
+        if not saved:
+            return answer_events.not_saved()
+        if self.status in ("complete", "cancelled"):
+            return answer_events.done(self._key, self._text, self.status, self._usage,
+                                      self._sources, self._fallback)
+        if self.status == "interrupted":
+            # Retryable: the instance is shutting down; the widget resumes, and another
+            # instance serves the saved text.
+            return answer_events.interrupted(retryable=True)
+        failure = self._failure
+        assert failure is not None
+        return answer_events.error(failure.code, failure.message, retryable=failure.retryable)
+
+    def _observe_finished(self) -> None:
+        """The answer's metrics and its one log line, once it is saved."""
+        usage, llm = self._usage, self._tools.llm
+        duration_s = time.monotonic() - self._asked_at
+        first_token_s = (None if self._first_token_at is None
+                         else self._first_token_at - self._asked_at)
+        self._tools.metrics.observe_answer(
+            self.status, duration_s, first_token_s,
+            tokens_in=usage.prompt_tokens if usage else 0,
+            tokens_out=usage.completion_tokens if usage else 0)
+        log_answer(
+            message_id=self.started.answer_id, session_id=self.started.session_id,
+            status=self.status, model=llm.model if llm is not None else KNOWLEDGE_ONLY_MODEL,
+            fallback=self._fallback,
+            time_to_first_token_ms=None if first_token_s is None else first_token_s * 1000,
+            duration_ms=duration_s * 1000,
+            tokens_in=usage.prompt_tokens if usage else None,
+            tokens_out=usage.completion_tokens if usage else None,
+            deltas=len(self._parts))
+
+    async def _count_tokens(self) -> None:
+        """Charge the day's token budget: the upstream's count, or an estimate if it never came."""
+        record_tokens = self._tools.record_tokens
+        if record_tokens is None:
+            return
+        if self._usage is not None:
+            tokens = self._usage.prompt_tokens + self._usage.completion_tokens
+        else:
+            tokens = estimate_tokens(sum(len(m["content"]) for m in self._prompt),
+                                     len(self._text))
+        await record_tokens(tokens)
