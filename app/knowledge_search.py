@@ -146,8 +146,9 @@ class KnowledgeSearch:
         use. The counts are cached per vocabulary, so a search runs one query, not one a term.
 
         A group weighs as its rarest term the chunks use, or, for a word they never use, as the
-        rarest possible word. Numbers weigh nothing: every article has some, so "what is 2+2"
-        would look like a question the articles know all about."""
+        rarest possible word. Numbers and codes (a word with a digit) weigh nothing: every
+        article has some numbers, so "what is 2+2" would look like a question the articles know
+        all about, and an order number ("return order 0f5019") is not what a question is about."""
         unseen = list(dict.fromkeys(t for g in groups for t in g if t not in self._term_chunks))
         if unseen:
             cursor = await conn.execute(_TERM_COUNT_SQL, {"words": unseen})
@@ -170,7 +171,8 @@ class KnowledgeSearch:
                 terms.append(term)
                 group_ids.append(number)
                 idfs.append(idf(count))
-            weighed = [count for term, count in searchable.items() if not term.isdigit()]
+            weighed = [count for term, count in searchable.items()
+                       if not any(char.isdigit() for char in term)]
             known = [count for count in weighed if count > 0]
             group_weights.append(idf(min(known or weighed)) if weighed else 0.0)
             weighed_groups += bool(weighed)

@@ -319,3 +319,13 @@ def test_a_wrong_curated_answer_is_an_error_naming_the_file(tmp_path: Path) -> N
     (tmp_path / "answers.toml").write_text('[[answer]]\nid = "Bad Id"\n', encoding="utf-8")
     with pytest.raises(KnowledgeError, match="answers.toml: answer 1: 'id'"):
         read_articles(folder)
+
+
+async def test_an_order_number_does_not_make_a_question_out_of_scope(
+        pool: AsyncConnectionPool) -> None:
+    # A word the articles never use counts against a question, but a code with digits is the
+    # shopper's order, not what the question is about.
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    plain = await search_knowledge(pool, "can i send back a kurta i dont like")
+    with_order = await search_knowledge(pool, "can i send back a kurta i dont like, order 0f5019")
+    assert plain and [c.path for c in with_order] == [c.path for c in plain]
