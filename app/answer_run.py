@@ -2,9 +2,12 @@
 
 Each answer is an `AnswerRun` with its own state (the text so far, usage, status, what the
 knowledge search found for it), run as one asyncio task that app/chat.py keeps in its registry.
-It reads straight down: knowledge (the app's one KnowledgeSearch), prompt or composed answer
+It reads straight down: knowledge (its site's KnowledgeSearch), prompt or composed answer
 (app/prompt.py), upstream stream, events, save with its sources, metrics, token budget. Nothing reaches the
 event log or the database before the shopper's message is committed (`committed`).
+
+A run is for one site (None: the default site): its profile, its knowledge, its model settings
+and its token budget.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from psycopg_pool import PoolTimeout
 
 from . import answer_events
 from .eventlog import EventLog
-from .knowledge_search import KnowledgeSearch, Retrieval
+from .knowledge_search import Retrieval, SiteSearches
 from .llm import LLM, UpstreamError, Usage
 from .logs import log_answer
 from .messages import MessageStore
@@ -34,6 +37,7 @@ from .prompt import (
     compose_answer,
 )
 from .ratelimit import estimate_tokens
+from .sites import DEFAULT_SITE_ID, Site
 from .store_profile import StoreProfile
 
 log = logging.getLogger(__name__)
@@ -54,19 +58,23 @@ class AnswerTools:
     """What every run uses; one per app, built by ChatService."""
 
     messages: MessageStore
-    knowledge: KnowledgeSearch
+    knowledge: SiteSearches  # each site's KnowledgeSearch
     events: EventLog
     llm: LLM | None  # None: knowledge-only mode, every answer comes from the knowledge base
-    profile: StoreProfile
+    profile: StoreProfile  # the default site's
     metrics: Metrics
-    record_tokens: Callable[[int], Awaitable[None]] | None
+    record_tokens: Callable[[int, Site | None], Awaitable[None]] | None
 
 
 class AnswerRun:
     def __init__(self, tools: AnswerTools, started: StartedAnswer, question: str,
                  history: list[tuple[str, str]], asked_at: float,
-                 committed: asyncio.Future[None]) -> None:
+                 committed: asyncio.Future[None], site: Site | None = None) -> None:
         self._tools = tools
+        self._site = site
+        self._site_id = DEFAULT_SITE_ID if site is None else site.id
+        # The site's profile, or the default site's.
+        self._profile = tools.profile if site is None else site.profile
         self.started = started
         self._key = str(started.answer_id)
         self._question = question
@@ -89,6 +97,14 @@ class AnswerRun:
         # never ends.
         self.generating = False
         self.task: asyncio.Task[str] | None = None
+
+    @property
+    def model(self) -> str:
+        """The model this answer is asked of: the site's, else the deployment's."""
+        llm = self._tools.llm
+        if llm is None:
+            return KNOWLEDGE_ONLY_MODEL
+        return (self._site.model if self._site is not None else None) or llm.model
 
     def start(self) -> asyncio.Task[str]:
         # The task copies the caller's context, so the answer's log line carries the request id.
@@ -142,12 +158,15 @@ class AnswerRun:
             await self._committed
             self._answer_from_knowledge()
             return
-        system_prompt = build_system_prompt(self._tools.profile, self._retrieval)
+        system_prompt = build_system_prompt(self._profile, self._retrieval)
         self._prompt = build_messages(system_prompt, self._history, self._question)
         # The per-token path: locals, not attributes, and no call beyond the log's append.
-        parts, append, key = self._parts, self._tools.events.append, self._key
+        parts, append, key, site = self._parts, self._tools.events.append, self._key, self._site
         try:
-            async for item in llm.stream(self._prompt):
+            async for item in llm.stream(
+                    self._prompt, model=site.model if site else None,
+                    temperature=site.temperature if site else None,
+                    max_tokens=site.max_tokens if site else None):
                 if isinstance(item, Usage):
                     self._usage = item
                 else:
@@ -174,8 +193,8 @@ class AnswerRun:
         Europe?" is searched again together with the shopper's previous message."""
         earlier = [text for sender, text in self._history if sender == "user"]
         try:
-            return await self._tools.knowledge.search(self._question,
-                                                      earlier[-1] if earlier else None)
+            search = self._tools.knowledge.for_site(self._site_id, self._profile)
+            return await search.search(self._question, earlier[-1] if earlier else None)
         except (PoolTimeout, psycopg.Error) as exc:
             # The answer can still be given without the articles; losing it would be worse.
             log.warning("knowledge search failed: %s", type(exc).__name__)
@@ -184,7 +203,7 @@ class AnswerRun:
     def _answer_from_knowledge(self) -> None:
         """Stream the composed answer with the same token events a model's answer uses; its
         sources are the ones it used."""
-        composed = compose_answer(self._tools.profile, self._retrieval)
+        composed = compose_answer(self._profile, self._retrieval)
         for piece in answer_pieces(composed.text):
             self._parts.append(piece)
             self._tools.events.append(self._key, *answer_events.token(piece))
@@ -215,7 +234,7 @@ class AnswerRun:
 
     def _observe_finished(self) -> None:
         """The answer's metrics and its one log line, once it is saved."""
-        usage, llm = self._usage, self._tools.llm
+        usage = self._usage
         duration_s = time.monotonic() - self._asked_at
         first_token_s = (None if self._first_token_at is None
                          else self._first_token_at - self._asked_at)
@@ -225,7 +244,7 @@ class AnswerRun:
             tokens_out=usage.completion_tokens if usage else 0)
         log_answer(
             message_id=self.started.answer_id, session_id=self.started.session_id,
-            status=self.status, model=llm.model if llm is not None else KNOWLEDGE_ONLY_MODEL,
+            status=self.status, model=self.model,
             fallback=self._fallback,
             time_to_first_token_ms=None if first_token_s is None else first_token_s * 1000,
             duration_ms=duration_s * 1000,
@@ -243,4 +262,4 @@ class AnswerRun:
         else:
             tokens = estimate_tokens(sum(len(m["content"]) for m in self._prompt),
                                      len(self._text))
-        await record_tokens(tokens)
+        await record_tokens(tokens, self._site)

@@ -25,10 +25,11 @@ from .answer_events import record_meta, replay_record, settled, terminal_event
 from .answer_run import KNOWLEDGE_ONLY_MODEL, AnswerRun, AnswerTools, StartedAnswer
 from .errors import ServiceUnavailable, StoreUnavailable
 from .eventlog import REPLAYED_END_ID, Event, EventLog, SharedLogUnavailable
-from .knowledge_search import KnowledgeSearch
+from .knowledge_search import SiteSearches
 from .llm import LLM
 from .messages import AnswerRecord, HistoryPage, MessageStore
 from .metrics import Metrics
+from .sites import DEFAULT_SITE_ID, Site
 from .store_profile import StoreProfile
 
 __all__ = ["KNOWLEDGE_ONLY_MODEL", "ChatService", "StartedAnswer"]
@@ -48,8 +49,8 @@ _AFTER_EVERY_TOKEN = 2**53
 class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
                  history_window: int, profile: StoreProfile,
-                 record_tokens: Callable[[int], Awaitable[None]] | None = None,
-                 knowledge: KnowledgeSearch, metrics: Metrics | None = None) -> None:
+                 record_tokens: Callable[[int, Site | None], Awaitable[None]] | None = None,
+                 knowledge: SiteSearches, metrics: Metrics | None = None) -> None:
         self._messages = MessageStore(pool, history_window=history_window)
         self._events = events
         self._llm = llm
@@ -67,7 +68,8 @@ class ChatService:
 
     @property
     def running_count(self) -> int:
-        return len(self._running)
+        """Answers this instance still looks after: produced here, or being settled."""
+        return len(self._running) + len(self._settling)
 
     @property
     def mode(self) -> str:
@@ -75,8 +77,12 @@ class ChatService:
 
     # -- starting an answer ------------------------------------------------------------------
 
-    async def start_answer(self, question: str, session_id: uuid.UUID | None) -> StartedAnswer:
+    async def start_answer(self, question: str, session_id: uuid.UUID | None,
+                           site: Site | None = None) -> StartedAnswer:
         """Commit the shopper's message and an empty answer row while the answer starts.
+
+        The conversation is the site's (None: the default site's): another site's session id
+        is treated as unknown, and starts a new conversation.
 
         The knowledge search and the model's first token take far longer than the commit, so
         the answer's task starts as soon as the history is read instead of after the commit;
@@ -85,18 +91,21 @@ class ChatService:
         """
         asked_at = time.monotonic()
         user_message_id, answer_id = uuid.uuid4(), uuid.uuid4()
-        # Claimed before the row exists: other instances never see it 'streaming' unclaimed.
+        # Claimed before the row exists; the lease may reach other instances just after the
+        # commit, and they confirm a missing lease before declaring a producer dead.
         await self._events.claim(str(answer_id))
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         run: AnswerRun | None = None
         writer_pid: int | None = None
         try:
-            async with self._messages.new_turn(session_id) as turn:
+            site_id = DEFAULT_SITE_ID if site is None else site.id
+            async with self._messages.new_turn(session_id, site_id) as turn:
                 started = StartedAnswer(turn.session_id, user_message_id, answer_id)
-                run = AnswerRun(self._tools, started, question, turn.history, asked_at, committed)
+                run = AnswerRun(self._tools, started, question, turn.history, asked_at, committed,
+                                site)
                 run.start()
                 await turn.save(question, user_message_id, answer_id,
-                                self._llm.model if self._llm else None)
+                                run.model if self._llm else None)
                 writer_pid = turn.writer_pid
         except BaseException:
             # The question is not saved, so there is no answer: stop its task quietly.
@@ -144,9 +153,10 @@ class ChatService:
 
     # -- reading -----------------------------------------------------------------------------
 
-    async def find_answer(self, answer_id: uuid.UUID, session_id: uuid.UUID) -> AnswerRecord:
-        """The answer if it belongs to this session; otherwise NotFoundError."""
-        return await self._messages.find_answer(answer_id, session_id)
+    async def find_answer(self, answer_id: uuid.UUID, session_id: uuid.UUID,
+                          site_id: int = DEFAULT_SITE_ID) -> AnswerRecord:
+        """The answer if it belongs to this session of this site; otherwise NotFoundError."""
+        return await self._messages.find_answer(answer_id, session_id, site_id)
 
     def new_answer_events(self, started: StartedAnswer) -> AsyncIterator[Event]:
         """The events of an answer this instance just started (no ownership check needed)."""
@@ -154,15 +164,15 @@ class ChatService:
         assert events is not None, "start_answer puts every new answer in the event log"
         return events
 
-    async def follow(self, answer_id: uuid.UUID, session_id: uuid.UUID,
-                     after: int) -> AsyncIterator[Event] | None:
+    async def follow(self, answer_id: uuid.UUID, session_id: uuid.UUID, after: int,
+                     site_id: int = DEFAULT_SITE_ID) -> AsyncIterator[Event] | None:
         """The answer's events after `after`: from this instance's memory if it produces the
         answer, else from the shared log, else rebuilt from the record.
 
         None when `after` is at or past the id of the answer's end: the client has seen it all,
         the end included (an EventSource reconnecting after `done`), and there is nothing to send.
         """
-        record = await self.find_answer(answer_id, session_id)
+        record = await self.find_answer(answer_id, session_id, site_id)
         if after > 0:
             end = await self._end_id(record)
             if end is not None and after >= end:
@@ -205,7 +215,7 @@ class ChatService:
         try:
             await self._messages.mark_interrupted(record.id, streamed_text)
             # Whatever the update found: the producer may have saved the answer just before.
-            record = await self.find_answer(record.id, record.conversation_id)
+            record = await self.find_answer(record.id, record.conversation_id, record.site_id)
         except StoreUnavailable:
             record = replace(record, text=streamed_text, status="interrupted")
         return terminal_event(record, seq)
@@ -235,15 +245,16 @@ class ChatService:
         await self._messages.mark_many_interrupted(orphans)
         return len(orphans)
 
-    async def history(self, session_id: uuid.UUID, limit: int,
-                      before: uuid.UUID | None) -> HistoryPage:
-        return await self._messages.history_page(session_id, limit, before)
+    async def history(self, session_id: uuid.UUID, limit: int, before: uuid.UUID | None,
+                      site_id: int = DEFAULT_SITE_ID) -> HistoryPage:
+        return await self._messages.history_page(session_id, limit, before, site_id)
 
     # -- stopping ----------------------------------------------------------------------------
 
-    async def cancel(self, answer_id: uuid.UUID, session_id: uuid.UUID) -> str:
+    async def cancel(self, answer_id: uuid.UUID, session_id: uuid.UUID,
+                     site_id: int = DEFAULT_SITE_ID) -> str:
         """Stop an answer this instance is producing; return the answer's status."""
-        record = await self.find_answer(answer_id, session_id)
+        record = await self.find_answer(answer_id, session_id, site_id)
         run = self._running.get(answer_id)
         if run is None or run.task is None:
             if record.status != "streaming":
@@ -274,7 +285,7 @@ class ChatService:
                         if event.is_terminal:
                             break
         # The producer saves before it sends the end, so the record now says how it ended.
-        return (await self.find_answer(record.id, record.conversation_id)).status
+        return (await self.find_answer(record.id, record.conversation_id, record.site_id)).status
 
     def cancel_running(self, answer_key: str) -> None:
         """Another instance asked to cancel an answer: cancel it if this instance produces it."""

@@ -2,10 +2,13 @@
 
 The articles in KNOWLEDGE_DIR are the source of truth. `sync_knowledge` splits each one by its
 headings into chunks and mirrors them into the knowledge tables (sql/0002_knowledge.sql),
-touching only files whose bytes changed. Beside the folder, two optional files of the store:
-`answers.toml` (curated answers, each indexed as a one-chunk "article" `answers.toml#<id>`) and
-`synonyms.toml` (shopper words, and which countries a shipping region covers). The search
-itself is app/knowledge_search.py.
+touching only files whose bytes changed. Beside the folder (in its parent), two optional files
+of the store: `answers.toml` (curated answers, each indexed as a one-chunk "article"
+`answers.toml#<id>`) and `synonyms.toml` (shopper words, and which countries a shipping region
+covers). The same rule holds for every site: the default site's folder is KNOWLEDGE_DIR,
+another's the DIR of `sites knowledge sync KEY DIR`. Everything indexed (articles, chunks,
+curated answers, the words for typo correction, synonyms, regions) belongs to one site, and a
+sync touches only its site's rows. The search itself is app/knowledge_search.py.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+
+from app.sites import DEFAULT_SITE_ID
 
 DEFAULT_KNOWLEDGE_DIR = Path(__file__).parent / "store" / "knowledge"
 
@@ -239,8 +244,10 @@ def read_store_words(knowledge_dir: Path) -> StoreWords:
         {name: tuple(code.upper() for code in codes) for name, codes in regions.items()})
 
 
-async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path) -> SyncReport:
-    """Make the index match the folder: index new and changed files, drop deleted ones.
+async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path,
+                         site_id: int = DEFAULT_SITE_ID) -> SyncReport:
+    """Make the site's index match the folder: index new and changed files, drop deleted ones.
+    Other sites' articles are never touched.
 
     Safe to run from several instances at once: the whole sync is one transaction holding an
     advisory lock, so syncs run one after another and all but the first find nothing to do.
@@ -249,13 +256,15 @@ async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path) -> Sync
     store_words = read_store_words(knowledge_dir)
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [SYNC_LOCK_KEY])
-        cursor = await conn.execute("SELECT path, content_hash FROM knowledge_articles")
+        cursor = await conn.execute(
+            "SELECT path, content_hash FROM knowledge_articles WHERE site_id = %s", [site_id])
         indexed = {path: content_hash for path, content_hash in await cursor.fetchall()}
 
         on_disk = {article.path for article in articles}
         removed = sorted(path for path in indexed if path not in on_disk)
         if removed:
-            await conn.execute("DELETE FROM knowledge_articles WHERE path = ANY(%s)", [removed])
+            await conn.execute("DELETE FROM knowledge_articles WHERE site_id = %s"
+                               " AND path = ANY(%s)", [site_id, removed])
 
         added: list[str] = []
         updated: list[str] = []
@@ -263,71 +272,76 @@ async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path) -> Sync
             previous_hash = indexed.get(article.path)
             if previous_hash == article.content_hash:
                 continue
-            await _index_article(conn, article)
+            await _index_article(conn, article, site_id)
             (added if previous_hash is None else updated).append(article.path)
         if added or updated or removed:
-            await _index_words(conn)
-        words_changed = await _index_store_words(conn, store_words)
+            await _index_words(conn, site_id)
+        words_changed = await _index_store_words(conn, store_words, site_id)
 
     unchanged = len(articles) - len(added) - len(updated)
     return SyncReport(tuple(added), tuple(updated), tuple(removed), unchanged, words_changed)
 
 
-async def _index_words(conn: AsyncConnection) -> None:
-    """Every word of the index, unstemmed, for typo correction by trigram similarity."""
-    await conn.execute("DELETE FROM knowledge_words")
+async def _index_words(conn: AsyncConnection, site_id: int) -> None:
+    """Every word of the site's index, unstemmed, for typo correction by trigram similarity."""
+    await conn.execute("DELETE FROM knowledge_words WHERE site_id = %s", [site_id])
     await conn.execute(
         """
-        INSERT INTO knowledge_words (word)
-        SELECT word FROM ts_stat($$
-            SELECT to_tsvector('simple', article_title || ' ' || heading || ' ' || examples
-                                         || ' ' || body)
-            FROM knowledge_chunks
-        $$)
-        WHERE word ~ '^[[:alpha:]]+$'
-        """
+        INSERT INTO knowledge_words (site_id, word)
+        SELECT DISTINCT %(site_id)s::bigint, word
+        FROM knowledge_chunks,
+             unnest(tsvector_to_array(to_tsvector('simple', article_title || ' ' || heading
+                                                  || ' ' || examples || ' ' || body))) AS word
+        WHERE site_id = %(site_id)s AND word ~ '^[[:alpha:]]+$'
+        """,
+        {"site_id": site_id},
     )
 
 
-async def _index_store_words(conn: AsyncConnection, store_words: StoreWords) -> bool:
-    """Mirror synonyms.toml into its tables; True when they changed."""
-    cursor = await conn.execute("SELECT phrase, terms FROM knowledge_synonyms")
+async def _index_store_words(conn: AsyncConnection, store_words: StoreWords,
+                             site_id: int) -> bool:
+    """Mirror the site's synonyms.toml into its tables; True when they changed."""
+    cursor = await conn.execute(
+        "SELECT phrase, terms FROM knowledge_synonyms WHERE site_id = %s", [site_id])
     synonyms: dict[str, str] = dict(await cursor.fetchall())
-    cursor = await conn.execute("SELECT region, country_codes FROM knowledge_regions")
+    cursor = await conn.execute(
+        "SELECT region, country_codes FROM knowledge_regions WHERE site_id = %s", [site_id])
     regions = {region: tuple(codes) for region, codes in await cursor.fetchall()}
     if synonyms == store_words.synonyms and regions == store_words.regions:
         return False
-    await conn.execute("DELETE FROM knowledge_synonyms")
-    await conn.execute("DELETE FROM knowledge_regions")
+    await conn.execute("DELETE FROM knowledge_synonyms WHERE site_id = %s", [site_id])
+    await conn.execute("DELETE FROM knowledge_regions WHERE site_id = %s", [site_id])
     async with conn.cursor() as cursor:
         await cursor.executemany(
-            "INSERT INTO knowledge_synonyms (phrase, terms) VALUES (%s, %s)",
-            list(store_words.synonyms.items()))
+            "INSERT INTO knowledge_synonyms (site_id, phrase, terms) VALUES (%s, %s, %s)",
+            [(site_id, phrase, terms) for phrase, terms in store_words.synonyms.items()])
         await cursor.executemany(
-            "INSERT INTO knowledge_regions (region, country_codes) VALUES (%s, %s)",
-            [(region, list(codes)) for region, codes in store_words.regions.items()])
+            "INSERT INTO knowledge_regions (site_id, region, country_codes) VALUES (%s, %s, %s)",
+            [(site_id, region, list(codes)) for region, codes in store_words.regions.items()])
     return True
 
 
-async def _index_article(conn: AsyncConnection, article: Article) -> None:
+async def _index_article(conn: AsyncConnection, article: Article, site_id: int) -> None:
     await conn.execute(
         """
-        INSERT INTO knowledge_articles (path, title, content_hash) VALUES (%s, %s, %s)
-        ON CONFLICT (path) DO UPDATE
+        INSERT INTO knowledge_articles (site_id, path, title, content_hash) VALUES (%s, %s, %s, %s)
+        ON CONFLICT (site_id, path) DO UPDATE
             SET title = EXCLUDED.title, content_hash = EXCLUDED.content_hash, indexed_at = now()
         """,
-        [article.path, article.title, article.content_hash],
+        [site_id, article.path, article.title, article.content_hash],
     )
-    await conn.execute("DELETE FROM knowledge_chunks WHERE article_path = %s", [article.path])
+    await conn.execute("DELETE FROM knowledge_chunks WHERE site_id = %s AND article_path = %s",
+                       [site_id, article.path])
     async with conn.cursor() as cursor:
         await cursor.executemany(
             """
-            INSERT INTO knowledge_chunks (article_path, position, article_title, heading, body,
-                                          content_hash, kind, examples, link)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+            INSERT INTO knowledge_chunks (site_id, article_path, position, article_title,
+                                          heading, body, content_hash, kind, examples, link)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             """,
             [
                 (
+                    site_id,
                     article.path,
                     position,
                     article.title,

@@ -1,8 +1,12 @@
 """The knowledge search: a shopper's question in, the chunks that answer it out (or none).
 
-One `KnowledgeSearch` per app. It owns what it caches: the index's vocabulary, synonyms and
-regions (re-read when the index's fingerprint changes, checked at most every few seconds), and
-the typo fixes found for that vocabulary. The steps per question:
+One `KnowledgeSearch` per site: it reads only that site's rows (articles, curated answers,
+words, synonyms, regions) and places names with that site's profile. `SiteSearches`, one per
+app (built in the lifespan), creates a site's search on its first question and keeps it, so
+each site's caches live as long as the app and no longer. A search owns what it caches: the
+site's vocabulary, synonyms and regions (re-read when the site's fingerprint changes, checked
+at most every few seconds), and the typo fixes found for that vocabulary. The steps per
+question:
 
 1. widen the wording (app/shopper_words.py): phrases, the store's synonyms, place names;
 2. fix typos with PostgreSQL's trigram similarity (`pg_trgm`) against the index's own words,
@@ -27,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from app.knowledge import KnowledgeChunk
 from app.places import Place, Places
 from app.shopper_words import ShopperWords
+from app.sites import DEFAULT_SITE_ID
 from app.store_profile import StoreProfile
 
 # ts_rank_cd weights for the D, C, B, A labels: body words (C) count for a fifth of a title word.
@@ -87,13 +92,14 @@ def _strength(chunk: KnowledgeChunk) -> float:
 
 
 class KnowledgeSearch:
-    """Search the indexed knowledge; `await search(question)` -> Retrieval."""
+    """Search one site's indexed knowledge; `await search(question)` -> Retrieval."""
 
     def __init__(self, pool: AsyncConnectionPool, profile: StoreProfile, *,
-                 limit: int = DEFAULT_LIMIT,
+                 site_id: int = DEFAULT_SITE_ID, limit: int = DEFAULT_LIMIT,
                  vocabulary_check_s: float = VOCABULARY_CHECK_S) -> None:
         self._pool = pool
         self._profile = profile
+        self._site_id = site_id
         self._limit = limit
         self._check_s = vocabulary_check_s
         self._checked_at = -float("inf")
@@ -103,6 +109,10 @@ class KnowledgeSearch:
         # Per vocabulary: how many chunks match each term (None: a stop word, not searchable).
         self._term_chunks: dict[str, int | None] = {}
         self._total_chunks = 0
+
+    @property
+    def profile(self) -> StoreProfile:
+        return self._profile
 
     async def search(self, question: str, previous_question: str | None = None) -> Retrieval:
         """The chunks that best answer `question`; a follow-up that finds nothing alone ("and to
@@ -131,6 +141,7 @@ class KnowledgeSearch:
                 "group_weights": group_weights, "question_idf": sum(group_weights),
                 "weights": RANK_WEIGHTS, "normalization": RANK_NORMALIZATION,
                 "threshold": RELEVANCE_THRESHOLD, "limit": self._limit,
+                "site_id": self._site_id,
             })
             rows = await cursor.fetchall()
         if not rows or rows[0].coverage < MIN_COVERAGE:
@@ -151,7 +162,8 @@ class KnowledgeSearch:
         all about, and an order number ("return order 0f5019") is not what a question is about."""
         unseen = list(dict.fromkeys(t for g in groups for t in g if t not in self._term_chunks))
         if unseen:
-            cursor = await conn.execute(_TERM_COUNT_SQL, {"words": unseen})
+            cursor = await conn.execute(_TERM_COUNT_SQL, {"words": unseen,
+                                                          "site_id": self._site_id})
             for word, searchable, chunks in await cursor.fetchall():
                 self._term_chunks[word] = chunks if searchable else None
         total = self._total_chunks
@@ -184,13 +196,14 @@ class KnowledgeSearch:
     async def _current_words(self, conn: AsyncConnection) -> ShopperWords:
         if self._words is not None and time.monotonic() - self._checked_at < self._check_s:
             return self._words
-        cursor = await conn.execute(_FINGERPRINT_SQL)
+        cursor = await conn.execute(_FINGERPRINT_SQL, {"site_id": self._site_id})
         row = await cursor.fetchone()
         fingerprint = row[0] if row else ""
         self._checked_at = time.monotonic()
         if self._words is None or fingerprint != self._fingerprint:
             self._words = await self._load_words(conn)
-            cursor = await conn.execute("SELECT count(*) FROM knowledge_chunks")
+            cursor = await conn.execute("SELECT count(*) FROM knowledge_chunks WHERE site_id = %s",
+                                        [self._site_id])
             row = await cursor.fetchone()
             self._total_chunks = row[0] if row else 0
             self._fingerprint = fingerprint
@@ -199,11 +212,14 @@ class KnowledgeSearch:
         return self._words
 
     async def _load_words(self, conn: AsyncConnection) -> ShopperWords:
-        cursor = await conn.execute("SELECT word FROM knowledge_words")
+        site = [self._site_id]
+        cursor = await conn.execute("SELECT word FROM knowledge_words WHERE site_id = %s", site)
         vocabulary = frozenset(word for (word,) in await cursor.fetchall())
-        cursor = await conn.execute("SELECT phrase, terms FROM knowledge_synonyms")
+        cursor = await conn.execute(
+            "SELECT phrase, terms FROM knowledge_synonyms WHERE site_id = %s", site)
         synonyms: dict[str, str] = dict(await cursor.fetchall())
-        cursor = await conn.execute("SELECT region, country_codes FROM knowledge_regions")
+        cursor = await conn.execute(
+            "SELECT region, country_codes FROM knowledge_regions WHERE site_id = %s", site)
         regions: dict[str, Any] = dict(await cursor.fetchall())
         return ShopperWords(vocabulary, synonyms,
                             Places(self._profile.shipping_regions, regions))
@@ -212,7 +228,7 @@ class KnowledgeSearch:
                          candidates: list[str]) -> Mapping[str, str]:
         unseen = [word for word in candidates if word not in self._typo_fixes]
         if unseen:
-            cursor = await conn.execute(_TYPO_SQL, {"words": unseen,
+            cursor = await conn.execute(_TYPO_SQL, {"words": unseen, "site_id": self._site_id,
                                                     "similarity": TYPO_SIMILARITY})
             for word, fix in await cursor.fetchall():
                 self._typo_fixes[word] = fix or word
@@ -221,12 +237,12 @@ class KnowledgeSearch:
 
 _FINGERPRINT_SQL = """
 SELECT md5(coalesce((SELECT string_agg(path || ':' || content_hash, ',' ORDER BY path)
-                     FROM knowledge_articles), '')
+                     FROM knowledge_articles WHERE site_id = %(site_id)s), '')
            || coalesce((SELECT string_agg(phrase || '=' || terms, ',' ORDER BY phrase)
-                        FROM knowledge_synonyms), '')
+                        FROM knowledge_synonyms WHERE site_id = %(site_id)s), '')
            || coalesce((SELECT string_agg(region || '=' || array_to_string(country_codes, ' '),
                                           ',' ORDER BY region)
-                        FROM knowledge_regions), ''))
+                        FROM knowledge_regions WHERE site_id = %(site_id)s), ''))
 """
 
 # `%%` is pg_trgm's similarity operator (its default threshold, 0.3, lets the index find the
@@ -237,7 +253,8 @@ SELECT input.word, best.word
 FROM unnest(%(words)s::text[]) AS input(word)
 LEFT JOIN LATERAL (
     SELECT known.word FROM knowledge_words AS known
-    WHERE known.word %% input.word AND left(known.word, 1) = left(input.word, 1)
+    WHERE known.site_id = %(site_id)s
+      AND known.word %% input.word AND left(known.word, 1) = left(input.word, 1)
       AND similarity(known.word, input.word) >= %(similarity)s
     ORDER BY similarity(known.word, input.word) DESC, known.word
     LIMIT 1
@@ -248,7 +265,8 @@ LEFT JOIN LATERAL (
 # drops stop words (numnode 0: not searchable), and never fails on odd input.
 _TERM_COUNT_SQL = """
 SELECT term.word, numnode(query) > 0,
-       (SELECT count(*) FROM knowledge_chunks WHERE search_vector @@ query)::int
+       (SELECT count(*) FROM knowledge_chunks
+        WHERE site_id = %(site_id)s AND search_vector @@ query)::int
 FROM unnest(%(words)s::text[]) AS term(word), websearch_to_tsquery('english', term.word) AS query
 """
 
@@ -273,10 +291,10 @@ any_term AS MATERIALIZED (
 ),
 candidate AS MATERIALIZED (
     SELECT id, article_path, position, search_vector FROM knowledge_chunks
-    WHERE search_vector @@ (SELECT narrow FROM any_term)
+    WHERE site_id = %(site_id)s AND search_vector @@ (SELECT narrow FROM any_term)
     UNION
     SELECT id, article_path, position, search_vector FROM knowledge_chunks
-    WHERE heading_vector @@ (SELECT broad FROM any_term)
+    WHERE site_id = %(site_id)s AND heading_vector @@ (SELECT broad FROM any_term)
 ),
 chunk_group AS (
     SELECT candidate.id, candidate.article_path, candidate.position, term.group_id,
@@ -306,7 +324,37 @@ SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
            AS coverage
 FROM scored_chunk
 JOIN knowledge_chunks AS chunk USING (id)
-LEFT JOIN knowledge_articles AS linked ON linked.path = chunk.link
+LEFT JOIN knowledge_articles AS linked
+       ON linked.site_id = chunk.site_id AND linked.path = chunk.link
 ORDER BY scored_chunk.score * scored_chunk.matched_idf DESC, scored_chunk.article_path,
          scored_chunk.position
 """
+
+
+class SiteSearches:
+    """Every site's KnowledgeSearch, one per site id, created on the site's first question.
+
+    One per app, built in the lifespan. A site whose profile changed (`sites update --profile`)
+    gets a new search, since place names map to the profile's shipping regions; a search costs
+    nothing until its first question, so keeping one per site in use is cheap.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, default_profile: StoreProfile, *,
+                 limit: int = DEFAULT_LIMIT,
+                 vocabulary_check_s: float = VOCABULARY_CHECK_S) -> None:
+        self._pool = pool
+        self._default_profile = default_profile
+        self._limit = limit
+        self._check_s = vocabulary_check_s
+        self._searches: dict[int, KnowledgeSearch] = {}
+
+    def for_site(self, site_id: int = DEFAULT_SITE_ID,
+                 profile: StoreProfile | None = None) -> KnowledgeSearch:
+        """The site's search (None profile: the default site's profile)."""
+        profile = profile or self._default_profile
+        search = self._searches.get(site_id)
+        if search is None or (search.profile is not profile and search.profile != profile):
+            search = KnowledgeSearch(self._pool, profile, site_id=site_id, limit=self._limit,
+                                     vocabulary_check_s=self._check_s)
+            self._searches[site_id] = search
+        return search

@@ -8,11 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -34,14 +32,21 @@ from .errors import (
 )
 from .eventlog import EventLog, MemoryEventLog
 from .knowledge import DEFAULT_KNOWLEDGE_DIR, KnowledgeError, sync_knowledge
-from .knowledge_search import KnowledgeSearch
+from .knowledge_search import SiteSearches
 from .llm import LLM
 from .metrics import Metrics
-from .middleware import OriginGuard, RequestLimit, SecurityHeaders
+from .middleware import (
+    OriginGuard,
+    RefusedOrigins,
+    RequestLimit,
+    SecurityHeaders,
+    SiteCORS,
+)
 from .ratelimit import RateLimits, Rule, parse_limit
 from .redis_connection import SharedRedis
 from .redis_eventlog import RedisEventLog
 from .services import Services
+from .sites import SiteDirectory, SiteStore, ensure_default_site
 from .sse import Connections
 from .store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
 
@@ -151,8 +156,11 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     # the endpoint, and both go through here.
     limits = build_rate_limits(
         settings, redis, on_refusal=lambda name: metrics.rate_limit_refusals.labels(limit=name).inc())
+    # Filled in the lifespan; the origin checks below read it on every request.
+    sites = SiteDirectory()
+    refused_origins = RefusedOrigins()
     services = Services(settings=settings, metrics=metrics, redis=redis, limits=limits,
-                        connections=Connections())
+                        connections=Connections(), sites=sites, refused_origins=refused_origins)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -161,6 +169,9 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         pool = db.create_pool(settings.database_url, settings.db_pool_max)
         await pool.open(wait=True, timeout=30)
         metrics.watch_pool(pool.get_stats)
+        # The default site mirrors the deployment's settings; every site is then in memory.
+        await ensure_default_site(pool, profile, str(articles_dir), settings.allowed_origins)
+        await sites.open(SiteStore(pool))
         synced = await sync_knowledge(pool, articles_dir)
         log.info("knowledge base %s: %s", articles_dir, synced.summary())
         llm = build_llm(settings, llm_http_client) if settings.llm_configured else None
@@ -168,8 +179,9 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             log.warning("no OPENAI_API_KEY or OPENAI_BASE_URL: knowledge-only mode, answers "
                         "come from the knowledge base")
         events = build_event_log(settings, redis)
-        # One search per app: it caches the index's vocabulary, synonyms and typo fixes.
-        knowledge = KnowledgeSearch(pool, profile)
+        # One search per site, made on the site's first question: each caches its site's
+        # vocabulary, synonyms and typo fixes for the app's lifetime.
+        knowledge = SiteSearches(pool, profile)
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
                            profile=profile, knowledge=knowledge,
                            record_tokens=limits.record_tokens, metrics=metrics)
@@ -183,6 +195,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         try:
             yield
         finally:
+            await sites.aclose()
             await chat.shutdown(settings.shutdown_grace_s)
             services.stopped()
             await events.aclose()
@@ -193,16 +206,14 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             metrics.watch_pool(None)
             await pool.close()
 
-    # sse-starlette ends every stream the moment uvicorn sees SIGTERM; our streams end when their
-    # answers end, and AppServer gives answers a grace period first.
-    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     middleware = [
         # Outermost: it sees every response, CORS refusals included, and times the whole request.
         Middleware(AccessMiddleware, metrics=metrics),
         Middleware(SecurityHeaders),
         # Before CORS, so a disallowed origin's preflight gets our 403 body, not a bare 400.
-        Middleware(OriginGuard, allowed_origins=settings.allowed_origins),
-        Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins),
+        Middleware(OriginGuard, allowed_origins=lambda: sites.every_origin,
+                   refusals=refused_origins),
+        Middleware(SiteCORS, allowed_origins=lambda: sites.every_origin,
                    allow_methods=["GET", "POST"],
                    allow_headers=["content-type", "last-event-id"],
                    expose_headers=["retry-after", "ratelimit-limit", "ratelimit-remaining",

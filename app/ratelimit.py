@@ -12,6 +12,11 @@ Strategies, per limit:
 - sliding-window counter for the large or hot ones (per IP per day, per IP on every endpoint):
   two counters per key whatever the limit, at the price of a small approximation at the edges;
 - fixed window for the daily token budget: one counter we add each answer's tokens to.
+
+Per site: a site's chat limits and budget may override the deployment's (app/sites.py), and
+every counter but the per-IP one on every endpoint is the site's own, so one site's abuse
+cannot exhaust another's. The default site keeps the keys used before sites, so an upgrade
+keeps its counts.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -35,6 +40,9 @@ from limits.errors import StorageError
 
 from .errors import BudgetExhausted, RateLimited
 from .redis_connection import SharedRedis
+
+if TYPE_CHECKING:
+    from .sites import Site
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,11 @@ class Rule:
     strategy: str
 
 
+def site_scoped(site: Site | None, key: str) -> str:
+    """A counter's key within its site: the default site's keys are those from before sites."""
+    return key if site is None or site.is_default else f"site{site.id}:{key}"
+
+
 class RateLimits:
     """Checks the limits for one request; refusals raise RateLimited (429) with Retry-After."""
 
@@ -76,7 +89,10 @@ class RateLimits:
         self.every_request = every_request
         self.chat_rules = chat_rules
         self.session_rule = session_rule
+        self._daily_token_budget = daily_token_budget
         self._budget = RateLimitItemPerDay(daily_token_budget) if daily_token_budget else None
+        # A site's own rules, made once per combination of its overrides.
+        self._site_rules: dict[tuple[str | None, ...], tuple[tuple[Rule, ...], Rule]] = {}
         self._memory = self._limiters(MemoryStorage())
         self._redis: dict[str, RateLimiter] | None = None
         if redis is not None:
@@ -127,13 +143,38 @@ class RateLimits:
         if not allowed:
             raise self._refuse(self.every_request, reset_in)
 
-    async def check_chat(self, client_key: str, session_id: str | None) -> dict[str, str]:
-        """The chat limits; returns the RateLimit-* headers of the tightest one."""
+    def rules_for(self, site: Site | None) -> tuple[tuple[Rule, ...], Rule]:
+        """The chat rules and the session rule, with the site's overrides."""
+        if site is None:
+            return self.chat_rules, self.session_rule
+        overrides = (site.rate_limit_chat_ip, site.rate_limit_chat_ip_daily,
+                     site.rate_limit_session)
+        if overrides == (None, None, None):
+            return self.chat_rules, self.session_rule
+        rules = self._site_rules.get(overrides)
+        if rules is None:
+            by_name = {"chat_ip": site.rate_limit_chat_ip,
+                       "chat_ip_daily": site.rate_limit_chat_ip_daily}
+            chat_rules = tuple(
+                rule if by_name.get(rule.name) is None
+                else Rule(rule.name, parse_limit(rule.name, by_name[rule.name] or ""), rule.strategy)
+                for rule in self.chat_rules)
+            session = self.session_rule
+            if site.rate_limit_session is not None:
+                session = Rule(session.name, parse_limit(session.name, site.rate_limit_session),
+                               session.strategy)
+            rules = self._site_rules[overrides] = (chat_rules, session)
+        return rules
+
+    async def check_chat(self, client_key: str, session_id: str | None,
+                         site: Site | None = None) -> dict[str, str]:
+        """The chat limits of the site; returns the RateLimit-* headers of the tightest one."""
         if not self.enabled:
             return {}
-        checks = [(rule, client_key) for rule in self.chat_rules]
+        chat_rules, session_rule = self.rules_for(site)
+        checks = [(rule, site_scoped(site, client_key)) for rule in chat_rules]
         if session_id is not None:
-            checks.insert(0, (self.session_rule, session_id))
+            checks.insert(0, (session_rule, site_scoped(site, session_id)))
         tightest: tuple[Rule, int, int] | None = None
         for rule, key in checks:
             allowed, remaining, reset_in = await self._hit(rule, key)
@@ -146,27 +187,36 @@ class RateLimits:
         return {"RateLimit-Limit": str(rule.item.amount), "RateLimit-Remaining": str(remaining),
                 "RateLimit-Reset": str(reset_in)}
 
-    async def check_budget(self) -> None:
-        """Refuse new answers once the day's token budget is spent."""
-        budget = self._budget
+    def _budget_for(self, site: Site | None) -> RateLimitItem | None:
+        if site is None or site.daily_token_budget is None:
+            return self._budget
+        if site.daily_token_budget == self._daily_token_budget:
+            return self._budget
+        return RateLimitItemPerDay(site.daily_token_budget) if site.daily_token_budget else None
+
+    async def check_budget(self, site: Site | None = None) -> None:
+        """Refuse new answers once the site's token budget for the day is spent."""
+        budget = self._budget_for(site)
         if budget is None or not self.enabled:
             return
+        name = site_scoped(site, "token-budget")
 
         async def operation(limiters: dict[str, RateLimiter]) -> bool:
-            return await limiters["fixed"].test(budget, "token-budget")
+            return await limiters["fixed"].test(budget, name)
 
         if not await self._run(operation):
             if self._on_refusal is not None:
                 self._on_refusal("token_budget")
             raise BudgetExhausted()
 
-    async def record_tokens(self, tokens: int) -> None:
-        budget = self._budget
+    async def record_tokens(self, tokens: int, site: Site | None = None) -> None:
+        budget = self._budget_for(site)
         if budget is None or tokens <= 0:
             return
+        name = site_scoped(site, "token-budget")
 
         async def operation(limiters: dict[str, RateLimiter]) -> bool:
-            return await limiters["fixed"].hit(budget, "token-budget", cost=tokens)
+            return await limiters["fixed"].hit(budget, name, cost=tokens)
 
         await self._run(operation)
 

@@ -1,8 +1,9 @@
 """The app's services in one typed container, instead of attributes on `app.state`.
 
 `create_app` builds what needs no I/O (settings, metrics, the Redis owner, the rate limits, the
-connection registry); the lifespan adds what has to be opened or read first (the database pool,
-the chat service) with `started()`. Handlers reach it with `services(request)`.
+connection registry, the site directory that the lifespan then fills); the lifespan adds what
+has to be opened or read first (the database pool, the chat service) with `started()`. Handlers
+reach it with `services(request)`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from starlette.requests import Request
 from .chat import ChatService
 from .config import Settings
 from .metrics import Metrics
+from .middleware import RefusedOrigins
 from .ratelimit import RateLimits
 from .redis_connection import SharedRedis
+from .sites import SiteDirectory
 from .sse import Connections
 
 
@@ -38,6 +41,10 @@ class Services:
     redis: SharedRedis | None  # None: no REDIS_URL, every use counts in this process's memory
     limits: RateLimits
     connections: Connections
+    # Every site, in memory (loaded and refreshed by the lifespan): resolving a request's site
+    # costs no database round trip.
+    sites: SiteDirectory
+    refused_origins: RefusedOrigins
     running: Running | None = None
 
     def started(self, pool: AsyncConnectionPool, chat: ChatService) -> None:

@@ -1,6 +1,10 @@
 -- Retrieval that understands shoppers: typo correction by trigram similarity, the store's own
 -- synonyms, and curated answers searched like article chunks. pg_trgm ships with PostgreSQL
 -- (contrib); both the machine's server and the embedded one load it.
+--
+-- Applies after 0004_sites.sql: knowledge_chunks already carries site_id (so curated-answer
+-- chunks do too), and every table below is keyed by site first, so a search and a sync stay
+-- within one site.
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
 -- A curated answer (answers.toml beside the knowledge folder) is indexed as an "article" of
@@ -27,16 +31,25 @@ CREATE INDEX knowledge_chunks_heading_vector_idx ON knowledge_chunks USING gin (
     WITH (fastupdate = off);
 
 -- Every word of the index, for typo correction: `word % 'shiping'` finds 'shipping'.
-CREATE TABLE knowledge_words (word text PRIMARY KEY);
+CREATE TABLE knowledge_words (
+    site_id bigint NOT NULL DEFAULT 1 REFERENCES sites (id),
+    word    text NOT NULL,
+    PRIMARY KEY (site_id, word)
+);
+-- The trigram index finds the candidates across sites; the site filter is applied to those few.
 CREATE INDEX knowledge_words_trigram_idx ON knowledge_words USING gin (word gin_trgm_ops);
 
 -- The store's synonyms file (synonyms.toml beside the knowledge folder), mirrored so that every
 -- instance sees an edit after `python -m app knowledge sync`, like the articles.
 CREATE TABLE knowledge_synonyms (
-    phrase text PRIMARY KEY,  -- the shopper's words, lower case
-    terms  text NOT NULL      -- the words the articles use for them
+    site_id bigint NOT NULL DEFAULT 1 REFERENCES sites (id),
+    phrase  text NOT NULL,  -- the shopper's words, lower case
+    terms   text NOT NULL,  -- the words the articles use for them
+    PRIMARY KEY (site_id, phrase)
 );
 CREATE TABLE knowledge_regions (
-    region        text PRIMARY KEY,  -- a shipping region of the profile, e.g. 'Europe'
-    country_codes text[] NOT NULL    -- ISO 3166 alpha-2 codes it covers
+    site_id       bigint NOT NULL DEFAULT 1 REFERENCES sites (id),
+    region        text NOT NULL,    -- a shipping region of the site's profile, e.g. 'Europe'
+    country_codes text[] NOT NULL,  -- ISO 3166 alpha-2 codes it covers
+    PRIMARY KEY (site_id, region)
 );
