@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test migrate lint venv venv-test clean bench
+.PHONY: run test migrate lint venv venv-test clean bench eval
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: venv-test
 lint: venv-test
 	$(PY) -m ruff check app tests
 	$(PY) -m mypy app
+
+# The knowledge evaluation of issue 14 (under a minute, no model): retrieval accuracy, out-of-scope
+# precision and recall, key facts and length of the composed answers, search latency.
+eval: venv-test
+	$(PY) -m tests.knowledge_eval $(EVAL_ARGS)
 
 # The side-by-side benchmark of issue 8 (a few minutes; not part of `make test`): our app, the
 # upstream called directly and the LiteLLM proxy (installed once into bench/.venv-litellm).

@@ -146,13 +146,6 @@ async def forwarded(session_id: str, user_message_id: str) -> AsyncIterator[Even
     yield encode_event(1, *done(user_message_id, "", "forwarded", None, [], False))
 
 
-def sources_of(chunks: Sequence[Any]) -> list[Source]:
-    """The articles an answer drew on (chunks with `path` and `title`), each once, best first:
-    the widget shows "From: …"."""
-    articles = {chunk.path: chunk.title for chunk in chunks}
-    return [{"title": title, "path": path} for path, title in articles.items()]
-
-
 # -- replays ----------------------------------------------------------------------------------
 
 
@@ -273,8 +266,10 @@ PAYLOAD_SCHEMAS: dict[str, tuple[Kind, dict[str, Any]]] = {
         }),
         "sources": {
             "type": "array",
-            "description": "The knowledge articles the answer drew on, best first.",
-            "items": _schema(Source, "One article.", {
+            "description": "The knowledge articles (or curated answers, path"
+                           " `answers.toml#<id>`) the answer used: those the model cited, else"
+                           " all it was given, best first (app/prompt.py).",
+            "items": _schema(Source, "One article or curated answer.", {
                 "title": {"type": "string"}, "path": {"type": "string"}}, closed=False),
         },
         "fallback": {"type": "boolean",

@@ -1,8 +1,9 @@
 """One answer's run, from the shopper's question to its saved row and the stream's last event.
 
-Each answer is an `AnswerRun` with its own state (the text so far, usage, status, the chunks it
-drew on), run as one asyncio task that app/chat.py keeps in its registry. It reads straight down:
-knowledge, prompt, upstream stream, events, save, metrics, token budget. Nothing reaches the
+Each answer is an `AnswerRun` with its own state (the text so far, usage, status, what the
+knowledge search found for it), run as one asyncio task that app/chat.py keeps in its registry.
+It reads straight down: knowledge (its site's KnowledgeSearch), prompt or composed answer
+(app/prompt.py), upstream stream, events, save with its sources, metrics, token budget. Nothing reaches the
 event log or the database before the shopper's message is committed (`committed`).
 
 A run is for one site (None: the default site): its profile, its knowledge, its model settings
@@ -21,12 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from . import answer_events
 from .eventlog import EventLog
 from .identity import Customer
-from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
+from .knowledge_search import Retrieval, SiteSearches
 from .language import ENGLISH, answer_in, english_help_centre_note
 from .llm import LLM, ToolCalls, UpstreamError, Usage
 from .logs import log_answer
@@ -42,10 +43,16 @@ from .order_tools import (
     direct_answer,
 )
 from .orders import OrdersClient
-from .prompt import build_messages
+from .prompt import (
+    answer_pieces,
+    build_messages,
+    build_system_prompt,
+    cited_sources,
+    compose_answer,
+)
 from .ratelimit import estimate_tokens
 from .sites import DEFAULT_SITE_ID, Site
-from .store_profile import StoreProfile, build_system_prompt
+from .store_profile import StoreProfile
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +74,8 @@ class StartedAnswer:
 class AnswerTools:
     """What every run uses; one per app, built by ChatService."""
 
-    pool: AsyncConnectionPool
     messages: MessageStore
+    knowledge: SiteSearches  # each site's KnowledgeSearch
     events: EventLog
     llm: LLM | None  # None: knowledge-only mode, every answer comes from the knowledge base
     profile: StoreProfile  # the default site's
@@ -99,7 +106,7 @@ class AnswerRun:
         self._parts: list[str] = []
         self._usage: Usage | None = None
         self._failure: UpstreamError | None = None
-        self._chunks: list[KnowledgeChunk] = []
+        self._retrieval = Retrieval(question, ())
         self._prompt: list[dict[str, str]] = []
         self._fallback = False
         self._first_token_at: float | None = None
@@ -154,7 +161,10 @@ class AnswerRun:
         # A failure can come before the commit; the answer row must exist before its update.
         await self._committed
         self._text = "".join(self._parts)
-        self._sources = answer_events.sources_of(self._chunks)
+        if self._tools.llm is not None and not self._fallback:
+            # Only the sources the model cited (all it was given when it cited none).
+            self._sources = (cited_sources(self._retrieval, self._text)
+                             if self._retrieval.found else [])
         saved = await self._save()
         if self._first_token_at is None and self._parts:
             self._first_token_at = time.monotonic()  # a knowledge-base answer: all of it at once
@@ -166,14 +176,14 @@ class AnswerRun:
         return self.status
 
     async def _generate(self) -> None:
-        self._chunks = await self._find_knowledge()
+        self._retrieval = await self._find_knowledge()
         llm = self._tools.llm
         if llm is None:
             await self._committed
             if not await self._answer_order_directly():
                 self._answer_from_knowledge()
             return
-        system_prompt = build_system_prompt(self._profile, self._chunks)
+        system_prompt = build_system_prompt(self._profile, self._retrieval)
         system_prompt = answer_in(system_prompt, self._language)
         orders = self._tools.orders
         order_tools = (OrderTools(orders, self._site, self._customer, self._question)
@@ -263,21 +273,17 @@ class AnswerRun:
             self._parts.append(piece)
             self._tools.events.append(self._key, *answer_events.token(piece))
 
-    async def _find_knowledge(self) -> list[KnowledgeChunk]:
-        """The knowledge base's best chunks for the question; a follow-up such as "and to
+    async def _find_knowledge(self) -> Retrieval:
+        """What the knowledge base holds for the question; a follow-up such as "and to
         Europe?" is searched again together with the shopper's previous message."""
-        pool = self._tools.pool
+        earlier = [text for sender, text in self._history if sender == "user"]
         try:
-            chunks = await search_knowledge(pool, self._question, site_id=self._site_id)
-            earlier = [text for sender, text in self._history if sender == "user"]
-            if not chunks and earlier:
-                chunks = await search_knowledge(pool, f"{earlier[-1]} {self._question}",
-                                                site_id=self._site_id)
-            return chunks
+            search = self._tools.knowledge.for_site(self._site_id, self._profile)
+            return await search.search(self._question, earlier[-1] if earlier else None)
         except (PoolTimeout, psycopg.Error) as exc:
             # The answer can still be given without the articles; losing it would be worse.
             log.warning("knowledge search failed: %s", type(exc).__name__)
-            return []
+            return Retrieval(self._question, ())
 
     def _send_tool_event(self, outcome: ToolOutcome) -> None:
         kind, payload = outcome.event
@@ -294,23 +300,27 @@ class AnswerRun:
         outcome, line = answered
         if outcome is not None:
             self._send_tool_event(outcome)
-        self._chunks = []  # the answer drew on the order, not on an article
+        # The answer drew on the order, not on an article.
+        self._retrieval = Retrieval(self._question, ())
+        self._sources = []
         for piece in answer_pieces(line):
             self._parts.append(piece)
             self._tools.events.append(self._key, *answer_events.token(piece))
         return True
 
     def _answer_from_knowledge(self) -> None:
-        """Stream the framed best chunk with the same token events a model's answer uses.
-        The help centre is in English: a shopper who wrote in another language is told so,
-        in their language, in one line before it."""
-        answer = knowledge_only_answer(self._profile, self._chunks)
+        """Stream the composed answer with the same token events a model's answer uses; its
+        sources are the ones it used. The help centre is in English: a shopper who wrote in
+        another language is told so, in their language, in one line before it."""
+        composed = compose_answer(self._profile, self._retrieval)
+        answer = composed.text
         note = english_help_centre_note(self._language)
         if note is not None:
             answer = f"{note}\n\n{answer}"
         for piece in answer_pieces(answer):
             self._parts.append(piece)
             self._tools.events.append(self._key, *answer_events.token(piece))
+        self._sources = composed.sources
 
     async def _save(self) -> bool:
         usage = self._usage

@@ -26,6 +26,7 @@ from .answer_run import KNOWLEDGE_ONLY_MODEL, AnswerRun, AnswerTools, StartedAns
 from .errors import ServiceUnavailable, StoreUnavailable
 from .eventlog import REPLAYED_END_ID, Event, EventLog, SharedLogUnavailable
 from .identity import Customer
+from .knowledge_search import SiteSearches
 from .language import detect_language, detector
 from .llm import LLM
 from .messages import AnswerRecord, HistoryPage, MessageStore
@@ -52,14 +53,15 @@ class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
                  history_window: int, profile: StoreProfile,
                  record_tokens: Callable[[int, Site | None], Awaitable[None]] | None = None,
-                 metrics: Metrics | None = None, orders: OrdersClient | None = None) -> None:
+                 knowledge: SiteSearches, metrics: Metrics | None = None,
+                 orders: OrdersClient | None = None) -> None:
         self._messages = MessageStore(pool, history_window=history_window)
         detector()  # built now (about 0.15 s), not on the first shopper's question
         self._events = events
         self._llm = llm
         # Tests that build a service alone get a registry nobody reads.
-        self._tools = AnswerTools(pool=pool, messages=self._messages, events=events, llm=llm,
-                                  profile=profile,
+        self._tools = AnswerTools(messages=self._messages, knowledge=knowledge, events=events,
+                                  llm=llm, profile=profile,
                                   metrics=metrics if metrics is not None else Metrics(),
                                   record_tokens=record_tokens, orders=orders)
         # The answers this instance is producing. Keep a hard reference to each task: the event

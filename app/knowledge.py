@@ -2,27 +2,28 @@
 
 The articles in KNOWLEDGE_DIR are the source of truth. `sync_knowledge` splits each one by its
 headings into chunks and mirrors them into the knowledge tables (sql/0002_knowledge.sql),
-touching only files whose bytes changed. `search_knowledge` finds the chunks that best answer
-a shopper's question with PostgreSQL full-text search; the shopper's wording is widened first
-(see app/shopper_words.py), because shoppers rarely use the words the articles use.
+touching only files whose bytes changed. Beside the folder (in its parent), two optional files
+of the store: `answers.toml` (curated answers, each indexed as a one-chunk "article"
+`answers.toml#<id>`) and `synonyms.toml` (shopper words, and which countries a shipping region
+covers). The same rule holds for every site: the default site's folder is KNOWLEDGE_DIR,
+another's the DIR of `sites knowledge sync KEY DIR`. Everything indexed (articles, chunks,
+curated answers, the words for typo correction, synonyms, regions) belongs to one site, and a
+sync touches only its site's rows. The search itself is app/knowledge_search.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
-from app.shopper_words import widen_question
 from app.sites import DEFAULT_SITE_ID
-from app.store_profile import StoreProfile
 
 DEFAULT_KNOWLEDGE_DIR = Path(__file__).parent / "store" / "knowledge"
 
@@ -30,13 +31,8 @@ DEFAULT_KNOWLEDGE_DIR = Path(__file__).parent / "store" / "knowledge"
 # this lock, so each sync sees the previous one's committed rows and finds nothing to do.
 SYNC_LOCK_KEY = 0x6B6E6F776C656467
 
-# ts_rank_cd weights for the D, C, B, A labels: body words (C) count for a fifth of a title word.
-RANK_WEIGHTS = [0.0, 0.2, 0.7, 0.5]
-# Below this score a chunk shares only a stray word with the question. Measured on
-# tests/retrieval_questions.toml: on-topic questions score well above it, off-topic ones below.
-RELEVANCE_THRESHOLD = 0.1
-RANK_NORMALIZATION = 1
-MIN_KNOWN_SHARE = 0.5
+ANSWERS_FILE = "answers.toml"
+SYNONYMS_FILE = "synonyms.toml"
 
 
 class KnowledgeError(Exception):
@@ -50,6 +46,10 @@ class KnowledgeChunk:
     text: str
     path: str
     score: float
+    kind: str = "article"  # or "answer": a curated answer from answers.toml
+    link: str | None = None  # a curated answer's article, for more
+    link_title: str | None = None
+    coverage: float = 1.0  # the share of the question's weight this chunk matches
 
     @property
     def label(self) -> str:
@@ -61,6 +61,7 @@ class KnowledgeChunk:
 class ArticleSection:
     heading: str
     body: str
+    examples: str = ""  # a curated answer's example questions, one per line
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,16 @@ class Article:
     title: str
     content_hash: str
     sections: tuple[ArticleSection, ...]
+    kind: str = "article"
+    link: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreWords:
+    """The store's synonyms file: shopper phrase -> article words, region -> country codes."""
+
+    synonyms: dict[str, str] = field(default_factory=dict)
+    regions: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,15 +88,17 @@ class SyncReport:
     updated: tuple[str, ...]
     removed: tuple[str, ...]
     unchanged: int
+    words_changed: bool = False
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.updated or self.removed)
+        return bool(self.added or self.updated or self.removed or self.words_changed)
 
     def summary(self) -> str:
         return (
             f"{len(self.added)} added, {len(self.updated)} updated, "
             f"{len(self.removed)} removed, {self.unchanged} unchanged"
+            + (f"; {SYNONYMS_FILE} changed" if self.words_changed else "")
         )
 
 
@@ -148,7 +161,87 @@ def read_articles(knowledge_dir: Path) -> list[Article]:
             raise KnowledgeError(f"knowledge article {file}: the file contains a NUL character")
         relative = file.relative_to(knowledge_dir).as_posix()
         articles.append(parse_article(relative, text, hashlib.sha256(raw).hexdigest()))
-    return articles
+    return articles + read_curated_answers(knowledge_dir.parent / ANSWERS_FILE)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise KnowledgeError(f"{path}: the file is not UTF-8 text") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise KnowledgeError(f"{path}: not valid TOML: {exc}") from exc
+
+
+_ANSWER_ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def read_curated_answers(path: Path) -> list[Article]:
+    """The entries of answers.toml, each as a one-chunk article; none when there is no file.
+
+    An entry: `id` (lower case, dashes), `title`, `questions` (examples of how shoppers ask),
+    `answer` (given word for word), optionally `article` (the article to read for more).
+    """
+    if not path.is_file():
+        return []
+    entries = _read_toml(path).get("answer", [])
+    if not isinstance(entries, list):
+        raise KnowledgeError(f"{path}: entries must be [[answer]] tables")
+    answers: list[Article] = []
+    seen: set[str] = set()
+    for number, entry in enumerate(entries, 1):
+        where = f"{path}: answer {number}"
+        if not isinstance(entry, dict):
+            raise KnowledgeError(f"{where} must be a table")
+        unknown = set(entry) - {"id", "title", "questions", "answer", "article"}
+        if unknown:
+            raise KnowledgeError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+        answer_id, title, answer = entry.get("id"), entry.get("title"), entry.get("answer")
+        questions, link = entry.get("questions"), entry.get("article")
+        if not isinstance(answer_id, str) or not _ANSWER_ID.match(answer_id):
+            raise KnowledgeError(f"{where}: 'id' must be lower-case letters, digits and dashes")
+        if answer_id in seen:
+            raise KnowledgeError(f"{where}: the id {answer_id!r} is used twice")
+        seen.add(answer_id)
+        for name, value in (("title", title), ("answer", answer)):
+            if not isinstance(value, str) or not value.strip() or "\x00" in value:
+                raise KnowledgeError(f"{where} ({answer_id}): {name!r} must be non-empty text")
+        if not isinstance(questions, list) or not questions or not all(
+                isinstance(q, str) and q.strip() for q in questions):
+            raise KnowledgeError(f"{where} ({answer_id}): 'questions' must be a list of text")
+        if link is not None and not isinstance(link, str):
+            raise KnowledgeError(f"{where} ({answer_id}): 'article' must be a file name")
+        assert isinstance(title, str) and isinstance(answer, str)
+        examples = "\n".join(q.strip() for q in questions)
+        content_hash = hashlib.sha256(
+            f"{title}\n{examples}\n{answer}\n{link}".encode()).hexdigest()
+        answers.append(Article(
+            f"{ANSWERS_FILE}#{answer_id}", title.strip(), content_hash,
+            (ArticleSection(title.strip(), " ".join(answer.split()), examples),),
+            kind="answer", link=link))
+    return answers
+
+
+def read_store_words(knowledge_dir: Path) -> StoreWords:
+    """synonyms.toml beside the knowledge folder: `[synonyms]` "shopper words" = "article
+    words", and `[regions]` Region = ["country codes"]; empty when there is no file."""
+    path = knowledge_dir.parent / SYNONYMS_FILE
+    if not path.is_file():
+        return StoreWords()
+    document = _read_toml(path)
+    synonyms = document.get("synonyms", {})
+    regions = document.get("regions", {})
+    if not isinstance(synonyms, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in synonyms.items()):
+        raise KnowledgeError(f'{path}: [synonyms] must map text to text: "money back" = "refund"')
+    if not isinstance(regions, dict) or not all(
+            isinstance(v, list) and all(isinstance(c, str) and len(c) == 2 for c in v)
+            for v in regions.values()):
+        raise KnowledgeError(f'{path}: [regions] must map a region to country codes: '
+                             'Europe = ["FR", "DE"]')
+    return StoreWords(
+        {" ".join(k.lower().split()): " ".join(v.lower().split()) for k, v in synonyms.items()},
+        {name: tuple(code.upper() for code in codes) for name, codes in regions.items()})
 
 
 async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path,
@@ -160,6 +253,7 @@ async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path,
     advisory lock, so syncs run one after another and all but the first find nothing to do.
     """
     articles = read_articles(knowledge_dir)
+    store_words = read_store_words(knowledge_dir)
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [SYNC_LOCK_KEY])
         cursor = await conn.execute(
@@ -180,9 +274,51 @@ async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path,
                 continue
             await _index_article(conn, article, site_id)
             (added if previous_hash is None else updated).append(article.path)
+        if added or updated or removed:
+            await _index_words(conn, site_id)
+        words_changed = await _index_store_words(conn, store_words, site_id)
 
     unchanged = len(articles) - len(added) - len(updated)
-    return SyncReport(tuple(added), tuple(updated), tuple(removed), unchanged)
+    return SyncReport(tuple(added), tuple(updated), tuple(removed), unchanged, words_changed)
+
+
+async def _index_words(conn: AsyncConnection, site_id: int) -> None:
+    """Every word of the site's index, unstemmed, for typo correction by trigram similarity."""
+    await conn.execute("DELETE FROM knowledge_words WHERE site_id = %s", [site_id])
+    await conn.execute(
+        """
+        INSERT INTO knowledge_words (site_id, word)
+        SELECT DISTINCT %(site_id)s::bigint, word
+        FROM knowledge_chunks,
+             unnest(tsvector_to_array(to_tsvector('simple', article_title || ' ' || heading
+                                                  || ' ' || examples || ' ' || body))) AS word
+        WHERE site_id = %(site_id)s AND word ~ '^[[:alpha:]]+$'
+        """,
+        {"site_id": site_id},
+    )
+
+
+async def _index_store_words(conn: AsyncConnection, store_words: StoreWords,
+                             site_id: int) -> bool:
+    """Mirror the site's synonyms.toml into its tables; True when they changed."""
+    cursor = await conn.execute(
+        "SELECT phrase, terms FROM knowledge_synonyms WHERE site_id = %s", [site_id])
+    synonyms: dict[str, str] = dict(await cursor.fetchall())
+    cursor = await conn.execute(
+        "SELECT region, country_codes FROM knowledge_regions WHERE site_id = %s", [site_id])
+    regions = {region: tuple(codes) for region, codes in await cursor.fetchall()}
+    if synonyms == store_words.synonyms and regions == store_words.regions:
+        return False
+    await conn.execute("DELETE FROM knowledge_synonyms WHERE site_id = %s", [site_id])
+    await conn.execute("DELETE FROM knowledge_regions WHERE site_id = %s", [site_id])
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            "INSERT INTO knowledge_synonyms (site_id, phrase, terms) VALUES (%s, %s, %s)",
+            [(site_id, phrase, terms) for phrase, terms in store_words.synonyms.items()])
+        await cursor.executemany(
+            "INSERT INTO knowledge_regions (site_id, region, country_codes) VALUES (%s, %s, %s)",
+            [(site_id, region, list(codes)) for region, codes in store_words.regions.items()])
+    return True
 
 
 async def _index_article(conn: AsyncConnection, article: Article, site_id: int) -> None:
@@ -199,9 +335,9 @@ async def _index_article(conn: AsyncConnection, article: Article, site_id: int) 
     async with conn.cursor() as cursor:
         await cursor.executemany(
             """
-            INSERT INTO knowledge_chunks
-                (site_id, article_path, position, article_title, heading, body, content_hash)
-            VALUES (%s, %s, %s, %s, %s, %s, %s)
+            INSERT INTO knowledge_chunks (site_id, article_path, position, article_title,
+                                          heading, body, content_hash, kind, examples, link)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             """,
             [
                 (
@@ -212,178 +348,10 @@ async def _index_article(conn: AsyncConnection, article: Article, site_id: int) 
                     section.heading,
                     section.body,
                     hashlib.sha256(f"{section.heading}\n{section.body}".encode()).hexdigest(),
+                    article.kind,
+                    section.examples,
+                    article.link,
                 )
                 for position, section in enumerate(article.sections)
             ],
         )
-
-
-async def search_knowledge(
-    pool: AsyncConnectionPool, question: str, limit: int = 3, *, site_id: int = DEFAULT_SITE_ID
-) -> list[KnowledgeChunk]:
-    """The site's chunks that best answer `question`, best first; empty when none is relevant.
-    Never another site's: the counts behind the ranking are the site's own too."""
-    async with pool.connection() as conn:
-        groups = widen_question(question, await _vocabulary(conn, site_id))
-        if not groups:
-            return []
-        terms = [term for group in groups for term in group]
-        group_ids = [number for number, group in enumerate(groups) for _ in group]
-        async with conn.cursor(row_factory=class_row(KnowledgeChunk)) as cursor:
-            await cursor.execute(
-                _SEARCH_SQL,
-                {
-                    "terms": terms,
-                    "group_ids": group_ids,
-                    "weights": RANK_WEIGHTS,
-                    "normalization": RANK_NORMALIZATION,
-                    "min_known_share": MIN_KNOWN_SHARE,
-                    "threshold": RELEVANCE_THRESHOLD,
-                    "limit": limit,
-                    "site_id": site_id,
-                },
-            )
-            return await cursor.fetchall()
-
-
-# Each term of the widened question is its own query, ranked with ts_rank_cd and weighted by
-# how rare it is among the chunks (BM25's idf): one OR-query ranked as a whole would let a
-# common word ("order") in a title outweigh the one rare word ("paypal") that matters.
-# websearch_to_tsquery stems each word and drops stop words, and never fails on odd input.
-# A question whose words the articles mostly never use ("write me a poem about cats") is not
-# about the store, whatever single word it shares with an article, so it finds nothing.
-_SEARCH_SQL = """
-WITH grouped_term AS (
-    SELECT term.word, group_id, query
-    FROM unnest(%(terms)s::text[], %(group_ids)s::int[]) AS term(word, group_id),
-         websearch_to_tsquery('english', term.word) AS query
-    WHERE numnode(query) > 0
-),
-weighted_term AS (
-    SELECT term.query,
-           matching.chunks,
-           ln(1 + (total.chunks - matching.chunks + 0.5) / (matching.chunks + 0.5)) AS idf
-    FROM (SELECT DISTINCT query FROM grouped_term) AS term,
-         (SELECT count(*) AS chunks FROM knowledge_chunks
-          WHERE site_id = %(site_id)s) AS total,
-         LATERAL (SELECT count(*) AS chunks FROM knowledge_chunks
-                  WHERE site_id = %(site_id)s AND search_vector @@ term.query) AS matching
-),
--- Numbers are left out: every article has some, so "what is 2+2" would look like a question
--- the articles know all about.
-known_share AS (
-    SELECT count(DISTINCT grouped_term.group_id) FILTER (WHERE weighted_term.chunks > 0)::float8
-           / nullif(count(DISTINCT grouped_term.group_id), 0) AS share
-    FROM grouped_term JOIN weighted_term USING (query)
-    WHERE grouped_term.word !~ '^[0-9]+$'
-),
-scored_chunk AS (
-    SELECT chunk.id,
-           sum(weighted_term.idf * ts_rank_cd(%(weights)s::real[], chunk.search_vector,
-                                              weighted_term.query, %(normalization)s)) AS score
-    FROM knowledge_chunks AS chunk
-    JOIN weighted_term ON chunk.search_vector @@ weighted_term.query
-    WHERE chunk.site_id = %(site_id)s
-    GROUP BY chunk.id
-)
-SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
-       chunk.article_path AS path, scored_chunk.score::float8 AS score
-FROM scored_chunk
-JOIN knowledge_chunks AS chunk USING (id)
-WHERE scored_chunk.score >= %(threshold)s
-  AND (SELECT share FROM known_share) >= %(min_known_share)s
-ORDER BY scored_chunk.score DESC, chunk.article_path, chunk.position
-LIMIT %(limit)s
-"""
-
-
-# The words of the indexed articles, keyed by a fingerprint of their hashes, so typo correction
-# sees the current articles without re-reading them for every question. The fingerprint itself
-# is re-read at most every VOCABULARY_CHECK_S: a query per question is a round trip on the path
-# to the first token, and articles change far less often than that.
-# The last check is kept per database and site: a process may talk to several databases (the
-# tests do), and every site has articles of its own.
-_vocabulary_cache: dict[str, frozenset[str]] = {}
-# Vocabularies kept at most: one per site in use, roughly.
-VOCABULARY_CACHE_MAX = 64
-VOCABULARY_CHECK_S = 5.0
-_recent_vocabulary: dict[tuple[str, int], tuple[float, frozenset[str]]] = {}
-
-
-async def _vocabulary(conn: AsyncConnection, site_id: int) -> frozenset[str]:
-    key = (conn.info.dsn, site_id)
-    recent = _recent_vocabulary.get(key)
-    if recent is not None and time.monotonic() - recent[0] < VOCABULARY_CHECK_S:
-        return recent[1]
-    vocabulary = await _current_vocabulary(conn, site_id)
-    _recent_vocabulary[key] = (time.monotonic(), vocabulary)
-    return vocabulary
-
-
-async def _current_vocabulary(conn: AsyncConnection, site_id: int) -> frozenset[str]:
-    cursor = await conn.execute(
-        "SELECT coalesce(md5(string_agg(path || ':' || content_hash, ',' ORDER BY path)), '')"
-        " FROM knowledge_articles WHERE site_id = %s", [site_id]
-    )
-    row = await cursor.fetchone()
-    fingerprint = row[0] if row else ""
-    if fingerprint not in _vocabulary_cache:
-        # ts_stat takes its query as text; the bigint cast keeps the site id a number.
-        cursor = await conn.execute(
-            """
-            SELECT word FROM ts_stat(
-                'SELECT to_tsvector(''simple'', article_title || '' '' || heading || '' '' || body)'
-                ' FROM knowledge_chunks WHERE site_id = ' || %s::bigint)
-            """, [site_id]
-        )
-        if len(_vocabulary_cache) >= VOCABULARY_CACHE_MAX:
-            _vocabulary_cache.clear()
-        _vocabulary_cache[fingerprint] = frozenset(word for (word,) in await cursor.fetchall())
-    return _vocabulary_cache[fingerprint]
-
-
-_ANSWER_PIECE = re.compile(r"\s*\S+")
-
-
-def answer_pieces(text: str) -> list[str]:
-    """A knowledge-base answer cut into word-sized token events, so it streams like a model's
-    answer; joined, the pieces are exactly `text`."""
-    pieces = _ANSWER_PIECE.findall(text)
-    tail = text[len("".join(pieces)) :]
-    if tail:
-        pieces.append(tail)
-    return pieces
-
-
-def knowledge_only_answer(profile: StoreProfile, chunks: Sequence[KnowledgeChunk]) -> str:
-    """An answer made of the best chunk, lightly framed; or, with no chunk, where to get help."""
-    if not chunks:
-        return (
-            "Sorry, I could not find an answer to that in our help centre. "
-            f"Our team can help: write to {profile.contact_email}"
-            + (f" or call {profile.contact_phone}" if profile.contact_phone else "")
-            + f", {profile.support_hours}."
-        )
-    best = chunks[0]
-    topic = best.title[0].lower() + best.title[1:] if best.title[1:2].islower() else best.title
-    quoted = [best.text.strip()]
-    if best.heading == best.title:
-        # An article's intro is a line of summary: quote the article's next best section too.
-        detail = next((c for c in chunks[1:] if c.path == best.path), None)
-        if detail is not None:
-            quoted.append(f"{detail.heading}: {detail.text.strip()}")
-        about = topic
-    else:
-        about = f'{topic} ("{best.heading}")'
-    answer = f"Here is what our help centre says about {about}:\n\n" + "\n\n".join(quoted)
-    related = []
-    for chunk in chunks[1:]:
-        if chunk.title != best.title and chunk.title not in related:
-            related.append(chunk.title)
-    if related:
-        answer += "\n\nSee also: " + ", ".join(related) + "."
-    answer += (
-        f"\n\nIf this does not answer your question, our team is here {profile.support_hours}"
-        f" at {profile.human_contact}."
-    )
-    return answer

@@ -37,6 +37,7 @@ from .errors import (
 from .eventlog import EventLog, MemoryEventLog
 from .identity import sign_customer_token
 from .knowledge import DEFAULT_KNOWLEDGE_DIR, KnowledgeError, sync_knowledge
+from .knowledge_search import SiteSearches
 from .llm import LLM
 from .metrics import Metrics
 from .middleware import (
@@ -250,9 +251,12 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
                               default_token=settings.orders_api_token,
                               default_pattern=settings.order_number_pattern,
                               cache_s=settings.orders_cache_s, timeout_s=settings.orders_timeout_s)
+        # One search per site, made on the site's first question: each caches its site's
+        # vocabulary, synonyms and typo fixes for the app's lifetime.
+        knowledge = SiteSearches(pool, profile)
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
-                           profile=profile, record_tokens=limits.record_tokens, metrics=metrics,
-                           orders=orders)
+                           profile=profile, knowledge=knowledge,
+                           record_tokens=limits.record_tokens, metrics=metrics, orders=orders)
         await events.open(on_cancel_request=chat.cancel_running)
         # An answer left 'streaming' that no instance produces had its producer die: with one
         # instance, with the previous process; with Redis, whichever instance let its lease go.

@@ -5,18 +5,24 @@ articles say tracking, refund, discount code, password. Full-text search matches
 meanings, so the question is widened before it is searched:
 
 - every word of the question stays (OR-ed, so one good word is enough to match);
-- a word the articles never use, and that is close to one they do, adds that word (typos);
-- a small list of shopper phrases adds the words the articles use for the same thing.
+- a word the articles never use, and that is close to one they do, adds that word (typos;
+  the close word is found by the caller with PostgreSQL's trigram similarity);
+- a list of shopper phrases adds the words the articles use for the same thing: the general
+  list below, extended by the store's own synonyms file;
+- a place name ("Mumbai", "Bavaria") adds the store's shipping region it is in ("india",
+  "europe"), or, for a place outside them, the words the articles use for other countries.
 
-The list is general shop vocabulary, not tied to one store's articles; a store whose articles
-use other words only loses the extra recall, never gets wrong matches from it.
+The list below is general shop vocabulary, not tied to one store's articles; a store whose
+articles use other words only loses the extra recall, never gets wrong matches from it.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from app.places import Place, Places
 
 # Shopper phrase -> words the articles use for it. Phrases are matched on whole words.
 SHOPPER_PHRASES: dict[str, str] = {
@@ -49,18 +55,6 @@ SHOPPER_PHRASES: dict[str, str] = {
     "not arrived": "delivered received tracking",
     "hasnt arrived": "delivered received tracking",
     "didnt arrive": "delivered received tracking",
-    # places shoppers name instead of the region
-    "america": "usa",
-    "states": "usa",
-    "germany": "europe",
-    "france": "europe",
-    "spain": "europe",
-    "italy": "europe",
-    "netherlands": "europe",
-    "ireland": "europe",
-    "uk": "europe kingdom",
-    "england": "europe kingdom",
-    "britain": "europe kingdom",
     # returns, exchanges and refunds
     "send back": "return",
     "sent back": "return",
@@ -185,7 +179,6 @@ _WORD = re.compile(r"[^\W_]+")
 _MAPPED_TERM = re.compile(r'"[^"]+"|\S+')
 # Shorter words are too often close to an unrelated word ("fit" -> "gift").
 _MIN_TYPO_LENGTH = 5
-_TYPO_CUTOFF = 0.8
 # Endings that make another form of a word the articles use: "opened" is "open", not a typo.
 _INFLECTIONS = ("s", "es", "ed", "d", "ing", "er", "ly")
 # Words that stand for the thing being talked about; skipped so "send it back" is "send back".
@@ -203,81 +196,102 @@ def question_words(question: str) -> list[str]:
     ]
 
 
-def widen_question(question: str, vocabulary: frozenset[str]) -> list[tuple[str, ...]]:
-    """Search terms for `question`, one group per thing the shopper asks about.
-
-    A group holds a word of the question with its typo fix and the article words for it, or
-    the article words for a shopper phrase ("where is my"). Any term of a group matching is
-    that group found; search_knowledge uses the share of groups the articles know at all to
-    tell a store question from an unrelated one.
-    """
-    words = question_words(question)
-    fixed = [_fix_typo(word, vocabulary) for word in words]
-    phrase_at = _find_phrases(fixed)
-
-    groups: list[tuple[str, ...]] = []
-    for index, word in enumerate(words):
-        phrase = phrase_at.get(index)
-        if phrase is not None and " " in phrase:
-            # A phrase stands for its words together ("send back" is "return", not "send").
-            if index == min(i for i, p in phrase_at.items() if p == phrase):
-                groups.append(_mapped_terms(phrase))
-            continue
-        if word in FILLER_WORDS:
-            continue
-        group = [word, fixed[index], *(_mapped_terms(phrase) if phrase else ())]
-        groups.append(tuple(dict.fromkeys(group)))
-    return list(dict.fromkeys(groups))
+# What an article calls a place outside the shipping regions: "We do not ship to other countries".
+OUTSIDE_REGIONS_TERMS = ("other", "countries")
 
 
-# A close-match search over the whole vocabulary is the costliest step before the first token,
-# and shoppers reuse the same words: remember each answer (per vocabulary, whose hash is cached).
-@functools.lru_cache(maxsize=8192)
-def _fix_typo(word: str, vocabulary: frozenset[str]) -> str:
-    """The article word `word` is most likely a misspelling of, or `word` itself."""
-    if len(word) < _MIN_TYPO_LENGTH or not word.isalpha() or word in _PHRASE_WORDS:
-        return word
-    if word in vocabulary or any(
-        word.endswith(ending) and word[: -len(ending)] in vocabulary for ending in _INFLECTIONS
-    ):
-        return word
-    close = difflib.get_close_matches(word, _sorted_words(vocabulary), 1, _TYPO_CUTOFF)
-    # Shoppers rarely get the first letter wrong; a close word that starts differently is
-    # another word ("flight" is not "light").
-    return close[0] if close and close[0][0] == word[0] else word
+@dataclass(frozen=True)
+class WidenedQuestion:
+    groups: tuple[tuple[str, ...], ...]
+    places: tuple[Place, ...]
 
 
-def _find_phrases(words: list[str]) -> dict[int, str]:
-    """Which shopper phrase each word index belongs to; longest phrases win; words like "it" are
-    skipped so that "send it back" is the phrase "send back"."""
-    positions = [index for index, word in enumerate(words) if word not in _SKIPPED_IN_PHRASES]
-    sequence = [words[index] for index in positions]
-    phrase_at: dict[int, str] = {}
-    for phrase in _PHRASES_LONGEST_FIRST:
-        length = len(phrase.split())
-        for start in range(len(sequence) - length + 1):
-            span = positions[start : start + length]
-            if " ".join(sequence[start : start + length]) == phrase and not any(
-                index in phrase_at for index in span
-            ):
-                phrase_at.update(dict.fromkeys(span, phrase))
-    return phrase_at
+class ShopperWords:
+    """The words of one index (its vocabulary), the phrases (built-in and the store's) and the
+    places: everything needed to turn a question into search groups, without a database."""
 
+    def __init__(self, vocabulary: frozenset[str], store_phrases: Mapping[str, str],
+                 places: Places) -> None:
+        self.vocabulary = vocabulary
+        self._phrases = {**SHOPPER_PHRASES, **store_phrases}
+        self._longest_first = sorted(self._phrases, key=lambda phrase: -len(phrase.split()))
+        self._phrase_words = frozenset(w for phrase in self._phrases for w in phrase.split())
+        self._places = places
 
-def _mapped_terms(phrase: str) -> tuple[str, ...]:
-    return tuple(_MAPPED_TERM.findall(SHOPPER_PHRASES[phrase]))
+    def typo_candidates(self, question: str) -> list[str]:
+        """The question's words that may be misspelt: long enough, and not the articles' own
+        words or a regular form of one ("opened" is "open")."""
+        return [word for word in dict.fromkeys(question_words(question))
+                if self._may_be_typo(word)]
 
+    def _may_be_typo(self, word: str) -> bool:
+        if len(word) < _MIN_TYPO_LENGTH or not word.isalpha() or word in self._phrase_words:
+            return False
+        if word in self.vocabulary or word in FILLER_WORDS:
+            return False
+        for ending in _INFLECTIONS:
+            stem = word[: -len(ending)]
+            if word.endswith(ending) and stem in self.vocabulary:
+                # "shiping" is not "ship" + "ing" when the articles say "shipping".
+                return stem + stem[-1] + ending in self.vocabulary
+        return True
 
-_sorted_cache: dict[frozenset[str], list[str]] = {}
+    def widen(self, question: str, typo_fixes: Mapping[str, str]) -> WidenedQuestion:
+        """Search terms for `question`, one group per thing the shopper asks about.
 
+        A group holds a word of the question with its typo fix and the article words for it, or
+        the article words for a shopper phrase ("where is my"). Any term of a group matching is
+        that group found; the search uses the share of groups the articles know at all to tell
+        a store question from an unrelated one.
+        """
+        words = question_words(question)
+        fixed = [typo_fixes.get(word, word) for word in words]
+        places = self._places.find(fixed, question, FILLER_WORDS)
+        place_at = {start + offset: place for start, length, place in places
+                    for offset in range(length)}
+        phrase_at = self._find_phrases(fixed, exclude=set(place_at))
 
-def _sorted_words(vocabulary: frozenset[str]) -> list[str]:
-    # difflib wants a sequence; sorting keeps its choice between equally close words stable.
-    if vocabulary not in _sorted_cache:
-        _sorted_cache.clear()
-        _sorted_cache[vocabulary] = sorted(vocabulary)
-    return _sorted_cache[vocabulary]
+        groups: list[tuple[str, ...]] = []
+        for index, word in enumerate(words):
+            if index in place_at:
+                start = min(i for i, p in place_at.items() if p is place_at[index])
+                if index == start:
+                    place = place_at[index]
+                    # A place asks where the store delivers: "countries" finds where it says so.
+                    region = ([*place.region.lower().split(), "countries"] if place.region
+                              else list(OUTSIDE_REGIONS_TERMS))
+                    groups.append(tuple(dict.fromkeys(
+                        [*place.name.split(), *place.country.lower().split(), *region])))
+                continue
+            phrase = phrase_at.get(index)
+            if phrase is not None and " " in phrase:
+                # A phrase stands for its words together ("send back" is "return", not "send").
+                if index == min(i for i, p in phrase_at.items() if p == phrase):
+                    groups.append(self._mapped_terms(phrase))
+                continue
+            if word in FILLER_WORDS:
+                continue
+            group = [word, fixed[index], *(self._mapped_terms(phrase) if phrase else ())]
+            groups.append(tuple(dict.fromkeys(group)))
+        return WidenedQuestion(tuple(dict.fromkeys(groups)),
+                               tuple(place for _, _, place in places))
 
+    def _find_phrases(self, words: list[str], exclude: set[int]) -> dict[int, str]:
+        """Which shopper phrase each word index belongs to; longest phrases win; words like
+        "it" are skipped so that "send it back" is the phrase "send back"."""
+        positions = [index for index, word in enumerate(words)
+                     if word not in _SKIPPED_IN_PHRASES and index not in exclude]
+        sequence = [words[index] for index in positions]
+        phrase_at: dict[int, str] = {}
+        for phrase in self._longest_first:
+            length = len(phrase.split())
+            for start in range(len(sequence) - length + 1):
+                span = positions[start : start + length]
+                if " ".join(sequence[start : start + length]) == phrase and not any(
+                    index in phrase_at for index in span
+                ):
+                    phrase_at.update(dict.fromkeys(span, phrase))
+        return phrase_at
 
-_PHRASE_WORDS = frozenset(word for phrase in SHOPPER_PHRASES for word in phrase.split())
-_PHRASES_LONGEST_FIRST = sorted(SHOPPER_PHRASES, key=lambda phrase: -len(phrase.split()))
+    def _mapped_terms(self, phrase: str) -> tuple[str, ...]:
+        return tuple(_MAPPED_TERM.findall(self._phrases[phrase]))

@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   parser_class=_Parser)
     sync = knowledge_commands.add_parser("sync", add_help=False)
     sync.add_argument("key")
-    sync.add_argument("dir")
+    # answers.toml and synonyms.toml are read from DIR's parent, as for KNOWLEDGE_DIR.
+    sync.add_argument("dir", help="the site's Markdown articles; its answers.toml and "
+                                  "synonyms.toml are read from beside it (DIR's parent)")
     return parser
 
 

@@ -20,7 +20,8 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from app import db
-from app.knowledge import search_knowledge, sync_knowledge
+from app.knowledge import KnowledgeChunk, sync_knowledge
+from app.knowledge_search import KnowledgeSearch, SiteSearches
 from app.sites import (
     DEFAULT_SITE_ID,
     SITE_KEY_PATTERN,
@@ -135,9 +136,9 @@ def test_upgrade_from_a_database_made_before_sites_keeps_every_row(empty_databas
     messages_before = rows(empty_database, "SELECT id, conversation_id, sender, text, seq"
                                            " FROM messages ORDER BY seq")
 
-    # 0004 and any migration after it (later issues' tables) apply on the old database.
-    applied = asyncio.run(db.migrate(empty_database))
-    assert applied[0] == SITES_MIGRATION and all(name > SITES_MIGRATION for name in applied[1:])
+    # 0004 and every later migration (0005_retrieval re-derives the chunks' search vectors).
+    assert asyncio.run(db.migrate(empty_database)) == [
+        path.name for path in db.migration_files() if path.name >= SITES_MIGRATION]
 
     assert rows(empty_database, "SELECT id, seq FROM messages ORDER BY seq") == [
         (m[0], m[4]) for m in messages_before]
@@ -293,6 +294,58 @@ async def test_a_search_never_returns_another_sites_chunk(
     again = await sync_knowledge(pool, default_articles)
     assert not again.changed
     assert (await sync_knowledge(pool, articles, other.id)).unchanged == 1
+
+
+async def search_knowledge(pool: AsyncConnectionPool, question: str,
+                           site_id: int = DEFAULT_SITE_ID) -> list[KnowledgeChunk]:
+    search = KnowledgeSearch(pool, load_profile(DEFAULT_PROFILE_PATH), site_id=site_id)
+    return list((await search.search(question)).chunks)
+
+
+async def test_curated_answers_synonyms_and_words_are_the_sites_own(
+        pool: AsyncConnectionPool, tmp_path: Path) -> None:
+    """answers.toml and synonyms.toml beside a site's folder are that site's alone, and typo
+    correction only knows the words of the site's own articles."""
+    store = SiteStore(pool)
+    other = await store.create("Northwind", ["https://n.example"], None)
+    northwind = tmp_path / "northwind"
+    (northwind / "knowledge").mkdir(parents=True)
+    (northwind / "knowledge" / "glaze.md").write_text(
+        "# Glaze safety\n\nOur stoneware glaze is food safe and dishwasher safe.\n")
+    (northwind / "answers.toml").write_text(
+        '[[answer]]\nid = "kiln"\ntitle = "Kiln visits"\n'
+        'questions = ["can I visit the kiln", "kiln tour"]\n'
+        'answer = "Kiln tours run every Saturday at ten."\n')
+    (northwind / "synonyms.toml").write_text('[synonyms]\n"pottery" = "stoneware"\n')
+    default = tmp_path / "default"
+    (default / "knowledge").mkdir(parents=True)
+    (default / "knowledge" / "returns.md").write_text(
+        "# Returns\n\nReturns are accepted within 14 days of delivery.\n")
+    assert (await sync_knowledge(pool, northwind / "knowledge", other.id)).words_changed
+    await sync_knowledge(pool, default / "knowledge")
+
+    searches = SiteSearches(pool, load_profile(DEFAULT_PROFILE_PATH))
+    theirs, ours = searches.for_site(other.id), searches.for_site()
+    assert searches.for_site(other.id) is theirs and theirs is not ours
+    kiln = await theirs.search("can i visit your kiln?")
+    assert kiln.curated is not None and kiln.curated.path == "answers.toml#kiln"
+    assert (await ours.search("can i visit your kiln?")).chunks == ()
+    # The site's synonym and its words for typo correction ("dishwaser" -> "dishwasher").
+    assert [c.title for c in (await theirs.search("is the pottery dishwaser safe"))
+            .chunks][:1] == ["Glaze safety"]
+    assert (await ours.search("is the pottery dishwaser safe")).chunks == ()
+    assert [c.title for c in (await ours.search("how long do i have for retuns"))
+            .chunks] == ["Returns"]
+    assert (await theirs.search("how long do i have for retuns")).chunks == ()
+    counts = rows(pool_url(pool), "SELECT site_id, count(*) FROM knowledge_synonyms"
+                  " GROUP BY site_id ORDER BY site_id")
+    assert counts == [(other.id, 1)]
+    words = rows(pool_url(pool), "SELECT site_id FROM knowledge_words WHERE word = 'kiln'")
+    assert words == [(other.id,)]
+
+
+def pool_url(pool: AsyncConnectionPool) -> str:
+    return pool.conninfo
 
 
 # -- the CLI, as a real process -------------------------------------------------------------

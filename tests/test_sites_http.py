@@ -93,8 +93,13 @@ async def test_knowledge_only_answers_come_from_the_sites_own_articles(
     async with app.client() as http:
         northwind = await stream_chat(http, {"message": QUESTION, "siteKey": sites.northwind})
         other = await stream_chat(http, {"message": QUESTION, "siteKey": sites.other})
+        # Nothing in the site's articles: the answer says whom to ask, from the site's profile.
+        uncovered = await stream_chat(http, {"message": "Do you sell garden furniture?",
+                                             "siteKey": sites.northwind})
     assert "top rack" in northwind[-1].data["text"]
-    assert "hello@northwind.example" in northwind[-1].data["text"]
+    assert [s["path"] for s in northwind[-1].data["sources"]] == ["glaze.md"]
+    assert "hello@northwind.example" in uncovered[-1].data["text"]
+    assert uncovered[-1].data["sources"] == []
     # The other site has no articles of its own: it finds nothing, and says whom to ask.
     assert "top rack" not in other[-1].data["text"]
     assert other[-1].data["sources"] == []

