@@ -78,7 +78,7 @@ async def test_without_a_model_a_spanish_question_gets_the_english_answer_with_a
     done = events[-1].data
     note, _, answer = done["text"].partition("\n\n")
     assert note == HELP_CENTRE_IN_ENGLISH["es"]
-    assert answer.startswith("Here is what our help centre says about")
+    assert "PayPal" in answer  # the English article's own sentence
     assert done["sources"][0]["path"] == "payment-methods.md"
     assert upstream.requests == []
     assert languages(query, events[0].data["sessionId"]) == ("es", ["es"])
