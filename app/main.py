@@ -167,7 +167,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         Middleware(AccessMiddleware, metrics=metrics),
         Middleware(SecurityHeaders),
         # Before CORS, so a disallowed origin's preflight gets our 403 body, not a bare 400.
-        Middleware(OriginGuard, allowed_origins=settings.allowed_origins),
+        Middleware(OriginGuard, allowed_origins=settings.allowed_origins,
+                   trusted_proxies=parse_networks(settings.trusted_proxies)),
         Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins),
                    allow_methods=["GET", "POST"],
                    allow_headers=["content-type", "last-event-id"],

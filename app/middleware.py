@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .clientip import Network, client_ip, limit_key
+from .clientip import Network, client_ip, is_trusted_peer, limit_key
 from .errors import AppError, error_body
 
 # The demo page loads only our own script and talks only to us; styles are inline in the
@@ -78,21 +78,38 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class OriginGuard:
-    def __init__(self, app: ASGIApp, allowed_origins: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: Sequence[str],
+                 trusted_proxies: Sequence[Network] = ()) -> None:
         self.app = app
         self.allowed = frozenset(origin.rstrip("/") for origin in allowed_origins)
+        self.trusted_proxies = tuple(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/chat/"):
             origin = _header(scope, b"origin")
-            if origin is not None and not self._allowed(origin, _header(scope, b"host")):
+            if origin is not None and not self._allowed(origin, _header(scope, b"host"),
+                                                        request_scheme(scope, self.trusted_proxies)):
                 await send_error(send, OriginNotAllowed())
                 return
         await self.app(scope, receive, send)
 
-    def _allowed(self, origin: str, host: str | None) -> bool:
-        # The widget on our own pages is always allowed: same origin means same host.
-        return origin in self.allowed or "*" in self.allowed or urlsplit(origin).netloc == host
+    def _allowed(self, origin: str, host: str | None, scheme: str) -> bool:
+        if origin in self.allowed or "*" in self.allowed:
+            return True
+        # The widget on our own pages is always allowed: same origin means same scheme and host
+        # (an https page on another server that happens to share the host name is not ours).
+        parts = urlsplit(origin)
+        return parts.scheme.lower() == scheme and parts.netloc == host
+
+
+def request_scheme(scope: Scope, trusted_proxies: Sequence[Network]) -> str:
+    """The scheme the browser used: X-Forwarded-Proto from our own proxy, else the socket's."""
+    if is_trusted_peer(scope, trusted_proxies):
+        forwarded = _header(scope, b"x-forwarded-proto")
+        if forwarded:
+            # A chain of proxies appends; the client-facing one is the left-most.
+            return forwarded.split(",")[0].strip().lower()
+    return str(scope.get("scheme", "http")).lower()
 
 
 class RequestLimit:
