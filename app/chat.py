@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import db
+from .budget import Reservation, estimate_tokens
 from .errors import DatabaseUnavailable, NotFound, ServiceUnavailable
 from .eventlog import Event, EventLog, SharedLogUnavailable, encode_event
 from .knowledge import KnowledgeChunk, answer_pieces, knowledge_only_answer, search_knowledge
@@ -31,7 +32,6 @@ from .llm import LLM, UpstreamError, Usage
 from .logs import log_answer
 from .metrics import Metrics
 from .prompt import build_messages
-from .ratelimit import estimate_tokens
 from .store_profile import StoreProfile, build_system_prompt
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,6 @@ KNOWLEDGE_ONLY_MODEL = "knowledge-only"
 class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
                  history_window: int, profile: StoreProfile,
-                 record_tokens: Callable[[int], Awaitable[None]] | None = None,
                  metrics: Metrics | None = None) -> None:
         self._pool = pool
         self._events = events
@@ -132,7 +131,6 @@ class ChatService:
         self._llm = llm
         self._history_window = history_window
         self._profile = profile
-        self._record_tokens = record_tokens
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
         self._running: dict[uuid.UUID, asyncio.Task[str]] = {}
@@ -155,8 +153,16 @@ class ChatService:
 
     # -- starting an answer ------------------------------------------------------------------
 
-    async def start_answer(self, question: str, session_id: uuid.UUID | None) -> StartedAnswer:
+    def reservation_chars(self, question: str) -> int:
+        """The characters of the prompt known before the answer starts, for its first
+        reservation of the token budget (the knowledge and the history come on top)."""
+        return len(build_system_prompt(self._profile, [])) + len(question)
+
+    async def start_answer(self, question: str, session_id: uuid.UUID | None,
+                           reservation: Reservation | None = None) -> StartedAnswer:
         """Commit the shopper's message and an empty answer row while the answer starts.
+
+        `reservation` is the answer's share of the token budget: the answer settles it.
 
         The knowledge search and the model's first token take far longer than the commit, so
         the answer's task starts as soon as the history is read instead of after the commit;
@@ -187,7 +193,8 @@ class ChatService:
                 started = StartedAnswer(session_id, user_message_id, answer_id)
                 # The task copies this request's context, so its log line carries the request id.
                 task = asyncio.create_task(
-                    self._generate(started, history, question, asked_at, committed),
+                    self._generate(started, history, question, asked_at, committed,
+                                   reservation),
                     name=f"answer-{answer_id}")
                 if new_session:
                     await conn.execute("INSERT INTO conversations (id) VALUES (%s)",
@@ -228,8 +235,20 @@ class ChatService:
     # -- generating --------------------------------------------------------------------------
 
     async def _generate(self, started: StartedAnswer, history: list[tuple[str, str]],
-                        question: str, asked_at: float, committed: asyncio.Future[None]) -> str:
+                        question: str, asked_at: float, committed: asyncio.Future[None],
+                        reservation: Reservation | None) -> str:
         """Produce the answer; nothing reaches the event log or the database before `committed`."""
+        try:
+            return await self._produce(started, history, question, asked_at, committed,
+                                       reservation)
+        finally:
+            if reservation is not None:
+                # Settled already unless the answer ended early (its question never saved).
+                await asyncio.shield(reservation.release())
+
+    async def _produce(self, started: StartedAnswer, history: list[tuple[str, str]],
+                       question: str, asked_at: float, committed: asyncio.Future[None],
+                       reservation: Reservation | None) -> str:
         answer_key = str(started.answer_id)
         parts: list[str] = []
         usage: Usage | None = None
@@ -242,11 +261,13 @@ class ChatService:
         self._generating.add(started.answer_id)
         try:
             chunks = await self._find_knowledge(question, history)
-            if self._llm is None:
+            system_prompt = build_system_prompt(self._profile, chunks)
+            if self._llm is None or not await self._reserve_prompt(
+                    reservation, build_messages(system_prompt, history, question)):
                 await committed
                 self._answer_from_knowledge(answer_key, chunks, parts)
+                fallback = self._llm is not None
             else:
-                system_prompt = build_system_prompt(self._profile, chunks)
                 prompt = build_messages(system_prompt, history, question)
                 try:
                     async for item in self._llm.stream(prompt):
@@ -308,9 +329,22 @@ class ChatService:
             self._events.append(answer_key, "error", {
                 "code": failure.code, "message": failure.message, "retryable": failure.retryable})
         # After the end is sent: charging the budget may wait on Redis, the shopper need not.
-        if prompt and not fallback:
-            await self._count_tokens(prompt, text, usage)
+        if reservation is not None:
+            await reservation.settle(self._tokens_used(prompt, text, usage, fallback))
         return status
+
+    async def _reserve_prompt(self, reservation: Reservation | None,
+                              prompt: list[dict[str, str]]) -> bool:
+        """Grow the answer's reservation to its whole prompt; False: the budget has no room
+        for it, and the knowledge base answers instead of a paid call."""
+        if reservation is None:
+            return True
+        if await reservation.extend_to(reservation.budget.answer_estimate(
+                sum(len(m["content"]) for m in prompt))):
+            return True
+        log.warning("the token budget has no room for this prompt: answering from the "
+                    "knowledge base")
+        return False
 
     def _observe_finished(self, started: StartedAnswer, status: str, asked_at: float,
                           first_token_at: float | None, usage: Usage | None,
@@ -354,16 +388,16 @@ class ChatService:
             parts.append(piece)
             self._events.append(answer_key, "token", {"text": piece})
 
-    async def _count_tokens(self, prompt: list[dict[str, str]], text: str,
-                            usage: Usage | None) -> None:
-        """Charge the day's token budget: the upstream's count, or an estimate if it never came."""
-        if self._record_tokens is None:
-            return
+    @staticmethod
+    def _tokens_used(prompt: list[dict[str, str]], text: str, usage: Usage | None,
+                     fallback: bool) -> int:
+        """What the answer cost: the upstream's count, or an estimate if it never came; nothing
+        when no paid call was made, or the call failed before its first token."""
         if usage is not None:
-            tokens = usage.prompt_tokens + usage.completion_tokens
-        else:
-            tokens = estimate_tokens(sum(len(m["content"]) for m in prompt), len(text))
-        await self._record_tokens(tokens)
+            return usage.prompt_tokens + usage.completion_tokens
+        if not prompt or fallback:
+            return 0
+        return estimate_tokens(sum(len(m["content"]) for m in prompt), len(text))
 
     async def _save_answer(self, answer_id: uuid.UUID, text: str, status: str,
                            usage: Usage | None, sources: list[dict[str, str]],

@@ -40,6 +40,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "RATE_LIMIT_CHAT_IP_DAILY": ("200/day", "Chat messages per client IP per day."),
     "RATE_LIMIT_SESSION": ("20/15minutes", "Chat messages per conversation."),
     "DAILY_TOKEN_BUDGET": ("0", "Tokens the whole deployment may spend per day; 0 is no budget."),
+    "DAILY_TOKEN_BUDGET_FALLBACK_SHARE": ("0.05", "Share of DAILY_TOKEN_BUDGET each instance may"
+                                                  " spend while Redis is unreachable."),
     "STORE_PROFILE": ("", "Store profile (TOML): name, tone, policies, hours; unset: the example store."),
     "KNOWLEDGE_DIR": ("", "Folder of Markdown help articles, indexed at start; unset: the example's."),
     "TRUSTED_PROXIES": ("", "Comma-separated proxy addresses or CIDRs whose X-Forwarded-For is believed."),
@@ -86,6 +88,7 @@ class Settings:
     rate_limit_chat_ip_daily: str = "200/day"
     rate_limit_session: str = "20/15minutes"
     daily_token_budget: int = 0
+    daily_token_budget_fallback_share: float = 0.05
     trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
     store_profile: str = ""
     knowledge_dir: str = ""
@@ -130,6 +133,8 @@ class Settings:
             rate_limit_chat_ip_daily=reader.rate("RATE_LIMIT_CHAT_IP_DAILY"),
             rate_limit_session=reader.rate("RATE_LIMIT_SESSION"),
             daily_token_budget=reader.integer("DAILY_TOKEN_BUDGET", low=0, high=10**12),
+            daily_token_budget_fallback_share=reader.number("DAILY_TOKEN_BUDGET_FALLBACK_SHARE",
+                                                            low=0, high=1),
             trusted_proxies=reader.networks("TRUSTED_PROXIES"),
             store_profile=reader.text("STORE_PROFILE"),
             knowledge_dir=reader.text("KNOWLEDGE_DIR"),

@@ -17,6 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .budget import TokenBudget
 from .chat import ChatService
 from .clientip import limit_key
 from .errors import (
@@ -142,9 +143,20 @@ async def start_chat(request: Request) -> tuple[ChatService, Any, dict[str, str]
     limits = request.app.state.limits
     session_key = None if chat_request.session_id is None else str(chat_request.session_id)
     limit_headers = await limits.check_chat(limit_key(request.state.client_ip), session_key)
-    await limits.check_budget()
     service = chat_service(request)
-    started = await service.start_answer(chat_request.message, chat_request.session_id)
+    budget: TokenBudget | None = request.app.state.budget
+    reservation = None
+    if budget is not None and service.mode == "llm":
+        # Refused here, before a stream: BudgetExhausted (503 budget_exhausted).
+        reservation = await budget.reserve(
+            budget.answer_estimate(service.reservation_chars(chat_request.message)))
+    try:
+        started = await service.start_answer(chat_request.message, chat_request.session_id,
+                                             reservation)
+    except BaseException:
+        if reservation is not None:
+            await asyncio.shield(reservation.release())
+        raise
     return service, started, limit_headers
 
 

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from . import db, endpoints, openapi
 from .access import AccessMiddleware
+from .budget import TokenBudget
 from .chat import ChatService
 from .clientip import parse_networks
 from .config import Settings
@@ -29,6 +30,7 @@ from .llm import LLM
 from .metrics import Metrics, metrics_endpoint
 from .middleware import OriginGuard, RequestLimit, SecurityHeaders
 from .ratelimit import RateLimits, Rule, parse_limit
+from .redis_connection import connect as redis_connect
 from .redis_eventlog import RedisEventLog
 from .store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
 
@@ -90,10 +92,19 @@ def build_rate_limits(settings: Settings) -> RateLimits:
         ),
         session_rule=Rule("session", parse_limit("RATE_LIMIT_SESSION", settings.rate_limit_session),
                           "moving"),
-        daily_token_budget=settings.daily_token_budget,
         redis_url=settings.redis_url,
         redis_prefix=settings.redis_prefix,
     )
+
+
+def build_budget(settings: Settings) -> TokenBudget | None:
+    """The daily token budget, or None without one (or with the limits turned off)."""
+    if not settings.daily_token_budget or not settings.rate_limit_enabled:
+        return None
+    return TokenBudget(settings.daily_token_budget, max_tokens=settings.max_tokens,
+                       redis=redis_connect(settings.redis_url) if settings.redis_url else None,
+                       key_prefix=settings.redis_prefix,
+                       fallback_share=settings.daily_token_budget_fallback_share)
 
 
 def load_store(settings: Settings) -> tuple[StoreProfile, Path]:
@@ -135,10 +146,13 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         # the endpoint, and both go through here.
         limits.on_refusal = lambda name: metrics.rate_limit_refusals.labels(limit=name).inc()
         metrics.redis_fallback.set_function(lambda: 1.0 if limits.redis_state == "down" else 0.0)
+        budget = build_budget(settings)
+        if budget is not None:
+            budget.on_refusal = limits.on_refusal
         events = build_event_log(settings)
         await events.open()
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
-                           profile=profile, record_tokens=limits.record_tokens, metrics=metrics)
+                           profile=profile, metrics=metrics)
         # An answer left 'streaming' that no instance produces had its producer die: with one
         # instance, with the previous process; with Redis, whichever instance let its lease go.
         interrupted = await chat.interrupt_orphans()
@@ -148,6 +162,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         app.state.pool = pool
         app.state.chat = chat
         app.state.limits = limits
+        app.state.budget = budget
         try:
             yield
         finally:
@@ -156,6 +171,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             if llm is not None:
                 await llm.aclose()
             await limits.aclose()
+            if budget is not None:
+                await budget.aclose()
             metrics.watch_pool(None)
             await pool.close()
 

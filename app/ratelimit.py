@@ -10,7 +10,8 @@ Strategies, per limit:
   21st message is refused whatever the timing, and cheap at these sizes (one entry per hit);
 - sliding-window counter for the large or hot ones (per IP per day, per IP on every endpoint):
   two counters per key whatever the limit, at the price of a small approximation at the edges;
-- fixed window for the daily token budget: one counter we add each answer's tokens to.
+
+The daily token budget is not a rate limit but a reservation: it lives in app/budget.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import redis.asyncio as redis_asyncio
-from limits import RateLimitItem, RateLimitItemPerDay, parse
+from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
@@ -35,7 +36,7 @@ from limits.errors import StorageError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .errors import BudgetExhausted, RateLimited
+from .errors import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ T = TypeVar("T")
 REDIS_TIMEOUT_S = 0.25
 # While Redis is out, one request every this often tries it again.
 REDIS_PROBE_EVERY_S = 2.0
-# A rough tokens-per-character ratio, for answers cut off before the upstream reported usage.
-CHARS_PER_TOKEN = 4
 
 _STRATEGIES: dict[str, type[RateLimiter]] = {
     "moving": MovingWindowRateLimiter,
@@ -82,13 +81,11 @@ class RateLimits:
     """Checks the limits for one request; refusals raise RateLimited (429) with Retry-After."""
 
     def __init__(self, *, enabled: bool, every_request: Rule, chat_rules: tuple[Rule, ...],
-                 session_rule: Rule, daily_token_budget: int, redis_url: str,
-                 redis_prefix: str) -> None:
+                 session_rule: Rule, redis_url: str, redis_prefix: str) -> None:
         self.enabled = enabled
         self.every_request = every_request
         self.chat_rules = chat_rules
         self.session_rule = session_rule
-        self._budget = RateLimitItemPerDay(daily_token_budget) if daily_token_budget else None
         self._memory = self._limiters(MemoryStorage())
         self._redis_client: redis_asyncio.Redis | None = None
         self._redis: dict[str, RateLimiter] | None = None
@@ -183,30 +180,6 @@ class RateLimits:
         return {"RateLimit-Limit": str(rule.item.amount), "RateLimit-Remaining": str(remaining),
                 "RateLimit-Reset": str(reset_in)}
 
-    async def check_budget(self) -> None:
-        """Refuse new answers once the day's token budget is spent."""
-        budget = self._budget
-        if budget is None or not self.enabled:
-            return
-
-        async def operation(limiters: dict[str, RateLimiter]) -> bool:
-            return await limiters["fixed"].test(budget, "token-budget")
-
-        if not await self._run(operation):
-            if self.on_refusal is not None:
-                self.on_refusal("token_budget")
-            raise BudgetExhausted()
-
-    async def record_tokens(self, tokens: int) -> None:
-        budget = self._budget
-        if budget is None or tokens <= 0:
-            return
-
-        async def operation(limiters: dict[str, RateLimiter]) -> bool:
-            return await limiters["fixed"].hit(budget, "token-budget", cost=tokens)
-
-        await self._run(operation)
-
     def _refuse(self, rule: Rule, reset_in: int) -> RateLimited:
         if self.on_refusal is not None:
             self.on_refusal(rule.name)
@@ -215,10 +188,6 @@ class RateLimits:
     async def aclose(self) -> None:
         if self._redis_client is not None:
             await self._redis_client.aclose()
-
-
-def estimate_tokens(prompt_chars: int, answer_chars: int) -> int:
-    return math.ceil((prompt_chars + answer_chars) / CHARS_PER_TOKEN)
 
 
 # What a shopper reads for each limit; the rule's name also goes out in RateLimit-Policy.

@@ -156,6 +156,8 @@ class Reply:
     reset_after_tokens: bool = False
     # Raised instead of answering (a network failure).
     exception: Exception | None = None
+    # Set by the test when the answer may start (answers held in flight together).
+    gate: asyncio.Event | None = None
 
 
 class FakeUpstream:
@@ -183,6 +185,8 @@ class FakeUpstream:
 
     async def _body(self, reply: Reply) -> AsyncIterator[bytes]:
         try:
+            if reply.gate is not None:
+                await reply.gate.wait()
             if reply.first_delay:
                 await asyncio.sleep(reply.first_delay)
             for index, token in enumerate(reply.tokens):
