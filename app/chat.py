@@ -45,6 +45,22 @@ INTERRUPT_SQL = ("UPDATE messages SET status = 'interrupted', text = coalesce(%s
                  " finished_at = now() WHERE id = %s AND status = 'streaming'")
 # How long a cancel on an instance that does not produce the answer waits to see it end.
 REMOTE_CANCEL_WAIT_S = 3.0
+# The longest answer the service keeps, whatever the upstream sends: MAX_TOKENS bounds what an
+# honest model writes, these bound a hostile or broken one (4 MB answers held in memory, in the
+# event log and in the row). Per MAX_TOKENS token: a token is rarely over 16 characters, and one
+# token event carries one token or more.
+ANSWER_CHARS_PER_TOKEN = 16
+ANSWER_EVENTS_PER_TOKEN = 2
+ANSWER_MIN_CHARS = 8000
+ANSWER_MIN_EVENTS = 1000
+
+
+def answer_caps(max_tokens: int) -> tuple[int, int]:
+    """(characters, token events) an answer may have with MAX_TOKENS = `max_tokens`."""
+    return (max(ANSWER_MIN_CHARS, max_tokens * ANSWER_CHARS_PER_TOKEN),
+            max(ANSWER_MIN_EVENTS, max_tokens * ANSWER_EVENTS_PER_TOKEN))
+
+
 # Past any token id: following from here yields just meta and the end.
 _AFTER_EVERY_TOKEN = 2**53
 
@@ -89,6 +105,15 @@ class HistoryPage:
     has_more: bool
 
 
+@dataclass
+class _Relayed:
+    """What an answer's relay has passed on so far (kept when the upstream fails midway)."""
+
+    parts: list[str]
+    usage: Usage | None = None
+    first_token_at: float | None = None
+
+
 def meta_payload(started: StartedAnswer) -> dict[str, str]:
     return {"sessionId": str(started.session_id), "messageId": str(started.answer_id),
             "userMessageId": str(started.user_message_id)}
@@ -124,12 +149,14 @@ KNOWLEDGE_ONLY_MODEL = "knowledge-only"
 class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
                  history_window: int, profile: StoreProfile,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 answer_cap: tuple[int, int] = answer_caps(500)) -> None:
         self._pool = pool
         self._events = events
         # None: knowledge-only mode, every answer comes from the knowledge base.
         self._llm = llm
         self._history_window = history_window
+        self._max_answer_chars, self._max_answer_events = answer_cap
         self._profile = profile
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
@@ -251,13 +278,12 @@ class ChatService:
                        reservation: Reservation | None) -> str:
         answer_key = str(started.answer_id)
         parts: list[str] = []
-        usage: Usage | None = None
         failure: UpstreamError | None = None
         status = "complete"
         chunks: list[KnowledgeChunk] = []
         prompt: list[dict[str, str]] = []
         fallback = False
-        first_token_at: float | None = None
+        relayed = _Relayed(parts)
         self._generating.add(started.answer_id)
         try:
             chunks = await self._find_knowledge(question, history)
@@ -270,15 +296,7 @@ class ChatService:
             else:
                 prompt = build_messages(system_prompt, history, question)
                 try:
-                    async for item in self._llm.stream(prompt):
-                        if isinstance(item, Usage):
-                            usage = item
-                        else:
-                            if first_token_at is None:
-                                await committed
-                                first_token_at = time.monotonic()
-                            parts.append(item)
-                            self._events.append(answer_key, "token", {"text": item})
+                    await self._relay(self._llm.stream(prompt), answer_key, relayed, committed)
                 except UpstreamError as exc:
                     self._metrics.upstream_errors.labels(kind=exc.code).inc()
                     # Before the first token the shopper has seen nothing, so the knowledge
@@ -303,6 +321,7 @@ class ChatService:
             failure, status = exc, "error"
         finally:
             self._generating.discard(started.answer_id)
+        usage, first_token_at = relayed.usage, relayed.first_token_at
         # A failure can come before the commit; the answer row must exist before its update.
         await committed
         text = "".join(parts)
@@ -332,6 +351,35 @@ class ChatService:
         if reservation is not None:
             await reservation.settle(self._tokens_used(prompt, text, usage, fallback))
         return status
+
+    async def _relay(self, answer_stream: AsyncIterator[str | Usage], answer_key: str,
+                     relayed: _Relayed, committed: asyncio.Future[None]) -> None:
+        """Relay the model's deltas to the event log, up to the answer's caps.
+
+        Past a cap the upstream stream is closed and the answer ends with what it has.
+        """
+        parts = relayed.parts
+        chars = 0
+        async with contextlib.aclosing(answer_stream):  # type: ignore[type-var]
+            async for item in answer_stream:
+                if isinstance(item, Usage):
+                    relayed.usage = item
+                    continue
+                if not parts:
+                    await committed
+                    relayed.first_token_at = time.monotonic()
+                room = self._max_answer_chars - chars
+                if len(item) >= room or len(parts) + 1 >= self._max_answer_events:
+                    item = item[:max(room, 0)]
+                    if item:
+                        parts.append(item)
+                        self._events.append(answer_key, "token", {"text": item})
+                    log.warning("the model's answer passed the cap (%d characters, %d events):"
+                                " cut off", self._max_answer_chars, self._max_answer_events)
+                    break
+                chars += len(item)
+                parts.append(item)
+                self._events.append(answer_key, "token", {"text": item})
 
     async def _reserve_prompt(self, reservation: Reservation | None,
                               prompt: list[dict[str, str]]) -> bool:

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from . import db, endpoints, openapi
 from .access import AccessMiddleware
 from .budget import TokenBudget
-from .chat import ChatService
+from .chat import ChatService, answer_caps
 from .clientip import parse_networks
 from .config import Settings
 from .errors import AppError, app_error_handler, http_error_handler, unexpected_error_handler
@@ -152,7 +152,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         events = build_event_log(settings)
         await events.open()
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
-                           profile=profile, metrics=metrics)
+                           profile=profile, metrics=metrics,
+                           answer_cap=answer_caps(settings.max_tokens))
         # An answer left 'streaming' that no instance produces had its producer die: with one
         # instance, with the previous process; with Redis, whichever instance let its lease go.
         interrupted = await chat.interrupt_orphans()
