@@ -49,10 +49,15 @@ def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
     return any(address in network for network in networks)
 
 
+def is_trusted_address(address: str, trusted_proxies: Sequence[Network]) -> bool:
+    """Whether `address` is one of our proxies."""
+    parsed = _parse_ip(address)
+    return parsed is not None and _trusted(parsed, trusted_proxies)
+
+
 def is_trusted_peer(scope: Scope, trusted_proxies: Sequence[Network]) -> bool:
     """Whether the socket's peer is one of our proxies (whose forwarded headers we believe)."""
-    peer = _parse_ip(scope["client"][0]) if scope.get("client") else None
-    return peer is not None and _trusted(peer, trusted_proxies)
+    return bool(scope.get("client")) and is_trusted_address(scope["client"][0], trusted_proxies)
 
 
 def client_ip(scope: Scope, trusted_proxies: Sequence[Network]) -> str:

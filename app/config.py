@@ -48,6 +48,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "DB_STARTUP_TIMEOUT_S": ("120", "Seconds to keep retrying an unreachable database at start."),
     "SHUTDOWN_GRACE_S": ("20",
                          "On SIGTERM, seconds answers get to finish before they are saved as interrupted."),
+    "SERVER_HEADER_TIMEOUT_S": ("10", "Seconds a client may take to send a request's headers"
+                                      " (and to start one on a new connection)."),
+    "SERVER_BODY_TIMEOUT_S": ("30", "Seconds a client may take to send a request's body."),
+    "SERVER_MAX_HEADERS": ("100", "Most headers in one request; more is refused with 431."),
+    "SERVER_MAX_HEADER_BYTES": ("16384", "Largest request line plus headers, in bytes;"
+                                         " larger is refused with 431."),
+    "SERVER_MAX_CONNECTIONS_PER_IP": ("64", "Most open connections from one client address"
+                                            " (TRUSTED_PROXIES are not limited)."),
     "LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR."),
     "LOG_FORMAT": ("text", "text (for people) or json (one object per line, for log collectors)."),
     "METRICS_TOKEN": ("", "When set, GET /metrics asks for the header Authorization: Bearer <token>."),
@@ -94,6 +102,11 @@ class Settings:
     knowledge_dir: str = ""
     db_startup_timeout_s: float = 120.0
     shutdown_grace_s: float = 20.0
+    server_header_timeout_s: float = 10.0
+    server_body_timeout_s: float = 30.0
+    server_max_headers: int = 100
+    server_max_header_bytes: int = 16384
+    server_max_connections_per_ip: int = 64
     log_level: str = "INFO"
     log_format: LogFormat = "text"
     metrics_token: str = ""
@@ -140,6 +153,13 @@ class Settings:
             knowledge_dir=reader.text("KNOWLEDGE_DIR"),
             db_startup_timeout_s=reader.number("DB_STARTUP_TIMEOUT_S", low=0, high=3600),
             shutdown_grace_s=reader.number("SHUTDOWN_GRACE_S", low=0, high=3600),
+            server_header_timeout_s=reader.number("SERVER_HEADER_TIMEOUT_S", low=0.1, high=3600),
+            server_body_timeout_s=reader.number("SERVER_BODY_TIMEOUT_S", low=0.1, high=3600),
+            server_max_headers=reader.integer("SERVER_MAX_HEADERS", low=10, high=10_000),
+            server_max_header_bytes=reader.integer("SERVER_MAX_HEADER_BYTES", low=1024,
+                                                   high=1024 * 1024),
+            server_max_connections_per_ip=reader.integer("SERVER_MAX_CONNECTIONS_PER_IP", low=1,
+                                                         high=1_000_000),
             log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, upper=True),
             log_format="json" if reader.choice("LOG_FORMAT", ("text", "json")) == "json" else "text",
             metrics_token=reader.text("METRICS_TOKEN"),
