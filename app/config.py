@@ -33,11 +33,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "TEMPERATURE": ("0.7", "Sampling temperature."),
     "ALLOWED_ORIGINS": ("", "Comma-separated origins allowed to call the chat API from a browser."),
     "DB_POOL_MAX": ("10", "Most database connections per instance."),
+    "DB_POOL_LOOKUPS": ("3", "Of DB_POOL_MAX, most connections history, resume and cancel lookups"
+                             " hold at once; more are refused with 503 and Retry-After."),
     "REDIS_PREFIX": ("chat", "Prefix of every Redis key, so deployments can share a Redis."),
     "RATE_LIMIT_ENABLED": ("true", "false turns every rate limit and the token budget off."),
     "RATE_LIMIT_IP": ("100/15minutes", "Requests per client IP on every endpoint but health checks."),
     "RATE_LIMIT_CHAT_IP": ("50/15minutes", "Chat messages per client IP."),
     "RATE_LIMIT_CHAT_IP_DAILY": ("200/day", "Chat messages per client IP per day."),
+    "RATE_LIMIT_LOOKUP_IP": ("60/15minutes", "History, resume and cancel lookups per client IP."),
     "RATE_LIMIT_SESSION": ("20/15minutes", "Chat messages per conversation."),
     "DAILY_TOKEN_BUDGET": ("0", "Tokens the whole deployment may spend per day; 0 is no budget."),
     "DAILY_TOKEN_BUDGET_FALLBACK_SHARE": ("0.05", "Share of DAILY_TOKEN_BUDGET each instance may"
@@ -89,12 +92,14 @@ class Settings:
     temperature: float = 0.7
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     db_pool_max: int = 10
+    db_pool_lookups: int = 3
     redis_prefix: str = "chat"
     rate_limit_enabled: bool = True
     rate_limit_ip: str = "100/15minutes"
     rate_limit_chat_ip: str = "50/15minutes"
     rate_limit_chat_ip_daily: str = "200/day"
     rate_limit_session: str = "20/15minutes"
+    rate_limit_lookup_ip: str = "60/15minutes"
     daily_token_budget: int = 0
     daily_token_budget_fallback_share: float = 0.05
     trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
@@ -139,12 +144,14 @@ class Settings:
             temperature=reader.number("TEMPERATURE", low=0, high=2),
             allowed_origins=_split_list(reader.text("ALLOWED_ORIGINS")),
             db_pool_max=reader.integer("DB_POOL_MAX", low=1, high=1000),
+            db_pool_lookups=reader.integer("DB_POOL_LOOKUPS", low=1, high=1000),
             redis_prefix=reader.text("REDIS_PREFIX"),
             rate_limit_enabled=reader.boolean("RATE_LIMIT_ENABLED"),
             rate_limit_ip=reader.rate("RATE_LIMIT_IP"),
             rate_limit_chat_ip=reader.rate("RATE_LIMIT_CHAT_IP"),
             rate_limit_chat_ip_daily=reader.rate("RATE_LIMIT_CHAT_IP_DAILY"),
             rate_limit_session=reader.rate("RATE_LIMIT_SESSION"),
+            rate_limit_lookup_ip=reader.rate("RATE_LIMIT_LOOKUP_IP"),
             daily_token_budget=reader.integer("DAILY_TOKEN_BUDGET", low=0, high=10**12),
             daily_token_budget_fallback_share=reader.number("DAILY_TOKEN_BUDGET_FALLBACK_SHARE",
                                                             low=0, high=1),

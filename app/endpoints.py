@@ -14,10 +14,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+from psycopg_pool import PoolTimeout
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .budget import TokenBudget
+from .bulkhead import Bulkhead
 from .chat import ChatService
 from .clientip import limit_key
 from .errors import (
@@ -38,6 +41,9 @@ HISTORY_PAGE_MAX = 200
 PING_S = 15
 # A client that stops reading must not hold a stream (and its buffers) forever.
 SEND_TIMEOUT_S = 30
+# /readyz: a moment for a pooled connection, then a connection of its own.
+READY_POOL_WAIT_S = 0.5
+READY_CONNECT_TIMEOUT_S = 2
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -202,11 +208,21 @@ def session_param(request: Request) -> uuid.UUID:
     return parse_uuid(request.query_params.get("sessionId"), "sessionId")
 
 
+@contextlib.asynccontextmanager
+async def lookup(request: Request) -> AsyncIterator[None]:
+    """A history, resume or cancel lookup: its own per-IP limit and its share of the pool."""
+    await request.app.state.limits.check_lookup(limit_key(request.state.client_ip))
+    bulkhead: Bulkhead = request.app.state.lookups
+    async with bulkhead.slot():
+        yield
+
+
 async def resume_stream(request: Request) -> Response:
     answer_id = parse_uuid(request.path_params["message_id"], "messageId")
     session_id = session_param(request)
     after = last_event_id(request)
-    events = await chat_service(request).follow(answer_id, session_id, after)
+    async with lookup(request):
+        events = await chat_service(request).follow(answer_id, session_id, after)
     request.app.state.metrics.resumes.inc()
     return event_stream(events)
 
@@ -214,7 +230,8 @@ async def resume_stream(request: Request) -> Response:
 async def cancel_answer(request: Request) -> Response:
     answer_id = parse_uuid(request.path_params["message_id"], "messageId")
     session_id = session_param(request)
-    status = await chat_service(request).cancel(answer_id, session_id)
+    async with lookup(request):
+        status = await chat_service(request).cancel(answer_id, session_id)
     return JSONResponse({"messageId": str(answer_id), "status": status})
 
 
@@ -225,7 +242,8 @@ async def history(request: Request) -> Response:
         raise BadRequest(f"limit must be a whole number from 1 to {HISTORY_PAGE_MAX}.")
     raw_before = request.query_params.get("before")
     before = None if raw_before is None else parse_uuid(raw_before, "before")
-    page = await chat_service(request).history(session_id, limit, before)
+    async with lookup(request):
+        page = await chat_service(request).history(session_id, limit, before)
     return JSONResponse({"sessionId": str(page.session_id),
                          "messages": [m.to_json() for m in page.messages],
                          "hasMore": page.has_more})
@@ -236,11 +254,21 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """503 without the database; 200 but "degraded" without Redis (limits count per instance)."""
+    """503 without the database; 200 but "degraded" without Redis (limits count per instance).
+
+    About the database, not the pool: when every pooled connection is busy (answers at full
+    load), a connection of its own asks the database instead of failing the instance.
+    """
     pool = request.app.state.pool
     try:
-        async with pool.connection(timeout=2.0) as conn:
-            await conn.execute("SELECT 1")
+        try:
+            async with pool.connection(timeout=READY_POOL_WAIT_S) as conn:
+                await conn.execute("SELECT 1")
+        except PoolTimeout:
+            async with await psycopg.AsyncConnection.connect(
+                    request.app.state.settings.database_url,
+                    connect_timeout=READY_CONNECT_TIMEOUT_S, autocommit=True) as own:
+                await own.execute("SELECT 1")
     except Exception:
         raise DatabaseUnavailable("The database is not reachable.") from None
     redis_state = await request.app.state.limits.redis_health()

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from . import db, endpoints, openapi
 from .access import AccessMiddleware
 from .budget import TokenBudget
+from .bulkhead import Bulkhead, lookup_slots
 from .chat import ChatService, answer_caps
 from .clientip import parse_networks
 from .config import Settings
@@ -94,6 +95,9 @@ def build_rate_limits(settings: Settings) -> RateLimits:
                           "moving"),
         redis_url=settings.redis_url,
         redis_prefix=settings.redis_prefix,
+        lookup_rule=Rule("lookup_ip",
+                         parse_limit("RATE_LIMIT_LOOKUP_IP", settings.rate_limit_lookup_ip),
+                         "moving"),
     )
 
 
@@ -164,6 +168,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         app.state.chat = chat
         app.state.limits = limits
         app.state.budget = budget
+        app.state.lookups = Bulkhead(lookup_slots(settings.db_pool_max, settings.db_pool_lookups))
         try:
             yield
         finally:

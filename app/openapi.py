@@ -144,7 +144,9 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
     # Every endpoint but the health checks counts against the per-IP limit (429), and every
     # /chat/ endpoint refuses a browser page on an origin outside ALLOWED_ORIGINS (403).
     chat_refusals = _error_responses(400, 403, 413, 415, 429, 503)
-    chat_reads = _error_responses(400, 403, 404, 429, 503)
+    # History, resume and cancel: their own share of the database (503 lookups_busy).
+    chat_reads = {**_error_responses(400, 403, 404, 429),
+                  "503": _ref("responses", "LookupUnavailable")}
     limited = _error_responses(429)
     return {
         "openapi": "3.1.0",
@@ -483,8 +485,16 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                              "RateLimit-Policy": {"description": "The limit that refused.",
                                                   "schema": {"type": "string"}}}),
                 "ServiceUnavailable": _error_response(
-                    "The database or the model is not answering, or the day's token budget is"
-                    " spent (`budget_exhausted`); try again later."),
+                    "The database or the model is not answering, or the day's token budget has no"
+                    " room for another answer's worst case (`budget_exhausted`); try again"
+                    " later."),
+                "LookupUnavailable": _error_response(
+                    "The database is not answering, or too many history, resume and cancel"
+                    " lookups are in the database at once (`lookups_busy`, with Retry-After:"
+                    " their share of the pool, DB_POOL_LOOKUPS, is in use); try again shortly.",
+                    headers={"Retry-After": {
+                        "description": "Seconds to wait (sent with `lookups_busy`).",
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"}}}),
                 "GatewayTimeout": _error_response(
                     "The answer took longer than a non-streaming request may wait (30 s)."),
             },

@@ -81,11 +81,13 @@ class RateLimits:
     """Checks the limits for one request; refusals raise RateLimited (429) with Retry-After."""
 
     def __init__(self, *, enabled: bool, every_request: Rule, chat_rules: tuple[Rule, ...],
-                 session_rule: Rule, redis_url: str, redis_prefix: str) -> None:
+                 session_rule: Rule, redis_url: str, redis_prefix: str,
+                 lookup_rule: Rule | None = None) -> None:
         self.enabled = enabled
         self.every_request = every_request
         self.chat_rules = chat_rules
         self.session_rule = session_rule
+        self.lookup_rule = lookup_rule
         self._memory = self._limiters(MemoryStorage())
         self._redis_client: redis_asyncio.Redis | None = None
         self._redis: dict[str, RateLimiter] | None = None
@@ -161,6 +163,14 @@ class RateLimits:
         if not allowed:
             raise self._refuse(self.every_request, reset_in)
 
+    async def check_lookup(self, client_key: str) -> None:
+        """The per-IP limit on history, resume and cancel lookups (apart from chat messages)."""
+        if not self.enabled or self.lookup_rule is None:
+            return
+        allowed, _, reset_in = await self._hit(self.lookup_rule, client_key)
+        if not allowed:
+            raise self._refuse(self.lookup_rule, reset_in)
+
     async def check_chat(self, client_key: str, session_id: str | None) -> dict[str, str]:
         """The chat limits; returns the RateLimit-* headers of the tightest one."""
         if not self.enabled:
@@ -197,6 +207,7 @@ _REFUSALS = {
     "chat_ip": "Too many messages from your network. Please wait {wait} and try again.",
     "chat_ip_daily": "You have reached today's message limit. Please try again in {wait}.",
     "ip": "Too many requests from your network. Please wait {wait} and try again.",
+    "lookup_ip": "Too many requests from your network. Please wait {wait} and try again.",
 }
 
 
