@@ -28,7 +28,7 @@ from psycopg.conninfo import make_conninfo
 from app import db
 from app.config import Settings
 from app.main import create_app
-from app.server import AppServer, server_config
+from app.server import AppServer, connection_limits, server_config
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_URL = "http://upstream.test/v1"
@@ -248,7 +248,8 @@ async def start_app(database_url: str, redis_url: str) -> AsyncIterator[Callable
         settings = make_settings(overrides.pop("database_url", database_url),
                                  **{"redis_url": redis_url, **overrides})
         app = create_app(settings, llm_http_client=httpx.AsyncClient())
-        config = server_config(app, "127.0.0.1", 0, grace_s=2.0, log_level="warning")
+        config = server_config(app, "127.0.0.1", 0, grace_s=2.0,
+                               limits=connection_limits(settings), log_level="warning")
         server = AppServer(config, app, grace_s=2.0)
         task = asyncio.create_task(server.serve())
         while not server.started:

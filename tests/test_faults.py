@@ -513,6 +513,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_answer_still_saved
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(endpoints, "SEND_TIMEOUT_S", 1.0)
     tokens = [f"{n:04d}" + "x" * 32_000 for n in range(300)]  # ~10 MB: more than any buffer
+    # Past the server's own cap on an answer's length (tests/test_hostile_input.py).
+    monkeypatch.setattr(chat_module, "ANSWER_MIN_CHARS", 20_000_000)
     upstream.queue(Reply(tokens=tokens, delay=0.01))
     app: RunningApp = await start_app(rate_limit_enabled=False)
     connections = app.server.server_state.connections
@@ -575,8 +577,10 @@ async def test_500_streams_opened_and_dropped_leave_nothing_behind(start_app: An
                                                                    query: Any) -> None:
     streams = 500
     async with ChunkedFakeOpenAI([f"t{n} " for n in range(10)], delay=0.02) as model:
+        # All 500 from one address: past the server's connections per address.
         app: RunningApp = await start_app(openai_base_url=f"http://127.0.0.1:{model.port}/v1",
-                                          rate_limit_enabled=False, llm_timeout_s=10.0)
+                                          rate_limit_enabled=False, llm_timeout_s=10.0,
+                                          server_max_connections_per_ip=streams + 100)
         await open_and_drop(app, -1)
         await wait_until_idle(app)
         pool = app.app.state.pool
