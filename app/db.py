@@ -20,7 +20,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from .errors import DatabaseUnavailable
+from .errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,17 @@ class BoundedPool(AsyncConnectionPool):
                 watchdog.cancel()
 
 
+# The application_name of the service's connections, so that pg_stat_activity (and the
+# server's logs with %a) tell them apart from other clients'. A DATABASE_URL that names one
+# (`?application_name=...`) keeps its own.
+APPLICATION_NAME = "support-chat"
+
+
+def application_name(conninfo: str) -> str:
+    """The name the service's connections to `conninfo` carry in pg_stat_activity."""
+    return str(conninfo_to_dict(conninfo).get("application_name") or APPLICATION_NAME)
+
+
 def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
     """A pool that is opened in the lifespan, never here."""
     return BoundedPool(
@@ -205,17 +216,18 @@ def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
         timeout=POOL_TIMEOUT_S,
         check=_check,
         configure=_configure,
-        kwargs={"connect_timeout": 3, "autocommit": False},
+        kwargs={"connect_timeout": 3, "autocommit": False,
+                "application_name": application_name(conninfo)},
         name="chat",
     )
 
 
 @asynccontextmanager
 async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection]:
-    """A pooled connection in a transaction; database trouble becomes a 503."""
+    """A pooled connection in a transaction; database trouble becomes StoreUnavailable."""
     try:
         async with pool.connection() as conn:
             yield conn
     except (PoolTimeout, psycopg.OperationalError) as exc:
         log.warning("database unavailable: %s", type(exc).__name__)
-        raise DatabaseUnavailable() from exc
+        raise StoreUnavailable() from exc

@@ -19,9 +19,8 @@ from psycopg_pool import PoolTimeout
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .budget import TokenBudget
-from .bulkhead import Bulkhead
-from .chat import ChatService
+from . import db
+from .chat import ChatService, StartedAnswer
 from .clientip import limit_key
 from .errors import (
     BadRequest,
@@ -29,10 +28,13 @@ from .errors import (
     GatewayTimeout,
     PayloadTooLarge,
     ServiceUnavailable,
+    Unauthorized,
     UnsupportedMediaType,
 )
-from .eventlog import Event
-from .sse import AnswerStreamResponse
+from .eventlog import REPLAYED_END_ID, Event
+from .metrics import bearer_token_matches
+from .services import services
+from .sse import AnswerStreamResponse, Connections
 
 MAX_BODY_BYTES = 100 * 1024
 MESSAGE_TIMEOUT_S = 30.0
@@ -41,6 +43,7 @@ HISTORY_PAGE_MAX = 200
 PING_S = 15
 # A client that stops reading must not hold a stream (and its buffers) forever.
 SEND_TIMEOUT_S = 30
+LAST_EVENT_ID_DIGITS = len(str(REPLAYED_END_ID))
 # /readyz: a moment for a pooled connection, then a connection of its own.
 READY_POOL_WAIT_S = 0.5
 READY_CONNECT_TIMEOUT_S = 2
@@ -125,8 +128,7 @@ def parse_chat_request(body: Any, max_chars: int) -> ChatRequest:
 
 
 def chat_service(request: Request) -> ChatService:
-    service: ChatService = request.app.state.chat
-    return service
+    return services(request).chat
 
 
 async def sse_frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
@@ -137,20 +139,21 @@ async def sse_frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
             yield event.frame
 
 
-def event_stream(events: AsyncIterator[Event]) -> AnswerStreamResponse:
-    return AnswerStreamResponse(sse_frames(events), ping=PING_S, headers=SSE_HEADERS,
-                                send_timeout=SEND_TIMEOUT_S)
+def event_stream(events: AsyncIterator[Event], connections: Connections) -> AnswerStreamResponse:
+    return AnswerStreamResponse(sse_frames(events), connections=connections, ping=PING_S,
+                                headers=SSE_HEADERS, send_timeout=SEND_TIMEOUT_S)
 
 
-async def start_chat(request: Request) -> tuple[ChatService, Any, dict[str, str]]:
+async def start_chat(request: Request) -> tuple[ChatService, StartedAnswer, dict[str, str]]:
     """Validate, apply the limits, then start the answer: every refusal comes before a stream."""
-    settings = request.app.state.settings
-    chat_request = parse_chat_request(await read_json_body(request), settings.max_message_chars)
-    limits = request.app.state.limits
+    app_services = services(request)
+    chat_request = parse_chat_request(await read_json_body(request),
+                                      app_services.settings.max_message_chars)
+    limits = app_services.limits
     session_key = None if chat_request.session_id is None else str(chat_request.session_id)
     limit_headers = await limits.check_chat(limit_key(request.state.client_ip), session_key)
-    service = chat_service(request)
-    budget: TokenBudget | None = request.app.state.budget
+    service = app_services.chat
+    budget = app_services.budget
     reservation = None
     if budget is not None and service.mode == "llm":
         # Refused here, before a stream: BudgetExhausted (503 budget_exhausted).
@@ -168,7 +171,7 @@ async def start_chat(request: Request) -> tuple[ChatService, Any, dict[str, str]
 
 async def chat_stream(request: Request) -> Response:
     service, started, limit_headers = await start_chat(request)
-    response = event_stream(service.new_answer_events(started))
+    response = event_stream(service.new_answer_events(started), services(request).connections)
     response.headers.update(limit_headers)
     return response
 
@@ -197,7 +200,7 @@ def last_event_id(request: Request) -> int:
     values: list[int] = []
     for raw in (request.headers.get("last-event-id"), request.query_params.get("lastEventId")):
         if raw:
-            value = whole_number(raw, 12)
+            value = whole_number(raw, LAST_EVENT_ID_DIGITS)
             if value is None:
                 raise BadRequest("Last-Event-ID must be a whole number.")
             values.append(value)
@@ -211,9 +214,9 @@ def session_param(request: Request) -> uuid.UUID:
 @contextlib.asynccontextmanager
 async def lookup(request: Request) -> AsyncIterator[None]:
     """A history, resume or cancel lookup: its own per-IP limit and its share of the pool."""
-    await request.app.state.limits.check_lookup(limit_key(request.state.client_ip))
-    bulkhead: Bulkhead = request.app.state.lookups
-    async with bulkhead.slot():
+    app_services = services(request)
+    await app_services.limits.check_lookup(limit_key(request.state.client_ip))
+    async with app_services.lookups.slot():
         yield
 
 
@@ -221,10 +224,15 @@ async def resume_stream(request: Request) -> Response:
     answer_id = parse_uuid(request.path_params["message_id"], "messageId")
     session_id = session_param(request)
     after = last_event_id(request)
+    app_services = services(request)
     async with lookup(request):
-        events = await chat_service(request).follow(answer_id, session_id, after)
-    request.app.state.metrics.resumes.inc()
-    return event_stream(events)
+        events = await app_services.chat.follow(answer_id, session_id, after)
+    if events is None:
+        # The client has the answer's end (an EventSource reconnecting after `done`): 204 is
+        # what stops an EventSource for good (WHATWG HTML, "server-sent events").
+        return Response(status_code=204, headers={"Cache-Control": "no-cache"})
+    app_services.metrics.resumes.inc()
+    return event_stream(events, app_services.connections)
 
 
 async def cancel_answer(request: Request) -> Response:
@@ -254,24 +262,42 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """503 without the database; 200 but "degraded" without Redis (limits count per instance).
+    """503 without the database; 200 but "degraded" while Redis is down or any of its uses
+    (rate limits, event log, token budget) still falls back to this instance's memory.
 
     About the database, not the pool: when every pooled connection is busy (answers at full
     load), a connection of its own asks the database instead of failing the instance.
     """
-    pool = request.app.state.pool
+    app_services = services(request)
     try:
         try:
-            async with pool.connection(timeout=READY_POOL_WAIT_S) as conn:
+            async with app_services.pool.connection(timeout=READY_POOL_WAIT_S) as conn:
                 await conn.execute("SELECT 1")
         except PoolTimeout:
             async with await psycopg.AsyncConnection.connect(
-                    request.app.state.settings.database_url,
-                    connect_timeout=READY_CONNECT_TIMEOUT_S, autocommit=True) as own:
+                    app_services.settings.database_url,
+                    connect_timeout=READY_CONNECT_TIMEOUT_S, autocommit=True,
+                    application_name=db.application_name(app_services.settings.database_url),
+            ) as own:
                 await own.execute("SELECT 1")
     except Exception:
         raise DatabaseUnavailable("The database is not reachable.") from None
-    redis_state = await request.app.state.limits.redis_health()
-    status = "degraded" if redis_state == "down" else "ready"
-    return JSONResponse({"status": status, "database": "up", "redis": redis_state,
-                         "mode": chat_service(request).mode})
+    body: dict[str, Any] = {"status": "ready", "database": "up", "redis": "off",
+                            "mode": app_services.chat.mode}
+    redis = app_services.redis
+    if redis is not None:
+        body["redis"] = await redis.ping()
+        body["redisUses"] = redis.uses()
+        if body["redis"] == "down" or "down" in body["redisUses"].values():
+            body["status"] = "degraded"
+    return JSONResponse(body)
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: the Prometheus text format; asks for a bearer token when METRICS_TOKEN is set."""
+    app_services = services(request)
+    expected = app_services.settings.metrics_token
+    if expected and not bearer_token_matches(request.headers.get("authorization"), expected):
+        raise Unauthorized()
+    body, content_type = app_services.metrics.exposition()
+    return Response(body, media_type=content_type)

@@ -10,6 +10,23 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+# -- domain errors: raised by the data layer, which knows nothing of HTTP ---------------------
+
+
+class NotFoundError(LookupError):
+    """A conversation or message does not exist, or belongs to another session."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what  # "conversation" or "message": what the shopper is told was not found
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached in acceptable time."""
+
+
+# -- HTTP errors -------------------------------------------------------------------------------
+
 
 class AppError(Exception):
     """An error with an HTTP status, a stable code and a message a shopper can read."""
@@ -119,6 +136,19 @@ async def app_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AppError)
     return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status,
                         headers=exc.headers)
+
+
+def as_http_error(exc: Exception) -> AppError:
+    """The one place where a domain error becomes an HTTP one."""
+    if isinstance(exc, NotFoundError):
+        return NotFound(f"This {exc.what} was not found.")
+    if isinstance(exc, StoreUnavailable):
+        return DatabaseUnavailable()
+    raise TypeError(f"not a domain error: {exc!r}")
+
+
+async def domain_error_handler(request: Request, exc: Exception) -> Response:
+    return await app_error_handler(request, as_http_error(exc))
 
 
 _HTTP_CODES = {

@@ -1,7 +1,11 @@
 """The live view of each answer: an append-only list of events, and subscribers that follow it.
 
-Event ids: `meta` is 0, tokens are 1, 2, 3... and the terminal `done` or `error` comes last. Only
-tokens put their id on the wire, so a browser's Last-Event-ID is always "the last token I have".
+Event ids: `meta` is 0, tokens are 1, 2, 3... and the terminal `done` or `error` comes last. Tokens
+put their id on the wire, so a browser's Last-Event-ID is "the last token I have"; so does the end
+of an answer, so that a browser which saw the end says so when its EventSource reconnects, and is
+told 204 (which stops it) instead of getting the end again every 3 s. An `error` that asks the
+client to follow the answer again (`interrupted` or `unavailable`, retryable) is not the end and
+has no id: the client resumes from its last token.
 Each event is encoded to its SSE frame once, when appended; every subscriber sends those bytes.
 
 This module is the in-process log (one instance); app/redis_eventlog.py shares it between
@@ -20,6 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 TERMINAL_KINDS = frozenset({"done", "error"})
+# Errors after which a client should follow the answer again, on this or another instance (the
+# widget does): the producer shut down, or this instance lost the shared log.
+FOLLOW_AGAIN_CODES = frozenset({"interrupted", "unavailable"})
+# The largest id a client may send back (Last-Event-ID has at most 12 digits). A finished answer
+# replayed from PostgreSQL, whose token ids are gone, ends with this id: past any id its client
+# can hold, so a reconnect after that end is told 204 and one from any token still replays.
+REPLAYED_END_ID = 10**12 - 1
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -54,9 +65,18 @@ def encode_event(seq: int, kind: str, payload: Any) -> Event:
 
 def event_from_data(seq: int, kind: str, data: str) -> Event:
     """An event whose JSON is already encoded (read back from a shared log)."""
-    id_line = f"id: {seq}\n" if kind == "token" else ""
+    id_line = f"id: {seq}\n" if kind == "token" or _ends_the_answer(kind, data) else ""
     frame = f"{id_line}event: {kind}\ndata: {data}\n\n".encode()
     return Event(seq, kind, data, frame)
+
+
+def _ends_the_answer(kind: str, data: str) -> bool:
+    if kind == "done":
+        return True
+    if kind != "error":
+        return False
+    payload = json.loads(data)
+    return not (payload.get("retryable") is True and payload.get("code") in FOLLOW_AGAIN_CODES)
 
 
 class SharedLogUnavailable(Exception):
@@ -71,7 +91,9 @@ CancelHandler = Callable[[str], None]
 
 
 class EventLog(Protocol):
-    async def open(self) -> None: ...
+    async def open(self, on_cancel_request: CancelHandler | None = None) -> None:
+        """Start; `on_cancel_request` is called on the producing instance when another instance
+        asks to cancel one of its answers."""
 
     async def claim(self, answer_id: str) -> None:
         """Announce that this instance will produce the answer (before its row is committed)."""
@@ -82,6 +104,11 @@ class EventLog(Protocol):
 
     def subscribe(self, answer_id: str, after: int) -> AsyncIterator[Event] | None:
         """Events with seq > after (meta always), then live ones; None if the log has no such answer."""
+
+    async def end_id(self, answer_id: str) -> int | None:
+        """The id of the answer's terminal event, if the log (this instance's or the shared one)
+        has it; None while the answer is live or when the log has no trace of it.
+        Raises SharedLogUnavailable."""
 
     async def resume(self, answer_id: str, after: int, *, meta: Event, streaming: bool,
                      on_producer_lost: ProducerLost) -> AsyncIterator[Event] | None:
@@ -99,8 +126,6 @@ class EventLog(Protocol):
     async def request_cancel(self, answer_id: str) -> bool:
         """Ask whichever instance produces the answer to cancel it; False if no instance could
         hear it. Raises SharedLogUnavailable."""
-
-    def on_cancel_request(self, handler: CancelHandler) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -121,8 +146,8 @@ class MemoryEventLog:
         self._finished: deque[tuple[float, str]] = deque()
         self._retention_s = retention_s
 
-    async def open(self) -> None:
-        pass
+    async def open(self, on_cancel_request: CancelHandler | None = None) -> None:
+        pass  # only this process can cancel its answers, directly
 
     async def claim(self, answer_id: str) -> None:
         pass  # one instance: nobody else needs to know
@@ -152,6 +177,15 @@ class MemoryEventLog:
         answer = self._answers.get(answer_id)
         return None if answer is None else answer.events
 
+    async def end_id(self, answer_id: str) -> int | None:
+        return self.logged_end_id(answer_id)
+
+    def logged_end_id(self, answer_id: str) -> int | None:
+        answer = self._answers.get(answer_id)
+        if answer is None or not answer.events or not answer.events[-1].is_terminal:
+            return None
+        return answer.events[-1].seq
+
     async def resume(self, answer_id: str, after: int, *, meta: Event, streaming: bool,
                      on_producer_lost: ProducerLost) -> AsyncIterator[Event] | None:
         return None  # no other instance to resume from
@@ -162,9 +196,6 @@ class MemoryEventLog:
 
     async def request_cancel(self, answer_id: str) -> bool:
         return False
-
-    def on_cancel_request(self, handler: CancelHandler) -> None:
-        pass  # only this process can cancel its answers, directly
 
     async def _follow(self, answer: _Answer, after: int) -> AsyncIterator[Event]:
         position = 0

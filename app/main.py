@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
@@ -24,15 +25,25 @@ from .bulkhead import Bulkhead, lookup_slots
 from .chat import ChatService, answer_caps
 from .clientip import parse_networks
 from .config import Settings
-from .errors import AppError, app_error_handler, http_error_handler, unexpected_error_handler
+from .errors import (
+    AppError,
+    NotFoundError,
+    StoreUnavailable,
+    app_error_handler,
+    domain_error_handler,
+    http_error_handler,
+    unexpected_error_handler,
+)
 from .eventlog import EventLog, MemoryEventLog
 from .knowledge import DEFAULT_KNOWLEDGE_DIR, KnowledgeError, sync_knowledge
 from .llm import LLM
-from .metrics import Metrics, metrics_endpoint
+from .metrics import Metrics
 from .middleware import OriginGuard, RequestLimit, SecurityHeaders
 from .ratelimit import RateLimits, Rule, parse_limit
-from .redis_connection import connect as redis_connect
+from .redis_connection import SharedRedis
 from .redis_eventlog import RedisEventLog
+from .services import Services
+from .sse import Connections
 from .store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
 
 log = logging.getLogger(__name__)
@@ -44,10 +55,23 @@ async def demo_page(request: Request) -> Response:
     return FileResponse(WEB_DIR / "index.html", media_type="text/html")
 
 
+async def favicon(request: Request) -> Response:
+    # One SVG for the demo page's <link rel=icon> and for /favicon.ico, which browsers ask for
+    # on their own; current browsers read an icon by its content type, not its name.
+    return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+
 async def widget_script(request: Request) -> Response:
     return FileResponse(WEB_DIR / "widget.js", media_type="text/javascript",
                         headers={"Cache-Control": "public, max-age=300"})
 
+
+# The pages and scripts every store page loads go out gzip-compressed when the client accepts it
+# (widget.js: about a third of its size). Only these routes: the SSE streams must never pass
+# through a compressor, which would hold tokens back until its buffer fills, and the API's JSON
+# is small. Level 6, gzip's own default: nearly level 9's size for a fraction of its CPU.
+STATIC_GZIP = [Middleware(GZipMiddleware, minimum_size=500, compresslevel=6)]
 
 routes = [
     Route("/chat/stream", endpoints.chat_stream, methods=["POST"]),
@@ -57,10 +81,12 @@ routes = [
     Route("/chat/history/{session_id}", endpoints.history, methods=["GET"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
     Route("/readyz", endpoints.readyz, methods=["GET"]),
-    Route("/metrics", metrics_endpoint, methods=["GET"]),
-    Route("/", demo_page, methods=["GET"]),
-    Route("/widget.js", widget_script, methods=["GET"]),
-    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+    Route("/metrics", endpoints.metrics, methods=["GET"]),
+    Route("/", demo_page, methods=["GET"], middleware=STATIC_GZIP),
+    Route("/widget.js", widget_script, methods=["GET"], middleware=STATIC_GZIP),
+    Route("/favicon.svg", favicon, methods=["GET"]),
+    Route("/favicon.ico", favicon, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"], middleware=STATIC_GZIP),
 ]
 
 
@@ -71,16 +97,17 @@ def build_llm(settings: Settings, http_client: Any = None) -> LLM:
                http_client=http_client)
 
 
-def build_event_log(settings: Settings) -> EventLog:
+def build_event_log(settings: Settings, redis: SharedRedis | None) -> EventLog:
     """Redis Streams when REDIS_URL is set (answers resumable on any instance), else memory."""
-    if not settings.redis_url:
+    if redis is None:
         return MemoryEventLog()
-    return RedisEventLog(settings.redis_url, key_prefix=settings.redis_prefix,
+    return RedisEventLog(redis, key_prefix=settings.redis_prefix,
                          stream_ttl_s=settings.stream_ttl_s, stream_maxlen=settings.stream_maxlen,
                          lease_s=settings.answer_lease_s)
 
 
-def build_rate_limits(settings: Settings) -> RateLimits:
+def build_rate_limits(settings: Settings, redis: SharedRedis | None,
+                      on_refusal: Callable[[str], None] | None = None) -> RateLimits:
     return RateLimits(
         enabled=settings.rate_limit_enabled,
         every_request=Rule("ip", parse_limit("RATE_LIMIT_IP", settings.rate_limit_ip), "sliding"),
@@ -93,22 +120,25 @@ def build_rate_limits(settings: Settings) -> RateLimits:
         ),
         session_rule=Rule("session", parse_limit("RATE_LIMIT_SESSION", settings.rate_limit_session),
                           "moving"),
-        redis_url=settings.redis_url,
+        redis=redis,
         redis_prefix=settings.redis_prefix,
+        on_refusal=on_refusal,
         lookup_rule=Rule("lookup_ip",
                          parse_limit("RATE_LIMIT_LOOKUP_IP", settings.rate_limit_lookup_ip),
                          "moving"),
     )
 
 
-def build_budget(settings: Settings) -> TokenBudget | None:
+def build_budget(settings: Settings, redis: SharedRedis | None,
+                 on_refusal: Callable[[str], None] | None = None) -> TokenBudget | None:
     """The daily token budget, or None without one (or with the limits turned off)."""
     if not settings.daily_token_budget or not settings.rate_limit_enabled:
         return None
-    return TokenBudget(settings.daily_token_budget, max_tokens=settings.max_tokens,
-                       redis=redis_connect(settings.redis_url) if settings.redis_url else None,
-                       key_prefix=settings.redis_prefix,
-                       fallback_share=settings.daily_token_budget_fallback_share)
+    budget = TokenBudget(settings.daily_token_budget, max_tokens=settings.max_tokens,
+                         redis=redis, key_prefix=settings.redis_prefix,
+                         fallback_share=settings.daily_token_budget_fallback_share)
+    budget.on_refusal = on_refusal
+    return budget
 
 
 def load_store(settings: Settings) -> tuple[StoreProfile, Path]:
@@ -130,7 +160,20 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     it serves.
     """
     profile, articles_dir = load_store(settings)
-    metrics = Metrics()
+    redis = SharedRedis(settings.redis_url) if settings.redis_url else None
+    metrics = Metrics(redis_fallback=redis.fallback_level if redis is not None else None)
+    # Counted where they are decided: the per-IP limit refuses in middleware, the others in
+    # the endpoint, and both go through here.
+    def count_refusal(name: str) -> None:
+        metrics.rate_limit_refusals.labels(limit=name).inc()
+
+    limits = build_rate_limits(settings, redis, on_refusal=count_refusal)
+    budget = build_budget(settings, redis, on_refusal=count_refusal)
+    services = Services(settings=settings, metrics=metrics, redis=redis, limits=limits,
+                        connections=Connections(),
+                        lookups=Bulkhead(lookup_slots(settings.db_pool_max,
+                                                      settings.db_pool_lookups)),
+                        budget=budget)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -145,40 +188,29 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         if llm is None:
             log.warning("no OPENAI_API_KEY or OPENAI_BASE_URL: knowledge-only mode, answers "
                         "come from the knowledge base")
-        limits = build_rate_limits(settings)
-        # Counted where they are decided: the per-IP limit refuses in middleware, the others in
-        # the endpoint, and both go through here.
-        limits.on_refusal = lambda name: metrics.rate_limit_refusals.labels(limit=name).inc()
-        metrics.redis_fallback.set_function(lambda: 1.0 if limits.redis_state == "down" else 0.0)
-        budget = build_budget(settings)
-        if budget is not None:
-            budget.on_refusal = limits.on_refusal
-        events = build_event_log(settings)
-        await events.open()
+        events = build_event_log(settings, redis)
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
                            profile=profile, metrics=metrics,
                            answer_cap=answer_caps(settings.max_tokens))
+        await events.open(on_cancel_request=chat.cancel_running)
         # An answer left 'streaming' that no instance produces had its producer die: with one
         # instance, with the previous process; with Redis, whichever instance let its lease go.
         interrupted = await chat.interrupt_orphans()
         if interrupted:
             log.warning("marked %d answers from a previous run as interrupted", interrupted)
-        app.state.settings = settings
-        app.state.pool = pool
-        app.state.chat = chat
-        app.state.limits = limits
-        app.state.budget = budget
-        app.state.lookups = Bulkhead(lookup_slots(settings.db_pool_max, settings.db_pool_lookups))
+        services.started(pool, chat)
         try:
             yield
         finally:
             await chat.shutdown(settings.shutdown_grace_s)
+            services.stopped()
             await events.aclose()
             if llm is not None:
                 await llm.aclose()
-            await limits.aclose()
             if budget is not None:
                 await budget.aclose()
+            if redis is not None:
+                await redis.aclose()
             metrics.watch_pool(None)
             await pool.close()
 
@@ -198,17 +230,20 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
                    expose_headers=["retry-after", "ratelimit-limit", "ratelimit-remaining",
                                    "ratelimit-reset", "ratelimit-policy"],
                    max_age=600),
-        Middleware(RequestLimit, trusted_proxies=parse_networks(settings.trusted_proxies)),
+        Middleware(RequestLimit, trusted_proxies=parse_networks(settings.trusted_proxies),
+                   limits=limits),
     ]
     app = Starlette(
         routes=routes,
         middleware=middleware,
         exception_handlers={
+            NotFoundError: domain_error_handler,
+            StoreUnavailable: domain_error_handler,
             AppError: app_error_handler,
             HTTPException: http_error_handler,
             Exception: unexpected_error_handler,
         },
         lifespan=lifespan,
     )
-    app.state.metrics = metrics
+    app.state.services = services  # the one entry on app.state: app/services.py reads it
     return app

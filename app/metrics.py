@@ -23,10 +23,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from starlette.requests import Request
-from starlette.responses import Response
-
-from .errors import Unauthorized
 
 # Seconds from the shopper's message to the first token: dominated by the LLM's own latency.
 TIME_TO_FIRST_TOKEN_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
@@ -63,7 +59,9 @@ PoolStats = Callable[[], Mapping[str, int]]
 class Metrics:
     """Every metric the app records, registered on one registry per app."""
 
-    def __init__(self, pool_stats: PoolStats | None = None) -> None:
+    def __init__(self, pool_stats: PoolStats | None = None, *,
+                 redis_fallback: Callable[[], float] | None = None) -> None:
+        """`redis_fallback` reads the `chat_redis_fallback` gauge at each scrape."""
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter(
@@ -127,9 +125,12 @@ class Metrics:
         )
         self.redis_fallback = Gauge(
             "chat_redis_fallback",
-            "1 while Redis is unreachable and this instance uses its in-memory fallback, else 0.",
+            "1 while Redis is unreachable and this instance uses its in-memory fallback (for the"
+            " rate limits or the event log), else 0.",
             registry=registry,
         )
+        if redis_fallback is not None:
+            self.redis_fallback.set_function(redis_fallback)
         self._pool_collector = PoolCollector(pool_stats)
         registry.register(self._pool_collector)
 
@@ -215,13 +216,3 @@ def bearer_token_matches(authorization: str | None, expected: str) -> bool:
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(token.strip().encode(), expected.encode())
-
-
-async def metrics_endpoint(request: Request) -> Response:
-    """GET /metrics: the Prometheus text format; asks for a bearer token when METRICS_TOKEN is set."""
-    expected: str = request.app.state.settings.metrics_token
-    if expected and not bearer_token_matches(request.headers.get("authorization"), expected):
-        raise Unauthorized()
-    metrics: Metrics = request.app.state.metrics
-    body, content_type = metrics.exposition()
-    return Response(body, media_type=content_type)

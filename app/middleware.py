@@ -2,7 +2,8 @@
 
 - SecurityHeaders: nosniff, a referrer policy and a strict CSP on every response.
 - OriginGuard: a browser on an origin outside ALLOWED_ORIGINS cannot call the chat API, even
-  with a request that needs no preflight.
+  with a request that needs no preflight. Each refused origin is logged as a warning, at most
+  once per REFUSED_ORIGIN_LOG_S, so the owner sees why the widget "couldn't reach support".
 - RequestLimit: works out the client's address once, and applies the per-IP limit that covers
   every endpoint except health checks.
 """
@@ -10,13 +11,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .clientip import Network, client_ip, is_trusted_peer, limit_key
 from .errors import AppError, error_body
+from .ratelimit import RateLimits
+
+log = logging.getLogger(__name__)
 
 # The demo page loads only our own script and talks only to us; styles are inline in the
 # widget's shadow root.
@@ -25,10 +31,10 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inl
             "base-uri 'none'; form-action 'self'")
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 # Not counted by the per-IP limit: health checks, and what every page view of the store loads
-# (the widget script, the demo page, the API description): shoppers behind one NAT browsing
+# (the widget script, the demo page and its icon, the API description): shoppers behind one NAT browsing
 # the store must not be refused the widget itself.
 UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/widget.js",
-                             "/openapi.json"})
+                             "/openapi.json", "/favicon.svg", "/favicon.ico"})
 
 
 class SecurityHeaders:
@@ -77,21 +83,51 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+# A page on a refused origin sends a request per question: one line per origin per few minutes.
+REFUSED_ORIGIN_LOG_S = 300.0
+# Origins remembered for that; any client can send any Origin, so the memory is bounded.
+REFUSED_ORIGINS_KEPT = 1000
+# An Origin header is the client's text: what goes into the log is cut to this.
+ORIGIN_LOG_CHARS = 200
+
+
 class OriginGuard:
     def __init__(self, app: ASGIApp, allowed_origins: Sequence[str],
-                 trusted_proxies: Sequence[Network] = ()) -> None:
+                 trusted_proxies: Sequence[Network] = (),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.app = app
         self.allowed = frozenset(origin.rstrip("/") for origin in allowed_origins)
         self.trusted_proxies = tuple(trusted_proxies)
+        self._clock = clock
+        # origin -> when it was last logged
+        self._logged: dict[str, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/chat/"):
             origin = _header(scope, b"origin")
-            if origin is not None and not self._allowed(origin, _header(scope, b"host"),
-                                                        request_scheme(scope, self.trusted_proxies)):
+            if origin is not None and not self._allowed(
+                    origin, _header(scope, b"host"), request_scheme(scope, self.trusted_proxies)):
+                self._log_refusal(origin)
                 await send_error(send, OriginNotAllowed())
                 return
         await self.app(scope, receive, send)
+
+    def _log_refusal(self, origin: str) -> None:
+        origin = origin[:ORIGIN_LOG_CHARS]
+        now = self._clock()
+        last = self._logged.get(origin)
+        if last is not None and now - last < REFUSED_ORIGIN_LOG_S:
+            return
+        if len(self._logged) >= REFUSED_ORIGINS_KEPT:
+            cutoff = now - REFUSED_ORIGIN_LOG_S
+            self._logged = {o: t for o, t in self._logged.items() if t >= cutoff}
+            if len(self._logged) >= REFUSED_ORIGINS_KEPT:
+                return  # a flood of made-up origins: what was logged already says enough
+        self._logged[origin] = now
+        allowed = ", ".join(sorted(self.allowed)) or "(empty)"
+        log.warning("refused a browser request from origin %r: it is not in ALLOWED_ORIGINS"
+                    " (%s); if the widget runs on that site, add the origin there", origin,
+                    allowed)
 
     def _allowed(self, origin: str, host: str | None, scheme: str) -> bool:
         if origin in self.allowed or "*" in self.allowed:
@@ -113,9 +149,11 @@ def request_scheme(scope: Scope, trusted_proxies: Sequence[Network]) -> str:
 
 
 class RequestLimit:
-    def __init__(self, app: ASGIApp, trusted_proxies: Sequence[Network]) -> None:
+    def __init__(self, app: ASGIApp, trusted_proxies: Sequence[Network],
+                 limits: RateLimits) -> None:
         self.app = app
         self.trusted_proxies = tuple(trusted_proxies)
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,9 +162,8 @@ class RequestLimit:
         address = client_ip(scope, self.trusted_proxies)
         scope.setdefault("state", {})["client_ip"] = address
         if scope["path"] not in UNLIMITED_PATHS and scope["method"] != "OPTIONS":
-            limits = scope["app"].state.limits
             try:
-                await limits.check_request(limit_key(address))
+                await self.limits.check_request(limit_key(address))
             except AppError as error:
                 await send_error(send, error)
                 return

@@ -18,10 +18,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .answer_events import PAYLOAD_SCHEMAS, UUID_SCHEMA
 from .endpoints import HISTORY_PAGE_MAX
+from .services import services
 
-UUID = {"type": "string", "format": "uuid",
-        "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
+UUID = UUID_SCHEMA
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -42,7 +43,12 @@ keeps proxies from closing an idle connection. Then, in order:
   usage), or `event: error` with `data:` an `ErrorEvent` (a code, a message for the shopper and
   whether asking again may work).
 
-Only tokens carry an `id:` line, so a browser's `Last-Event-ID` is always the last token it has.
+Tokens carry an `id:` line, so a browser's `Last-Event-ID` is the last token it has. The end
+carries one too, the id after the last token's (`done`, and an `error` that ends the answer), so
+an EventSource that reconnects after the end is answered 204 and stops. An `error` that asks the
+client to follow the answer again (`interrupted` or `unavailable` with `retryable: true`) has no
+`id:`: the client resumes from its last token. A finished answer replayed from the database
+(after its stream expired) sends its whole text as token 1 and its end with id 999999999999.
 Every `data:` is one line of JSON: text that looks like SSE framing cannot break the stream.
 Once the stream has started, every failure is an `error` event followed by a clean end.
 """
@@ -53,7 +59,11 @@ Once the stream has started, every failure is an `error` event followed by a cle
 EVENT_STREAM = {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}}
 
 
-def _event(kind: str, data_schema: str, *, numbered: bool = False) -> dict[str, Any]:
+EVENT_IDS: dict[str, bool | None] = {"meta": False, "token": True, "done": True, "error": None}
+
+
+def _event(kind: str, data_schema: str, *, numbered: bool | None = False) -> dict[str, Any]:
+    """`numbered`: True, the event has an `id:`; None, it may have one; False, it has none."""
     event: dict[str, Any] = {
         "type": "object",
         "required": ["event", "data"] + (["id"] if numbered else []),
@@ -63,8 +73,8 @@ def _event(kind: str, data_schema: str, *, numbered: bool = False) -> dict[str, 
                      "contentSchema": _ref("schemas", data_schema)},
         },
     }
-    if numbered:
-        event["properties"]["id"] = {"type": "string", "pattern": "^[1-9][0-9]*$"}
+    if numbered is not False:
+        event["properties"]["id"] = {"type": "string", "pattern": "^[1-9][0-9]{0,11}$"}
     return event
 
 
@@ -166,7 +176,9 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "description": "Refusals (bad input, too large, not JSON, rate limited,"
                                    " unavailable) are plain HTTP errors before any stream starts."
                                    " The answer belongs to the server: if the connection drops,"
-                                   " it still completes and is saved.",
+                                   " it still completes and is saved. Every POST starts a new"
+                                   " answer (a `Last-Event-ID` header is ignored): to pick an"
+                                   " answer up again, GET /chat/stream/{messageId}.",
                     "requestBody": {"required": True, "content": _json("ChatRequest")},
                     "responses": {
                         "200": {"description": STREAM_DESCRIPTION, "content": EVENT_STREAM},
@@ -191,17 +203,23 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 "get": {
                     "operationId": "resumeStream",
                     "summary": "Follow an answer again, from after the last token received.",
-                    "description": "A finished answer replays to its end; one still being written"
-                                   " is followed live. Another session's answer is a 404, exactly"
-                                   " like one that does not exist.",
+                    "description": "The events after the id the client sends (`Last-Event-ID`,"
+                                   " else `lastEventId`, else from the start). `meta` always comes"
+                                   " first; a finished answer replays to its end; one still being"
+                                   " written is followed live. An id at or past the last token"
+                                   " gets `meta` and the end. An id at or past the end's own id"
+                                   " (the client has seen the end: an EventSource reconnecting"
+                                   " after `done`) gets 204, which stops an EventSource."
+                                   " Another session's answer is a 404, exactly like one that"
+                                   " does not exist.",
                     "parameters": [
                         _message_path("The answer's id (`messageId` of the `meta` event)."),
                         _session_query("The session the answer belongs to."),
                         {"name": "Last-Event-ID", "in": "header", "required": False,
                          "schema": {"type": "string", "pattern": "^[0-9]{0,12}$"},
-                         "description": "The id of the last token received; the browser sends it"
-                                        " when an EventSource reconnects. Empty or absent: from"
-                                        " the start."},
+                         "description": "The id of the last event received (a token, or the"
+                                        " end); the browser sends it when an EventSource"
+                                        " reconnects. Empty or absent: from the start."},
                         {"name": "lastEventId", "in": "query", "required": False,
                          "schema": {"type": "string", "pattern": "^[0-9]{0,12}$"},
                          "description": "The same as Last-Event-ID, for clients that cannot set"
@@ -209,6 +227,9 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {"description": STREAM_DESCRIPTION, "content": EVENT_STREAM},
+                        "204": {"description": "The answer has ended and the client has its end"
+                                               " (its id is at or past the end's id): nothing to"
+                                               " send. An EventSource stops reconnecting."},
                         **chat_reads,
                     },
                 },
@@ -262,8 +283,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "operationId": "readyz",
                     "summary": "The service can answer: its database is reachable.",
                     "responses": {
-                        "200": {"description": "Ready; `degraded` when Redis is down (the limits"
-                                               " then count per instance).",
+                        "200": {"description": "Ready; `degraded` when Redis is down, or a use of"
+                                               " it (`redisUses`) still falls back to memory.",
                                 "content": _json("Ready")},
                         **_error_responses(503),
                     },
@@ -305,6 +326,16 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                                   **limited},
                 },
             },
+            **{path: {
+                "get": {
+                    "operationId": operation,
+                    "summary": "The demo page's icon (an SVG, whatever the name).",
+                    "responses": {"200": {"description": "An SVG image.",
+                                          "content": {"image/svg+xml": {
+                                              "schema": {"type": "string"}}}}},
+                },
+            } for path, operation in (("/favicon.svg", "favicon"),
+                                      ("/favicon.ico", "faviconIco"))},
             "/widget.js": {
                 "get": {
                     "operationId": "widgetScript",
@@ -331,7 +362,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 },
                 "HistoryMessage": {
                     "type": "object",
-                    "required": ["id", "sender", "text", "status", "createdAt"],
+                    "required": ["id", "sender", "text", "status", "createdAt", "sources",
+                                 "fallback"],
                     "additionalProperties": False,
                     "properties": {
                         "id": UUID,
@@ -339,7 +371,19 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         "text": {"type": "string"},
                         "status": _ref("schemas", "MessageStatus"),
                         "createdAt": {"type": "string", "format": "date-time"},
+                        "sources": _ref("schemas", "Sources"),
+                        "fallback": {"type": "boolean",
+                                     "description": "As in the `done` event; false for the"
+                                                    " shopper's messages."},
                     },
+                },
+                "Sources": {
+                    "type": "array",
+                    "description": "The knowledge articles the answer drew on, best first"
+                                   " (empty for the shopper's messages).",
+                    "items": {"type": "object", "required": ["title", "path"],
+                              "properties": {"title": {"type": "string"},
+                                             "path": {"type": "string"}}},
                 },
                 "HistoryPage": {
                     "type": "object",
@@ -374,6 +418,21 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                                    "database": {"const": "up"},
                                    "redis": {"enum": ["up", "down", "off"],
                                              "description": "`off` when REDIS_URL is unset."},
+                                   "redisUses": {
+                                       "type": "object",
+                                       "description": "With REDIS_URL set: each use of Redis as"
+                                                      " it last saw it; `down` while it counts or"
+                                                      " streams from this instance's memory.",
+                                       "required": ["rateLimits", "eventLog"],
+                                       "additionalProperties": False,
+                                       "properties": {
+                                           "rateLimits": {"enum": ["up", "down"]},
+                                           "eventLog": {"enum": ["up", "down"]},
+                                           "tokenBudget": {
+                                               "enum": ["up", "down"],
+                                               "description": "Only with DAILY_TOKEN_BUDGET:"
+                                                              " `down` while this instance"
+                                                              " spends its fallback share."}}},
                                    "mode": {"enum": ["llm", "knowledge-only"],
                                             "description": "`knowledge-only` without a model:"
                                                            " answers come from the articles."}},
@@ -398,72 +457,12 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 },
                 "StreamEvent": {
                     "description": "One event of an answer's stream.",
-                    "oneOf": [_event("meta", "MetaEvent"),
-                              _event("token", "TokenEvent", numbered=True),
-                              _event("done", "DoneEvent"),
-                              _event("error", "ErrorEvent")],
+                    # tokens and the end carry an `id:`; an error carries one when it ends the answer.
+                    "oneOf": [_event(kind, name, numbered=EVENT_IDS[kind])
+                              for name, (kind, _) in PAYLOAD_SCHEMAS.items()],
                 },
-                "MetaEvent": {
-                    "description": "`event: meta`, first on every stream (no `id:` line).",
-                    "type": "object",
-                    "required": ["sessionId", "messageId"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "sessionId": UUID,
-                        "messageId": {**UUID, "description": "The answer's id."},
-                        "userMessageId": {**UUID, "description": "The shopper's message (new"
-                                                                 " answers only, not on resume)."},
-                    },
-                },
-                "TokenEvent": {
-                    "description": "`event: token` with `id: n` (1, 2, 3, ... per answer).",
-                    "type": "object",
-                    "required": ["text"],
-                    "additionalProperties": False,
-                    "properties": {"text": {"type": "string"}},
-                },
-                "DoneEvent": {
-                    "description": "`event: done`: the answer ended and is saved.",
-                    "type": "object",
-                    "required": ["messageId", "text", "status", "usage", "sources", "fallback"],
-                    "properties": {
-                        "messageId": UUID,
-                        "text": {"type": "string", "description": "The whole answer."},
-                        "status": {"enum": ["complete", "cancelled"]},
-                        "usage": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "promptTokens": {"type": "integer", "minimum": 0},
-                                "completionTokens": {"type": "integer", "minimum": 0},
-                                "totalTokens": {"type": "integer", "minimum": 0},
-                            },
-                        },
-                        "sources": {
-                            "type": "array",
-                            "description": "The knowledge articles the answer drew on, best first.",
-                            "items": {"type": "object", "required": ["title", "path"],
-                                      "properties": {"title": {"type": "string"},
-                                                     "path": {"type": "string"}}},
-                        },
-                        "fallback": {"type": "boolean",
-                                     "description": "The model failed before its first token and"
-                                                    " the answer came from the knowledge base."},
-                    },
-                },
-                "ErrorEvent": {
-                    "description": "`event: error`: the answer could not be finished; the text"
-                                   " streamed so far is saved.",
-                    "type": "object",
-                    "required": ["code", "message", "retryable"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "code": {"type": "string", "pattern": "^[a-z][a-z_]*$"},
-                        "message": {"type": "string", "minLength": 1},
-                        "retryable": {"type": "boolean",
-                                      "description": "Asking again (or resuming) may work."},
-                    },
-                },
+                # Derived from the payloads' types (app/answer_events.py), so they cannot drift.
+                **{name: schema for name, (_, schema) in PAYLOAD_SCHEMAS.items()},
             },
             "responses": {
                 "BadRequest": _error_response(
@@ -503,4 +502,4 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
 
 
 async def openapi_json(request: Request) -> Response:
-    return JSONResponse(build_openapi(request.app.state.settings.max_message_chars))
+    return JSONResponse(build_openapi(services(request).settings.max_message_chars))

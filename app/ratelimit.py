@@ -2,14 +2,15 @@
 
 Counters live in Redis (through the `limits` library) when REDIS_URL is set, so every instance
 sees the same counts. Redis being down, slow or frozen never fails a request: every call is
-bounded by short socket timeouts, and while Redis is out each instance counts in its own memory
-(logged once per outage, shown in /readyz), probing Redis again every few seconds.
+bounded by short socket timeouts (app/redis_connection.py owns the client and the health state),
+and while Redis is out each instance counts in its own memory (logged once per outage, shown in
+/readyz), probing Redis again every few seconds.
 
 Strategies, per limit:
 - moving window for the small chat limits (per session, per IP per 15 minutes): exact, so the
   21st message is refused whatever the timing, and cheap at these sizes (one entry per hit);
 - sliding-window counter for the large or hot ones (per IP per day, per IP on every endpoint):
-  two counters per key whatever the limit, at the price of a small approximation at the edges;
+  two counters per key whatever the limit, at the price of a small approximation at the edges.
 
 The daily token budget is not a rate limit but a reservation: it lives in app/budget.py.
 """
@@ -23,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import redis.asyncio as redis_asyncio
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import (
@@ -33,19 +33,13 @@ from limits.aio.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 from limits.errors import StorageError
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from .errors import RateLimited
+from .redis_connection import SharedRedis
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# A Redis call slower than this is an outage, not a slow request.
-REDIS_TIMEOUT_S = 0.25
-# While Redis is out, one request every this often tries it again.
-REDIS_PROBE_EVERY_S = 2.0
 
 _STRATEGIES: dict[str, type[RateLimiter]] = {
     "moving": MovingWindowRateLimiter,
@@ -70,18 +64,12 @@ class Rule:
     strategy: str
 
 
-def redis_client(url: str) -> redis_asyncio.Redis:
-    """A Redis client whose every call is bounded: no retries, sub-second socket timeouts."""
-    return redis_asyncio.Redis.from_url(
-        url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0), health_check_interval=0)
-
-
 class RateLimits:
     """Checks the limits for one request; refusals raise RateLimited (429) with Retry-After."""
 
     def __init__(self, *, enabled: bool, every_request: Rule, chat_rules: tuple[Rule, ...],
-                 session_rule: Rule, redis_url: str, redis_prefix: str,
+                 session_rule: Rule, redis: SharedRedis | None, redis_prefix: str,
+                 on_refusal: Callable[[str], None] | None = None,
                  lookup_rule: Rule | None = None) -> None:
         self.enabled = enabled
         self.every_request = every_request
@@ -89,57 +77,32 @@ class RateLimits:
         self.session_rule = session_rule
         self.lookup_rule = lookup_rule
         self._memory = self._limiters(MemoryStorage())
-        self._redis_client: redis_asyncio.Redis | None = None
         self._redis: dict[str, RateLimiter] | None = None
-        if redis_url:
-            self._redis_client = redis_client(redis_url)
+        if redis is not None:
             # The storage talks through our pool (bounded timeouts, any URL redis-py takes,
             # unix sockets included); the URI only tells `limits` which client to use.
             storage = RedisStorage(
                 "async+redis://", implementation="redispy", wrap_exceptions=True,
                 key_prefix=f"{redis_prefix}:limits",
-                connection_pool=self._redis_client.connection_pool)  # type: ignore[arg-type]
+                connection_pool=redis.limits.connection_pool)  # type: ignore[arg-type]
             self._redis = self._limiters(storage)
-        self._redis_down = False
-        self._next_probe = 0.0
+            self._health = redis.rate_limits_health
         # Called with the limit's name on every refusal (the metrics count them).
-        self.on_refusal: Callable[[str], None] | None = None
+        self._on_refusal = on_refusal
 
     @staticmethod
     def _limiters(storage: Storage) -> dict[str, RateLimiter]:
         return {name: cls(storage) for name, cls in _STRATEGIES.items()}
 
-    @property
-    def redis_state(self) -> str:
-        if self._redis is None:
-            return "off"
-        return "down" if self._redis_down else "up"
-
-    async def redis_health(self) -> str:
-        """Ping Redis (bounded by the socket timeouts): 'up', 'down', or 'off' without Redis."""
-        if self._redis_client is None:
-            return "off"
-        try:
-            await self._redis_client.ping()
-        except (redis_asyncio.RedisError, OSError):
-            return "down"
-        return "up"
-
     async def _run(self, operation: Callable[[dict[str, RateLimiter]], Awaitable[T]]) -> T:
         """Run against Redis while it answers; against this instance's memory while it does not."""
-        if self._redis is not None and (not self._redis_down or time.monotonic() >= self._next_probe):
+        if self._redis is not None and self._health.probe_due():
             try:
                 result = await operation(self._redis)
             except StorageError as exc:
-                if not self._redis_down:
-                    log.warning("Redis is unreachable (%s): rate limits now count per instance",
-                                type(exc.storage_error).__name__)
-                self._redis_down = True
-                self._next_probe = time.monotonic() + REDIS_PROBE_EVERY_S
+                self._health.failed(exc.storage_error, "counting a rate limit")
             else:
-                if self._redis_down:
-                    log.warning("Redis is back: rate limits are shared again")
-                    self._redis_down = False
+                self._health.ok()
                 return result
         return await operation(self._memory)
 
@@ -191,13 +154,9 @@ class RateLimits:
                 "RateLimit-Reset": str(reset_in)}
 
     def _refuse(self, rule: Rule, reset_in: int) -> RateLimited:
-        if self.on_refusal is not None:
-            self.on_refusal(rule.name)
+        if self._on_refusal is not None:
+            self._on_refusal(rule.name)
         return _refusal(rule, reset_in)
-
-    async def aclose(self) -> None:
-        if self._redis_client is not None:
-            await self._redis_client.aclose()
 
 
 # What a shopper reads for each limit; the rule's name also goes out in RateLimit-Policy.

@@ -15,7 +15,9 @@ Where it differs from the in-process log (app/eventlog.py) it wraps:
 
 Keys, all under `{REDIS_PREFIX}:`:
     answer:{id}:events   the stream; expires STREAM_TTL_S after the answer ends (the same TTL,
-                         refreshed by the heartbeat, bounds a live one whose producer vanished)
+                         refreshed by every flush that writes to it and by the heartbeat,
+                         bounds a live one whose producer vanished, or one Redis lost and the
+                         next flush re-created)
     answer:{id}:lease    set while an instance produces the answer; expires ANSWER_LEASE_S after
                          that instance's last heartbeat
     answer:{id}:cancel   a cancel request, for a producer that missed the pub/sub message
@@ -43,6 +45,7 @@ from typing import Any
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from . import answer_events
 from .eventlog import (
     CancelHandler,
     Event,
@@ -52,7 +55,7 @@ from .eventlog import (
     encode_event,
     event_from_data,
 )
-from .redis_connection import COMMAND_TIMEOUT_S, RedisHealth, connect
+from .redis_connection import COMMAND_TIMEOUT_S, SharedRedis
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,6 @@ FLUSH_BATCH = 64
 CONFIRM_S = 2 * RETRY_S
 # Entries per XREAD: a subscriber that fell behind catches up in a few round trips.
 READ_COUNT = 500
-UNAVAILABLE_PAYLOAD = {"code": "unavailable", "retryable": True,
-                       "message": "The connection to this answer was lost. Please try again."}
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,8 @@ def xread_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
 class RedisEventLog:
     """Events per answer in memory on the producer, copied to a Redis stream for every instance."""
 
-    def __init__(self, redis_url: str, *, key_prefix: str, stream_ttl_s: int, stream_maxlen: int,
-                 lease_s: float, memory_retention_s: float = 600.0) -> None:
+    def __init__(self, redis: SharedRedis, *, key_prefix: str, stream_ttl_s: int,
+                 stream_maxlen: int, lease_s: float, memory_retention_s: float = 600.0) -> None:
         self._memory = MemoryEventLog(memory_retention_s)
         self._keys = Keys(key_prefix)
         self._ttl_s = stream_ttl_s
@@ -120,10 +121,10 @@ class RedisEventLog:
         # A subscriber checks the lease after this long without news; so a dead producer is
         # noticed at most lease + poll + CONFIRM_S after it died.
         self._poll_s = min(2.0, lease_s / 3)
-        self._redis = connect(redis_url)
+        self._redis = redis.commands
         # Blocking reads (XREAD BLOCK, pub/sub) wait up to poll_s by design.
-        self._blocking = connect(redis_url, read_timeout_s=self._poll_s + COMMAND_TIMEOUT_S)
-        self._health = RedisHealth()
+        self._blocking = redis.blocking(read_timeout_s=self._poll_s + COMMAND_TIMEOUT_S)
+        self._health = redis.event_log_health
         self._instance_id = uuid.uuid4().hex
         self._pending: list[tuple[str, Event]] = []
         self._wake = asyncio.Event()
@@ -137,7 +138,8 @@ class RedisEventLog:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, on_cancel_request: CancelHandler | None = None) -> None:
+        self._cancel_handler = on_cancel_request
         # Hard references: the loop keeps only weak ones to tasks.
         self._tasks = [
             asyncio.create_task(self._flush_forever(), name="eventlog-flush"),
@@ -157,9 +159,7 @@ class RedisEventLog:
                 await asyncio.wait_for(asyncio.shield(flusher[0]), timeout=2.0)
             flusher[0].cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._redis.aclose()
-        await self._blocking.aclose()
-        await self._memory.aclose()
+        await self._memory.aclose()  # the clients are SharedRedis's to close
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -194,8 +194,20 @@ class RedisEventLog:
     def subscribe(self, answer_id: str, after: int) -> AsyncIterator[Event] | None:
         return self._memory.subscribe(answer_id, after)
 
-    def on_cancel_request(self, handler: CancelHandler) -> None:
-        self._cancel_handler = handler
+    async def end_id(self, answer_id: str) -> int | None:
+        if self._memory.events_of(answer_id) is not None:
+            return self._memory.logged_end_id(answer_id)  # produced here: memory is ahead
+        try:
+            last: Any = await self._redis.xrevrange(self._keys.events(answer_id), "+", "-",
+                                                    count=1)
+        except REDIS_FAILURES as exc:
+            self._health.failed(exc, "reading an answer")
+            raise SharedLogUnavailable() from exc
+        self._health.ok()
+        if not last:
+            return None
+        tail = decode_entry(*last[0])
+        return tail.seq if tail.is_terminal else None
 
     async def _flush_forever(self) -> None:
         while True:
@@ -227,6 +239,7 @@ class RedisEventLog:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for answer_id, event in batch:
                     self._queue_write(pipe, answer_id, event)
+                self._queue_expiries(pipe, {answer_id for answer_id, _ in batch})
                 results = await pipe.execute(raise_on_error=False)
         except REDIS_FAILURES as exc:
             self._health.failed(exc, "copying answers")
@@ -241,12 +254,16 @@ class RedisEventLog:
             pipe.set(lease, self._instance_id, px=self._lease_ms)
         pipe.xadd(stream, {"k": event.kind, "d": event.data}, id=f"{event.seq}-1",
                   maxlen=self._maxlen, approximate=True)
-        if event.seq == 0 or event.is_terminal:
-            pipe.expire(stream, self._ttl_s)
         if event.is_terminal:
             # After the terminal entry: a stream with no lease and no terminal entry means the
             # producer died, never that it is between the two writes.
             pipe.delete(lease)
+
+    def _queue_expiries(self, pipe: Pipeline, answer_ids: set[str]) -> None:
+        """Each flush refreshes the expiry of every stream it wrote to, after its entries: a
+        stream Redis lost mid-answer is re-created by the next XADD, and must not live forever."""
+        for answer_id in answer_ids:
+            pipe.expire(self._keys.events(answer_id), self._ttl_s)
 
     def _log_refusals(self, results: list[Any]) -> None:
         for result in results:
@@ -275,6 +292,7 @@ class RedisEventLog:
                         pipe.set(self._keys.lease(answer_id), self._instance_id, px=self._lease_ms)
                     for event in events[top_seq + 1:]:
                         self._queue_write(pipe, answer_id, event)
+                self._queue_expiries(pipe, set(written))
                 results = await pipe.execute(raise_on_error=False)
         except REDIS_FAILURES as exc:
             self._health.failed(exc, "copying answers")
@@ -418,7 +436,7 @@ class RedisEventLog:
                     check_producer = not entries
             except REDIS_FAILURES as exc:
                 self._health.failed(exc, "following an answer")
-                yield encode_event(last_seq + 1, "error", UNAVAILABLE_PAYLOAD)
+                yield encode_event(last_seq + 1, *answer_events.unavailable())
                 return
             for entry_id, fields in entries:
                 cursor = entry_id

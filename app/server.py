@@ -27,6 +27,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .clientip import Network, is_trusted_address, limit_key, parse_networks
 from .config import Settings
+from .services import services_of
 
 
 @dataclass(frozen=True)
@@ -218,24 +219,16 @@ def server_config(app: Starlette, host: str, port: int, grace_s: float,
 class AppServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: Starlette, grace_s: float) -> None:
         super().__init__(config)
-        self._app = app
+        self._services = services_of(app)
+        # uvicorn keeps its open connections here; the app's responses abort a stalled one
+        # through the same registry (app/sse.py).
+        self.server_state = self._services.connections.server_state
         self._grace_s = grace_s
         self._drain: asyncio.Task[None] | None = None
-        # How a response cuts off a client that stopped reading (app/sse.py).
-        app.state.abort_connection = self.abort_connection
-
-    def abort_connection(self, client: tuple[str, int]) -> bool:
-        """Drop the connection from `client` at once, unsent bytes and all (close() would wait
-        to send them to a client that does not read)."""
-        for protocol in self.server_state.connections:
-            if getattr(protocol, "client", None) == client:
-                protocol.transport.abort()
-                return True
-        return False
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        chat = getattr(self._app.state, "chat", None)
-        if chat is not None:
+        running = self._services.running
+        if running is not None:
             # A hard reference: the loop keeps only weak ones to tasks.
-            self._drain = asyncio.create_task(chat.shutdown(self._grace_s))
+            self._drain = asyncio.create_task(running.chat.shutdown(self._grace_s))
         await super().shutdown(sockets)

@@ -2,8 +2,9 @@
 
 It sits between the app and a server (PostgreSQL, the model) on loopback, forwards bytes both
 ways, and on command: delays every chunk, blackholes (keeps connections open, forwards nothing,
-like a dead network path), resets every connection (RST, like a crashed peer or a firewall), or
-closes a connection after N bytes from the server (a cut in the middle of an answer).
+like a dead network path), resets every connection (RST, like a crashed peer or a firewall),
+closes a connection after N bytes from the server (a cut in the middle of an answer), or lets a
+request through and loses its reply (a server that acted, then froze or lost the path).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class FaultProxy:
         # The same, for the next connection only.
         self.cut_next_after_bytes: int | None = None
         self.accepted = 0
+        # See silence_replies_after: the client's requests, in order, that arm the silence.
+        self._silence_markers: tuple[bytes, ...] = ()
+        self.silenced = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._sockets: set[asyncio.StreamWriter] = set()
@@ -63,6 +67,13 @@ class FaultProxy:
         self.blackholed = True
         self._flowing.clear()
 
+    def silence_replies_after(self, *markers: bytes) -> None:
+        """On the next connection whose client sends each of `markers` in turn (in separate
+        requests), forward the request with the last marker to the server, then nothing more the
+        server says: the server acts on it, and its reply is lost. Once, on one connection."""
+        self._silence_markers = markers
+        self.silenced.clear()
+
     def heal(self) -> None:
         self.blackholed = False
         self.delay_s = 0.0
@@ -86,10 +97,15 @@ class FaultProxy:
             _abort_with_rst(client_writer)
             return
         self._sockets.update((client_writer, server_writer))
-        upstream = asyncio.create_task(self._pipe(client_reader, server_writer, limit=None))
+        # Per connection: how many silence markers its client has sent, and whether its
+        # replies are being dropped.
+        progress = {"markers": 0, "muted": False}
+        upstream = asyncio.create_task(self._pipe(client_reader, server_writer, limit=None,
+                                                  watch=progress))
         limit, self.cut_next_after_bytes = (
             self.cut_next_after_bytes or self.close_after_bytes, None)
-        downstream = asyncio.create_task(self._pipe(server_reader, client_writer, limit=limit))
+        downstream = asyncio.create_task(self._pipe(server_reader, client_writer, limit=limit,
+                                                    muted=progress))
         self._pipes.update((upstream, downstream))
         try:
             await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
@@ -102,14 +118,31 @@ class FaultProxy:
                 self._sockets.discard(writer)
                 writer.close()
 
+    def _watch(self, chunk: bytes, progress: dict[str, int | bool]) -> None:
+        """Count the silence markers a client sends; mute its replies after the last one."""
+        markers = self._silence_markers
+        step = int(progress["markers"])
+        if not markers or progress["muted"] or step >= len(markers) or markers[step] not in chunk:
+            return
+        progress["markers"] = step + 1
+        if step + 1 == len(markers):
+            progress["muted"] = True
+            self._silence_markers = ()  # once
+            self.silenced.set()
+
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    limit: int | None) -> None:
+                    limit: int | None, watch: dict[str, int | bool] | None = None,
+                    muted: dict[str, int | bool] | None = None) -> None:
         sent = 0
         with contextlib.suppress(ConnectionError, OSError):
             while True:
                 chunk = await reader.read(65536)
                 if not chunk:
                     return
+                if watch is not None:
+                    self._watch(chunk, watch)
+                if muted is not None and muted["muted"]:
+                    continue  # the reply is lost on the way
                 await self._flowing.wait()
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,7 +16,8 @@ import redis.asyncio as redis_asyncio
 
 from app.budget import TokenBudget, budget_day
 from app.errors import BudgetExhausted
-from app.redis_connection import connect
+from app.redis_connection import SharedRedis
+from app.services import services_of
 from tests.conftest import FakeUpstream, Reply, RunningApp, read_events
 from tests.tcp_proxy import TcpProxy
 
@@ -28,7 +30,7 @@ USAGE = {"prompt_tokens": 500, "completion_tokens": 15_000, "total_tokens": 15_5
 
 
 def budget_key(app: RunningApp) -> str:
-    return f"{app.app.state.settings.redis_prefix}:budget:{budget_day()}"
+    return f"{services_of(app.app).settings.redis_prefix}:budget:{budget_day()}"
 
 
 async def counter(redis_url: str, key: str) -> int:
@@ -177,8 +179,9 @@ def closed_port() -> int:
 
 async def test_an_instance_that_starts_without_redis_spends_only_its_share() -> None:
     """Not a fresh full budget per outage or restart: a small share of it."""
-    budget = TokenBudget(10_000, max_tokens=0, redis=connect(f"redis://127.0.0.1:{closed_port()}/0"),
-                         key_prefix="unused", fallback_share=0.1)
+    redis = SharedRedis(f"redis://127.0.0.1:{closed_port()}/0")
+    budget = TokenBudget(10_000, max_tokens=0, redis=redis, key_prefix="unused",
+                         fallback_share=0.1)
     try:
         spent = [await budget.reserve(300) for _ in range(3)]
         try:
@@ -191,8 +194,34 @@ async def test_an_instance_that_starts_without_redis_spends_only_its_share() -> 
         await spent[0].settle(100)
         await budget.reserve(300)
         assert budget.outage_spent[budget_day()] == 1000 == budget.fallback_share
+        # /readyz and the fallback gauge see the budget's use of Redis.
+        assert redis.uses()["tokenBudget"] == "down"
+        assert redis.fallback_level() == 1.0
     finally:
         await budget.aclose()
+        await redis.aclose()
+
+
+async def test_a_key_part_names_a_counter_of_its_own(redis_url: str) -> None:
+    """A budget of its own (a site's, say) counts apart from the deployment's."""
+    redis = SharedRedis(redis_url)
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    budget = TokenBudget(1000, max_tokens=0, redis=redis, key_prefix=prefix, fallback_share=0.1)
+    try:
+        await budget.reserve(1000)
+        await budget.reserve(1000, key_part="site-a")
+        try:
+            await budget.reserve(1, key_part="site-a")
+        except BudgetExhausted:
+            pass
+        else:
+            raise AssertionError("a counter went past its budget")
+        assert await counter(redis_url, f"{prefix}:budget:{budget_day()}") == 1000
+        assert await counter(redis_url, f"{prefix}:budget:site-a:{budget_day()}") == 1000
+        assert redis.uses()["tokenBudget"] == "up"
+    finally:
+        await budget.aclose()
+        await redis.aclose()
 
 
 async def test_an_outage_keeps_spend_within_the_share_and_is_reconciled_after(
@@ -202,7 +231,8 @@ async def test_an_outage_keeps_spend_within_the_share_and_is_reconciled_after(
     upstream.default = Reply(usage=usage)
     app: RunningApp = await start_app(redis_url=proxy.redis_url(), daily_token_budget=100_000,
                                       daily_token_budget_fallback_share=0.05, max_tokens=1000)
-    budget: TokenBudget = app.app.state.budget
+    budget = services_of(app.app).budget
+    assert budget is not None
     key = budget_key(app)
     try:
         async with app.client() as http:

@@ -12,6 +12,7 @@ import pytest
 
 from app import db
 from app.chat import ChatService
+from app.services import services_of
 from tests.conftest import FakeUpstream, RunningApp, parse_sse
 
 POOL = {"db_pool_max": 4, "db_pool_lookups": 2, "rate_limit_ip": "100000/minute",
@@ -59,7 +60,7 @@ async def test_a_hundred_lookups_at_once_leave_the_answers_their_connections(
         answer = await http.post("/chat/stream", json={"message": "Do you ship abroad?"})
         assert answer.status_code == 200
         assert parse_sse(answer.text)[-1].event == "done"
-        stats = app.app.state.pool.get_stats()
+        stats = services_of(app.app).pool.get_stats()
         assert stats.get("requests_waiting", 0) == 0
         assert stats.get("requests_errors", 0) == 0  # no pool timeout for anyone
 
@@ -74,7 +75,7 @@ async def test_a_hundred_lookups_at_once_leave_the_answers_their_connections(
 async def test_readyz_is_about_the_database_not_a_busy_pool(
         start_app: Any, upstream: FakeUpstream) -> None:
     app: RunningApp = await start_app(db_pool_max=2)
-    pool = app.app.state.pool
+    pool = services_of(app.app).pool
     held = [await pool.getconn() for _ in range(2)]  # every connection busy (answers at load)
     try:
         async with app.client() as http:

@@ -67,3 +67,20 @@ def test_a_failing_migration_leaves_nothing_half_applied(empty_database: str,
     assert recorded(empty_database) == ["0001_good.sql"]
     with psycopg.connect(empty_database) as conn:
         assert conn.execute("SELECT to_regclass('half')").fetchone() == (None,)
+
+
+@pytest.mark.parametrize("named", [None, "chat-replica-2"], ids=["default", "from-the-url"])
+async def test_the_pool_names_its_connections_for_pg_stat_activity(
+        database_url: str, named: str | None) -> None:
+    url = database_url if named is None else make_conninfo(database_url, application_name=named)
+    pool = db.create_pool(url, 2)
+    await pool.open(wait=True, timeout=30)
+    try:
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+            row = await cur.fetchone()
+    finally:
+        await pool.close()
+    assert row == (named or db.APPLICATION_NAME,)
+    assert db.APPLICATION_NAME == "support-chat"

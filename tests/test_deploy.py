@@ -114,3 +114,39 @@ def test_compose_and_env_example_name_only_real_settings() -> None:
     example = (ROOT / "app/deploy/.env.example").read_text()
     named = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", example, re.MULTILINE))
     assert "OPENAI_API_KEY" in named and named <= set(VARIABLES)
+
+
+def docker_ignored(path: str) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context (its patterns: plain paths,
+    globs and `**/` prefixes; a directory's pattern covers what is inside it)."""
+    import fnmatch
+
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    for pattern in patterns:
+        if pattern.startswith("**/"):
+            if any(fnmatch.fnmatch(part, pattern[3:]) for part in parts):
+                return True
+        elif any(fnmatch.fnmatch(prefix, pattern) for prefix in prefixes):
+            return True
+    return False
+
+
+def test_the_build_context_leaves_out_local_state_but_not_what_the_image_copies() -> None:
+    for local in (".venv/bin/python", ".data/postgres/PG_VERSION", "test-artifacts/page.png",
+                  "app/__pycache__/main.cpython-311.pyc", ".pytest_cache/v", ".mypy_cache/x",
+                  ".ruff_cache/x", ".hypothesis/examples", ".schemathesis/x", ".env", ".git/HEAD"):
+        assert docker_ignored(local), local
+    copied = re.findall(r"^COPY (\S+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert {"pyproject.toml", "app", "sql", "web"} <= set(copied)
+    for path in [*copied, "app/main.py", "sql/0001_create_conversations.sql", "web/widget.js"]:
+        assert not docker_ignored(path), path
+
+
+def test_git_ignores_the_test_tools_caches() -> None:
+    paths = [".schemathesis/x", ".hypothesis/examples/x", ".data/x", "test-artifacts/x"]
+    result = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    assert result.stdout.split() == paths

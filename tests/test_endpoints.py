@@ -34,7 +34,8 @@ async def test_stream_sends_meta_then_numbered_tokens_then_done(client: httpx.As
     events = parse_sse(response.text)
     assert [e.event for e in events] == ["meta"] + ["token"] * 7 + ["done"]
     assert [e.id for e in events if e.event == "token"] == [str(n) for n in range(1, 8)]
-    assert events[0].id is None and events[-1].id is None
+    # The end has the id after the last token's, so a reconnect after it is told 204.
+    assert events[0].id is None and events[-1].id == "8"
     meta, done = events[0].data, events[-1].data
     assert set(meta) == {"sessionId", "messageId", "userMessageId"}
     assert "".join(e.data["text"] for e in events[1:-1]) == "Hello! How can I help?"
@@ -128,7 +129,8 @@ async def test_history_pages_oldest_first_within_a_page(client: httpx.AsyncClien
         ("user", "m2")][:0] or [(m["sender"], m["text"]) for m in page["messages"]]
     texts = [m["text"] for m in page["messages"]]
     assert texts == ["m1", "Hello! How can I help?", "m2", "Hello! How can I help?"]
-    assert set(page["messages"][0]) == {"id", "sender", "text", "status", "createdAt"}
+    assert set(page["messages"][0]) == {"id", "sender", "text", "status", "createdAt", "sources",
+                                        "fallback"}
     older = (await client.get(f"/chat/history/{session_id}",
                               params={"limit": 4, "before": page["messages"][0]["id"]})).json()
     assert [m["text"] for m in older["messages"]] == ["m0", "Hello! How can I help?"]
@@ -222,14 +224,22 @@ async def test_resume_with_last_event_id_gets_exactly_the_rest(
     assert rest[-1].event == "done" and rest[-1].data["text"] == "".join(tokens)
 
 
-async def test_resume_after_the_end_replays_from_any_id(client: httpx.AsyncClient) -> None:
+async def test_resume_after_the_end_replays_from_any_token_and_is_204_past_the_end(
+        client: httpx.AsyncClient) -> None:
     events = await stream_chat(client, {"message": "hi"})
-    meta = events[0].data
+    meta, end_id = events[0].data, events[-1].id
+    assert end_id == "8"  # 7 tokens
     url = f"/chat/stream/{meta['messageId']}?sessionId={meta['sessionId']}"
     replay = parse_sse((await client.get(url + "&lastEventId=5")).text)
     assert [e.event for e in replay] == ["meta", "token", "token", "done"]
-    past_end = parse_sse((await client.get(url, headers={"Last-Event-ID": "99"})).text)
-    assert [e.event for e in past_end] == ["meta", "done"]
+    whole = parse_sse((await client.get(url)).text)
+    assert [(e.event, e.id) for e in whole] == [(e.event, e.id) for e in events]
+    at_last_token = parse_sse((await client.get(url, headers={"Last-Event-ID": "7"})).text)
+    assert [(e.event, e.id) for e in at_last_token] == [("meta", None), ("done", end_id)]
+    for seen_the_end in (end_id, "99"):
+        for response in (await client.get(url, headers={"Last-Event-ID": seen_the_end}),
+                         await client.get(f"{url}&lastEventId={seen_the_end}")):
+            assert (response.status_code, response.content) == (204, b""), seen_the_end
 
 
 async def test_another_sessions_answer_is_404_like_an_unknown_one(
@@ -359,16 +369,28 @@ async def test_a_cancel_that_arrives_while_the_answer_is_saved_loses_nothing(
         client: httpx.AsyncClient, upstream: FakeUpstream, query: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from app.chat import ChatService
+    from app.messages import MessageStore
 
     saving = asyncio.Event()
-    original_save = ChatService._save_answer
+    looked_up = asyncio.Event()
+    original_save = MessageStore.save_answer
+    original_find = ChatService.find_answer
 
-    async def slow_save(self: ChatService, *args: Any, **kwargs: Any) -> bool:
+    async def find_answer(self: ChatService, *args: Any, **kwargs: Any) -> Any:
+        record = await original_find(self, *args, **kwargs)
+        # Only the cancel looks the answer up here; from this point it waits for the answer's
+        # task without yielding to anything else first.
+        looked_up.set()
+        return record
+
+    async def slow_save(self: MessageStore, *args: Any, **kwargs: Any) -> bool:
         saving.set()
-        await asyncio.sleep(0.5)  # a slow database, so the cancel lands mid-save
+        # A slow database: the save goes on only once the cancel has reached the service.
+        await asyncio.wait_for(looked_up.wait(), 10)
         return await original_save(self, *args, **kwargs)
 
-    monkeypatch.setattr(ChatService, "_save_answer", slow_save)
+    monkeypatch.setattr(MessageStore, "save_answer", slow_save)
+    monkeypatch.setattr(ChatService, "find_answer", find_answer)
     upstream.queue(Reply(tokens=["All ", "of ", "it"]))
     events = []
     async with client.stream("POST", "/chat/stream", json={"message": "hi"}) as response:

@@ -27,8 +27,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from app import chat as chat_module
-from app import db, endpoints
+from app import answer_run, db, endpoints
+from app import messages as messages_module
+from app.services import services_of
 from tests.conftest import FakeUpstream, Reply, RunningApp, SSEEvent, chunk_line, read_events
 from tests.faultproxy import FaultProxy
 from tests.own_postgres import OwnPostgres
@@ -162,7 +163,7 @@ async def ask_once(app: RunningApp, text: str = "anyone there?") -> Outcome:
 
 async def wait_until_idle(app: RunningApp, within_s: float = 60) -> None:
     """Every answer finished (and saved, or given up on) by the app."""
-    chat = app.app.state.chat
+    chat = services_of(app.app).chat
     deadline = time.monotonic() + within_s
     while chat.running_count:
         assert time.monotonic() < deadline, f"{chat.running_count} answers still running"
@@ -318,7 +319,7 @@ async def test_reset_connections_to_postgres_cost_no_request(
     app: RunningApp = await start_app(database_url=through(postgres_proxy, own_postgres.url),
                                       rate_limit_enabled=False)
     await ask_many(app, 5)
-    pool_before = app.app.state.pool.get_stats()
+    pool_before = services_of(app.app).pool.get_stats()
     postgres_proxy.reset_all()  # every pooled connection is now dead, and nobody knows yet
     after = await ask_many(app, 10)
     # The checkout check finds the dead connections and the pool makes new ones.
@@ -363,6 +364,36 @@ async def test_a_blackholed_path_to_postgres_gives_bounded_503s_then_recovers(
     figure("postgres blackholed: refusals", f"{len(during)}, all 503, slowest "
            f"{max(o.took for o in during):.2f}s; answering again "
            f"{max(o.finished for o in after) - healed_at:.2f}s after it healed")
+
+
+async def test_a_question_whose_commit_reply_is_lost_leaves_no_answer_streaming(
+        start_app: Any, upstream: FakeUpstream, own_postgres: OwnPostgres,
+        postgres_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a freeze (SIGSTOP) that lands mid-COMMIT does: the server commits the question and
+    # its 'streaming' answer row, the reply never comes, the request answers 503 and no task
+    # produces that answer. Its row must still end, not stay 'streaming' until a restart.
+    monkeypatch.setattr(db, "HOLD_DEADLINE_S", 1.0)  # give up on the lost reply sooner
+    app: RunningApp = await start_app(database_url=through(postgres_proxy, own_postgres.url),
+                                      rate_limit_enabled=False)
+    await ask_many(app, 1)
+    question = f"lost commit reply {uuid.uuid4().hex[:12]}"
+    postgres_proxy.silence_replies_after(b"INSERT INTO messages", b"COMMIT")
+    outcome = await ask_once(app, question)
+    assert postgres_proxy.silenced.is_set()
+    assert outcome.status == 503
+
+    def answer_status() -> list[tuple[str]]:
+        return [(status,) for (status,) in own_query(
+            own_postgres.url, "SELECT a.status FROM messages q JOIN messages a"
+            " ON a.conversation_id = q.conversation_id AND a.sender = 'ai'"
+            " WHERE q.text = %s", question)]
+
+    # The server did commit (else this test proves nothing)...
+    assert answer_status() != []
+    # ...and the app settles the answer nobody produces, once the server says that commit is over.
+    await wait_until_idle(app)
+    assert answer_status() == [("interrupted",)]
+    assert (await ask_once(app)).status == 200
 
 
 # -- a real upstream over TCP, through the fault proxy -----------------------------------------
@@ -514,7 +545,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_answer_still_saved
     monkeypatch.setattr(endpoints, "SEND_TIMEOUT_S", 1.0)
     tokens = [f"{n:04d}" + "x" * 32_000 for n in range(300)]  # ~10 MB: more than any buffer
     # Past the server's own cap on an answer's length (tests/test_hostile_input.py).
-    monkeypatch.setattr(chat_module, "ANSWER_MIN_CHARS", 20_000_000)
+    monkeypatch.setattr(answer_run, "ANSWER_MIN_CHARS", 20_000_000)
     upstream.queue(Reply(tokens=tokens, delay=0.01))
     app: RunningApp = await start_app(rate_limit_enabled=False)
     connections = app.server.server_state.connections
@@ -537,7 +568,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_answer_still_saved
             assert time.monotonic() - started < 30, "the stalled stream was never cut off"
             await asyncio.sleep(0.05)
         cut_after = time.monotonic() - started
-        chat = app.app.state.chat
+        chat = services_of(app.app).chat
         still_answering = chat.running_count > 0
         await wait_until_idle(app)
     finally:
@@ -573,21 +604,25 @@ async def open_and_drop(app: RunningApp, number: int) -> bool:
         writer.transport.abort()  # gone: no goodbye
 
 
-async def test_500_streams_opened_and_dropped_leave_nothing_behind(start_app: Any,
-                                                                   query: Any) -> None:
+async def test_500_streams_opened_and_dropped_leave_nothing_behind(
+        start_app: Any, query: Any, database_url: str) -> None:
     streams = 500
+    # This app's connections only: not those of apps started by earlier tests (which may still
+    # be exiting), nor the test's own.
+    app_name = f"chat-test-{uuid.uuid4().hex[:12]}"
     async with ChunkedFakeOpenAI([f"t{n} " for n in range(10)], delay=0.02) as model:
         # All 500 from one address: past the server's connections per address.
-        app: RunningApp = await start_app(openai_base_url=f"http://127.0.0.1:{model.port}/v1",
-                                          rate_limit_enabled=False, llm_timeout_s=10.0,
-                                          server_max_connections_per_ip=streams + 100)
+        app: RunningApp = await start_app(
+            database_url=make_conninfo(database_url, application_name=app_name),
+            openai_base_url=f"http://127.0.0.1:{model.port}/v1", rate_limit_enabled=False,
+            llm_timeout_s=10.0, server_max_connections_per_ip=streams + 100)
         await open_and_drop(app, -1)
         await wait_until_idle(app)
-        pool = app.app.state.pool
+        pool = services_of(app.app).pool
 
         def database_connections() -> int:
-            return int(query("SELECT count(*) FROM pg_stat_activity"
-                             " WHERE datname = current_database() AND pid <> pg_backend_pid()")[0][0])
+            return int(query("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                             app_name)[0][0])
 
         def app_tasks() -> list[str]:
             """Tasks of the app and the test, not of the fake model's server (counted apart)."""
@@ -604,11 +639,15 @@ async def test_500_streams_opened_and_dropped_leave_nothing_behind(start_app: An
         answered = time.monotonic()
 
         deadline = time.monotonic() + 10
+        # Back to baseline: tasks, client connections, and no server connection of this app's
+        # beyond its pool (a connection the pool dropped ends on the server a moment later).
         while (len(app_tasks()) > baseline_tasks
-               or len(app.server.server_state.connections) > baseline_connections):
+               or len(app.server.server_state.connections) > baseline_connections
+               or database_connections() > pool.get_stats()["pool_size"]):
             assert time.monotonic() < deadline, (
                 f"tasks {app_tasks()} vs {baseline_tasks}, connections "
-                f"{len(app.server.server_state.connections)} vs {baseline_connections}")
+                f"{len(app.server.server_state.connections)} vs {baseline_connections}, "
+                f"database connections {database_connections()} vs {pool.get_stats()}")
             await asyncio.sleep(0.05)
         final_tasks = len(app_tasks())
         stats = pool.get_stats()
@@ -623,7 +662,7 @@ async def test_500_streams_opened_and_dropped_leave_nothing_behind(start_app: An
     assert saved == [("complete", streams)]
     # Nothing checked out or waited for, no connection beyond the pool, no answer upstream.
     assert stats.get("requests_waiting", 0) == 0
-    assert stats["pool_available"] == stats["pool_size"] <= app.app.state.settings.db_pool_max
+    assert stats["pool_available"] == stats["pool_size"] <= services_of(app.app).settings.db_pool_max
     assert leftover_db <= stats["pool_size"]
     # The model's client keeps at most its keep-alive limit of idle connections, none busy.
     assert upstream_busy == 0
@@ -639,7 +678,7 @@ async def test_an_answer_that_cannot_be_saved_is_not_announced_as_saved(
         own_postgres: OwnPostgres, start_app: Any, upstream: FakeUpstream,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # One attempt instead of five (about 30 s of retries): the database stays down past it.
-    monkeypatch.setattr(chat_module, "_SAVE_ATTEMPTS", 1)
+    monkeypatch.setattr(messages_module, "SAVE_ATTEMPTS", 1)
     upstream.queue(Reply(tokens=[f"w{n} " for n in range(8)], delay=0.1))
     app: RunningApp = await start_app(database_url=own_postgres.url, rate_limit_enabled=False)
     events: list[SSEEvent] = []

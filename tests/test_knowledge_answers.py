@@ -105,6 +105,25 @@ async def test_a_model_failing_before_its_first_token_falls_back_to_the_knowledg
     assert model == "gpt-4o-mini"
 
 
+async def test_history_carries_sources_and_fallback_like_done(
+        client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    """A reload shows the same "From: …" notes as the live answer: history holds them too."""
+    grounded = await stream_chat(client, {"message": "can i send back a kurta i dont like?"})
+    session_id = grounded[0].data["sessionId"]
+    upstream.default = Reply(status=503)
+    fell_back = await stream_chat(client, {"message": "when do i get my money back",
+                                           "sessionId": session_id})
+    page = (await client.get(f"/chat/history/{session_id}")).json()
+    seen = [(m["sender"], m["sources"], m["fallback"]) for m in page["messages"]]
+    assert seen == [
+        ("user", [], False),
+        ("ai", grounded[-1].data["sources"], False),
+        ("user", [], False),
+        ("ai", fell_back[-1].data["sources"], True),
+    ]
+    assert grounded[-1].data["sources"][0] == RETURNS
+
+
 async def test_the_json_endpoint_falls_back_too(client: httpx.AsyncClient,
                                                 upstream: FakeUpstream) -> None:
     upstream.default = Reply(status=503)

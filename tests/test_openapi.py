@@ -9,6 +9,7 @@ body must be the canonical {"error": {"code", "message"}}.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import threading
@@ -99,9 +100,13 @@ async def test_stream_events_match_their_documented_schemas(
                                params={"sessionId": meta["sessionId"]})
     upstream.queue(Reply(status=401))  # not retryable, so no fallback: an error event
     failed = await client.post("/chat/stream", json={"message": "hi"})
+    stream_event = validator("StreamEvent")
     seen = set()
     for event in events + parse_sse(resumed.text) + parse_sse(failed.text):
         by_event[event.event].validate(event.data)
+        # The frame itself, as OpenAPI reads it: which events carry an `id:` line.
+        frame = {"event": event.event, "data": json.dumps(event.data)}
+        stream_event.validate(frame if event.id is None else {**frame, "id": event.id})
         seen.add(event.event)
     assert seen == {"meta", "token", "done", "error"}
 

@@ -10,6 +10,7 @@ sees and forwards in X-Forwarded-For.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tests.proxy import running_nginx
 from tests.scripted_model import ScriptedModel
 
 CHAT_LIMIT_PER_IP = 3
+WEB = Path(__file__).resolve().parent.parent / "web"
 
 
 @dataclass
@@ -77,8 +79,10 @@ async def test_tokens_arrive_through_the_proxy_as_they_are_made(stack: Stack) ->
     stack.model.reset(gated=True)
     async with stack.client("127.0.0.2") as http, http.stream(
             "POST", "/chat/stream", json={"message": "Can I return shoes?"},
-            headers={"X-Request-ID": "proxy-req-1"}) as response:
+            headers={"X-Request-ID": "proxy-req-1",
+                     "Accept-Encoding": "gzip, deflate"}) as response:
         assert response.status_code == 200
+        assert "content-encoding" not in response.headers  # an event stream is never gzipped
         assert response.headers["x-request-id"] == "proxy-req-1"
         events = read_events(response)
         assert (await next_event(events)).event == "meta"
@@ -112,6 +116,23 @@ async def test_the_page_served_through_the_proxy_may_use_the_chat(stack: Stack) 
         metrics = await http.get("/metrics")
     assert response.status_code == 200, response.text
     assert metrics.status_code == 404
+
+
+@pytest.mark.parametrize("path, source", [("/widget.js", "widget.js"), ("/", "index.html")])
+async def test_nginx_gzips_the_widget_and_the_page(stack: Stack, path: str, source: str) -> None:
+    original = (WEB / source).read_bytes()
+    async with stack.client("127.0.0.6") as http, http.stream(
+            "GET", path, headers={"Accept-Encoding": "gzip"}) as response:
+        sent = b"".join([chunk async for chunk in response.aiter_raw()])
+    assert response.status_code == 200
+    assert response.headers["content-encoding"] == "gzip"
+    assert "accept-encoding" in response.headers["vary"].lower()
+    # nginx compressed it itself: it weakens the ETag of what it compresses (the app does not).
+    assert response.headers["etag"].startswith("W/")
+    assert gzip.decompress(sent) == original
+    async with stack.client("127.0.0.6") as http:
+        plain = await http.get(path, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == original
 
 
 async def test_nginx_makes_a_request_id_when_the_client_sends_none(stack: Stack) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from app.redis_connection import LIMITS_PROBE_EVERY_S
+from app.services import services_of
 from tests.conftest import FakeUpstream, RunningApp
 from tests.fake_openai import FakeOpenAI
 
@@ -241,9 +243,17 @@ async def test_redis_stopped_mid_test_falls_back_to_memory_and_comes_back(
         ready = await http.get("/readyz")
         assert ready.status_code == 200
         assert ready.json() == {"status": "degraded", "database": "up", "redis": "down",
+                                "redisUses": {"rateLimits": "down", "eventLog": "down"},
                                 "mode": "llm"}
         own_redis.start()  # empty: the shared counts start again
-        await asyncio.sleep(2.1)  # the next probe of Redis
+        # Until the limiter tries Redis again (LIMITS_PROBE_EVERY_S after it failed), requests
+        # still count in memory; the next one after that finds Redis back.
+        shared_redis = services_of(app.app).redis
+        assert shared_redis is not None
+        deadline = time.monotonic() + LIMITS_PROBE_EVERY_S + 10
+        while not shared_redis.rate_limits_health.probe_due():
+            assert time.monotonic() < deadline, "the limiter never tried Redis again"
+            await asyncio.sleep(0.05)
         back = [(await chat(http, session_id)).status_code for _ in range(4)]
         assert (await http.get("/readyz")).json()["redis"] == "up"
     # While Redis was out, this instance counted in memory: its own 3 per session still hold.

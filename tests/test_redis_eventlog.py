@@ -12,7 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.eventlog import Event, encode_event
-from app.redis_eventlog import RedisEventLog
+from app.redis_connection import SharedRedis
+from app.redis_eventlog import CONFIRM_S, RedisEventLog
 from tests.tcp_proxy import TcpProxy
 
 Factory = Callable[..., Any]
@@ -20,18 +21,21 @@ Factory = Callable[..., Any]
 
 @pytest.fixture
 async def make_log(redis_prefix: str) -> AsyncIterator[Factory]:
-    logs: list[RedisEventLog] = []
+    logs: list[tuple[RedisEventLog, SharedRedis]] = []
 
-    async def make(url: str, lease_s: float = 3.0) -> RedisEventLog:
-        log = RedisEventLog(url, key_prefix=redis_prefix, stream_ttl_s=60, stream_maxlen=1000,
+    async def make(url: str, lease_s: float = 3.0,
+                   on_cancel_request: Callable[[str], None] | None = None) -> RedisEventLog:
+        redis = SharedRedis(url)
+        log = RedisEventLog(redis, key_prefix=redis_prefix, stream_ttl_s=60, stream_maxlen=1000,
                             lease_s=lease_s)
-        await log.open()
-        logs.append(log)
+        await log.open(on_cancel_request)
+        logs.append((log, redis))
         return log
 
     yield make
-    for log in logs:
+    for log, redis in logs:
         await log.aclose()
+        await redis.aclose()
 
 
 @pytest.fixture
@@ -70,6 +74,11 @@ def produce(log: RedisEventLog, answer_id: str, tokens: list[str], *, end: bool 
         log.append(answer_id, "done", {"text": "".join(tokens), "status": "complete"})
 
 
+async def copied(client: aioredis.Redis, prefix: str, answer_id: str, entries: int) -> None:
+    """Wait until the producer's background flush has copied `entries` events to Redis."""
+    await wait_until(lambda: _xlen_is(client, f"{prefix}:answer:{answer_id}:events", entries))
+
+
 async def collect(events: AsyncIterator[Event] | None) -> list[Event]:
     assert events is not None
     return [event async for event in events]
@@ -101,15 +110,15 @@ async def _has_end(client: aioredis.Redis, stream: str) -> bool:
 
 
 async def test_a_live_answer_is_followed_on_another_instance_until_its_end(
-        make_log: Factory, redis_url: str) -> None:
+        make_log: Factory, redis_url: str, redis_prefix: str, raw_redis: aioredis.Redis) -> None:
     producer, other = await make_log(redis_url), await make_log(redis_url)
     produce(producer, "a2", ["a", "b"], end=False)
-    await asyncio.sleep(0.05)
+    await copied(raw_redis, redis_prefix, "a2", 3)
     events = await follow(other, "a2", 1, never_lost)
     assert events is not None
     seen = [await anext(events), await anext(events)]
+    # The follower has read all there was: what comes now reaches it live.
     for token in ["c", "d"]:
-        await asyncio.sleep(0.05)
         producer.append("a2", "token", {"text": token})
     producer.append("a2", "done", {"text": "abcd", "status": "complete"})
     seen += [event async for event in events]
@@ -142,11 +151,11 @@ async def _xlen_is(client: aioredis.Redis, stream: str, length: int) -> bool:
 
 
 async def test_a_lease_that_stops_being_refreshed_is_noticed_by_a_waiting_subscriber(
-        make_log: Factory, redis_url: str) -> None:
+        make_log: Factory, redis_url: str, redis_prefix: str, raw_redis: aioredis.Redis) -> None:
     producer, other = await make_log(redis_url, lease_s=1.0), await make_log(redis_url,
                                                                            lease_s=1.0)
     produce(producer, "a4", ["x"], end=False)
-    await asyncio.sleep(0.05)
+    await copied(raw_redis, redis_prefix, "a4", 2)
     events = await follow(other, "a4", 0, lambda text, seq: _interrupted(seq))
     assert events is not None
     assert (await anext(events)).kind == "meta"
@@ -155,6 +164,20 @@ async def test_a_lease_that_stops_being_refreshed_is_noticed_by_a_waiting_subscr
     async with asyncio.timeout(10):
         end = await anext(events)
     assert end.kind == "error"
+
+
+async def test_a_stream_redis_lost_mid_answer_gets_its_expiry_back_from_the_next_flush(
+        make_log: Factory, redis_url: str, redis_prefix: str, raw_redis: aioredis.Redis) -> None:
+    # A lease this long means no heartbeat during the test: only the flush can set the expiry.
+    producer = await make_log(redis_url, lease_s=300.0)
+    produce(producer, "a8", ["before "], end=False)
+    stream = f"{redis_prefix}:answer:a8:events"
+    await wait_until(lambda: _xlen_is(raw_redis, stream, 2))
+    await raw_redis.delete(stream)  # Redis lost the key (a restart without its data, an eviction)
+    producer.append("a8", "token", {"text": "after"})
+    await wait_until(lambda: raw_redis.exists(stream))
+    # Still mid-answer: without the flush's EXPIRE the re-created stream would never expire.
+    assert 0 < await raw_redis.ttl(stream) <= 60
 
 
 async def _interrupted(seq: int) -> Event:
@@ -172,9 +195,18 @@ async def test_after_an_outage_the_copy_is_completed_from_memory_without_duplica
     await wait_until(lambda: _xlen_is(raw_redis, stream, 2))
     caplog.set_level(logging.WARNING, logger="app.redis_connection")
     await proxy.stop()
+
+    def unreachable() -> list[logging.LogRecord]:
+        return [r for r in caplog.records
+                if r.name == "app.redis_connection" and "unreachable" in r.getMessage()]
+
+    async def outage_noticed() -> bool:
+        return bool(unreachable())
+
     for n in range(20):
         producer.append("a5", "token", {"text": f"t{n} "})
-        await asyncio.sleep(0.01)
+        if n == 0:  # the rest are written while the producer knows Redis is gone
+            await wait_until(outage_noticed)
     producer.append("a5", "done", {"text": "", "status": "complete"})
     # The producer's own subscribers never noticed: memory has every event.
     local = await collect(producer.subscribe("a5", 0))
@@ -183,16 +215,13 @@ async def test_after_an_outage_the_copy_is_completed_from_memory_without_duplica
     await wait_until(lambda: _has_end(raw_redis, stream))
     remote = await collect(await follow(other, "a5", 0, never_lost))
     assert [e.frame for e in remote] == [e.frame for e in local]
-    unreachable = [r for r in caplog.records
-                   if r.name == "app.redis_connection" and "unreachable" in r.getMessage()]
-    assert len(unreachable) == 1
+    assert len(unreachable()) == 1
     assert any("reachable again" in r.getMessage() for r in caplog.records)
     await proxy.stop()
 
 
 async def test_a_cancel_request_reaches_the_producing_instance(
-        make_log: Factory, redis_url: str) -> None:
-    producer, other = await make_log(redis_url), await make_log(redis_url)
+        make_log: Factory, redis_url: str, raw_redis: aioredis.Redis) -> None:
     cancelled: list[str] = []
     heard = asyncio.Event()
 
@@ -200,10 +229,19 @@ async def test_a_cancel_request_reaches_the_producing_instance(
         cancelled.append(answer_id)
         heard.set()
 
-    producer.on_cancel_request(on_cancel)
-    await asyncio.sleep(0.1)  # the listener subscribes
+    producer = await make_log(redis_url, on_cancel_request=on_cancel)
+    other = await make_log(redis_url)
+
+    async def listening() -> bool:
+        channel = producer._keys.cancel_channel
+        return bool(dict(await raw_redis.pubsub_numsub(channel)).get(channel))
+
+    async def leased() -> bool:
+        return bool(await raw_redis.exists(producer._keys.lease("a6")))
+
+    await wait_until(listening)  # the producer's listener has subscribed
     produce(producer, "a6", ["x"], end=False)
-    await asyncio.sleep(0.05)
+    await wait_until(leased)
     assert await other.request_cancel("a6") is True
     async with asyncio.timeout(5):
         await heard.wait()
@@ -212,11 +250,11 @@ async def test_a_cancel_request_reaches_the_producing_instance(
 
 
 async def test_only_answers_without_a_lease_count_as_producerless(
-        make_log: Factory, redis_url: str) -> None:
+        make_log: Factory, redis_url: str, redis_prefix: str, raw_redis: aioredis.Redis) -> None:
     producer, other = await make_log(redis_url), await make_log(redis_url)
     await producer.claim("live")
     produce(producer, "dead", ["partial ", "text"], end=False)
-    await asyncio.sleep(0.05)
+    await copied(raw_redis, redis_prefix, "dead", 3)
     producer._live.discard("dead")
     await producer._redis.delete(producer._keys.lease("dead"))
     assert await other.producerless(["live", "dead", "never-streamed"]) == {
@@ -239,21 +277,24 @@ async def test_a_streaming_answer_with_no_trace_in_redis_ends_as_producer_lost(
 
 
 async def test_a_lease_that_comes_back_at_once_is_not_a_dead_producer(
-        make_log: Factory, redis_url: str, raw_redis: aioredis.Redis) -> None:
+        make_log: Factory, redis_url: str, redis_prefix: str, raw_redis: aioredis.Redis) -> None:
     # Redis restarted without its data: the producer puts its lease back within a second.
     producer, other = await make_log(redis_url), await make_log(redis_url)
     produce(producer, "a7", ["x"], end=False)
-    await asyncio.sleep(0.05)
+    await copied(raw_redis, redis_prefix, "a7", 2)
+    producer._live.discard("a7")  # its heartbeat would put the lease back by itself
     lease = producer._keys.lease("a7")
     await raw_redis.delete(lease)
     events = await follow(other, "a7", 1, never_lost)
     assert events is not None
     assert (await anext(events)).kind == "meta"
-    await asyncio.sleep(0.3)
-    await raw_redis.set(lease, "back", px=3000)
-    # Past the confirmation: the subscriber saw the lease again and kept waiting.
+    # The subscriber finds no lease at once, and looks again CONFIRM_S later; the lease is
+    # back before that (this is the fault's length, not a wait for something to happen).
     next_event = asyncio.ensure_future(anext(events))
-    finished, _ = await asyncio.wait({next_event}, timeout=2.5)
+    await asyncio.sleep(CONFIRM_S / 2)
+    await raw_redis.set(lease, "back", px=30_000)
+    # Past the confirmation: the subscriber saw the lease again and kept waiting.
+    finished, _ = await asyncio.wait({next_event}, timeout=CONFIRM_S + 1.5)
     assert not finished
     producer.append("a7", "done", {"text": "x", "status": "complete"})
     async with asyncio.timeout(10):

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from app.eventlog import REPLAYED_END_ID
 from tests.conftest import FakeUpstream, Reply, RunningApp, SSEEvent, parse_sse, read_events
 from tests.tcp_proxy import TcpProxy
 
@@ -93,11 +94,13 @@ async def test_a_finished_answer_replays_from_any_id_on_another_instance(
         (e.event, e.id, e.data) for e in original[1:]]
     from_five = parse_sse((await resume(b, meta, last_event_id=5)).text)
     assert [(e.event, e.id) for e in from_five] == [
-        ("meta", None), ("token", "6"), ("token", "7"), ("done", None)]
-    for past_the_end in (7, 99):
-        replay = parse_sse((await resume(b, meta, last_event_id=past_the_end)).text)
-        assert [e.event for e in replay] == ["meta", "done"]
-        assert replay[-1].data == original[-1].data
+        ("meta", None), ("token", "6"), ("token", "7"), ("done", "8")]
+    at_the_last_token = parse_sse((await resume(b, meta, last_event_id=7)).text)
+    assert [e.event for e in at_the_last_token] == ["meta", "done"]
+    assert at_the_last_token[-1].data == original[-1].data
+    for past_the_end in (8, 99):  # the client has the end: nothing more, and EventSource stops
+        response = await resume(b, meta, last_event_id=past_the_end)
+        assert (response.status_code, response.content) == (204, b"")
 
 
 async def test_an_expired_stream_is_served_from_postgresql(
@@ -118,11 +121,16 @@ async def test_an_expired_stream_is_served_from_postgresql(
     await wait_for(copied)
     await wait_for(expired)
     replay = parse_sse((await resume(b, meta)).text)
-    assert [(e.event, e.id) for e in replay] == [("meta", None), ("token", "1"), ("done", None)]
+    # The token ids are gone with the stream: the end gets an id past any a client can hold.
+    assert [(e.event, e.id) for e in replay] == [
+        ("meta", None), ("token", "1"), ("done", str(REPLAYED_END_ID))]
     assert replay[1].data["text"] == original[-1].data["text"]
     assert replay[-1].data == original[-1].data
-    after_some = parse_sse((await resume(b, meta, last_event_id=3)).text)
-    assert [e.event for e in after_some] == ["meta", "done"]
+    for seen in (3, 8):  # a token's id, or the live end's: the end again, with the replay's id
+        after_some = parse_sse((await resume(b, meta, last_event_id=seen)).text)
+        assert [e.event for e in after_some] == ["meta", "done"]
+    response = await resume(b, meta, last_event_id=REPLAYED_END_ID)
+    assert response.status_code == 204
 
 
 async def test_another_sessions_answer_is_404_on_every_instance(

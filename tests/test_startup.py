@@ -26,9 +26,20 @@ def waiting_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
             if record.getMessage().startswith("waiting for the database")]
 
 
+async def open_database_socket(
+        conninfo: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to the server of `conninfo`: TCP, or the Unix socket of a host that is
+    a directory (the embedded PostgreSQL of a run without DATABASE_URL listens only there)."""
+    params = conninfo_to_dict(conninfo)
+    host, port = params.get("host") or "localhost", params.get("port") or "5432"
+    if host.startswith("/"):
+        return await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+    return await asyncio.open_connection(host, int(port))
+
+
 @contextlib.asynccontextmanager
-async def tcp_forwarder(listen_port: int, target_port: int) -> AsyncIterator[None]:
-    """The database 'comes up' on `listen_port`: a plain TCP relay to the real server."""
+async def tcp_forwarder(listen_port: int, target_conninfo: str) -> AsyncIterator[None]:
+    """The database 'comes up' on `listen_port`: a plain relay to the real server."""
     relays: list[asyncio.Task[None]] = []
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -42,7 +53,7 @@ async def tcp_forwarder(listen_port: int, target_port: int) -> AsyncIterator[Non
 
     async def relay(client_reader: asyncio.StreamReader,
                     client_writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        server_reader, server_writer = await open_database_socket(target_conninfo)
         await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
 
     def start_relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -60,8 +71,8 @@ async def tcp_forwarder(listen_port: int, target_port: int) -> AsyncIterator[Non
 
 async def test_waits_for_a_database_that_comes_up(
         database_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    real_port = int(conninfo_to_dict(database_url).get("port") or 5432)
-    assert conninfo_to_dict(database_url).get("host") in ("127.0.0.1", "localhost")
+    # The real server may be on TCP (DATABASE_URL) or a Unix socket (the embedded one): the
+    # service is pointed at a loopback port either way, where the relay brings it up later.
     port = free_port()
     late_url = make_conninfo(database_url, host="127.0.0.1", port=str(port))
 
@@ -73,7 +84,7 @@ async def test_waits_for_a_database_that_comes_up(
                 break
             await asyncio.sleep(0.05)
         assert not waiting.done()
-        async with tcp_forwarder(port, real_port):
+        async with tcp_forwarder(port, database_url):
             await asyncio.wait_for(waiting, 30)
 
     first = waiting_lines(caplog)[0]
@@ -104,3 +115,35 @@ def test_the_service_gives_up_after_the_startup_timeout_and_exits_non_zero() -> 
     assert len(waits) >= 2
     assert f"127.0.0.1:{dead_port}/chat" in waits[0] and "pw" not in result.stderr
     assert "cannot reach the database" in result.stderr
+
+
+def run_without_a_database(cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m app migrate` as a newcomer runs it: no DATABASE_URL, the embedded PostgreSQL
+    in `cwd`/.data, and no XDG_RUNTIME_DIR (as under sudo, cron or in a container)."""
+    env = {"PATH": "/usr/bin:/bin", "LOG_FORMAT": "text", "LOG_LEVEL": "INFO",
+           "HOME": str(cwd)}
+    return subprocess.run([sys.executable, "-m", "app", "migrate"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_embedded_postgres_starts_without_its_setup_chatter(tmp_path: Path) -> None:
+    result = run_without_a_database(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "applied" in result.stdout
+    lines = result.stderr.splitlines()
+    # The app's own lines only: initdb's output and every command embedded-postgres runs were
+    # logged at INFO, and platformdirs warned about XDG_RUNTIME_DIR.
+    assert any("using the embedded PostgreSQL" in line for line in lines), result.stderr
+    assert not [line for line in lines if "embedded_postgres" in line], result.stderr
+    assert "XDG_RUNTIME_DIR" not in result.stderr
+    assert "initdb" not in result.stderr and "Success." not in result.stderr
+    assert len(lines) <= 10, result.stderr
+
+
+def test_an_embedded_postgres_that_cannot_start_still_says_why(tmp_path: Path) -> None:
+    (tmp_path / ".data").mkdir()
+    (tmp_path / ".data" / "postgres").write_text("not a data directory")
+    result = run_without_a_database(tmp_path)
+    assert result.returncode != 0
+    assert "ERROR" in result.stderr and "Failed postgres command" in result.stderr
+    assert "Not a directory" in result.stderr  # initdb's own reason

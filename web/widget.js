@@ -11,19 +11,20 @@ const script = document.currentScript || document.querySelector('script[src*="wi
 const HISTORY_PAGE = 30;
 const RESUME_ATTEMPTS = 8;
 const STOP_GRACE_MS = 4000;
+const PHONE = matchMedia("(max-width:480px)"); // the panel fills the screen (see STYLES)
 
 const STYLES = `
 :host{all:initial;display:block;position:fixed;bottom:20px;right:20px;z-index:2147483000;
 --sc-accent:#2f5d50;--sc-on-accent:#fff;--sc-bg:#fff;--sc-fg:#1d2327;--sc-muted:#5f6b72;
---sc-ai:#f1f3f4;--sc-line:#dde2e5;--sc-shadow:0 12px 40px rgba(0,0,0,.18);
+--sc-ai:#f1f3f4;--sc-line:#dde2e5;--sc-shadow:0 12px 40px rgba(0,0,0,.18);--sc-ring:var(--sc-accent);
 font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--sc-fg)}
 :host([position=left]){right:auto;left:20px}
 @media (prefers-color-scheme:dark){:host{--sc-bg:#1e2226;--sc-fg:#e8eaed;--sc-muted:#a4adb3;
---sc-ai:#2c3238;--sc-line:#3a4147;--sc-shadow:0 12px 40px rgba(0,0,0,.55)}}
+--sc-ai:#2c3238;--sc-line:#3a4147;--sc-shadow:0 12px 40px rgba(0,0,0,.55);--sc-ring:#8fd3bf}}
 *{box-sizing:border-box}
 [hidden]{display:none!important}
 button{font:inherit;cursor:pointer}
-:focus-visible{outline:3px solid var(--sc-accent);outline-offset:2px}
+:focus-visible{outline:3px solid var(--sc-ring);outline-offset:2px}
 .launcher{position:relative;width:60px;height:60px;border:0;border-radius:50%;background:var(--sc-accent);
 color:var(--sc-on-accent);box-shadow:var(--sc-shadow);display:grid;place-items:center}
 .launcher:focus-visible{outline-color:var(--sc-fg)}
@@ -34,7 +35,7 @@ background:#d93025;color:#fff;font-size:13px;font-weight:700;line-height:22px}
 flex-direction:column;background:var(--sc-bg);color:var(--sc-fg);border:1px solid var(--sc-line);
 border-radius:16px;box-shadow:var(--sc-shadow);overflow:hidden}
 :host([position=left]) .panel{right:auto;left:0}
-header{display:flex;align-items:center;gap:6px;padding:12px 10px 12px 16px;background:var(--sc-accent);
+.head{display:flex;align-items:center;gap:6px;padding:12px 10px 12px 16px;background:var(--sc-accent);
 color:var(--sc-on-accent)}
 h2{flex:1;margin:0;font-size:17px;font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .icon{width:36px;height:36px;border:0;border-radius:8px;background:none;color:inherit;display:grid;place-items:center}
@@ -42,7 +43,7 @@ h2{flex:1;margin:0;font-size:17px;font-weight:600;overflow:hidden;text-overflow:
 .icon:focus-visible{outline-color:var(--sc-on-accent);outline-offset:-3px}
 .icon svg{width:20px;height:20px}
 .notice{margin:8px 12px 0;padding:8px 12px;border-radius:8px;background:#fdecea;color:#8a1c12;font-size:14px}
-.log{flex:1;overflow-y:auto;padding:12px;display:flex;flex-direction:column;gap:8px;overscroll-behavior:contain}
+.log{flex:1;overflow-y:auto;overflow-anchor:none;padding:12px;display:flex;flex-direction:column;gap:8px;overscroll-behavior:contain}
 .log:focus-visible{outline-offset:-3px}
 .older{align-self:center;color:var(--sc-muted);font-size:13px}
 .greeting,.msg{max-width:85%;margin:0;padding:9px 13px;border-radius:16px;overflow-wrap:anywhere}
@@ -53,6 +54,8 @@ border-bottom-right-radius:4px;white-space:pre-wrap}
 .body ul,.body ol{margin:0 0 .5em;padding-left:1.3em}
 .body code{font:13px ui-monospace,Menlo,Consolas,monospace;background:rgba(127,127,127,.18);padding:1px 4px;border-radius:4px}
 .body a{color:inherit}
+.body a,.host,.note,bdi{unicode-bidi:isolate}
+.host{color:var(--sc-muted);font-size:13px}
 .note{margin-top:4px;font-size:12.5px;color:var(--sc-muted)}
 .typing{padding:0 16px 6px;color:var(--sc-muted);font-size:13px}
 .typing span{animation:sc-blink 1.2s infinite}
@@ -78,10 +81,10 @@ const TEMPLATE = `<style>${STYLES}</style>
 <button class="launcher" type="button" data-chat-launcher aria-expanded="false" aria-controls="panel"
  aria-label="Open chat">${svg('<path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z"/>', 'fill="currentColor"')}<span class="badge" data-chat-unread hidden></span></button>
 <section class="panel" id="panel" role="dialog" aria-labelledby="title" hidden>
- <header><h2 id="title"></h2>
+ <div class="head"><h2 id="title"></h2>
   <button class="icon" type="button" data-chat-new aria-label="Start a new conversation" title="New conversation">${svg('<path d="M3 12a9 9 0 1 0 3-6.7L3 8M3 3v5h5"/>', STROKE)}</button>
   <button class="icon" type="button" data-chat-close aria-label="Close chat" title="Close">${svg('<path d="M6 6l12 12M18 6L6 18"/>', STROKE)}</button>
- </header>
+ </div>
  <div class="notice" role="alert" data-chat-error hidden></div>
  <div class="log" role="log" aria-live="polite" aria-label="Conversation" tabindex="0">
   <div class="older" hidden>Loading earlier messages…</div><p class="greeting"></p>
@@ -142,28 +145,58 @@ const NUMBERED = /^\s*\d+[.)]\s+(.*)$/;
 function node(tag, className, text) {
   const el = document.createElement(tag);
   if (className) el.className = className;
-  if (text !== undefined) el.textContent = text;
+  if (text !== undefined) el.append(...bidiSafe(text));
   return el;
 }
 
+// Explicit direction controls (embeddings, overrides, isolates, their ends, marks). Each one,
+// with the rest of its word, goes into its own <bdi>: an unclosed override in a model's or
+// shopper's text can reverse at most that word, never the text around it.
+const BIDI = /[\u202a-\u202e\u2066-\u2068][^\s\u202c\u2069]*[\u202c\u2069]?|[\u200e\u200f\u061c\u202c\u2069]/g;
+
+function bidiSafe(text) {
+  const parts = [];
+  let last = 0;
+  for (const m of text.matchAll(BIDI)) {
+    const bdi = document.createElement("bdi");
+    bdi.textContent = m[0];
+    parts.push(text.slice(last, m.index), bdi);
+    last = m.index + m[0].length;
+  }
+  parts.push(text.slice(last));
+  return parts;
+}
+
+// The host a link's text names, when the text looks like an address ("shop.example/help").
+function namedHost(text) {
+  const t = text.trim();
+  if (/\s/.test(t) || !/^(https?:\/\/)?[^/?#]+\.[^/?#.\d][^/?#.]+([/?#:]|$)/i.test(t)) return null;
+  try { return new URL(/^https?:\/\//i.test(t) ? t : `https://${t}`).hostname; } catch { return null; }
+}
+
 function link(text, url) {
-  let href = null;
+  let parsed = null;
   try {
-    const parsed = new URL(url);
-    if (parsed.protocol === "https:" || parsed.protocol === "http:") href = parsed.href;
+    parsed = new URL(url);
   } catch { /* not an address: shown as text */ }
-  if (!href) return text;
+  if (!parsed || (parsed.protocol !== "https:" && parsed.protocol !== "http:")) return text;
+  // "https://shop.example@evil.example" goes to evil.example: show that, and drop the user part.
+  const misleading = parsed.username || parsed.password || namedHost(text) !== null && namedHost(text) !== parsed.hostname;
+  parsed.username = parsed.password = "";
   const a = node("a", "", text);
-  a.href = href;
+  a.href = parsed.href;
   a.target = "_blank";
   a.rel = "noopener noreferrer";
-  return a;
+  if (!misleading) return a;
+  const host = document.createDocumentFragment();
+  host.append(a, node("span", "host", ` (${parsed.hostname})`));
+  return host;
 }
 
 function appendInline(parent, text) {
   let last = 0;
   for (const m of text.matchAll(INLINE)) {
-    parent.append(text.slice(last, m.index));
+    parent.append(...bidiSafe(text.slice(last, m.index)));
     last = m.index + m[0].length;
     if (m[1] !== undefined) parent.append(node("code", "", m[1]));
     else if (m[2] !== undefined) parent.append(appendInline(node("strong"), m[2]));
@@ -171,7 +204,7 @@ function appendInline(parent, text) {
     else if (m[5] !== undefined) parent.append(link(m[5], m[6]));
     else parent.append(link(m[7], m[7]));
   }
-  parent.append(text.slice(last));
+  parent.append(...bidiSafe(text.slice(last)));
   return parent;
 }
 
@@ -236,6 +269,7 @@ class SupportChat extends HTMLElement {
   #hasMore = false;
   #loadingOlder = false;
   #stickToBottom = true;
+  #lastScrollTop = 0;
   #unread = 0;
   #noticeTimer = 0;
   #noticeKind = "";
@@ -270,9 +304,17 @@ class SupportChat extends HTMLElement {
     el.input.addEventListener("input", () => this.#autogrow());
     el.log.addEventListener("scroll", () => {
       const log = el.log;
-      this.#stickToBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 24;
+      // Only the shopper moves the view up. The log shrinking (the typing line, a notice, a
+      // taller message box) leaves a gap but moves nothing, so it never counts as scrolling away.
+      if (log.scrollHeight - log.clientHeight - log.scrollTop <= 24) this.#stickToBottom = true;
+      else if (log.scrollTop < this.#lastScrollTop) this.#stickToBottom = false;
+      this.#lastScrollTop = log.scrollTop;
       if (log.scrollTop < 40) this.#loadOlder();
     });
+    new ResizeObserver(() => this.#scrollToBottom()).observe(el.log);
+    // Where the panel fills the screen it is modal: Tab goes round inside it.
+    el.panel.addEventListener("keydown", (e) => { if (e.key === "Tab" && PHONE.matches) this.#trapTab(e); });
+    PHONE.addEventListener("change", () => el.panel.setAttribute("aria-modal", String(PHONE.matches)));
     addEventListener("offline", () =>
       this.#notice("You're offline. We'll reconnect when your connection is back.", 0, "offline"));
     addEventListener("online", () => { if (this.#noticeKind === "offline") this.#clearNotice(); });
@@ -286,6 +328,7 @@ class SupportChat extends HTMLElement {
   open() {
     this.setAttribute("open", "");
     this.#el.panel.hidden = false;
+    this.#el.panel.setAttribute("aria-modal", String(PHONE.matches));
     this.#el.launcher.setAttribute("aria-expanded", "true");
     this.#unread = 0;
     this.#renderBadge();
@@ -353,9 +396,8 @@ class SupportChat extends HTMLElement {
       if (turn !== this.#turn) return; // reset() or the stop timer already ended this turn
       userEl.remove();
       input.value = input.value ? `${text}\n${input.value}` : text;
-      this.#autogrow();
+      this.#endTurn(); // first: without the Stop button the box is wider, and measures so
       explain?.();
-      this.#endTurn();
     };
 
     let response;
@@ -390,9 +432,13 @@ class SupportChat extends HTMLElement {
   }
 
   #endTurn() {
+    const { stop, input } = this.#el;
+    const stopHadFocus = this.#root.activeElement === stop;
     this.#turn = null;
-    this.#el.typing.hidden = this.#el.stop.hidden = true;
+    this.#el.typing.hidden = stop.hidden = true;
     this.#el.send.disabled = false;
+    if (stopHadFocus) input.focus(); // not <body>: the shopper is still in the chat
+    this.#autogrow();
   }
 
   // Reads one SSE response into the turn: "done", "error", "aborted", or "dropped" when it
@@ -411,7 +457,7 @@ class SupportChat extends HTMLElement {
           // The server sends only tokens after Last-Event-ID; this keeps text single anyway.
           if (id && id <= turn.lastEventId) continue;
           if (id) turn.lastEventId = id;
-          if (turn.replaceText) turn.text = turn.replaceText = "";
+          if (turn.replaceText) { turn.text = turn.replaceText = ""; turn.live = null; }
           turn.text += typeof data.text === "string" ? data.text : "";
           this.#el.typing.hidden = true;
           this.#renderLive(turn);
@@ -482,6 +528,7 @@ class SupportChat extends HTMLElement {
     if (!turn || turn.stopRequested) return;
     turn.stopRequested = true;
     this.#el.stop.disabled = true;
+    this.#el.input.focus(); // a disabled, then hidden, button would drop focus to <body>
     if (turn.messageId) this.#requestCancel(turn); // else as soon as meta names the answer
     // If the server never confirms, stop listening anyway and keep what has arrived.
     turn.stopTimer = setTimeout(() => {
@@ -497,13 +544,13 @@ class SupportChat extends HTMLElement {
     fetch(url, { method: "POST" }).catch(() => {});
   }
 
-  #addMessage(sender, text, { id, status } = {}, before = null) {
+  #addMessage(sender, text, { id, status, sources } = {}, before = null) {
     const el = node("div", "msg");
     el.setAttribute("data-chat-message", "");
     el.dataset.sender = sender;
     if (id) el.dataset.messageId = id;
-    if (sender === "ai") this.#fillAnswer(el, text, status || "complete");
-    else el.textContent = text;
+    if (sender === "ai") this.#fillAnswer(el, text, status || "complete", Array.isArray(sources) ? sources : []);
+    else el.append(...bidiSafe(text));
     this.#el.log.insertBefore(el, before);
     return el;
   }
@@ -517,18 +564,42 @@ class SupportChat extends HTMLElement {
     if (NOTES[status]) el.append(node("div", "note", NOTES[status]));
   }
 
+  // Tokens arrive faster than frames: draw at most once per frame, whatever came meanwhile.
+  #renderLive(turn) {
+    turn.frame ||= requestAnimationFrame(() => {
+      turn.frame = 0;
+      if (turn === this.#turn) this.#paintLive(turn);
+    });
+  }
+
+  // Blocks before the last blank line are final: they are parsed and drawn once, and only the
+  // open block after it is redrawn, so a long answer costs its length, not length x tokens.
   // While an answer streams its text is hidden from the live region, so a screen reader
   // hears the finished answer once (when #finishMessage puts it in), not every token.
-  #renderLive(turn) {
+  #paintLive(turn) {
     turn.el ||= this.#addMessage("ai", "", { id: turn.messageId });
-    turn.el.dataset.status = "streaming";
-    const body = renderMarkdown(turn.text);
-    body.setAttribute("aria-hidden", "true");
-    turn.el.replaceChildren(body);
+    if (!turn.live) {
+      turn.el.dataset.status = "streaming";
+      turn.live = node("div", "body");
+      turn.live.setAttribute("aria-hidden", "true");
+      turn.el.replaceChildren(turn.live);
+      turn.settled = 0;
+      turn.tail = [];
+    }
+    const { text } = turn;
+    for (const old of turn.tail) old.remove();
+    const blankLine = text.lastIndexOf("\n\n");
+    if (blankLine >= turn.settled) {
+      turn.live.append(...renderMarkdown(text.slice(turn.settled, blankLine + 2)).childNodes);
+      turn.settled = blankLine + 2;
+    }
+    turn.tail = [...renderMarkdown(text.slice(turn.settled)).childNodes];
+    turn.live.append(...turn.tail);
     this.#scrollToBottom();
   }
 
   #finishMessage(turn) {
+    cancelAnimationFrame(turn.frame);
     if (!turn.el && !turn.text && turn.status === "error") return; // the notice says it all
     turn.el ||= this.#addMessage("ai", "", { id: turn.messageId });
     if (turn.messageId) turn.el.dataset.messageId = turn.messageId;
@@ -635,9 +706,10 @@ class SupportChat extends HTMLElement {
     const status = response.status;
     if (status === 429) {
       const wait = Math.ceil(Number(response.headers.get("Retry-After")));
+      const howLong = wait > 90 ? `${Math.ceil(wait / 60)} minutes` : `${wait} second${wait === 1 ? "" : "s"}`;
       this.#notice(`You're sending messages too quickly. ${wait > 0
-        ? `Please wait ${wait} second${wait === 1 ? "" : "s"} and try again.`
-        : "Please wait a moment and try again."}`, Math.max(wait, 5) * 1000);
+        ? `Please wait ${howLong} and try again.` : "Please wait a moment and try again."}`,
+      Math.max(wait, 5) * 1000);
     } else if (status === 503) {
       this.#notice("Our assistant is unavailable right now. Please try again in a minute.");
     } else if (status < 500 && reason) {
@@ -650,6 +722,17 @@ class SupportChat extends HTMLElement {
   #streamErrorNotice(error) {
     this.#notice(error.code === "connection_lost" ? "The connection dropped and we couldn't reconnect."
       : "Sorry, the assistant couldn't finish this answer. Please try again.");
+  }
+
+  #trapTab(e) {
+    const items = [...this.#el.panel.querySelectorAll("button, textarea, a[href], [tabindex]")]
+      .filter((item) => !item.disabled && item.tabIndex >= 0 && item.getClientRects().length);
+    const active = this.#root.activeElement;
+    const [first, last] = [items[0], items[items.length - 1]];
+    if (e.shiftKey ? active === first : active === last) {
+      e.preventDefault();
+      (e.shiftKey ? last : first).focus();
+    }
   }
 
   #renderBadge() {

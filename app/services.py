@@ -1,0 +1,76 @@
+"""The app's services in one typed container, instead of attributes on `app.state`.
+
+`create_app` builds what needs no I/O (settings, metrics, the Redis owner, the rate limits, the
+token budget, the lookups' bulkhead, the connection registry); the lifespan adds what has to be
+opened or read first (the database pool, the chat service) with `started()`.
+Handlers reach it with `services(request)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.requests import Request
+
+from .budget import TokenBudget
+from .bulkhead import Bulkhead
+from .chat import ChatService
+from .config import Settings
+from .metrics import Metrics
+from .ratelimit import RateLimits
+from .redis_connection import SharedRedis
+from .sse import Connections
+
+
+class NotStarted(RuntimeError):
+    """A service that the lifespan opens was asked for before the app started."""
+
+
+@dataclass(frozen=True)
+class Running:
+    pool: AsyncConnectionPool
+    chat: ChatService
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    redis: SharedRedis | None  # None: no REDIS_URL, every use counts in this process's memory
+    limits: RateLimits
+    connections: Connections
+    # History, resume and cancel: their share of the database pool (app/bulkhead.py).
+    lookups: Bulkhead
+    budget: TokenBudget | None = None  # None: no DAILY_TOKEN_BUDGET, or the limits turned off
+    running: Running | None = None
+
+    def started(self, pool: AsyncConnectionPool, chat: ChatService) -> None:
+        self.running = Running(pool, chat)
+
+    def stopped(self) -> None:
+        self.running = None
+
+    def _running(self) -> Running:
+        if self.running is None:
+            raise NotStarted("the app's lifespan has not started")
+        return self.running
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        return self._running().pool
+
+    @property
+    def chat(self) -> ChatService:
+        return self._running().chat
+
+
+def services_of(app: Starlette) -> Services:
+    found: Services = app.state.services
+    return found
+
+
+def services(request: Request) -> Services:
+    """The one lookup of the app's services from a request."""
+    return services_of(request.app)
