@@ -27,7 +27,7 @@ def slow_lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[asyncio.Event]:
     original = ChatService.history
 
     async def held_history(self: ChatService, *args: Any) -> Any:
-        async with db.connection(self._pool):
+        async with db.connection(self._tools.pool):
             await release.wait()
         return await original(self, *args)
 
