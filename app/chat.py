@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Literal
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -24,7 +25,7 @@ from . import answer_events
 from .answer_events import record_meta, replay_record, settled, terminal_event
 from .answer_run import KNOWLEDGE_ONLY_MODEL, AnswerRun, AnswerTools, StartedAnswer, answer_caps
 from .budget import Reservation
-from .errors import ServiceUnavailable, StoreUnavailable
+from .errors import NotFoundError, ServiceUnavailable, StoreUnavailable
 from .eventlog import REPLAYED_END_ID, Event, EventLog, SharedLogUnavailable
 from .llm import LLM
 from .messages import AnswerRecord, HistoryPage, MessageStore
@@ -173,7 +174,15 @@ class ChatService:
 
         None when `after` is at or past the id of the answer's end: the client has seen it all,
         the end included (an EventSource reconnecting after `done`), and there is nothing to send.
+
+        A finished answer that the log still holds whole costs no database round trip: its own
+        meta event names the conversation it belongs to.
         """
+        done = await self._follow_done(answer_id, session_id, after)
+        if done is False:
+            return None  # the client has the end
+        if done is not None:
+            return done
         record = await self.find_answer(answer_id, session_id)
         if after > 0:
             end = await self._end_id(record)
@@ -200,6 +209,28 @@ class ChatService:
                 and answer_id not in self._settling):
             record = await self._mark_interrupted(record)
         return replay_record(record, after)
+
+    async def _follow_done(self, answer_id: uuid.UUID, session_id: uuid.UUID,
+                           after: int) -> AsyncIterator[Event] | Literal[False] | None:
+        """A done answer's events straight from the log (False: the client has them all);
+        None when the log does not hold the answer whole and done, and the record decides."""
+        try:
+            events = await self._events.finished(str(answer_id), after)
+        except SharedLogUnavailable:
+            return None  # the record can still say how it ended
+        if events is None:
+            return None
+        if events[0].payload.get("sessionId") != str(session_id):
+            # Another conversation's answer: the same 404 as an id nobody knows.
+            raise NotFoundError("message")
+        if after > 0 and after >= events[-1].seq:
+            return False
+
+        async def replay() -> AsyncIterator[Event]:
+            for event in events:
+                yield event
+
+        return replay()
 
     async def _end_id(self, record: AnswerRecord) -> int | None:
         """The id the answer's end has on the wire, as a client resuming it now would get it;
