@@ -1,5 +1,6 @@
-"""`python -m app` serves; `python -m app migrate` applies migrations and exits;
-`python -m app knowledge sync` indexes the knowledge folder and exits."""
+"""`python -m app` serves; `python -m app migrate` applies migrations (and brings the default
+site up to date) and exits; `python -m app knowledge sync` indexes the knowledge folder and
+exits; `python -m app sites ...` manages sites (app/sites_cli.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import db
+from psycopg_pool import AsyncConnectionPool
+
+from . import db, sites_cli
 from .config import ConfigError, Settings
 from .knowledge import KnowledgeError, sync_knowledge
 from .logs import configure_logging
-from .store_profile import ProfileError
+from .sites import ensure_default_site
+from .store_profile import ProfileError, StoreProfile
 
 log = logging.getLogger("app")
 
@@ -41,10 +45,9 @@ def with_database(settings: Settings) -> Settings:
     return dataclasses.replace(settings, database_url=server.get_uri())
 
 
-async def sync_knowledge_command(settings: Settings, knowledge_dir: Path) -> int:
-    await migrate_when_reachable(settings)
-    pool = db.create_pool(settings.database_url, 2)
-    await pool.open(wait=True, timeout=30)
+async def sync_knowledge_command(settings: Settings, profile: StoreProfile,
+                                 knowledge_dir: Path) -> int:
+    pool = await prepared_pool(settings, profile, knowledge_dir)
     try:
         report = await sync_knowledge(pool, knowledge_dir)
     finally:
@@ -61,31 +64,41 @@ def main(argv: list[str]) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     command = argv[0] if argv else "serve"
-    usage = "use: python -m app [serve|migrate|knowledge sync]"
-    if command not in ("serve", "migrate", "knowledge") or (
+    usage = "use: python -m app [serve|migrate|knowledge sync|sites ...]"
+    if command not in ("serve", "migrate", "knowledge", "sites") or (
             command == "knowledge" and argv[1:] != ["sync"]):
         print(f"unknown command {' '.join(argv)!r}; {usage}", file=sys.stderr)
         return 2
-    if command in ("serve", "knowledge"):
-        from .main import load_store
-
+    site_args = None
+    if command == "sites":
         try:
-            # Before the database starts: a wrong profile costs the operator nothing to fix.
-            _, knowledge_dir = load_store(settings)
-        except (ProfileError, KnowledgeError) as exc:
-            print(f"configuration error: {exc}", file=sys.stderr)
+            site_args = sites_cli.parse(argv[1:])
+        except sites_cli.CommandError as exc:
+            print(f"error: {exc}; {sites_cli.USAGE}", file=sys.stderr)
             return 2
+    from .main import load_store
+
+    try:
+        # Before the database starts: a wrong profile costs the operator nothing to fix. The
+        # default site mirrors it, so every command that reaches the database needs it.
+        profile, knowledge_dir = load_store(settings)
+    except (ProfileError, KnowledgeError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     settings = with_database(settings)
     if command == "migrate":
-        applied = asyncio.run(migrate_when_reachable(settings))
+        applied = asyncio.run(migrate_command(settings, profile, knowledge_dir))
         print(f"applied {len(applied)} migrations" + (f": {', '.join(applied)}" if applied else ""))
         return 0
     if command == "knowledge":
         try:
-            return asyncio.run(sync_knowledge_command(settings, knowledge_dir))
+            return asyncio.run(sync_knowledge_command(settings, profile, knowledge_dir))
         except KnowledgeError as exc:
             print(f"knowledge error: {exc}", file=sys.stderr)
             return 2
+    if site_args is not None:
+        return asyncio.run(sites_cli.run_command(
+            lambda: prepared_pool(settings, profile, knowledge_dir), site_args))
     from .main import create_app
     from .server import AppServer, connection_limits, server_config
 
@@ -103,6 +116,33 @@ def main(argv: list[str]) -> int:
 async def migrate_when_reachable(settings: Settings) -> list[str]:
     await db.wait_until_reachable(settings.database_url, settings.db_startup_timeout_s)
     return await db.migrate(settings.database_url)
+
+
+async def prepared_pool(settings: Settings, profile: StoreProfile,
+                        knowledge_dir: Path) -> AsyncConnectionPool:
+    """A small pool on a migrated database whose default site mirrors the settings."""
+    await migrate_when_reachable(settings)
+    return await pool_with_default_site(settings, profile, knowledge_dir)
+
+
+async def pool_with_default_site(settings: Settings, profile: StoreProfile,
+                                 knowledge_dir: Path) -> AsyncConnectionPool:
+    pool = db.create_pool(settings.database_url, 2)
+    await pool.open(wait=True, timeout=30)
+    try:
+        await ensure_default_site(pool, profile, str(knowledge_dir), settings.allowed_origins)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
+async def migrate_command(settings: Settings, profile: StoreProfile,
+                          knowledge_dir: Path) -> list[str]:
+    applied = await migrate_when_reachable(settings)
+    pool = await pool_with_default_site(settings, profile, knowledge_dir)
+    await pool.close()
+    return applied
 
 
 if __name__ == "__main__":

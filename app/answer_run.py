@@ -5,6 +5,9 @@ drew on), run as one asyncio task that app/chat.py keeps in its registry. It rea
 knowledge, prompt (its reservation of the token budget grown to the whole prompt), upstream
 stream (cut at the answer's caps), events, save, metrics, settling the token budget. Nothing
 reaches the event log or the database before the shopper's message is committed (`committed`).
+
+A run is for one site (None: the default site): its profile, its knowledge, its model settings
+and its token budget (the reservation the endpoint took from the site's counter).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .logs import log_answer
 from .messages import MessageStore
 from .metrics import Metrics
 from .prompt import build_messages
+from .sites import DEFAULT_SITE_ID, Site
 from .store_profile import StoreProfile, build_system_prompt
 
 log = logging.getLogger(__name__)
@@ -66,7 +70,7 @@ class AnswerTools:
     messages: MessageStore
     events: EventLog
     llm: LLM | None  # None: knowledge-only mode, every answer comes from the knowledge base
-    profile: StoreProfile
+    profile: StoreProfile  # the default site's
     metrics: Metrics
     # answer_caps(MAX_TOKENS): past either, the upstream stream is closed and the answer ends.
     max_answer_chars: int
@@ -76,9 +80,14 @@ class AnswerTools:
 class AnswerRun:
     def __init__(self, tools: AnswerTools, started: StartedAnswer, question: str,
                  history: list[tuple[str, str]], asked_at: float,
-                 committed: asyncio.Future[None], reservation: Reservation | None = None) -> None:
+                 committed: asyncio.Future[None], site: Site | None = None,
+                 reservation: Reservation | None = None) -> None:
         self._tools = tools
-        # The answer's share of the token budget, settled when it ends (None: no budget).
+        self._site = site
+        self._site_id = DEFAULT_SITE_ID if site is None else site.id
+        # The site's profile, or the default site's.
+        self._profile = tools.profile if site is None else site.profile
+        # The answer's share of the site's token budget, settled when it ends (None: no budget).
         self._reservation = reservation
         self.started = started
         self._key = str(started.answer_id)
@@ -102,6 +111,14 @@ class AnswerRun:
         # never ends.
         self.generating = False
         self.task: asyncio.Task[str] | None = None
+
+    @property
+    def model(self) -> str:
+        """The model this answer is asked of: the site's, else the deployment's."""
+        llm = self._tools.llm
+        if llm is None:
+            return KNOWLEDGE_ONLY_MODEL
+        return (self._site.model if self._site is not None else None) or llm.model
 
     def start(self) -> asyncio.Task[str]:
         # The task copies the caller's context, so the answer's log line carries the request id.
@@ -160,7 +177,7 @@ class AnswerRun:
             await self._committed
             self._answer_from_knowledge()
             return
-        system_prompt = build_system_prompt(self._tools.profile, self._chunks)
+        system_prompt = build_system_prompt(self._profile, self._chunks)
         prompt = build_messages(system_prompt, self._history, self._question)
         if not await self._reserve_prompt(prompt):
             self._fallback = True
@@ -168,9 +185,12 @@ class AnswerRun:
             self._answer_from_knowledge()
             return
         self._prompt = prompt
-        parts = self._parts
+        parts, site = self._parts, self._site
         try:
-            await self._relay(llm.stream(prompt))
+            await self._relay(llm.stream(
+                prompt, model=site.model if site else None,
+                temperature=site.temperature if site else None,
+                max_tokens=site.max_tokens if site else None))
         except UpstreamError as exc:
             self._tools.metrics.upstream_errors.labels(kind=exc.code).inc()
             # Before the first token the shopper has seen nothing, so the knowledge base can
@@ -192,6 +212,8 @@ class AnswerRun:
         # The per-token path: locals, not attributes, and no call beyond the log's append.
         parts, append, key = self._parts, self._tools.events.append, self._key
         max_chars, max_events = self._tools.max_answer_chars, self._tools.max_answer_events
+        if self._site is not None and self._site.max_tokens is not None:
+            max_chars, max_events = answer_caps(self._site.max_tokens)  # the site's own MAX_TOKENS
         chars = 0
         async with contextlib.aclosing(answer_stream):  # type: ignore[type-var]
             async for item in answer_stream:
@@ -221,7 +243,8 @@ class AnswerRun:
         if reservation is None:
             return True
         if await reservation.extend_to(reservation.budget.answer_estimate(
-                sum(len(m["content"]) for m in prompt))):
+                sum(len(m["content"]) for m in prompt),
+                self._site.max_tokens if self._site is not None else None)):
             return True
         log.warning("the token budget has no room for this prompt: answering from the "
                     "knowledge base")
@@ -232,10 +255,11 @@ class AnswerRun:
         Europe?" is searched again together with the shopper's previous message."""
         pool = self._tools.pool
         try:
-            chunks = await search_knowledge(pool, self._question)
+            chunks = await search_knowledge(pool, self._question, site_id=self._site_id)
             earlier = [text for sender, text in self._history if sender == "user"]
             if not chunks and earlier:
-                chunks = await search_knowledge(pool, f"{earlier[-1]} {self._question}")
+                chunks = await search_knowledge(pool, f"{earlier[-1]} {self._question}",
+                                                site_id=self._site_id)
             return chunks
         except (PoolTimeout, psycopg.Error) as exc:
             # The answer can still be given without the articles; losing it would be worse.
@@ -244,7 +268,7 @@ class AnswerRun:
 
     def _answer_from_knowledge(self) -> None:
         """Stream the framed best chunk with the same token events a model's answer uses."""
-        for piece in answer_pieces(knowledge_only_answer(self._tools.profile, self._chunks)):
+        for piece in answer_pieces(knowledge_only_answer(self._profile, self._chunks)):
             self._parts.append(piece)
             self._tools.events.append(self._key, *answer_events.token(piece))
 
@@ -273,7 +297,7 @@ class AnswerRun:
 
     def _observe_finished(self) -> None:
         """The answer's metrics and its one log line, once it is saved."""
-        usage, llm = self._usage, self._tools.llm
+        usage = self._usage
         duration_s = time.monotonic() - self._asked_at
         first_token_s = (None if self._first_token_at is None
                          else self._first_token_at - self._asked_at)
@@ -283,7 +307,7 @@ class AnswerRun:
             tokens_out=usage.completion_tokens if usage else 0)
         log_answer(
             message_id=self.started.answer_id, session_id=self.started.session_id,
-            status=self.status, model=llm.model if llm is not None else KNOWLEDGE_ONLY_MODEL,
+            status=self.status, model=self.model,
             fallback=self._fallback,
             time_to_first_token_ms=None if first_token_s is None else first_token_s * 1000,
             duration_ms=duration_s * 1000,

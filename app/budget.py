@@ -17,7 +17,8 @@ SharedRedis.commands, its outage state SharedRedis.budget_health(), so /readyz (
 `tokenBudget`) and the `chat_redis_fallback` gauge report it.
 
 Each counter is named by `counter_name(day, key_part)`: the day alone for the deployment's
-budget, and room for a further part (a site's id, say) for budgets of their own.
+budget (and the default site's), `site{id}` before it for another site's, whose limit may be the
+site's own daily budget (`reserve(..., limit=)`; app/sites.py).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class Reservation:
     budget: TokenBudget
     counter: str  # counter_name(day, key_part): which count it is taken from
     tokens: int
+    limit: int  # the counter's daily limit (the deployment's budget, or a site's own)
     # The outage in which `local` of its tokens were counted against the instance's share.
     outage: int | None = None
     local: int = 0
@@ -116,9 +118,12 @@ class TokenBudget:
         self.daily_tokens = daily_tokens
         self.max_tokens = max_tokens
         self._redis = redis.commands if redis is not None else None
-        self._health: RedisHealth = (redis.budget_health() if redis is not None
-                                     else RedisHealth("unused"))
+        # Asked of SharedRedis on first use, so /readyz reports the budget once there is one
+        # (DAILY_TOKEN_BUDGET, or a site's own budget).
+        self._shared = redis
+        self._unused = RedisHealth("unused")
         self._key_prefix = key_prefix
+        self._share_ratio = fallback_share
         self._share = math.floor(daily_tokens * fallback_share)
         self._script = (self._redis.register_script(_RESERVE_LUA) if self._redis is not None
                         else None)
@@ -136,6 +141,10 @@ class TokenBudget:
         self.on_refusal: Callable[[str], None] | None = None
 
     @property
+    def _health(self) -> RedisHealth:
+        return self._shared.budget_health() if self._shared is not None else self._unused
+
+    @property
     def fallback_share(self) -> int:
         """Tokens one instance may spend while Redis is unreachable."""
         return self._share
@@ -148,15 +157,19 @@ class TokenBudget:
     def _down(self) -> bool:
         return self._health.down
 
-    def answer_estimate(self, prompt_chars: int) -> int:
-        """The worst case of an answer to a prompt of `prompt_chars`: it plus MAX_TOKENS."""
-        return estimate_tokens(prompt_chars) + self.max_tokens
+    def answer_estimate(self, prompt_chars: int, max_tokens: int | None = None) -> int:
+        """The worst case of an answer to a prompt of `prompt_chars`: it plus MAX_TOKENS (or
+        `max_tokens`, a site's own)."""
+        return estimate_tokens(prompt_chars) + (self.max_tokens if max_tokens is None
+                                                else max_tokens)
 
-    async def reserve(self, tokens: int, key_part: str = "") -> Reservation:
+    async def reserve(self, tokens: int, key_part: str = "",
+                      limit: int | None = None) -> Reservation:
         """Set `tokens` aside for one answer, from today's counter of the budget `key_part`
-        names (the deployment's when empty); BudgetExhausted when they would cross it."""
+        names (the deployment's when empty), whose day allows `limit` tokens (None: the
+        deployment's DAILY_TOKEN_BUDGET); BudgetExhausted when they would cross it."""
         counter = counter_name(budget_day(), key_part)
-        reservation = Reservation(self, counter, 0)
+        reservation = Reservation(self, counter, 0, self.daily_tokens if limit is None else limit)
         if not await self._take(counter, tokens, reservation):
             if self.on_refusal is not None:
                 self.on_refusal("token_budget")
@@ -169,26 +182,30 @@ class TokenBudget:
     def _key(self, counter: str) -> str:
         return f"{self._key_prefix}:budget:{counter}"
 
+    def _share_of(self, limit: int) -> int:
+        return self._share if limit == self.daily_tokens else math.floor(limit * self._share_ratio)
+
     async def _take(self, counter: str, tokens: int, reservation: Reservation) -> bool:
-        """Add `tokens` to `counter` unless that would cross the budget (or the share)."""
+        """Add `tokens` to `counter` unless that would cross its limit (or the share)."""
+        limit = reservation.limit
         if self._script is None:
-            if self._memory[counter] + tokens > self.daily_tokens:
+            if self._memory[counter] + tokens > limit:
                 return False
             self._memory[counter] += tokens
             return True
         if not self._down:
             try:
                 allowed, used = await self._script(keys=[self._key(counter)],
-                                                   args=[tokens, self.daily_tokens, DAY_KEY_TTL_S])
+                                                   args=[tokens, limit, DAY_KEY_TTL_S])
             except (RedisError, OSError) as exc:
                 self._went_down(exc, "reserving tokens")
             else:
                 self._last_seen[counter] = int(used)
                 return bool(allowed)
         # The outage: this instance's share, and never past the room Redis last showed.
-        room = self._share - self.outage_spent[counter]
+        room = self._share_of(limit) - self.outage_spent[counter]
         if counter in self._last_seen:
-            room = min(room, self.daily_tokens - self._last_seen[counter] - self.unsynced[counter])
+            room = min(room, limit - self._last_seen[counter] - self.unsynced[counter])
         if tokens > room:
             return False
         if reservation.outage != self._outage:

@@ -30,6 +30,7 @@ from .eventlog import REPLAYED_END_ID, Event, EventLog, SharedLogUnavailable
 from .llm import LLM
 from .messages import AnswerRecord, HistoryPage, MessageStore
 from .metrics import Metrics
+from .sites import DEFAULT_SITE_ID, Site
 from .store_profile import StoreProfile, build_system_prompt
 
 __all__ = ["KNOWLEDGE_ONLY_MODEL", "ChatService", "StartedAnswer", "answer_caps"]
@@ -70,7 +71,8 @@ class ChatService:
 
     @property
     def running_count(self) -> int:
-        return len(self._running)
+        """Answers this instance still looks after: produced here, or being settled."""
+        return len(self._running) + len(self._settling)
 
     @property
     def mode(self) -> str:
@@ -78,17 +80,21 @@ class ChatService:
 
     # -- starting an answer ------------------------------------------------------------------
 
-    def reservation_chars(self, question: str) -> int:
+    def reservation_chars(self, question: str, site: Site | None = None) -> int:
         """The characters of the prompt known before the answer starts, for its first
-        reservation of the token budget (the knowledge and the history come on top)."""
-        return len(build_system_prompt(self._profile, [])) + len(question)
+        reservation of the site's token budget (the knowledge and the history come on top)."""
+        profile = self._profile if site is None else site.profile
+        return len(build_system_prompt(profile, [])) + len(question)
 
     async def start_answer(self, question: str, session_id: uuid.UUID | None,
+                           site: Site | None = None,
                            reservation: Reservation | None = None) -> StartedAnswer:
         """Commit the shopper's message and an empty answer row while the answer starts.
 
-        `reservation` is the answer's share of the token budget: the answer settles it, or
-        releases it when it never starts.
+        The conversation is the site's (None: the default site's): another site's session id
+        is treated as unknown, and starts a new conversation. `reservation` is the answer's
+        share of the site's token budget: the answer settles it, or releases it when it never
+        starts.
 
         The knowledge search and the model's first token take far longer than the commit, so
         the answer's task starts as soon as the history is read instead of after the commit;
@@ -97,19 +103,21 @@ class ChatService:
         """
         asked_at = time.monotonic()
         user_message_id, answer_id = uuid.uuid4(), uuid.uuid4()
-        # Claimed before the row exists: other instances never see it 'streaming' unclaimed.
+        # Claimed before the row exists; the lease may reach other instances just after the
+        # commit, and they confirm a missing lease before declaring a producer dead.
         await self._events.claim(str(answer_id))
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         run: AnswerRun | None = None
         writer_pid: int | None = None
         try:
-            async with self._messages.new_turn(session_id) as turn:
+            site_id = DEFAULT_SITE_ID if site is None else site.id
+            async with self._messages.new_turn(session_id, site_id) as turn:
                 started = StartedAnswer(turn.session_id, user_message_id, answer_id)
                 run = AnswerRun(self._tools, started, question, turn.history, asked_at, committed,
-                                reservation)
+                                site, reservation)
                 run.start()
                 await turn.save(question, user_message_id, answer_id,
-                                self._llm.model if self._llm else None)
+                                run.model if self._llm else None)
                 writer_pid = turn.writer_pid
         except BaseException:
             # The question is not saved, so there is no answer: stop its task quietly.
@@ -123,7 +131,8 @@ class ChatService:
         answer_key = str(answer_id)
         self._events.start(answer_key)
         self._events.append(answer_key, *answer_events.meta(
-            str(started.session_id), answer_key, str(user_message_id)))
+            str(started.session_id), answer_key, str(user_message_id),
+            DEFAULT_SITE_ID if site is None else site.id))
         self._running[answer_id] = run
         assert run.task is not None
         run.task.add_done_callback(lambda _: self._running.pop(answer_id, None))
@@ -157,9 +166,10 @@ class ChatService:
 
     # -- reading -----------------------------------------------------------------------------
 
-    async def find_answer(self, answer_id: uuid.UUID, session_id: uuid.UUID) -> AnswerRecord:
-        """The answer if it belongs to this session; otherwise NotFoundError."""
-        return await self._messages.find_answer(answer_id, session_id)
+    async def find_answer(self, answer_id: uuid.UUID, session_id: uuid.UUID,
+                          site_id: int = DEFAULT_SITE_ID) -> AnswerRecord:
+        """The answer if it belongs to this session of this site; otherwise NotFoundError."""
+        return await self._messages.find_answer(answer_id, session_id, site_id)
 
     def new_answer_events(self, started: StartedAnswer) -> AsyncIterator[Event]:
         """The events of an answer this instance just started (no ownership check needed)."""
@@ -167,8 +177,8 @@ class ChatService:
         assert events is not None, "start_answer puts every new answer in the event log"
         return events
 
-    async def follow(self, answer_id: uuid.UUID, session_id: uuid.UUID,
-                     after: int) -> AsyncIterator[Event] | None:
+    async def follow(self, answer_id: uuid.UUID, session_id: uuid.UUID, after: int,
+                     site_id: int = DEFAULT_SITE_ID) -> AsyncIterator[Event] | None:
         """The answer's events after `after`: from this instance's memory if it produces the
         answer, else from the shared log, else rebuilt from the record.
 
@@ -178,12 +188,12 @@ class ChatService:
         A finished answer that the log still holds whole costs no database round trip: its own
         meta event names the conversation it belongs to.
         """
-        done = await self._follow_done(answer_id, session_id, after)
+        done = await self._follow_done(answer_id, session_id, after, site_id)
         if done is False:
             return None  # the client has the end
         if done is not None:
             return done
-        record = await self.find_answer(answer_id, session_id)
+        record = await self.find_answer(answer_id, session_id, site_id)
         if after > 0:
             end = await self._end_id(record)
             if end is not None and after >= end:
@@ -210,8 +220,8 @@ class ChatService:
             record = await self._mark_interrupted(record)
         return replay_record(record, after)
 
-    async def _follow_done(self, answer_id: uuid.UUID, session_id: uuid.UUID,
-                           after: int) -> AsyncIterator[Event] | Literal[False] | None:
+    async def _follow_done(self, answer_id: uuid.UUID, session_id: uuid.UUID, after: int,
+                           site_id: int) -> AsyncIterator[Event] | Literal[False] | None:
         """A done answer's events straight from the log (False: the client has them all);
         None when the log does not hold the answer whole and done, and the record decides."""
         try:
@@ -220,8 +230,11 @@ class ChatService:
             return None  # the record can still say how it ended
         if events is None:
             return None
-        if events[0].payload.get("sessionId") != str(session_id):
-            # Another conversation's answer: the same 404 as an id nobody knows.
+        meta = events[0].payload
+        if (meta.get("sessionId") != str(session_id)
+                or meta.get("siteId", DEFAULT_SITE_ID) != site_id):
+            # Another conversation's answer, or another site's: the same 404 as an id nobody
+            # knows. (Only answers of other sites than the default carry `siteId`.)
             raise NotFoundError("message")
         if after > 0 and after >= events[-1].seq:
             return False
@@ -248,7 +261,7 @@ class ChatService:
         try:
             await self._messages.mark_interrupted(record.id, streamed_text)
             # Whatever the update found: the producer may have saved the answer just before.
-            record = await self.find_answer(record.id, record.conversation_id)
+            record = await self.find_answer(record.id, record.conversation_id, record.site_id)
         except StoreUnavailable:
             record = replace(record, text=streamed_text, status="interrupted")
         return terminal_event(record, seq)
@@ -278,15 +291,16 @@ class ChatService:
         await self._messages.mark_many_interrupted(orphans)
         return len(orphans)
 
-    async def history(self, session_id: uuid.UUID, limit: int,
-                      before: uuid.UUID | None) -> HistoryPage:
-        return await self._messages.history_page(session_id, limit, before)
+    async def history(self, session_id: uuid.UUID, limit: int, before: uuid.UUID | None,
+                      site_id: int = DEFAULT_SITE_ID) -> HistoryPage:
+        return await self._messages.history_page(session_id, limit, before, site_id)
 
     # -- stopping ----------------------------------------------------------------------------
 
-    async def cancel(self, answer_id: uuid.UUID, session_id: uuid.UUID) -> str:
+    async def cancel(self, answer_id: uuid.UUID, session_id: uuid.UUID,
+                     site_id: int = DEFAULT_SITE_ID) -> str:
         """Stop an answer this instance is producing; return the answer's status."""
-        record = await self.find_answer(answer_id, session_id)
+        record = await self.find_answer(answer_id, session_id, site_id)
         run = self._running.get(answer_id)
         if run is None or run.task is None:
             if record.status != "streaming":
@@ -317,7 +331,7 @@ class ChatService:
                         if event.is_terminal:
                             break
         # The producer saves before it sends the end, so the record now says how it ended.
-        return (await self.find_answer(record.id, record.conversation_id)).status
+        return (await self.find_answer(record.id, record.conversation_id, record.site_id)).status
 
     def cancel_running(self, answer_key: str) -> None:
         """Another instance asked to cancel an answer: cancel it if this instance produces it."""

@@ -186,7 +186,8 @@ class Settings:
     temperature: float = setting("TEMPERATURE", "0.7", "Sampling temperature.", number(0, 2))
     allowed_origins: tuple[str, ...] = setting(
         "ALLOWED_ORIGINS", "", "Comma-separated origins (scheme://host[:port]) allowed to call the"
-        " chat API from a browser.", allowed_origins)
+        " chat API from a browser (the default site's; other sites have their own).",
+        allowed_origins)
     db_pool_max: int = setting("DB_POOL_MAX", "10", "Most database connections per instance.",
                                integer(1, 1000))
     db_pool_lookups: int = setting(

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import re
+import select
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .errors import StoreUnavailable
@@ -170,9 +172,32 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
     await _within(CHECK_DEADLINE_S, conn, "new connection", _set_statement_timeout)
 
 
+def _heard_from_server(conn: psycopg.AsyncConnection) -> bool:
+    """True if an idle connection has bytes to read, found without a round trip (one poll).
+
+    Between transactions the server has nothing to say unless the connection is ending: a
+    restart, a crash, a terminated backend or a reset all leave the socket readable (an error
+    message, then end-of-file). The rare exception (a NOTICE, a changed parameter) only costs
+    a round trip it did not need.
+    """
+    try:
+        poller = select.poll()  # not select(): descriptors past 1024 under thousands of streams
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.OperationalError):
+        return True
+
+
 async def _check(conn: psycopg.AsyncConnection) -> None:
-    # check_connection costs one round trip per checkout, and in exchange a PostgreSQL restart
-    # costs no request a "connection closed" error; bounded, so a frozen server costs seconds.
+    # A healthy idle connection needs no round trip: three checkouts per answer made the check
+    # the database's largest fixed cost (bench/RESULTS.md, short answers). A connection the
+    # server closed is still found here, so a PostgreSQL restart costs no request a
+    # "connection closed" error; one that looks unwell gets the real check, bounded so that a
+    # frozen server costs seconds. A server frozen with healthy-looking connections is caught
+    # by the hold deadline of BoundedPool instead (HOLD_DEADLINE_S).
+    if (not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+            and not _heard_from_server(conn)):
+        return
     await _within(CHECK_DEADLINE_S, conn, "connection check", AsyncConnectionPool.check_connection)
 
 

@@ -2,6 +2,10 @@
 
 Everything that can refuse a request (bad input, unknown ids, a database that is down) happens
 before a stream starts, so a refusal is a plain HTTP error and never a half-open stream.
+
+A request names its site with `siteKey` (in the JSON body of POST /chat/stream and
+/chat/message, in the query string of the others; none: the default site). Every id is then
+looked up within that site, so another site's conversation is a 404 exactly like an unknown one.
 """
 
 from __future__ import annotations
@@ -33,13 +37,16 @@ from .errors import (
 )
 from .eventlog import REPLAYED_END_ID, Event
 from .metrics import bearer_token_matches
+from .middleware import check_origin
+from .ratelimit import site_budget
 from .services import services
+from .sites import Site
 from .sse import AnswerStreamResponse, Connections
 
 MAX_BODY_BYTES = 100 * 1024
 MESSAGE_TIMEOUT_S = 30.0
 HISTORY_PAGE_MAX = 200
-# sse-starlette's keep-alive comment interval; proxies drop connections idle for ~60 s.
+# The keep-alive comment interval on an idle stream; proxies drop connections idle for ~60 s.
 PING_S = 15
 # A client that stops reading must not hold a stream (and its buffers) forever.
 SEND_TIMEOUT_S = 30
@@ -54,6 +61,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class ChatRequest:
     message: str
     session_id: uuid.UUID | None
+    site_key: str | None = None
 
 
 def whole_number(raw: str, max_digits: int) -> int | None:
@@ -124,7 +132,25 @@ def parse_chat_request(body: Any, max_chars: int) -> ChatRequest:
     message = validate_message(body.get("message"), max_chars)
     raw_session = body.get("sessionId")
     session_id = None if raw_session is None else parse_uuid(raw_session, "sessionId")
-    return ChatRequest(message, session_id)
+    raw_site = body.get("siteKey")
+    if raw_site is not None and not isinstance(raw_site, str):
+        raise BadRequest("siteKey must be a string.")
+    return ChatRequest(message, session_id, raw_site)
+
+
+def request_site(request: Request, site_key: str | None) -> Site:
+    """The site a request names (none: the default site): an unknown key is a 404, and a page
+    on an origin the site does not allow is refused like any foreign origin."""
+    app_services = services(request)
+    site = app_services.sites.resolve(site_key)
+    where = ("ALLOWED_ORIGINS" if site.is_default else
+             f"the origins of site {site.key} (python -m app sites update {site.key} --origin ...)")
+    check_origin(request.scope, site.allowed_origins, app_services.refused_origins, where)
+    return site
+
+
+def site_param(request: Request) -> Site:
+    return request_site(request, request.query_params.get("siteKey"))
 
 
 def chat_service(request: Request) -> ChatService:
@@ -140,8 +166,8 @@ async def sse_frames(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
 
 
 def event_stream(events: AsyncIterator[Event], connections: Connections) -> AnswerStreamResponse:
-    return AnswerStreamResponse(sse_frames(events), connections=connections, ping=PING_S,
-                                headers=SSE_HEADERS, send_timeout=SEND_TIMEOUT_S)
+    return AnswerStreamResponse(sse_frames(events), connections=connections, ping_s=PING_S,
+                                headers=SSE_HEADERS, send_timeout_s=SEND_TIMEOUT_S)
 
 
 async def start_chat(request: Request) -> tuple[ChatService, StartedAnswer, dict[str, str]]:
@@ -149,19 +175,24 @@ async def start_chat(request: Request) -> tuple[ChatService, StartedAnswer, dict
     app_services = services(request)
     chat_request = parse_chat_request(await read_json_body(request),
                                       app_services.settings.max_message_chars)
+    site = request_site(request, chat_request.site_key)
     limits = app_services.limits
     session_key = None if chat_request.session_id is None else str(chat_request.session_id)
-    limit_headers = await limits.check_chat(limit_key(request.state.client_ip), session_key)
+    limit_headers = await limits.check_chat(limit_key(request.state.client_ip), session_key, site)
     service = app_services.chat
     budget = app_services.budget
     reservation = None
     if budget is not None and service.mode == "llm":
-        # Refused here, before a stream: BudgetExhausted (503 budget_exhausted).
-        reservation = await budget.reserve(
-            budget.answer_estimate(service.reservation_chars(chat_request.message)))
+        key_part, daily_tokens = site_budget(site, budget.daily_tokens)
+        if daily_tokens:
+            # Refused here, before a stream: BudgetExhausted (503 budget_exhausted).
+            reservation = await budget.reserve(
+                budget.answer_estimate(service.reservation_chars(chat_request.message, site),
+                                       site.max_tokens),
+                key_part, limit=daily_tokens)
     try:
         started = await service.start_answer(chat_request.message, chat_request.session_id,
-                                             reservation)
+                                             site, reservation)
     except BaseException:
         if reservation is not None:
             await asyncio.shield(reservation.release())
@@ -223,10 +254,11 @@ async def lookup(request: Request) -> AsyncIterator[None]:
 async def resume_stream(request: Request) -> Response:
     answer_id = parse_uuid(request.path_params["message_id"], "messageId")
     session_id = session_param(request)
+    site = site_param(request)
     after = last_event_id(request)
     app_services = services(request)
     async with lookup(request):
-        events = await app_services.chat.follow(answer_id, session_id, after)
+        events = await app_services.chat.follow(answer_id, session_id, after, site.id)
     if events is None:
         # The client has the answer's end (an EventSource reconnecting after `done`): 204 is
         # what stops an EventSource for good (WHATWG HTML, "server-sent events").
@@ -238,8 +270,9 @@ async def resume_stream(request: Request) -> Response:
 async def cancel_answer(request: Request) -> Response:
     answer_id = parse_uuid(request.path_params["message_id"], "messageId")
     session_id = session_param(request)
+    site = site_param(request)
     async with lookup(request):
-        status = await chat_service(request).cancel(answer_id, session_id)
+        status = await chat_service(request).cancel(answer_id, session_id, site.id)
     return JSONResponse({"messageId": str(answer_id), "status": status})
 
 
@@ -250,8 +283,9 @@ async def history(request: Request) -> Response:
         raise BadRequest(f"limit must be a whole number from 1 to {HISTORY_PAGE_MAX}.")
     raw_before = request.query_params.get("before")
     before = None if raw_before is None else parse_uuid(raw_before, "before")
+    site = site_param(request)
     async with lookup(request):
-        page = await chat_service(request).history(session_id, limit, before)
+        page = await chat_service(request).history(session_id, limit, before, site.id)
     return JSONResponse({"sessionId": str(page.session_id),
                          "messages": [m.to_json() for m in page.messages],
                          "hasMore": page.has_more})

@@ -21,6 +21,7 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from app.shopper_words import widen_question
+from app.sites import DEFAULT_SITE_ID
 from app.store_profile import StoreProfile
 
 DEFAULT_KNOWLEDGE_DIR = Path(__file__).parent / "store" / "knowledge"
@@ -150,8 +151,10 @@ def read_articles(knowledge_dir: Path) -> list[Article]:
     return articles
 
 
-async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path) -> SyncReport:
-    """Make the index match the folder: index new and changed files, drop deleted ones.
+async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path,
+                         site_id: int = DEFAULT_SITE_ID) -> SyncReport:
+    """Make the site's index match the folder: index new and changed files, drop deleted ones.
+    Other sites' articles are never touched.
 
     Safe to run from several instances at once: the whole sync is one transaction holding an
     advisory lock, so syncs run one after another and all but the first find nothing to do.
@@ -159,13 +162,15 @@ async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path) -> Sync
     articles = read_articles(knowledge_dir)
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [SYNC_LOCK_KEY])
-        cursor = await conn.execute("SELECT path, content_hash FROM knowledge_articles")
+        cursor = await conn.execute(
+            "SELECT path, content_hash FROM knowledge_articles WHERE site_id = %s", [site_id])
         indexed = {path: content_hash for path, content_hash in await cursor.fetchall()}
 
         on_disk = {article.path for article in articles}
         removed = sorted(path for path in indexed if path not in on_disk)
         if removed:
-            await conn.execute("DELETE FROM knowledge_articles WHERE path = ANY(%s)", [removed])
+            await conn.execute("DELETE FROM knowledge_articles WHERE site_id = %s"
+                               " AND path = ANY(%s)", [site_id, removed])
 
         added: list[str] = []
         updated: list[str] = []
@@ -173,32 +178,34 @@ async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path) -> Sync
             previous_hash = indexed.get(article.path)
             if previous_hash == article.content_hash:
                 continue
-            await _index_article(conn, article)
+            await _index_article(conn, article, site_id)
             (added if previous_hash is None else updated).append(article.path)
 
     unchanged = len(articles) - len(added) - len(updated)
     return SyncReport(tuple(added), tuple(updated), tuple(removed), unchanged)
 
 
-async def _index_article(conn: AsyncConnection, article: Article) -> None:
+async def _index_article(conn: AsyncConnection, article: Article, site_id: int) -> None:
     await conn.execute(
         """
-        INSERT INTO knowledge_articles (path, title, content_hash) VALUES (%s, %s, %s)
-        ON CONFLICT (path) DO UPDATE
+        INSERT INTO knowledge_articles (site_id, path, title, content_hash) VALUES (%s, %s, %s, %s)
+        ON CONFLICT (site_id, path) DO UPDATE
             SET title = EXCLUDED.title, content_hash = EXCLUDED.content_hash, indexed_at = now()
         """,
-        [article.path, article.title, article.content_hash],
+        [site_id, article.path, article.title, article.content_hash],
     )
-    await conn.execute("DELETE FROM knowledge_chunks WHERE article_path = %s", [article.path])
+    await conn.execute("DELETE FROM knowledge_chunks WHERE site_id = %s AND article_path = %s",
+                       [site_id, article.path])
     async with conn.cursor() as cursor:
         await cursor.executemany(
             """
             INSERT INTO knowledge_chunks
-                (article_path, position, article_title, heading, body, content_hash)
-            VALUES (%s, %s, %s, %s, %s, %s)
+                (site_id, article_path, position, article_title, heading, body, content_hash)
+            VALUES (%s, %s, %s, %s, %s, %s, %s)
             """,
             [
                 (
+                    site_id,
                     article.path,
                     position,
                     article.title,
@@ -212,11 +219,12 @@ async def _index_article(conn: AsyncConnection, article: Article) -> None:
 
 
 async def search_knowledge(
-    pool: AsyncConnectionPool, question: str, limit: int = 3
+    pool: AsyncConnectionPool, question: str, limit: int = 3, *, site_id: int = DEFAULT_SITE_ID
 ) -> list[KnowledgeChunk]:
-    """The chunks that best answer `question`, best first; empty when none is relevant."""
+    """The site's chunks that best answer `question`, best first; empty when none is relevant.
+    Never another site's: the counts behind the ranking are the site's own too."""
     async with pool.connection() as conn:
-        groups = widen_question(question, await _vocabulary(conn))
+        groups = widen_question(question, await _vocabulary(conn, site_id))
         if not groups:
             return []
         terms = [term for group in groups for term in group]
@@ -232,6 +240,7 @@ async def search_knowledge(
                     "min_known_share": MIN_KNOWN_SHARE,
                     "threshold": RELEVANCE_THRESHOLD,
                     "limit": limit,
+                    "site_id": site_id,
                 },
             )
             return await cursor.fetchall()
@@ -255,9 +264,10 @@ weighted_term AS (
            matching.chunks,
            ln(1 + (total.chunks - matching.chunks + 0.5) / (matching.chunks + 0.5)) AS idf
     FROM (SELECT DISTINCT query FROM grouped_term) AS term,
-         (SELECT count(*) AS chunks FROM knowledge_chunks) AS total,
+         (SELECT count(*) AS chunks FROM knowledge_chunks
+          WHERE site_id = %(site_id)s) AS total,
          LATERAL (SELECT count(*) AS chunks FROM knowledge_chunks
-                  WHERE search_vector @@ term.query) AS matching
+                  WHERE site_id = %(site_id)s AND search_vector @@ term.query) AS matching
 ),
 -- Numbers are left out: every article has some, so "what is 2+2" would look like a question
 -- the articles know all about.
@@ -273,6 +283,7 @@ scored_chunk AS (
                                               weighted_term.query, %(normalization)s)) AS score
     FROM knowledge_chunks AS chunk
     JOIN weighted_term ON chunk.search_vector @@ weighted_term.query
+    WHERE chunk.site_id = %(site_id)s
     GROUP BY chunk.id
 )
 SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
@@ -290,39 +301,43 @@ LIMIT %(limit)s
 # sees the current articles without re-reading them for every question. The fingerprint itself
 # is re-read at most every VOCABULARY_CHECK_S: a query per question is a round trip on the path
 # to the first token, and articles change far less often than that.
-# The last check is kept per database: a process may talk to several (the tests do).
+# The last check is kept per database and site: a process may talk to several databases (the
+# tests do), and every site has articles of its own.
 _vocabulary_cache: dict[str, frozenset[str]] = {}
+# Vocabularies kept at most: one per site in use, roughly.
+VOCABULARY_CACHE_MAX = 64
 VOCABULARY_CHECK_S = 5.0
-_recent_vocabulary: dict[str, tuple[float, frozenset[str]]] = {}
+_recent_vocabulary: dict[tuple[str, int], tuple[float, frozenset[str]]] = {}
 
 
-async def _vocabulary(conn: AsyncConnection) -> frozenset[str]:
-    database = conn.info.dsn
-    recent = _recent_vocabulary.get(database)
+async def _vocabulary(conn: AsyncConnection, site_id: int) -> frozenset[str]:
+    key = (conn.info.dsn, site_id)
+    recent = _recent_vocabulary.get(key)
     if recent is not None and time.monotonic() - recent[0] < VOCABULARY_CHECK_S:
         return recent[1]
-    vocabulary = await _current_vocabulary(conn)
-    _recent_vocabulary[database] = (time.monotonic(), vocabulary)
+    vocabulary = await _current_vocabulary(conn, site_id)
+    _recent_vocabulary[key] = (time.monotonic(), vocabulary)
     return vocabulary
 
 
-async def _current_vocabulary(conn: AsyncConnection) -> frozenset[str]:
+async def _current_vocabulary(conn: AsyncConnection, site_id: int) -> frozenset[str]:
     cursor = await conn.execute(
         "SELECT coalesce(md5(string_agg(path || ':' || content_hash, ',' ORDER BY path)), '')"
-        " FROM knowledge_articles"
+        " FROM knowledge_articles WHERE site_id = %s", [site_id]
     )
     row = await cursor.fetchone()
     fingerprint = row[0] if row else ""
     if fingerprint not in _vocabulary_cache:
+        # ts_stat takes its query as text; the bigint cast keeps the site id a number.
         cursor = await conn.execute(
             """
-            SELECT word FROM ts_stat($$
-                SELECT to_tsvector('simple', article_title || ' ' || heading || ' ' || body)
-                FROM knowledge_chunks
-            $$)
-            """
+            SELECT word FROM ts_stat(
+                'SELECT to_tsvector(''simple'', article_title || '' '' || heading || '' '' || body)'
+                ' FROM knowledge_chunks WHERE site_id = ' || %s::bigint)
+            """, [site_id]
         )
-        _vocabulary_cache.clear()
+        if len(_vocabulary_cache) >= VOCABULARY_CACHE_MAX:
+            _vocabulary_cache.clear()
         _vocabulary_cache[fingerprint] = frozenset(word for (word,) in await cursor.fetchall())
     return _vocabulary_cache[fingerprint]
 

@@ -113,13 +113,16 @@ class LLM:
     async def aclose(self) -> None:
         await self._client.close()
 
-    async def stream(self, messages: Sequence[dict[str, str]]) -> AsyncIterator[str | Usage]:
+    async def stream(self, messages: Sequence[dict[str, str]], *, model: str | None = None,
+                     temperature: float | None = None, max_tokens: int | None = None
+                     ) -> AsyncIterator[str | Usage]:
+        """The answer's deltas, then its usage; a site may override the model's settings."""
         loop = asyncio.get_running_loop()
         body = {
-            "model": self.model,
+            "model": model or self.model,
             "messages": list(messages),
-            "max_tokens": self._max_tokens,
-            "temperature": self._temperature,
+            "max_tokens": self._max_tokens if max_tokens is None else max_tokens,
+            "temperature": self._temperature if temperature is None else temperature,
             "stream": True,
             "stream_options": {"include_usage": True},
         }

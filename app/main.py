@@ -8,11 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -38,11 +36,18 @@ from .eventlog import EventLog, MemoryEventLog
 from .knowledge import DEFAULT_KNOWLEDGE_DIR, KnowledgeError, sync_knowledge
 from .llm import LLM
 from .metrics import Metrics
-from .middleware import OriginGuard, RequestLimit, SecurityHeaders
+from .middleware import (
+    OriginGuard,
+    RefusedOrigins,
+    RequestLimit,
+    SecurityHeaders,
+    SiteCORS,
+)
 from .ratelimit import RateLimits, Rule, parse_limit
 from .redis_connection import SharedRedis
 from .redis_eventlog import RedisEventLog
 from .services import Services
+from .sites import SiteDirectory, SiteStore, ensure_default_site
 from .sse import Connections
 from .store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
 
@@ -131,8 +136,9 @@ def build_rate_limits(settings: Settings, redis: SharedRedis | None,
 
 def build_budget(settings: Settings, redis: SharedRedis | None,
                  on_refusal: Callable[[str], None] | None = None) -> TokenBudget | None:
-    """The daily token budget, or None without one (or with the limits turned off)."""
-    if not settings.daily_token_budget or not settings.rate_limit_enabled:
+    """The daily token budgets (the deployment's DAILY_TOKEN_BUDGET, 0: none, and the sites'
+    own), or None with the limits turned off."""
+    if not settings.rate_limit_enabled:
         return None
     budget = TokenBudget(settings.daily_token_budget, max_tokens=settings.max_tokens,
                          redis=redis, key_prefix=settings.redis_prefix,
@@ -169,8 +175,11 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
 
     limits = build_rate_limits(settings, redis, on_refusal=count_refusal)
     budget = build_budget(settings, redis, on_refusal=count_refusal)
+    # Filled in the lifespan; the origin checks below read it on every request.
+    sites = SiteDirectory()
+    refused_origins = RefusedOrigins()
     services = Services(settings=settings, metrics=metrics, redis=redis, limits=limits,
-                        connections=Connections(),
+                        connections=Connections(), sites=sites, refused_origins=refused_origins,
                         lookups=Bulkhead(lookup_slots(settings.db_pool_max,
                                                       settings.db_pool_lookups)),
                         budget=budget)
@@ -182,6 +191,9 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         pool = db.create_pool(settings.database_url, settings.db_pool_max)
         await pool.open(wait=True, timeout=30)
         metrics.watch_pool(pool.get_stats)
+        # The default site mirrors the deployment's settings; every site is then in memory.
+        await ensure_default_site(pool, profile, str(articles_dir), settings.allowed_origins)
+        await sites.open(SiteStore(pool))
         synced = await sync_knowledge(pool, articles_dir)
         log.info("knowledge base %s: %s", articles_dir, synced.summary())
         llm = build_llm(settings, llm_http_client) if settings.llm_configured else None
@@ -202,6 +214,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         try:
             yield
         finally:
+            await sites.aclose()
             await chat.shutdown(settings.shutdown_grace_s)
             services.stopped()
             await events.aclose()
@@ -214,17 +227,15 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             metrics.watch_pool(None)
             await pool.close()
 
-    # sse-starlette ends every stream the moment uvicorn sees SIGTERM; our streams end when their
-    # answers end, and AppServer gives answers a grace period first.
-    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     middleware = [
         # Outermost: it sees every response, CORS refusals included, and times the whole request.
         Middleware(AccessMiddleware, metrics=metrics),
         Middleware(SecurityHeaders),
         # Before CORS, so a disallowed origin's preflight gets our 403 body, not a bare 400.
-        Middleware(OriginGuard, allowed_origins=settings.allowed_origins,
+        Middleware(OriginGuard, allowed_origins=lambda: sites.every_origin,
+                   refusals=refused_origins,
                    trusted_proxies=parse_networks(settings.trusted_proxies)),
-        Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins),
+        Middleware(SiteCORS, allowed_origins=lambda: sites.every_origin,
                    allow_methods=["GET", "POST"],
                    allow_headers=["content-type", "last-event-id"],
                    expose_headers=["retry-after", "ratelimit-limit", "ratelimit-remaining",

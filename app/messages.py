@@ -3,6 +3,9 @@
 The orchestration (app/chat.py) calls these and never writes SQL itself. They raise domain errors
 (`NotFoundError`, and `StoreUnavailable` from app/db.py), never HTTP ones: app/errors.py is the one
 place that turns those into responses.
+
+Every lookup is scoped by site (sql/0004_sites.sql): another site's conversation or message is
+not found, exactly like an unknown one. `site_id` defaults to the default site's.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import db
 from .errors import NotFoundError, StoreUnavailable
+from .sites import DEFAULT_SITE_ID
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class AnswerRecord:
     completion_tokens: int | None
     fallback: bool
     sources: list[dict[str, str]]
+    site_id: int
 
 
 @dataclass(frozen=True)
@@ -82,9 +87,10 @@ class Turn:
     rows are not written yet (`save`). Leaving the block commits; an exception rolls back."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID,
-                 history: list[tuple[str, str]], new_session: bool) -> None:
+                 history: list[tuple[str, str]], new_session: bool, site_id: int) -> None:
         self._conn = conn
         self.session_id = session_id
+        self.site_id = site_id
         self.history = history
         self._new_session = new_session
         # Set once the rows are written: from then on a failure may come after the server has
@@ -95,13 +101,14 @@ class Turn:
                    model: str | None) -> None:
         """The shopper's message, and the answer's empty 'streaming' row."""
         if self._new_session:
-            await self._conn.execute("INSERT INTO conversations (id) VALUES (%s)",
-                                     (self.session_id,))
+            await self._conn.execute("INSERT INTO conversations (id, site_id) VALUES (%s, %s)",
+                                     (self.session_id, self.site_id))
         await self._conn.execute(
-            "INSERT INTO messages (id, conversation_id, sender, text, status, model)"
-            " VALUES (%s, %s, 'user', %s, 'complete', NULL),"
-            " (%s, %s, 'ai', '', 'streaming', %s)",
-            (user_message_id, self.session_id, question, answer_id, self.session_id, model),
+            "INSERT INTO messages (id, conversation_id, site_id, sender, text, status, model)"
+            " VALUES (%s, %s, %s, 'user', %s, 'complete', NULL),"
+            " (%s, %s, %s, 'ai', '', 'streaming', %s)",
+            (user_message_id, self.session_id, self.site_id, question, answer_id,
+             self.session_id, self.site_id, model),
         )
         self.writer_pid = self._conn.info.backend_pid
 
@@ -112,14 +119,17 @@ class MessageStore:
         self._history_window = history_window
 
     @contextlib.asynccontextmanager
-    async def new_turn(self, session_id: uuid.UUID | None) -> AsyncIterator[Turn]:
-        """Open the transaction of a new turn in `session_id`, or in a new session."""
+    async def new_turn(self, session_id: uuid.UUID | None,
+                       site_id: int = DEFAULT_SITE_ID) -> AsyncIterator[Turn]:
+        """Open the transaction of a new turn in `session_id` of the site, or in a new session
+        (another site's session id is an unknown one)."""
         async with db.connection(self._pool) as conn, conn.transaction():
             history: list[tuple[str, str]] = []
             known = False
             if session_id is not None:
-                cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s",
-                                         (session_id,))
+                cur = await conn.execute(
+                    "SELECT 1 FROM conversations WHERE id = %s AND site_id = %s",
+                    (session_id, site_id))
                 if await cur.fetchone() is not None:
                     known = True
                     history = await self._history_window_rows(conn, session_id)
@@ -127,7 +137,7 @@ class MessageStore:
                 # An unknown id from the client is never adopted: the server makes the id,
                 # so one shopper cannot pick another's future session id.
                 session_id = uuid.uuid4()
-            yield Turn(conn, session_id, history, new_session=not known)
+            yield Turn(conn, session_id, history, new_session=not known, site_id=site_id)
 
     async def _history_window_rows(self, conn: psycopg.AsyncConnection[Any],
                                    session_id: uuid.UUID) -> list[tuple[str, str]]:
@@ -166,15 +176,17 @@ class MessageStore:
                   SAVE_ATTEMPTS)
         return False
 
-    async def find_answer(self, answer_id: uuid.UUID, session_id: uuid.UUID) -> AnswerRecord:
-        """The answer if it belongs to this session; otherwise NotFoundError, as if it did not
-        exist."""
+    async def find_answer(self, answer_id: uuid.UUID, session_id: uuid.UUID,
+                          site_id: int = DEFAULT_SITE_ID) -> AnswerRecord:
+        """The answer if it belongs to this session of this site; otherwise NotFoundError, as
+        if it did not exist."""
         async with db.connection(self._pool) as conn:
             cur = conn.cursor(row_factory=class_row(AnswerRecord))
             await cur.execute(
                 "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens,"
-                " fallback, sources FROM messages WHERE id = %s AND conversation_id = %s AND sender = 'ai'",
-                (answer_id, session_id),
+                " fallback, sources, site_id FROM messages WHERE id = %s AND conversation_id = %s"
+                " AND site_id = %s AND sender = 'ai'",
+                (answer_id, session_id, site_id),
             )
             record = await cur.fetchone()
         if record is None:
@@ -212,10 +224,11 @@ class MessageStore:
             cur = await conn.execute("SELECT id FROM messages WHERE status = 'streaming'")
             return [str(row[0]) for row in await cur.fetchall()]
 
-    async def history_page(self, session_id: uuid.UUID, limit: int,
-                           before: uuid.UUID | None) -> HistoryPage:
+    async def history_page(self, session_id: uuid.UUID, limit: int, before: uuid.UUID | None,
+                           site_id: int = DEFAULT_SITE_ID) -> HistoryPage:
         async with db.connection(self._pool) as conn:
-            cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s", (session_id,))
+            cur = await conn.execute("SELECT 1 FROM conversations WHERE id = %s AND site_id = %s",
+                                     (session_id, site_id))
             if await cur.fetchone() is None:
                 raise NotFoundError("conversation")
             before_seq: int | None = None

@@ -1,9 +1,13 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer the SSE streams).
 
 - SecurityHeaders: nosniff, a referrer policy and a strict CSP on every response.
-- OriginGuard: a browser on an origin outside ALLOWED_ORIGINS cannot call the chat API, even
-  with a request that needs no preflight. Each refused origin is logged as a warning, at most
-  once per REFUSED_ORIGIN_LOG_S, so the owner sees why the widget "couldn't reach support".
+- OriginGuard: a browser on an origin that no site allows cannot call the chat API, even with
+  a request that needs no preflight. (Which site a request is for is only known once its body
+  is read: the endpoint then holds the origin to that site's own list, see app/endpoints.py.)
+  Each refused origin is logged as a warning (RefusedOrigins), at most once per
+  REFUSED_ORIGIN_LOG_S, so the owner sees why the widget "couldn't reach support".
+- SiteCORS: CORS with the origins every site allows, read from the site directory, so a site
+  created or changed while the app runs needs no restart.
 - RequestLimit: works out the client's address once, and applies the per-IP limit that covers
   every endpoint except health checks.
 """
@@ -13,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from urllib.parse import urlsplit
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .clientip import Network, client_ip, is_trusted_peer, limit_key
@@ -91,31 +96,47 @@ REFUSED_ORIGINS_KEPT = 1000
 ORIGIN_LOG_CHARS = 200
 
 
-class OriginGuard:
-    def __init__(self, app: ASGIApp, allowed_origins: Sequence[str],
-                 trusted_proxies: Sequence[Network] = (),
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.app = app
-        self.allowed = frozenset(origin.rstrip("/") for origin in allowed_origins)
-        self.trusted_proxies = tuple(trusted_proxies)
+def origin_allowed(origin: str, host: str | None, scheme: str, allowed: Collection[str]) -> bool:
+    if origin in allowed or "*" in allowed:
+        return True
+    # The widget on our own pages is always allowed: same origin means same scheme and host
+    # (an https page on another server that happens to share the host name is not ours).
+    parts = urlsplit(origin)
+    return parts.scheme.lower() == scheme and parts.netloc == host
+
+
+# Where OriginGuard leaves the scheme the browser used (scope["state"]), for the endpoints'
+# per-site check: it alone knows the trusted proxies whose X-Forwarded-Proto counts.
+SCHEME_STATE = "browser_scheme"
+
+
+def refused_origin(scope: Scope, allowed: Collection[str]) -> str | None:
+    """The request's Origin when a browser page outside `allowed` sent it, else None (a
+    request with no Origin, such as curl's, is not a browser page's and is let through)."""
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return None
+    scheme = scope.get("state", {}).get(SCHEME_STATE) or str(scope.get("scheme", "http")).lower()
+    if not origin_allowed(origin, _header(scope, b"host"), scheme, allowed):
+        return origin
+    return None
+
+
+class RefusedOrigins:
+    """The warnings about refused origins: one line per origin and list per
+    REFUSED_ORIGIN_LOG_S, from the guard (no site allows the origin) and from the endpoints
+    (the site the request names does not)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        # origin -> when it was last logged
-        self._logged: dict[str, float] = {}
+        # (origin, the list it is missing from) -> when it was last logged
+        self._logged: dict[tuple[str, str], float] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/chat/"):
-            origin = _header(scope, b"origin")
-            if origin is not None and not self._allowed(
-                    origin, _header(scope, b"host"), request_scheme(scope, self.trusted_proxies)):
-                self._log_refusal(origin)
-                await send_error(send, OriginNotAllowed())
-                return
-        await self.app(scope, receive, send)
-
-    def _log_refusal(self, origin: str) -> None:
+    def note(self, origin: str, allowed: Collection[str], where: str) -> None:
+        """Log that `origin` was refused; `where` names the list it is missing from."""
         origin = origin[:ORIGIN_LOG_CHARS]
         now = self._clock()
-        last = self._logged.get(origin)
+        last = self._logged.get((origin, where))
         if last is not None and now - last < REFUSED_ORIGIN_LOG_S:
             return
         if len(self._logged) >= REFUSED_ORIGINS_KEPT:
@@ -123,19 +144,10 @@ class OriginGuard:
             self._logged = {o: t for o, t in self._logged.items() if t >= cutoff}
             if len(self._logged) >= REFUSED_ORIGINS_KEPT:
                 return  # a flood of made-up origins: what was logged already says enough
-        self._logged[origin] = now
-        allowed = ", ".join(sorted(self.allowed)) or "(empty)"
-        log.warning("refused a browser request from origin %r: it is not in ALLOWED_ORIGINS"
-                    " (%s); if the widget runs on that site, add the origin there", origin,
-                    allowed)
-
-    def _allowed(self, origin: str, host: str | None, scheme: str) -> bool:
-        if origin in self.allowed or "*" in self.allowed:
-            return True
-        # The widget on our own pages is always allowed: same origin means same scheme and host
-        # (an https page on another server that happens to share the host name is not ours).
-        parts = urlsplit(origin)
-        return parts.scheme.lower() == scheme and parts.netloc == host
+        self._logged[(origin, where)] = now
+        listed = ", ".join(sorted(allowed)) or "(empty)"
+        log.warning("refused a browser request from origin %r: it is not in %s (%s); if the"
+                    " widget runs on that site, add the origin there", origin, where, listed)
 
 
 def request_scheme(scope: Scope, trusted_proxies: Sequence[Network]) -> str:
@@ -146,6 +158,69 @@ def request_scheme(scope: Scope, trusted_proxies: Sequence[Network]) -> str:
             # A chain of proxies appends; the client-facing one is the left-most.
             return forwarded.split(",")[0].strip().lower()
     return str(scope.get("scheme", "http")).lower()
+
+
+def check_origin(scope: Scope, allowed: Collection[str], refusals: RefusedOrigins | None = None,
+                 where: str = "ALLOWED_ORIGINS") -> None:
+    """Raise OriginNotAllowed for a browser page outside `allowed`, logging it."""
+    origin = refused_origin(scope, allowed)
+    if origin is not None:
+        if refusals is not None:
+            refusals.note(origin, allowed, where)
+        raise OriginNotAllowed()
+
+
+# Where the guard's origins come from: ALLOWED_ORIGINS (the default site's) and `sites update`.
+EVERY_SITE = "ALLOWED_ORIGINS or any site's origins (python -m app sites update KEY --origin ...)"
+
+
+class OriginGuard:
+    """Refuses a browser page on an origin that no site allows. `allowed_origins` is the list
+    itself, or a function read on every request (the site directory's origins)."""
+
+    def __init__(self, app: ASGIApp,
+                 allowed_origins: Collection[str] | Callable[[], Collection[str]],
+                 clock: Callable[[], float] = time.monotonic,
+                 refusals: RefusedOrigins | None = None,
+                 trusted_proxies: Sequence[Network] = ()) -> None:
+        self.app = app
+        self.trusted_proxies = tuple(trusted_proxies)
+        if callable(allowed_origins):
+            self.allowed_origins = allowed_origins
+            self._where = EVERY_SITE
+        else:
+            fixed = frozenset(origin.rstrip("/") for origin in allowed_origins)
+            self.allowed_origins = lambda: fixed
+            self._where = "ALLOWED_ORIGINS"
+        self.refusals = refusals if refusals is not None else RefusedOrigins(clock)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/chat/"):
+            scope.setdefault("state", {})[SCHEME_STATE] = request_scheme(scope,
+                                                                          self.trusted_proxies)
+            try:
+                check_origin(scope, self.allowed_origins(), self.refusals, self._where)
+            except OriginNotAllowed as error:
+                await send_error(send, error)
+                return
+        await self.app(scope, receive, send)
+
+
+class SiteCORS(CORSMiddleware):
+    """Starlette's CORS, with the allowed origins asked for on every request."""
+
+    def __init__(self, app: ASGIApp, allowed_origins: Callable[[], Collection[str]],
+                 allow_methods: Sequence[str], allow_headers: Sequence[str],
+                 expose_headers: Sequence[str], max_age: int) -> None:
+        # No origin here: "*" would make Starlette answer every origin without asking.
+        super().__init__(app, allow_origins=(), allow_methods=allow_methods,
+                         allow_headers=allow_headers, expose_headers=expose_headers,
+                         max_age=max_age)
+        self.allowed_origins = allowed_origins
+
+    def is_allowed_origin(self, origin: str) -> bool:
+        allowed = self.allowed_origins()
+        return origin in allowed or "*" in allowed
 
 
 class RequestLimit:

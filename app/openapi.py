@@ -134,8 +134,24 @@ def _chat_request_schema(max_message_chars: int) -> dict[str, Any]:
                 "description": "The conversation to continue, from an earlier `meta` event. An"
                                " unknown id starts a new conversation with an id the server makes.",
             },
+            "siteKey": {
+                "oneOf": [{"type": "string"}, {"type": "null"}],
+                "description": SITE_KEY_DESCRIPTION,
+            },
         },
     }
+
+
+SITE_KEY_DESCRIPTION = ("The site (store) the request is for: the embed snippet's `data-site`."
+                        " Absent, null or empty: the deployment's default site. A key no site"
+                        " has is a 404; a page on an origin the site does not allow is a 403."
+                        " Every id is looked up within the site: another site's conversation"
+                        " or answer is a 404, exactly like one that does not exist.")
+
+
+def _site_query() -> dict[str, Any]:
+    return {"name": "siteKey", "in": "query", "required": False, "schema": {"type": "string"},
+            "description": SITE_KEY_DESCRIPTION}
 
 
 def _session_query(description: str) -> dict[str, Any]:
@@ -153,7 +169,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
     """The document for an app whose MAX_MESSAGE_CHARS is `max_message_chars`."""
     # Every endpoint but the health checks counts against the per-IP limit (429), and every
     # /chat/ endpoint refuses a browser page on an origin outside ALLOWED_ORIGINS (403).
-    chat_refusals = _error_responses(400, 403, 413, 415, 429, 503)
+    # 404: a siteKey that names no site.
+    chat_refusals = _error_responses(400, 403, 404, 413, 415, 429, 503)
     # History, resume and cancel: their own share of the database (503 lookups_busy).
     chat_reads = {**_error_responses(400, 403, 404, 429),
                   "503": _ref("responses", "LookupUnavailable")}
@@ -215,6 +232,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "parameters": [
                         _message_path("The answer's id (`messageId` of the `meta` event)."),
                         _session_query("The session the answer belongs to."),
+                        _site_query(),
                         {"name": "Last-Event-ID", "in": "header", "required": False,
                          "schema": {"type": "string", "pattern": "^[0-9]{0,12}$"},
                          "description": "The id of the last event received (a token, or the"
@@ -241,6 +259,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "parameters": [
                         _message_path("The answer's id."),
                         _session_query("The session the answer belongs to."),
+                        _site_query(),
                     ],
                     "responses": {
                         "200": {"description": "The answer's status after the cancel (an answer"
@@ -264,6 +283,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         {"name": "before", "in": "query", "required": False, "schema": UUID,
                          "description": "A message id: the page ends just before it (the first"
                                         " message of the previous page)."},
+                        _site_query(),
                     ],
                     "responses": {
                         "200": {"description": "The page.", "content": _json("HistoryPage")},
@@ -469,10 +489,11 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "The body or a parameter is not valid (a blank or too long message, an id that"
                     " is not a UUID, JSON that does not parse, NUL or invalid Unicode)."),
                 "OriginNotAllowed": _error_response(
-                    "A browser page on an origin outside ALLOWED_ORIGINS called the chat API."),
+                    "A browser page on an origin the site does not allow (for the default site:"
+                    " outside ALLOWED_ORIGINS) called the chat API."),
                 "NotFound": _error_response(
-                    "No such session or message, or it belongs to another session (the two are"
-                    " answered alike)."),
+                    "No such site, session or message, or it belongs to another session or site"
+                    " (the two are answered alike)."),
                 "PayloadTooLarge": _error_response("The body is larger than 100 KB."),
                 "UnsupportedMediaType": _error_response(
                     "The body is not sent as `application/json`."),

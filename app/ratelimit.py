@@ -13,6 +13,12 @@ Strategies, per limit:
   two counters per key whatever the limit, at the price of a small approximation at the edges.
 
 The daily token budget is not a rate limit but a reservation: it lives in app/budget.py.
+
+Per site: a site's chat limits may override the deployment's (app/sites.py), and every counter
+but the per-IP ones on every endpoint and on lookups is the site's own, so one site's abuse
+cannot exhaust another's. The default site keeps the keys used before sites, so an upgrade
+keeps its counts. (A site's token budget is its own counter of app/budget.py, named the same
+way: `site_budget_key`.)
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -36,6 +42,9 @@ from limits.errors import StorageError
 
 from .errors import RateLimited
 from .redis_connection import SharedRedis
+
+if TYPE_CHECKING:
+    from .sites import Site
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,22 @@ class Rule:
     strategy: str
 
 
+def site_scoped(site: Site | None, key: str) -> str:
+    """A counter's key within its site: the default site's keys are those from before sites."""
+    return key if site is None or site.is_default else f"site{site.id}:{key}"
+
+
+def site_budget(site: Site | None, deployment_tokens: int) -> tuple[str, int]:
+    """The site's token budget: the key part of its counter in app/budget.py ("" for the
+    default site, whose counter is the deployment's from before sites; `site{id}` for another)
+    and its daily limit (the site's override, else the deployment's; 0: no budget)."""
+    if site is None:
+        return "", deployment_tokens
+    key_part = "" if site.is_default else f"site{site.id}"
+    limit = deployment_tokens if site.daily_token_budget is None else site.daily_token_budget
+    return key_part, limit
+
+
 class RateLimits:
     """Checks the limits for one request; refusals raise RateLimited (429) with Retry-After."""
 
@@ -76,6 +101,8 @@ class RateLimits:
         self.chat_rules = chat_rules
         self.session_rule = session_rule
         self.lookup_rule = lookup_rule
+        # A site's own rules, made once per combination of its overrides.
+        self._site_rules: dict[tuple[str | None, ...], tuple[tuple[Rule, ...], Rule]] = {}
         self._memory = self._limiters(MemoryStorage())
         self._redis: dict[str, RateLimiter] | None = None
         if redis is not None:
@@ -134,13 +161,38 @@ class RateLimits:
         if not allowed:
             raise self._refuse(self.lookup_rule, reset_in)
 
-    async def check_chat(self, client_key: str, session_id: str | None) -> dict[str, str]:
-        """The chat limits; returns the RateLimit-* headers of the tightest one."""
+    def rules_for(self, site: Site | None) -> tuple[tuple[Rule, ...], Rule]:
+        """The chat rules and the session rule, with the site's overrides."""
+        if site is None:
+            return self.chat_rules, self.session_rule
+        overrides = (site.rate_limit_chat_ip, site.rate_limit_chat_ip_daily,
+                     site.rate_limit_session)
+        if overrides == (None, None, None):
+            return self.chat_rules, self.session_rule
+        rules = self._site_rules.get(overrides)
+        if rules is None:
+            by_name = {"chat_ip": site.rate_limit_chat_ip,
+                       "chat_ip_daily": site.rate_limit_chat_ip_daily}
+            chat_rules = tuple(
+                rule if by_name.get(rule.name) is None
+                else Rule(rule.name, parse_limit(rule.name, by_name[rule.name] or ""), rule.strategy)
+                for rule in self.chat_rules)
+            session = self.session_rule
+            if site.rate_limit_session is not None:
+                session = Rule(session.name, parse_limit(session.name, site.rate_limit_session),
+                               session.strategy)
+            rules = self._site_rules[overrides] = (chat_rules, session)
+        return rules
+
+    async def check_chat(self, client_key: str, session_id: str | None,
+                         site: Site | None = None) -> dict[str, str]:
+        """The chat limits of the site; returns the RateLimit-* headers of the tightest one."""
         if not self.enabled:
             return {}
-        checks = [(rule, client_key) for rule in self.chat_rules]
+        chat_rules, session_rule = self.rules_for(site)
+        checks = [(rule, site_scoped(site, client_key)) for rule in chat_rules]
         if session_id is not None:
-            checks.insert(0, (self.session_rule, session_id))
+            checks.insert(0, (session_rule, site_scoped(site, session_id)))
         tightest: tuple[Rule, int, int] | None = None
         for rule, key in checks:
             allowed, remaining, reset_in = await self._hit(rule, key)

@@ -12,6 +12,9 @@ Where it differs from the in-process log (app/eventlog.py) it wraps:
   is saved, and its Redis copy is completed from memory once Redis is back.
 - The producer holds a lease per live answer. A subscriber elsewhere that finds neither a lease
   nor a terminal event knows the producer died, and ends the stream instead of waiting forever.
+  The lease goes out with the answer's first flush (at most FLUSH_LINGER_S after the claim, so
+  possibly just after the answer's row is committed), not in a round trip of its own before the
+  answer starts; whoever finds a lease missing confirms it CONFIRM_S later, far longer.
 
 Keys, all under `{REDIS_PREFIX}:`:
     answer:{id}:events   the stream; expires STREAM_TTL_S after the answer ends (the same TTL,
@@ -128,6 +131,8 @@ class RedisEventLog:
         self._health = redis.event_log_health
         self._instance_id = uuid.uuid4().hex
         self._pending: list[tuple[str, Event]] = []
+        # Answers claimed since the last flush: their leases go out with it.
+        self._claims: list[str] = []
         self._wake = asyncio.Event()
         # Answers this instance produces that have not ended: their leases are ours to refresh.
         self._live: set[str] = set()
@@ -165,15 +170,15 @@ class RedisEventLog:
     # -- producing ---------------------------------------------------------------------------
 
     async def claim(self, answer_id: str) -> None:
-        # The lease exists before the answer's row is committed, so an instance that finds the
-        # row 'streaming' and no lease can be sure the producer is gone, not just starting.
+        # No round trip on the answer's path: the lease goes out with the next flush, which
+        # carries the answer's meta too. An instance that finds the row 'streaming' and no lease
+        # confirms CONFIRM_S later before it declares the producer gone, and the flush is due
+        # FLUSH_LINGER_S after the claim: a starting answer is never taken for a dead one.
         if self._health.down:
-            return  # no waiting for a timeout per answer; the flusher notices the recovery
-        try:
-            await self._redis.set(self._keys.lease(answer_id), self._instance_id,
-                                  px=self._lease_ms)
-        except REDIS_FAILURES as exc:
-            self._health.failed(exc, "claiming an answer")
+            return  # the flusher re-sets the leases of live answers once Redis is back
+        self._claims.append(answer_id)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def start(self, answer_id: str) -> None:
         self._memory.start(answer_id)
@@ -234,12 +239,16 @@ class RedisEventLog:
         # in order, never with a hole in the middle.
         batch = [(a, e) for a, e in self._pending if a not in self._unsynced]
         self._pending = []
-        if not batch:
+        claims, self._claims = self._claims, []
+        if not batch and not claims:
             return
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
+                for answer_id in claims:
+                    pipe.set(self._keys.lease(answer_id), self._instance_id, px=self._lease_ms)
+                leased = frozenset(claims)
                 for answer_id, event in batch:
-                    self._queue_write(pipe, answer_id, event)
+                    self._queue_write(pipe, answer_id, event, leased=answer_id in leased)
                 self._queue_expiries(pipe, {answer_id for answer_id, _ in batch})
                 results = await pipe.execute(raise_on_error=False)
         except REDIS_FAILURES as exc:
@@ -249,9 +258,10 @@ class RedisEventLog:
         self._health.ok()
         self._log_refusals(results)
 
-    def _queue_write(self, pipe: Pipeline, answer_id: str, event: Event) -> None:
+    def _queue_write(self, pipe: Pipeline, answer_id: str, event: Event, *,
+                     leased: bool = False) -> None:
         stream, lease = self._keys.events(answer_id), self._keys.lease(answer_id)
-        if event.seq == 0:
+        if event.seq == 0 and not leased:
             pipe.set(lease, self._instance_id, px=self._lease_ms)
         pipe.xadd(stream, {"k": event.kind, "d": event.data}, id=f"{event.seq}-1",
                   maxlen=self._maxlen, approximate=True)

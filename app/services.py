@@ -1,9 +1,9 @@
 """The app's services in one typed container, instead of attributes on `app.state`.
 
 `create_app` builds what needs no I/O (settings, metrics, the Redis owner, the rate limits, the
-token budget, the lookups' bulkhead, the connection registry); the lifespan adds what has to be
-opened or read first (the database pool, the chat service) with `started()`.
-Handlers reach it with `services(request)`.
+token budget, the lookups' bulkhead, the connection registry, the site directory that the
+lifespan then fills); the lifespan adds what has to be opened or read first (the database pool,
+the chat service) with `started()`. Handlers reach it with `services(request)`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from .bulkhead import Bulkhead
 from .chat import ChatService
 from .config import Settings
 from .metrics import Metrics
+from .middleware import RefusedOrigins
 from .ratelimit import RateLimits
 from .redis_connection import SharedRedis
+from .sites import SiteDirectory
 from .sse import Connections
 
 
@@ -41,9 +43,13 @@ class Services:
     redis: SharedRedis | None  # None: no REDIS_URL, every use counts in this process's memory
     limits: RateLimits
     connections: Connections
+    # Every site, in memory (loaded and refreshed by the lifespan): resolving a request's site
+    # costs no database round trip.
+    sites: SiteDirectory
+    refused_origins: RefusedOrigins
     # History, resume and cancel: their share of the database pool (app/bulkhead.py).
     lookups: Bulkhead
-    budget: TokenBudget | None = None  # None: no DAILY_TOKEN_BUDGET, or the limits turned off
+    budget: TokenBudget | None = None  # None: the limits turned off
     running: Running | None = None
 
     def started(self, pool: AsyncConnectionPool, chat: ChatService) -> None:

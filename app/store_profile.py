@@ -77,14 +77,42 @@ def load_profile(path: Path | str) -> StoreProfile:
         raise ProfileError(f"store profile {path}: the file is not UTF-8 text") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"store profile {path}: not valid TOML: {exc}") from exc
-    return _ProfileReader(path, document).profile()
+    return _ProfileReader(str(path), document).profile()
+
+
+def profile_from_document(document: object, source: str) -> StoreProfile:
+    """Check a profile held as a parsed document (a site's profile, stored as JSON) exactly as
+    a TOML file is checked; `source` names it in the error ("store profile <source>: ...")."""
+    if not isinstance(document, dict):
+        raise ProfileError(f"store profile {source}: must be a table of fields")
+    return _ProfileReader(source, document).profile()
+
+
+def profile_document(profile: StoreProfile) -> dict[str, Any]:
+    """The profile as the nested fields of its TOML file: what a site stores as JSON, and
+    what profile_from_document reads back to the same profile."""
+    document: dict[str, Any] = {
+        "name": profile.name,
+        "description": profile.description,
+        "tone": profile.tone,
+        "shipping": {"regions": list(profile.shipping_regions),
+                     "delivery_time": profile.delivery_time},
+        "returns": {"window_days": profile.returns_window_days},
+        "support": {"hours": profile.support_hours, "time_zone": profile.time_zone},
+        "contact": {"email": profile.contact_email},
+    }
+    if profile.website is not None:
+        document["website"] = profile.website
+    if profile.contact_phone is not None:
+        document["contact"]["phone"] = profile.contact_phone
+    return document
 
 
 class _ProfileReader:
     """Reads typed fields out of the parsed TOML, failing on the first wrong one."""
 
-    def __init__(self, path: Path, document: dict[str, Any]) -> None:
-        self.path = path
+    def __init__(self, source: str, document: dict[str, Any]) -> None:
+        self.path = source
         self.document = document
 
     def profile(self) -> StoreProfile:

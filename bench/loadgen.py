@@ -31,6 +31,7 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 NON_EMPTY_CONTENT = re.compile(rb'"content": ?"[^"]')
@@ -339,6 +340,58 @@ class Load:
 
     def _count_finished(self, _fut: asyncio.Future[None]) -> None:
         self.finished_count += 1
+
+
+async def one_stream(target: Target, timeout_s: float = 30.0) -> StreamResult:
+    """One request, start to end, timed from just before its connection is opened."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+    result = StreamResult(scheduled=time.perf_counter())
+    proto = SseStream(target.request_bytes(), target.kind, result, finished, None)
+    try:
+        await loop.create_connection(lambda: proto, target.host, target.port)
+    except OSError as exc:
+        result.error = f"connect: {exc.__class__.__name__}"
+        return result
+    try:
+        await asyncio.wait_for(asyncio.shield(finished), timeout_s)
+    except TimeoutError:
+        result.error = result.error or "timeout"
+        if proto.transport is not None:
+            proto.transport.abort()
+        proto.finish()
+    return result
+
+
+async def sequential(targets: list[Target], timeout_s: float = 30.0) -> list[StreamResult]:
+    """The requests one after another: each starts when the previous one has ended."""
+    results = []
+    for target in targets:
+        results.append(await one_stream(target, timeout_s))
+    return results
+
+
+async def closed_loop(make_target: Callable[[int], Target], clients: int, duration_s: float,
+                      timeout_s: float = 30.0) -> tuple[list[StreamResult], float]:
+    """`clients` users, each asking again the moment its answer ends, for `duration_s`;
+    the answers in flight then are waited for. Returns the results and the wall time."""
+    started = time.perf_counter()
+    deadline = started + duration_s
+    results: list[StreamResult] = []
+    counter = iter(range(10**9))
+
+    async def client() -> None:
+        while time.perf_counter() < deadline:
+            results.append(await one_stream(make_target(next(counter)), timeout_s))
+
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        await asyncio.gather(*(client() for _ in range(clients)))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return results, time.perf_counter() - started
 
 
 def percentile(values: list[float], q: float) -> float | None:

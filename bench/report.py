@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import short  # noqa: E402
+
 NOMINAL_TTFT_MS = 200.0
 MIB = 2**20
 
@@ -255,6 +259,8 @@ def write(results: dict[str, Any], bench: Path = BENCH, plot_python: Path | None
     for name, met, evidence in checks:
         mark = "n/a (no peer)" if met is None else ("met" if met else "**not met**")
         md.append(f"| {name} | {mark} | {evidence} |")
+    if results.get("short"):
+        md += ["", short_section(results)]
     md += ["", "## Figures", "", markdown_table(header, table), "",
            "## Rate limits", "", limits_text(results), "",
            "## Sweep", "", sweep_table(results), ""]
@@ -270,6 +276,48 @@ def write(results: dict[str, Any], bench: Path = BENCH, plot_python: Path | None
     text += "\n".join(f"{'MET    ' if met else ('n/a    ' if met is None else 'NOT MET')} "
                       f"{name}: {evidence}" for name, met, evidence in checks)
     return text
+
+
+SHORT_START, SHORT_END = "<!-- short answers: begin -->", "<!-- short answers: end -->"
+
+
+def short_section(results: dict[str, Any]) -> str:
+    """The short-answer scenario's section of RESULTS.md, between markers so that
+    `--scenario short` can rewrite it alone."""
+    m, data = results["machine"], results["short"]
+    return "\n".join([
+        SHORT_START,
+        "## Short answers (issue 15): the fixed cost of an answer",
+        "",
+        f"Measured {m['date']} at commit `{m['commit']}` (`python bench/run.py --scenario short`"
+        " or the whole run); how: the docstring of `bench/short.py`.",
+        "",
+        short.table(data),
+        SHORT_END,
+    ])
+
+
+def short_text(data: dict[str, Any]) -> str:
+    return "\n".join(f"{'MET    ' if met else ('n/a    ' if met is None else 'NOT MET')} "
+                     f"{name}: {evidence}" for name, met, evidence in short.targets_met(data))
+
+
+def update_short(results: dict[str, Any], bench: Path = BENCH) -> str:
+    """Replace (or add, before "## Figures") the short-answer section of RESULTS.md."""
+    path = bench / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    section = short_section(results)
+    if SHORT_START in text and SHORT_END in text:
+        head, rest = text.split(SHORT_START, 1)
+        _, tail = rest.split(SHORT_END, 1)
+        text = head + section + tail
+    elif "\n## Figures" in text:
+        head, tail = text.split("\n## Figures", 1)
+        text = head + section + "\n\n## Figures" + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+    return short.table(results["short"]) + "\n\n" + short_text(results["short"])
 
 
 def draw_plot(results: dict[str, Any], path: Path, python: Path | None) -> bool:

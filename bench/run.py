@@ -5,8 +5,15 @@ floor), our app with its full work (every message in PostgreSQL, limits on Redis
 and the LiteLLM proxy. The server under test runs on core 0, one worker; the fake upstream and
 this process (the load generator) on core 1.
 
-    python bench/run.py            # the whole run, a few minutes
-    python bench/run.py --quick    # shorter rounds, for trying the harness itself
+    python bench/run.py                    # the whole run, a few minutes
+    python bench/run.py --quick            # shorter rounds, for trying the harness itself
+    python bench/run.py --scenario short   # only the short-answer scenario, a minute or two
+    python bench/run.py --scenario short --against HEAD~1   # and another commit beside it
+    make bench BENCH_ARGS="--scenario short --no-litellm"
+
+The short-answer scenario (issue 15: 20-token answers, the fixed cost of an answer) is in
+bench/short.py; the whole run ends with it. Run alone, it rewrites only its own section of
+bench/RESULTS.md and writes bench/out/short.json.
 
 Writes bench/RESULTS.md, bench/added_ttft.png and bench/out/results.json.
 """
@@ -26,6 +33,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402
 import procs  # noqa: E402
 import report  # noqa: E402
+import short  # noqa: E402
 from loadgen import Load, Summary, Target, summarise  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -44,6 +53,7 @@ LITELLM_CONFIG = BENCH / "litellm_config.yaml"
 
 HOST = "127.0.0.1"
 UPSTREAM_PORT, APP_PORT, LITELLM_PORT = 18001, 18002, 18003
+AGAINST_PORT = 18004  # --against: another commit's app
 SERVER_CPU, HARNESS_CPU = 0, 1
 NOMINAL_TTFT_MS, TOKENS, GAP_MS = 200.0, 100, 20.0
 # "Within a few ms of nominal": beyond this the generator or the fake upstream is the
@@ -148,7 +158,10 @@ def ensure_litellm() -> tuple[bool, str]:
                 return False, f"{' '.join(step[:3])}: {exc}"
             if done.returncode != 0:
                 return False, f"pip install failed (exit {done.returncode}); see {install_log}"
-    return (LITELLM_VENV / "bin" / "litellm").exists(), "litellm missing after install"
+    # The reason only when it failed: RESULTS.md once said "litellm missing after install"
+    # beside LiteLLM's own figures, because this returned the reason whatever happened.
+    installed = (LITELLM_VENV / "bin" / "litellm").exists()
+    return installed, "" if installed else "litellm missing after install"
 
 
 def psql(sql: str, database: str = "postgres") -> str:
@@ -159,10 +172,10 @@ def psql(sql: str, database: str = "postgres") -> str:
     return done.stdout.strip()
 
 
-def fresh_bench_database() -> str:
-    psql(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-    psql(f'CREATE DATABASE "{BENCH_DB}"')
-    return f"postgresql://postgres@{HOST}:5432/{BENCH_DB}"
+def fresh_bench_database(name: str = BENCH_DB) -> str:
+    psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    psql(f'CREATE DATABASE "{name}"')
+    return f"postgresql://postgres@{HOST}:5432/{name}"
 
 
 def flush_bench_redis() -> None:
@@ -172,10 +185,11 @@ def flush_bench_redis() -> None:
                     f"{BENCH_REDIS_PREFIX}:*"], capture_output=True, timeout=30)
 
 
-def app_service(database_url: str, extra_env: dict[str, str], tag: str) -> procs.Service:
+def app_service(database_url: str, extra_env: dict[str, str], tag: str,
+                port: int = APP_PORT, root: Path = ROOT) -> procs.Service:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "RATE_LIMIT"))}
     env.update({
-        "HOST": HOST, "PORT": str(APP_PORT),
+        "HOST": HOST, "PORT": str(port),
         "DATABASE_URL": database_url,
         "REDIS_URL": f"redis://{HOST}:6379/{BENCH_REDIS_DB}",
         "REDIS_PREFIX": BENCH_REDIS_PREFIX,
@@ -189,14 +203,16 @@ def app_service(database_url: str, extra_env: dict[str, str], tag: str) -> procs
         "SERVER_MAX_CONNECTIONS_PER_IP": "1000000",
     })
     env.update(extra_env)
+    # `python -m app` imports the package from its working directory: `root` picks the tree.
     return procs.Service(f"app{tag}", [sys.executable, "-m", "app"], env,
-                         OUT / f"app{tag}.log", cpu=SERVER_CPU, cwd=ROOT)
+                         OUT / f"app{tag}.log", cpu=SERVER_CPU, cwd=root)
 
 
-def start_app(database_url: str, extra_env: dict[str, str], tag: str = "") -> procs.Service:
-    service = app_service(database_url, extra_env, tag)
+def start_app(database_url: str, extra_env: dict[str, str], tag: str = "",
+              port: int = APP_PORT, root: Path = ROOT) -> procs.Service:
+    service = app_service(database_url, extra_env, tag, port, root)
     service.start()
-    if not service.wait_http(f"http://{HOST}:{APP_PORT}/readyz", timeout=60):
+    if not service.wait_http(f"http://{HOST}:{port}/readyz", timeout=60):
         raise RuntimeError(f"the app did not become ready:\n{service.log_tail()}")
     return service
 
@@ -459,13 +475,14 @@ async def disconnect_storm(server: Server, plan: Plan, database: bool) -> dict[s
     return result
 
 
-def saved_answers(ids: list[str]) -> dict[str, Any]:
+def saved_answers(ids: list[str], tokens: int = TOKENS, database: str = BENCH_DB
+                  ) -> dict[str, Any]:
     if not ids:
         return {"answers": 0, "saved_complete": 0, "still_streaming": 0}
     id_list = ",".join(f"'{i}'" for i in ids if len(i) == 36 and i.count("-") == 4)
-    expected_len = len("".join(f"word{i} " for i in range(TOKENS)))
+    expected_len = len("".join(f"word{i} " for i in range(tokens)))
     rows = psql(f"SELECT status, length(text) = {expected_len}, count(*) FROM messages "
-                f"WHERE id IN ({id_list}) GROUP BY 1, 2", BENCH_DB)
+                f"WHERE id IN ({id_list}) GROUP BY 1, 2", database)
     counts: dict[str, int] = {}
     for row in rows.splitlines():
         status, whole, n = row.split("|")
@@ -520,7 +537,78 @@ def machine() -> dict[str, Any]:
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def saved_short_answers(database: str) -> Callable[[list[str]], tuple[int, int]]:
+    def check(ids: list[str]) -> tuple[int, int]:
+        """(answers saved complete with the whole text, answers asked about)."""
+        saved = 0
+        for start in range(0, len(ids), 500):
+            saved += saved_answers(ids[start:start + 500], short.TOKENS,
+                                   database)["saved_complete"]
+        return saved, len(ids)
+
+    return check
+
+
+def against_tree_path(ref: str) -> Path:
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    return OUT / f"against-{commit}"
+
+
+def against_tree(ref: str) -> Path:
+    """A detached worktree of `ref` under bench/out, to measure beside this tree."""
+    tree = against_tree_path(ref)
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree),
+                        tree.name.removeprefix("against-")], capture_output=True, check=True)
+    return tree
+
+
+async def short_answers(args: argparse.Namespace, database_url: str,
+                        litellm: procs.Service | None) -> dict[str, Any]:
+    """The short-answer scenario with an app of its own (its upstream timing is in its URL)."""
+    plan = short.ShortPlan.quick() if args.quick else short.ShortPlan()
+    flush_bench_redis()
+    upstream_env = {"OPENAI_BASE_URL": short.upstream_base_url(HOST, UPSTREAM_PORT)}
+    app = start_app(database_url, upstream_env, "-short")
+    started = [app]
+    try:
+        targets = [
+            short.ShortTarget(short.floor_target(HOST, UPSTREAM_PORT), None),
+            short.ShortTarget(Target("app", "app", HOST, APP_PORT, "/chat/stream"), app.pid,
+                              saved_short_answers(BENCH_DB)),
+        ]
+        if args.against:
+            # Another commit's app in the same alternating rounds: a before/after that the
+            # machine's other work disturbs alike. Its own database; the same Redis prefix is
+            # fine (answer ids are unique).
+            tree = against_tree(args.against)
+            database = f"{BENCH_DB}_against"
+            other = start_app(fresh_bench_database(database), upstream_env, "-against",
+                              AGAINST_PORT, tree)
+            started.append(other)
+            targets.append(short.ShortTarget(
+                Target(f"app@{args.against}", "app", HOST, AGAINST_PORT, "/chat/stream"),
+                other.pid, saved_short_answers(database)))
+        if litellm is not None:
+            targets.append(short.ShortTarget(Target(
+                "litellm", "openai", HOST, LITELLM_PORT, "/v1/chat/completions",
+                headers=(("Authorization", f"Bearer {LITELLM_MASTER_KEY}"),),
+                model="bench-short"), litellm.pid))
+        return await short.measure(targets, plan, log)
+    finally:
+        for service in started:
+            service.stop()
+        if args.against:
+            # Worktrees are listed in the repository every clone shares: leave none behind.
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove",  # noqa: ASYNC221
+                            "--force", str(against_tree_path(args.against))],
+                           capture_output=True)
+
+
 async def run(args: argparse.Namespace) -> int:
+    if args.scenario == "short":
+        return await run_short(args)
     plan = Plan.quick() if args.quick else Plan()
     OUT.mkdir(exist_ok=True)
     nofile = loadgen.raise_open_files_limit()
@@ -624,6 +712,11 @@ async def run(args: argparse.Namespace) -> int:
             log(f"  app+limits: added ttft p50 {fmt(a50)} p99 {fmt(a99)} ms, "
                 f"errors {point.summary.errors} {point.summary.error_kinds}, "
                 f"cpu {fmt(point.cpu_ms_per_1k_tokens)} ms/1k tokens")
+
+        for service in [s for s in services if s.name.startswith("app")]:
+            service.stop()
+            services.remove(service)
+        results["short"] = await short_answers(args, database_url, litellm)
     finally:
         for service in reversed(services):
             service.stop()
@@ -636,6 +729,66 @@ async def run(args: argparse.Namespace) -> int:
     print()
     print(table)
     log(f"done in {results['elapsed_s']:.0f}s; wrote bench/RESULTS.md, bench/added_ttft.png")
+    return 0
+
+
+async def run_short(args: argparse.Namespace) -> int:
+    """`--scenario short`: the fake upstream, LiteLLM if it is there, and the short scenario."""
+    OUT.mkdir(exist_ok=True)
+    loadgen.raise_open_files_limit()
+    os.sched_setaffinity(0, {HARNESS_CPU})
+    started = time.monotonic()
+    load_before = procs.load_average()
+    log(f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    litellm_ok, litellm_why = (False, "skipped (--no-litellm)")
+    if not args.no_litellm:
+        litellm_ok, litellm_why = ensure_litellm()
+        if not litellm_ok:
+            log(f"LiteLLM could not be installed: {litellm_why}; measuring the rest")
+    busy = [port for port in (UPSTREAM_PORT, APP_PORT, LITELLM_PORT, AGAINST_PORT)
+            if port_in_use(port)]
+    if busy:
+        print(f"ports {busy} are in use: stop whatever listens there first", file=sys.stderr)
+        return 2
+    upstream = procs.Service(
+        "upstream",
+        [sys.executable, str(BENCH / "fake_upstream.py"), "--host", HOST,
+         "--port", str(UPSTREAM_PORT)],
+        dict(os.environ), OUT / "upstream.log", cpu=HARNESS_CPU)
+    services: list[procs.Service] = []
+    results: dict[str, Any] = {"machine": machine(), "versions": versions(),
+                               "litellm": litellm_why or "ok"}
+    try:
+        upstream.start()
+        services.append(upstream)
+        if not upstream.wait_http(f"http://{HOST}:{UPSTREAM_PORT}/stats", timeout=10):
+            raise RuntimeError(f"fake upstream did not start:\n{upstream.log_tail()}")
+        litellm = start_litellm() if litellm_ok else None
+        if litellm is not None:
+            services.append(litellm)
+        elif litellm_ok:
+            results["litellm"] = "installed but did not start; see bench/out/litellm.log"
+        results["short"] = await short_answers(args, fresh_bench_database(), litellm)
+    finally:
+        for service in reversed(services):
+            service.stop()
+    results["load_before"] = load_before
+    results["load_after"] = procs.load_average()
+    results["elapsed_s"] = time.monotonic() - started
+    encoded = json.dumps(results, default=to_json, indent=1)
+    if args.against:
+        # A before/after comparison: printed, not written as the scenario's figures.
+        (OUT / "short-against.json").write_text(encoded)
+        print()
+        print(short.table(results["short"]))
+        log(f"done in {results['elapsed_s']:.0f}s; wrote bench/out/short-against.json")
+        return 0
+    (OUT / "short.json").write_text(encoded)
+    text = report.update_short(json.loads(encoded), BENCH)
+    print()
+    print(text)
+    log(f"done in {results['elapsed_s']:.0f}s; wrote the short-answer section of "
+        "bench/RESULTS.md and bench/out/short.json")
     return 0
 
 
@@ -652,6 +805,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short rounds, to try the harness")
     parser.add_argument("--no-litellm", action="store_true", help="leave the peer out")
+    parser.add_argument("--scenario", choices=["all", "short"], default="all",
+                        help="short: only the short-answer scenario (bench/short.py)")
+    parser.add_argument("--against", metavar="REF", default=None,
+                        help="with --scenario short: also measure the app at this commit "
+                             "(a worktree under bench/out), in the same alternating rounds")
     parser.add_argument("--no-limits", dest="limits", action="store_false",
                         help="skip the run with rate limits on")
     args = parser.parse_args()

@@ -141,6 +141,8 @@ class FakeModel:
     async def shop_page(self, request: Request) -> Response:
         # The script tag twice on purpose: the widget must be defined (and shown) only once.
         open_at_load = " data-open" if "open" in request.query_params else ""
+        site = request.query_params.get("site")
+        open_at_load += f' data-site="{site}"' if site else ""
         tag = (f'<script src="{self.widget_src}" defer data-title="Shop Help" data-greeting="Hej! '
                f'Ask us anything." data-accent="#8a3ffc" data-position="left"{open_at_load}></script>')
         return HTMLResponse(f"<!doctype html><title>Another shop</title>"
@@ -649,6 +651,55 @@ def test_embedding_on_an_allowed_origin_works_and_others_are_refused(
     expect(refused.locator("[data-chat-input]")).to_have_value("Hello from an unknown shop")
     expect(refused.locator(AI)).to_have_count(0)
     assert "Hello from an unknown shop" not in fake_model.questions
+
+
+def test_two_sites_widgets_on_two_origins_each_talk_to_their_own_site(
+        new_context: Callable[..., BrowserContext], chat_app: AppProcess,
+        fake_model: FakeModel, database_url: str) -> None:
+    import psycopg
+
+    first_origin = chat_app.shop_origin
+    second_origin = first_origin.replace("127.0.0.1", "localhost")
+    keys = []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name, origin in (("First", first_origin), ("Second", second_origin)):
+            row = conn.execute("INSERT INTO sites (name, allowed_origins) VALUES (%s, %s)"
+                               " RETURNING site_key", (name, [origin])).fetchone()
+            assert row is not None
+            keys.append(row[0])
+    # The running app picks new sites up within seconds: wait until it knows both.
+    deadline = time.monotonic() + 15
+    for key in keys:
+        while httpx.get(f"{chat_app.url}/chat/history/{uuid.uuid4()}",
+                        params={"siteKey": key}).json()["error"]["message"] == \
+                "This site was not found.":
+            assert time.monotonic() < deadline, "the app never saw the new sites"
+            time.sleep(0.1)
+
+    asked = {}
+    for key, origin in zip(keys, (first_origin, second_origin), strict=True):
+        page = new_context().new_page()
+        page.goto(f"{origin}/shop?site={key}")
+        open_chat(page)
+        asked[key] = question(f"Hello from site {key[:4]}")
+        ask(page, asked[key])
+        expect(page.locator(AI).locator(".body")).to_have_text("Happy to help!")
+        page.reload()  # the history comes back from the site's own conversation
+        expect(page.locator(USER)).to_have_text(asked[key])
+    with psycopg.connect(database_url) as conn:
+        for key, text in asked.items():
+            assert conn.execute(
+                "SELECT s.site_key FROM messages m JOIN sites s ON s.id = m.site_id"
+                " WHERE m.text = %s", (text,)).fetchall() == [(key,)]
+
+    # The first site's key on the second site's origin: refused like any foreign origin.
+    refused = new_context().new_page()
+    refused.goto(f"{second_origin}/shop?site={keys[0]}")
+    open_chat(refused)
+    ask(refused, "Hello with a borrowed key")
+    expect(refused.locator("[data-chat-error]")).to_be_visible()
+    expect(refused.locator(AI)).to_have_count(0)
+    assert "Hello with a borrowed key" not in fake_model.questions
 
 
 def test_phone_view_is_full_screen_with_16px_inputs(

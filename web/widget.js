@@ -364,6 +364,8 @@ class SupportChat extends HTMLElement {
 
   #url(path, params) {
     const base = (this.getAttribute("api") || location.origin).replace(/\/+$/, "");
+    const site = this.getAttribute("site");
+    if (params && site) params = { ...params, siteKey: site };
     return `${base}${path}${params ? `?${new URLSearchParams(params)}` : ""}`;
   }
 
@@ -404,6 +406,7 @@ class SupportChat extends HTMLElement {
     try {
       const body = { message: text };
       if (this.#sessionId) body.sessionId = this.#sessionId;
+      if (this.hasAttribute("site")) body.siteKey = this.getAttribute("site");
       response = await fetch(this.#url("/chat/stream"), {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
@@ -765,7 +768,7 @@ if (!widget) {
   widget = document.createElement("support-chat");
   const options = script ? script.dataset : {};
   const api = options.api || (script && script.src ? new URL(script.src, document.baseURI).origin : "");
-  const attributes = { api, heading: options.title, greeting: options.greeting, accent: options.accent };
+  const attributes = { api, site: options.site, heading: options.title, greeting: options.greeting, accent: options.accent };
   if (options.position === "left") attributes.position = "left";
   if (options.open !== undefined) attributes["open-at-load"] = options.open || "true";
   for (const [name, value] of Object.entries(attributes)) if (value) widget.setAttribute(name, value);
