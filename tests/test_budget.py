@@ -9,15 +9,19 @@ import json
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, cast
 
 import httpx
 import redis.asyncio as redis_asyncio
 
 from app.budget import TokenBudget, budget_day
 from app.errors import BudgetExhausted
+from app.ratelimit import site_budget
 from app.redis_connection import SharedRedis
 from app.services import services_of
+from app.sites import DEFAULT_SITE_ID, Site
+from app.store_profile import StoreProfile
 from tests.conftest import FakeUpstream, Reply, RunningApp, read_events
 from tests.tcp_proxy import TcpProxy
 
@@ -222,6 +226,46 @@ async def test_a_key_part_names_a_counter_of_its_own(redis_url: str) -> None:
     finally:
         await budget.aclose()
         await redis.aclose()
+
+
+async def test_a_counter_may_have_a_limit_of_its_own(redis_url: str) -> None:
+    """A site's own daily budget: the limit of its counter, in Redis and in the outage share."""
+    redis = SharedRedis(redis_url)
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    budget = TokenBudget(1000, max_tokens=0, redis=redis, key_prefix=prefix, fallback_share=0.1)
+    try:
+        held = await budget.reserve(200, key_part="site7", limit=300)
+        assert held.limit == 300
+        try:
+            await budget.reserve(101, key_part="site7", limit=300)
+        except BudgetExhausted:
+            pass
+        else:
+            raise AssertionError("a counter went past its own limit")
+        # Growing a reservation keeps to the same limit.
+        assert await held.extend_to(300)
+        assert not await held.extend_to(301)
+        await held.settle(50)
+        assert await counter(redis_url, f"{prefix}:budget:site7:{budget_day()}") == 50
+        # The deployment's counter keeps the deployment's limit.
+        await budget.reserve(1000)
+    finally:
+        await budget.aclose()
+        await redis.aclose()
+
+
+def test_a_sites_budget_counter_and_limit() -> None:
+    """The default site's counter is the deployment's from before sites; another site's is its
+    own, with its override as the limit (0: no budget)."""
+    default = Site(id=DEFAULT_SITE_ID, key="default", name="Default", allowed_origins=(),
+                   profile=cast(StoreProfile, None), own_profile=False, knowledge_dir=None)
+    other = replace(default, id=7, key="other")
+    assert site_budget(None, 1000) == ("", 1000)
+    assert site_budget(default, 1000) == ("", 1000)
+    assert site_budget(replace(default, daily_token_budget=50), 1000) == ("", 50)
+    assert site_budget(other, 1000) == ("site7", 1000)
+    assert site_budget(replace(other, daily_token_budget=300), 0) == ("site7", 300)
+    assert site_budget(replace(other, daily_token_budget=0), 1000) == ("site7", 0)
 
 
 async def test_an_outage_keeps_spend_within_the_share_and_is_reconciled_after(
