@@ -120,9 +120,10 @@ async def test_a_finished_answer_resumes_without_asking_the_database_while_redis
     lookups: list[uuid.UUID] = []
     original_find = MessageStore.find_answer
 
-    async def counted(self: MessageStore, answer_id: uuid.UUID, session_id: uuid.UUID) -> Any:
+    async def counted(self: MessageStore, answer_id: uuid.UUID, session_id: uuid.UUID,
+                      site_id: int) -> Any:
         lookups.append(answer_id)
-        return await original_find(self, answer_id, session_id)
+        return await original_find(self, answer_id, session_id, site_id)
 
     monkeypatch.setattr(MessageStore, "find_answer", counted)
     unknown = await resume(b, {"messageId": str(uuid.uuid4()), "sessionId": meta["sessionId"]})
