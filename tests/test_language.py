@@ -79,7 +79,8 @@ async def test_without_a_model_a_spanish_question_gets_the_english_answer_with_a
     note, _, answer = done["text"].partition("\n\n")
     assert note == HELP_CENTRE_IN_ENGLISH["es"]
     assert "PayPal" in answer  # the English article's own sentence
-    assert done["sources"][0]["path"] == "payment-methods.md"
+    # The store's curated answer on payments, or the article itself.
+    assert "payment-methods" in done["sources"][0]["path"]
     assert upstream.requests == []
     assert languages(query, events[0].data["sessionId"]) == ("es", ["es"])
 
