@@ -160,6 +160,24 @@ def demo_customer(name: str, raw: str) -> str:
     return raw
 
 
+def smtp_url(name: str, raw: str) -> str:
+    """Never quoted back: the URL holds the SMTP password."""
+    from .mailer import parse_smtp_url
+
+    if raw:
+        try:
+            parse_smtp_url(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name} {exc}") from None
+    return raw
+
+
+def email_address(name: str, raw: str) -> str:
+    if raw and (raw.count("@") != 1 or any(c.isspace() for c in raw)):
+        raise ConfigError(f"{name} must be one email address like help@shop.example, got {raw!r}")
+    return raw
+
+
 def setting(variable: str, default: str, meaning: str, read: Read = text) -> Any:
     """A field of Settings read from `variable`; unset or blank, `default` is read instead."""
     return dataclasses.field(default=read(variable, default),
@@ -213,6 +231,19 @@ class Settings:
     alert_webhook_url: str = setting(
         "ALERT_WEBHOOK_URL", "", "URL that gets a JSON POST (Slack-compatible `text`) when a"
         " conversation starts waiting for a person; unset: no alerts.")
+    smtp_url: str = setting(
+        "SMTP_URL", "", "SMTP server for email (alerts, agent invitations):"
+        " smtp://user:password@host:587 (STARTTLS when offered) or smtps://...:465; unset: no email.",
+        smtp_url)
+    smtp_from: str = setting("SMTP_FROM", "support@localhost", "The From address of every email.",
+                             email_address)
+    alert_email_to: str = setting(
+        "ALERT_EMAIL_TO", "", "Address that gets every alert by email (with SMTP_URL), e.g. a"
+        " shopper waiting for a person while nobody is online; unset: no alert emails.",
+        email_address)
+    rate_limit_admin_ip: str = setting("RATE_LIMIT_ADMIN_IP", "600/15minutes",
+                                       "Back-office API requests (/admin/api/...) per client IP.",
+                                       rate)
     rate_limit_login_ip: str = setting("RATE_LIMIT_LOGIN_IP", "20/15minutes",
                                        "Back-office sign-in attempts per client IP.", rate)
     rate_limit_login_account: str = setting("RATE_LIMIT_LOGIN_ACCOUNT", "10/15minutes",

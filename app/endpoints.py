@@ -320,9 +320,21 @@ async def handoff(request: Request) -> Response:
         if alerts is not None:
             last = summary.last_text if summary.last_sender == "user" else None
             alerts.conversation_waiting(site.name, session_id, last,
-                                        str(request.url_for("inbox_page")))
+                                        str(request.url_for("inbox_page")),
+                                        await nobody_available(request, site))
     return JSONResponse({"sessionId": str(session_id), "status": summary.status,
                          "supportHours": site.profile.support_hours or None})
+
+
+async def nobody_available(request: Request, site: Site) -> str | None:
+    """Why no person may see a waiting shopper soon (for the alert), or None."""
+    profile = site.profile
+    hours = read_hours(profile.support_hours, profile.time_zone)
+    if hours is not None and not hours.is_open(datetime.now(UTC)):
+        return "outside support hours"
+    if not await services(request).staff.anyone_online(site.id):
+        return "nobody is signed in"
+    return None
 
 
 def status_payload(summary: ConversationSummary) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from starlette.routing import Route
 
 from . import db, endpoints, endpoints_admin, openapi
 from .access import AccessMiddleware
-from .alerts import AlertWebhook
+from .alerts import build_alerts
+from .mailer import Mailer, parse_smtp_url
 from .chat import ChatService
 from .clientip import parse_networks
 from .config import Settings
@@ -222,12 +223,15 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     # Filled in the lifespan; the origin checks below read it on every request.
     sites = SiteDirectory()
     refused_origins = RefusedOrigins()
+    mailer = (Mailer(parse_smtp_url(settings.smtp_url), settings.smtp_from)
+              if settings.smtp_url else None)
     services = Services(settings=settings, metrics=metrics, redis=redis, limits=limits,
                         connections=Connections(), sites=sites, refused_origins=refused_origins,
                         passwords=Passwords(),
                         feeds=build_feeds(redis, settings.redis_prefix),
-                        alerts=AlertWebhook(settings.alert_webhook_url)
-                        if settings.alert_webhook_url else None)
+                        mailer=mailer,
+                        alerts=build_alerts(settings.alert_webhook_url, mailer,
+                                            settings.alert_email_to))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

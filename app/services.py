@@ -14,10 +14,11 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from .alerts import AlertWebhook
+from .alerts import Alerts
 from .chat import ChatService
 from .config import Settings
 from .conversation_events import Feeds
+from .mailer import Mailer
 from .messages import ConversationDesk
 from .metrics import Metrics
 from .middleware import RefusedOrigins
@@ -55,7 +56,8 @@ class Services:
     passwords: Passwords
     # The conversations' and sites' live events (message, status, typing).
     feeds: Feeds
-    alerts: AlertWebhook | None = None  # None: no ALERT_WEBHOOK_URL
+    alerts: Alerts | None = None  # None: neither ALERT_WEBHOOK_URL nor SMTP_URL+ALERT_EMAIL_TO
+    mailer: Mailer | None = None  # None: no SMTP_URL
     running: Running | None = None
 
     def started(self, pool: AsyncConnectionPool, chat: ChatService) -> None:

@@ -20,6 +20,9 @@ from . import db
 
 SESSION_IDLE = timedelta(hours=12)
 SESSION_ABSOLUTE = timedelta(days=7)
+# A staff member counts as online while a session of theirs was used this recently: an open
+# inbox re-reads its list at least every 15 s (web/admin/inbox.js), so this is a closed tab.
+ONLINE_WINDOW = timedelta(minutes=2)
 ROLES = ("owner", "agent")
 
 
@@ -172,6 +175,17 @@ class StaffStore:
         if member is None or member.disabled:
             return None
         return StaffSession(member, row[1], hashed)
+
+    async def anyone_online(self, site_id: int) -> bool:
+        """Whether an enabled staff member of the site has used a session within ONLINE_WINDOW."""
+        async with db.connection(self._pool) as conn:
+            cur = await conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM staff_sessions ss"
+                " JOIN staff_sites m ON m.staff_id = ss.staff_id JOIN staff s ON s.id = ss.staff_id"
+                " WHERE m.site_id = %s AND NOT s.disabled AND ss.expires_at > now()"
+                " AND ss.last_seen_at > now() - %s)", (site_id, ONLINE_WINDOW))
+            row = await cur.fetchone()
+        return bool(row and row[0])
 
     async def end_session(self, hashed: bytes) -> None:
         async with db.connection(self._pool) as conn:
