@@ -95,7 +95,7 @@ async def test_a_shopper_waiting_while_nobody_is_available_emails_the_store(
     assert message["Subject"] == ("A shopper on Default is waiting for a person"
                                   " (nobody is available)")
     body = message.get_content()
-    assert "“My parcel is damaged”" in body and f"/admin#{session_id}" in body
+    assert f"/admin#{session_id}" in body
     assert "Nobody is available" in body
     assert SMTP_PASSWORD not in caplog.text
 
