@@ -59,6 +59,8 @@ class DonePayload(TypedDict):
     usage: UsagePayload
     sources: list[Source]
     fallback: bool
+    # The answer offers the shopper a person (app/person_offer.py): show "Talk to a person".
+    offerPerson: bool
 
 
 class ErrorPayload(TypedDict):
@@ -109,10 +111,11 @@ def usage_payload(usage: Usage | None) -> UsagePayload:
 
 
 def done(answer_id: str, text: str, status: str, usage: Usage | None, sources: Sequence[Source],
-         fallback: bool) -> tuple[Kind, DonePayload]:
+         fallback: bool, offer_person: bool = False) -> tuple[Kind, DonePayload]:
     """The answer ended ('complete' or 'cancelled') and is saved."""
     return "done", {"messageId": answer_id, "text": text, "status": status,
-                    "usage": usage_payload(usage), "sources": list(sources), "fallback": fallback}
+                    "usage": usage_payload(usage), "sources": list(sources), "fallback": fallback,
+                    "offerPerson": offer_person}
 
 
 def error(code: str, message: str, *, retryable: bool) -> tuple[Kind, ErrorPayload]:
@@ -161,7 +164,7 @@ def terminal_event(record: AnswerRecord, seq: int) -> Event:
             usage = Usage(record.prompt_tokens, record.completion_tokens)
         sources: list[Source] = record.sources  # type: ignore[assignment]
         return encode_event(seq, *done(str(record.id), record.text, record.status, usage,
-                                       sources, record.fallback))
+                                       sources, record.fallback, record.offer_person))
     if record.status == "interrupted":
         # Not retryable: the record is settled, and resuming would replay this same end.
         return encode_event(seq, *interrupted(retryable=False))
@@ -275,6 +278,11 @@ PAYLOAD_SCHEMAS: dict[str, tuple[Kind, dict[str, Any]]] = {
         "fallback": {"type": "boolean",
                      "description": "The model failed before its first token and"
                                     " the answer came from the knowledge base."},
+        "offerPerson": {"type": "boolean",
+                        "description": "The answer offers a person (it could not help, or the"
+                                       " shopper asked for one): the widget shows \"Talk to a"
+                                       " person\", which is POST"
+                                       " /chat/conversations/{sessionId}/handoff."},
     }, closed=False)),
     "ErrorEvent": ("error", _schema(
         ErrorPayload,

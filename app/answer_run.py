@@ -43,6 +43,7 @@ from .order_tools import (
     direct_answer,
 )
 from .orders import OrdersClient
+from .person_offer import offers_person
 from .prompt import (
     answer_pieces,
     build_messages,
@@ -322,6 +323,11 @@ class AnswerRun:
             self._tools.events.append(self._key, *answer_events.token(piece))
         self._sources = composed.sources
 
+    @property
+    def _offer_person(self) -> bool:
+        return self.status == "complete" and offers_person(
+            self._question, self._text, self._profile.contact_email)
+
     async def _save(self) -> bool:
         usage = self._usage
         return await self._tools.messages.save_answer(
@@ -329,14 +335,14 @@ class AnswerRun:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             sources=self._sources,
-            fallback=self._fallback, tools=self._tools_used)
+            fallback=self._fallback, tools=self._tools_used, offer_person=self._offer_person)
 
     def _end_event(self, saved: bool) -> tuple[answer_events.Kind, object]:
         if not saved:
             return answer_events.not_saved()
         if self.status in ("complete", "cancelled"):
             return answer_events.done(self._key, self._text, self.status, self._usage,
-                                      self._sources, self._fallback)
+                                      self._sources, self._fallback, self._offer_person)
         if self.status == "interrupted":
             # Retryable: the instance is shutting down; the widget resumes, and another
             # instance serves the saved text.

@@ -46,7 +46,7 @@ _TRANSACTION_OPEN_SQL = ("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND xact
 
 
 MESSAGE_SQL = ("SELECT m.id, m.sender, m.text, m.status, m.created_at, m.seq, m.sources,"
-               " m.fallback, a.display_name AS agent_name, m.tools"
+               " m.fallback, a.display_name AS agent_name, m.tools, m.offer_person"
                " FROM messages m LEFT JOIN staff a ON a.id = m.staff_id")
 
 
@@ -62,13 +62,15 @@ class Message:
     fallback: bool
     agent_name: str | None = None  # sender 'agent': who wrote it
     tools: list[dict[str, Any]] = field(default_factory=list)
+    offer_person: bool = False  # app/person_offer.py
 
     def to_json(self) -> dict[str, Any]:
         # sources, fallback and the tool events as the live answer had them, so a reload shows
         # what it did (order cards included).
         body = {"id": str(self.id), "sender": self.sender, "text": self.text,
                 "status": self.status, "createdAt": self.created_at.isoformat(),
-                "sources": self.sources, "fallback": self.fallback, "tools": self.tools}
+                "sources": self.sources, "fallback": self.fallback, "tools": self.tools,
+                "offerPerson": self.offer_person}
         if self.sender == "agent":
             body["agentName"] = self.agent_name
         return body
@@ -86,6 +88,7 @@ class AnswerRecord:
     sources: list[dict[str, str]]
     site_id: int
     tools: list[dict[str, Any]] = field(default_factory=list)
+    offer_person: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,8 @@ class MessageStore:
     async def save_answer(self, answer_id: uuid.UUID, text: str, status: str, *,
                           prompt_tokens: int | None, completion_tokens: int | None,
                           sources: Sequence[Mapping[str, object]], fallback: bool,
-                          tools: Sequence[Mapping[str, object]] = ()) -> bool:
+                          tools: Sequence[Mapping[str, object]] = (),
+                          offer_person: bool = False) -> bool:
         """Write the answer's one row; retry through a short database outage. False: not saved."""
         delay = 0.5
         for attempt in range(1, SAVE_ATTEMPTS + 1):
@@ -228,9 +232,9 @@ class MessageStore:
                     await conn.execute(
                         "UPDATE messages SET text = %s, status = %s, prompt_tokens = %s,"
                         " completion_tokens = %s, sources = %s, fallback = %s, tools = %s,"
-                        " finished_at = now() WHERE id = %s",
+                        " offer_person = %s, finished_at = now() WHERE id = %s",
                         (text, status, prompt_tokens, completion_tokens, Jsonb(sources),
-                         fallback, Jsonb(list(tools)), answer_id),
+                         fallback, Jsonb(list(tools)), offer_person, answer_id),
                     )
                 return True
             except StoreUnavailable:
@@ -249,7 +253,7 @@ class MessageStore:
             cur = conn.cursor(row_factory=class_row(AnswerRecord))
             await cur.execute(
                 "SELECT id, conversation_id, text, status, prompt_tokens, completion_tokens,"
-                " fallback, sources, site_id, tools FROM messages WHERE id = %s"
+                " fallback, sources, site_id, tools, offer_person FROM messages WHERE id = %s"
                 " AND conversation_id = %s"
                 " AND site_id = %s AND sender = 'ai'",
                 (answer_id, session_id, site_id),

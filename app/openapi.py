@@ -495,7 +495,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 "HistoryMessage": {
                     "type": "object",
                     "required": ["id", "sender", "text", "status", "createdAt", "sources",
-                                 "fallback", "tools"],
+                                 "fallback", "tools", "offerPerson"],
                     "additionalProperties": False,
                     "properties": {
                         "id": UUID,
@@ -515,6 +515,9 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                                   "description": "The answer's `tool` events (order cards), in"
                                                  " order; empty for the shopper's messages.",
                                   "items": _ref("schemas", "ToolEvent")},
+                        "offerPerson": {"type": "boolean",
+                                        "description": "As in the `done` event: the answer"
+                                                       " offers a person; false for others."},
                     },
                 },
                 "Handoff": {

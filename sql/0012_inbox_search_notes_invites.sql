@@ -31,3 +31,6 @@ CREATE TABLE staff_invites (
     expires_at  timestamptz NOT NULL,
     used_at     timestamptz
 );
+
+-- The answer offered the shopper a person (app/person_offer.py): kept so a reload shows it.
+ALTER TABLE messages ADD COLUMN offer_person boolean NOT NULL DEFAULT false;

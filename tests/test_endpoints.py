@@ -42,7 +42,7 @@ async def test_stream_sends_meta_then_numbered_tokens_then_done(client: httpx.As
     assert done == {"messageId": meta["messageId"], "text": "Hello! How can I help?",
                     "status": "complete",
                     "usage": {"promptTokens": 12, "completionTokens": 7, "totalTokens": 19},
-                    "sources": [], "fallback": False}
+                    "sources": [], "fallback": False, "offerPerson": False}
     rows = query("SELECT sender, text, status, prompt_tokens, completion_tokens, model"
                  " FROM messages WHERE conversation_id = %s ORDER BY seq", meta["sessionId"])
     assert rows == [("user", "Hi there", "complete", None, None, None),
@@ -130,7 +130,7 @@ async def test_history_pages_oldest_first_within_a_page(client: httpx.AsyncClien
     texts = [m["text"] for m in page["messages"]]
     assert texts == ["m1", "Hello! How can I help?", "m2", "Hello! How can I help?"]
     assert set(page["messages"][0]) == {"id", "sender", "text", "status", "createdAt", "sources",
-                                        "fallback", "tools"}
+                                        "fallback", "tools", "offerPerson"}
     older = (await client.get(f"/chat/history/{session_id}",
                               params={"limit": 4, "before": page["messages"][0]["id"]})).json()
     assert [m["text"] for m in older["messages"]] == ["m0", "Hello! How can I help?"]

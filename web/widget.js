@@ -311,6 +311,8 @@ const EN = {
   lost: "The connection dropped and we couldn't reconnect.",
   unfinished: "Sorry, the assistant couldn't finish this answer. Please try again.",
   onlineNow: "We're online now", opensAt: "A person can reply from {time} your time",
+  asked: "We've asked a person to join.", hoursAre: "Support hours: {hours}.", joined: "{name} joined the conversation.",
+  aPerson: "A person", agent: "Agent", agentTyping: "{name} is typing", back: "The assistant is back.",
 };
 // Catalogues served at /locales/<language>.json; any other language reads English.
 const SHIPPED = ["de", "es", "fr", "hi"];
@@ -543,7 +545,7 @@ class SupportChat extends HTMLElement {
     const response = await fetch(this.#url(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/handoff`, {}), { method: "POST" }).catch(() => null);
     if (!response || !response.ok) return response ? this.#httpNotice(response) : this.#networkNotice();
     const { supportHours } = await response.json();
-    this.#say(`We've asked a person to join.${supportHours ? ` Support hours: ${supportHours}.` : ""}`);
+    this.#say(this.#t("asked") + (supportHours ? " " + this.#t("hoursAre", { hours: supportHours }) : ""));
     this.#follow(true);
   }
 
@@ -556,6 +558,7 @@ class SupportChat extends HTMLElement {
   // widget holds no connection). EventSource resumes it with Last-Event-ID by itself.
   #follow(on) {
     this.#el.handoff.hidden = on || !this.#sessionId;
+    if (on) for (const offer of this.#el.log.querySelectorAll("[data-chat-offer]")) offer.remove();
     if (!on) { this.#convo?.close(); this.#convo = null; return; }
     if (this.#convo) return;
     const source = this.#convo = new EventSource(this.#url(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/stream`, {}));
@@ -568,18 +571,18 @@ class SupportChat extends HTMLElement {
     });
     source.addEventListener("status", (e) => {
       const { status, agentName } = parseJson(e.data) || {};
-      if (status === "human") this.#say(`${agentName || "A person"} joined the conversation.`);
-      if (status === "bot" || status === "resolved") { this.#say("The assistant is back."); this.#follow(false); }
+      if (status === "human") this.#say(this.#t("joined", { name: agentName || this.#t("aPerson") }));
+      if (status === "bot" || status === "resolved") { this.#say(this.#t("back")); this.#follow(false); }
     });
     source.addEventListener("typing", (e) => {
       const { sender, agentName } = parseJson(e.data) || {};
       if (sender !== "agent" || this.#turn) return;
       const { typing } = this.#el;
-      typing.firstChild.textContent = `${agentName || "Agent"} is typing`;
+      typing.firstChild.textContent = this.#t("agentTyping", { name: agentName || this.#t("agent") });
       typing.hidden = false;
       clearTimeout(this.#typingTimer);
       this.#typingTimer = setTimeout(() => {
-        typing.firstChild.textContent = "Agent is typing";
+        typing.firstChild.textContent = this.#t("typing");
         if (!this.#turn) typing.hidden = true;
       }, 4000);
     });
@@ -688,6 +691,7 @@ class SupportChat extends HTMLElement {
           if (typeof data.text === "string") turn.text = data.text;
           turn.status = data.status || "complete";
           turn.sources = Array.isArray(data.sources) ? data.sources : [];
+          turn.offer = data.offerPerson === true;
           return "done";
         } else if (frame.event === "error") {
           // The instance writing it stopped, or this one lost the shared log: follow it again.
@@ -773,7 +777,7 @@ class SupportChat extends HTMLElement {
     el.setAttribute("data-chat-message", "");
     el.dataset.sender = sender;
     if (id) el.dataset.messageId = id;
-    if (sender === "agent") el.append(node("div", "who", agentName || "Agent"));
+    if (sender === "agent") el.append(node("div", "who", agentName || this.#t("agent")));
     if (sender === "ai") this.#fillAnswer(el, text, status || "complete", Array.isArray(sources) ? sources : [], Array.isArray(tools) ? tools : []);
     else el.append(...bidiSafe(text));
     this.#el.log.insertBefore(el, before);
@@ -836,7 +840,19 @@ class SupportChat extends HTMLElement {
     turn.el ||= this.#addMessage("ai", "", { id: turn.messageId });
     if (turn.messageId) turn.el.dataset.messageId = turn.messageId;
     this.#fillAnswer(turn.el, turn.text, turn.status || "complete", turn.sources, turn.tools);
+    if (turn.offer) this.#offer(turn.el);
     this.#scrollToBottom();
+  }
+
+  // The assistant could not help, or a person was asked for in words: offer one (app/person_offer.py).
+  #offer(el) {
+    if (this.#convo || !el) return;
+    for (const old of this.#el.log.querySelectorAll("[data-chat-offer]")) old.remove();
+    const button = node("button", "handoff", this.#t("handoff"));
+    button.type = "button";
+    button.setAttribute("data-chat-offer", "");
+    button.onclick = () => this.#handoff();
+    el.after(button);
   }
 
   async #fetchHistory(before) {
@@ -868,9 +884,10 @@ class SupportChat extends HTMLElement {
       }
       const messages = this.#addPage(page, null);
       this.#follow(page.status === "waiting" || page.status === "human");
+      const last = messages[messages.length - 1];
+      if (last?.offerPerson && page.status === "bot") this.#offer(log.querySelector(`[data-message-id="${CSS.escape(last.id)}"]`));
       this.#scrollToBottom(true);
       this.#fillIfShort();
-      const last = messages[messages.length - 1];
       if (last && last.sender === "ai" && last.status === "streaming" && !this.#turn) this.#pickUp(last);
     } catch { /* history is a convenience; chatting still works */ } finally {
       log.removeAttribute("aria-busy");
