@@ -9,10 +9,13 @@ conversation of a site the staff member does not belong to is a 404, like an unk
 
 from __future__ import annotations
 
+import base64
+import binascii
 import html
 import logging
 import secrets
 import uuid
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -21,6 +24,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Redire
 
 from .clientip import limit_key
 from .conversation_events import conversation_key, site_key
+from .conversation_notes import ConversationNotes
 from .endpoints import (
     announce,
     event_stream,
@@ -43,6 +47,7 @@ SESSION_COOKIE = "staff_session"
 LOGIN_CSRF_COOKIE = "staff_login_csrf"
 LOGIN_FORM_MAX_BYTES = 4096
 INBOX_PAGE_MAX = 200
+SEARCH_MAX_CHARS = 200
 # The one message a failed sign-in gets: it never says whether the email has an account.
 SIGN_IN_FAILED = "The email or password is not right."
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -123,6 +128,9 @@ async def login(request: Request) -> Response:
 
 
 async def staff_session(request: Request) -> StaffSession:
+    if request.url.path.startswith("/admin/api/"):
+        # Counted before the cookie is read: requests without one are the ones to slow down.
+        await services(request).limits.check_admin(limit_key(request.state.client_ip))
     token = request.cookies.get(SESSION_COOKIE)
     if not token or len(token) > 100:
         raise SignInRequired()
@@ -199,10 +207,35 @@ async def conversations(request: Request) -> Response:
     limit = whole_number(request.query_params.get("limit", "50"), 3)
     if limit is None or not 1 <= limit <= INBOX_PAGE_MAX:
         raise BadRequest(f"limit must be a whole number from 1 to {INBOX_PAGE_MAX}.")
+    search = request.query_params.get("q", "").strip() or None
+    if search is not None and (len(search) > SEARCH_MAX_CHARS or "\x00" in search):
+        raise BadRequest(f"q must be at most {SEARCH_MAX_CHARS} characters.")
+    raw_after = request.query_params.get("after")
+    after = None if raw_after is None else read_cursor(raw_after)
     rows = await services(request).desk.inbox(session.staff.site_ids, view, session.staff.id,
-                                              limit)
-    return JSONResponse({"conversations": [row.to_json() for row in rows]},
+                                              limit + 1, search, after)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JSONResponse({"conversations": [row.to_json() for row in rows],
+                         "nextCursor": write_cursor(*rows[-1].cursor) if more else None},
                         headers={"Cache-Control": "no-store"})
+
+
+def write_cursor(last_activity_at: datetime, conversation: uuid.UUID) -> str:
+    """Opaque to the page: where the next page of the inbox starts."""
+    return base64.urlsafe_b64encode(f"{last_activity_at.isoformat()} {conversation}".encode()
+                                    ).decode().rstrip("=")
+
+
+def read_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        at, _, found = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode().partition(" ")
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError("naive")
+        return when, uuid.UUID(found)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise BadRequest("after must be a nextCursor of this endpoint.") from None
 
 
 def conversation_id(request: Request) -> uuid.UUID:
@@ -215,8 +248,10 @@ async def conversation(request: Request) -> Response:
     desk = services(request).desk
     summary = await desk.summary(found, session.staff.site_ids)
     messages = await desk.transcript(found, session.staff.site_ids)
+    notes = await ConversationNotes(services(request).pool).of(found, session.staff.site_ids)
     return JSONResponse({"conversation": summary.to_json(),
-                         "messages": [message.to_json() for message in messages]},
+                         "messages": [message.to_json() for message in messages],
+                         "notes": [note.to_json() for note in notes]},
                         headers={"Cache-Control": "no-store"})
 
 

@@ -84,6 +84,14 @@ class CsrfRefused(AppError):
     message = "This request is missing its security token. Please reload the page."
 
 
+class OwnersOnly(AppError):
+    """A staff action only an owner may take (inviting agents) was asked by an agent."""
+
+    status = 403
+    code = "owners_only"
+    message = "Only an owner of the site can do this."
+
+
 class Conflict(AppError):
     """The action does not fit the conversation's current status."""
 

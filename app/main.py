@@ -18,10 +18,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
-from . import db, endpoints, endpoints_admin, openapi
+from . import db, endpoints, endpoints_admin, endpoints_team, openapi
 from .access import AccessMiddleware
 from .alerts import build_alerts
-from .mailer import Mailer, parse_smtp_url
 from .chat import ChatService
 from .clientip import parse_networks
 from .config import Settings
@@ -40,6 +39,7 @@ from .identity import sign_customer_token
 from .knowledge import DEFAULT_KNOWLEDGE_DIR, KnowledgeError, sync_knowledge
 from .knowledge_search import SiteSearches
 from .llm import LLM
+from .mailer import Mailer, parse_smtp_url
 from .metrics import Metrics
 from .middleware import (
     OriginGuard,
@@ -137,6 +137,11 @@ routes = [
           methods=["GET"]),
     Route("/admin/api/conversations/{conversation_id}/messages", endpoints_admin.agent_message,
           methods=["POST"]),
+    Route("/admin/api/conversations/{conversation_id}/notes", endpoints_team.add_note,
+          methods=["POST"]),
+    Route("/admin/api/invites", endpoints_team.create_invite, methods=["POST"]),
+    Route("/admin/invite/{token}", endpoints_team.invite_page, methods=["GET"], name="invite_page"),
+    Route("/admin/invite/{token}", endpoints_team.accept_invite, methods=["POST"]),
     Route("/admin/api/conversations/{conversation_id}/{action}",
           endpoints_admin.conversation_action, methods=["POST"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
@@ -192,6 +197,8 @@ def build_rate_limits(settings: Settings, redis: SharedRedis | None,
                  parse_limit("RATE_LIMIT_LOGIN_ACCOUNT", settings.rate_limit_login_account),
                  "moving"),
         ),
+        admin_rule=Rule("admin_ip", parse_limit("RATE_LIMIT_ADMIN_IP",
+                                                settings.rate_limit_admin_ip), "moving"),
     )
 
 

@@ -356,6 +356,15 @@ class ConversationSummary:
     created_at: datetime
     last_sender: str | None
     last_text: str | None
+    # The shopper's identity as the store signed it (app/identity.py): for people to read,
+    # never authority for anything.
+    customer_id: str | None = None
+    customer_email: str | None = None
+
+    @property
+    def cursor(self) -> tuple[datetime, uuid.UUID]:
+        """Where the inbox's next page starts: after this row, in the inbox's order."""
+        return self.last_activity_at, self.id
 
     def to_json(self) -> dict[str, Any]:
         return {"id": str(self.id), "siteId": self.site_id, "status": self.status,
@@ -365,13 +374,16 @@ class ConversationSummary:
                 "lastActivityAt": self.last_activity_at.isoformat(),
                 "createdAt": self.created_at.isoformat(),
                 "lastMessage": None if self.last_sender is None
-                else {"sender": self.last_sender, "text": self.last_text}}
+                else {"sender": self.last_sender, "text": self.last_text},
+                "customer": None if self.customer_id is None
+                else {"id": self.customer_id, "email": self.customer_email}}
 
 
 _SUMMARY_SQL = (
     "SELECT c.id, c.site_id, c.status, c.agent_id, a.display_name AS agent_name,"
     " c.waiting_since, c.last_activity_at, c.created_at, lm.sender AS last_sender,"
-    " lm.text AS last_text FROM conversations c LEFT JOIN staff a ON a.id = c.agent_id"
+    " lm.text AS last_text, c.customer_id, c.customer_email"
+    " FROM conversations c LEFT JOIN staff a ON a.id = c.agent_id"
     " LEFT JOIN LATERAL (SELECT sender, text FROM messages m WHERE m.conversation_id = c.id"
     " AND m.text <> '' ORDER BY m.seq DESC LIMIT 1) lm ON true")
 
@@ -383,9 +395,16 @@ class ConversationDesk:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
-    async def inbox(self, site_ids: Sequence[int], view: str, staff_id: int,
-                    limit: int) -> list[ConversationSummary]:
-        """Newest activity first."""
+    async def inbox(self, site_ids: Sequence[int], view: str, staff_id: int, limit: int,
+                    search: str | None = None,
+                    after: tuple[datetime, uuid.UUID] | None = None
+                    ) -> list[ConversationSummary]:
+        """Newest activity first, from after `after` (a row's `cursor`: keyset paging, so a
+        conversation moving meanwhile is never shown twice nor skipped by an offset). `search`
+        is web-search syntax ("refund -paypal", "\"gift wrap\"") over every message of the
+        conversation, in the 'simple' configuration of the index in sql/0012, or the
+        shopper's exact email."""
+        after_at, after_id = after if after is not None else (None, None)
         async with db.connection(self._pool) as conn:
             cur = conn.cursor(row_factory=class_row(ConversationSummary))
             await cur.execute(
@@ -394,8 +413,14 @@ class ConversationDesk:
                 " WHEN 'mine' THEN c.status = 'human' AND c.agent_id = %(staff)s"
                 " WHEN 'unresolved' THEN c.status <> 'resolved'"
                 " WHEN 'resolved' THEN c.status = 'resolved' ELSE true END"
-                " ORDER BY c.last_activity_at DESC, c.id LIMIT %(limit)s",
-                {"sites": list(site_ids), "view": view, "staff": staff_id, "limit": limit})
+                " AND (%(after_at)s::timestamptz IS NULL"
+                " OR (c.last_activity_at, c.id) < (%(after_at)s, %(after_id)s::uuid))"
+                " AND (%(search)s::text IS NULL OR lower(c.customer_email) = lower(%(search)s)"
+                " OR EXISTS (SELECT 1 FROM messages f WHERE f.conversation_id = c.id"
+                " AND to_tsvector('simple', f.text) @@ websearch_to_tsquery('simple', %(search)s)))"
+                " ORDER BY c.last_activity_at DESC, c.id DESC LIMIT %(limit)s",
+                {"sites": list(site_ids), "view": view, "staff": staff_id, "limit": limit,
+                 "search": search, "after_at": after_at, "after_id": after_id})
             return await cur.fetchall()
 
     async def summary(self, conversation_id: uuid.UUID,

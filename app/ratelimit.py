@@ -85,8 +85,11 @@ class RateLimits:
     def __init__(self, *, enabled: bool, every_request: Rule, chat_rules: tuple[Rule, ...],
                  session_rule: Rule, daily_token_budget: int, redis: SharedRedis | None,
                  redis_prefix: str, on_refusal: Callable[[str], None] | None = None,
-                 login_rules: tuple[Rule, Rule] | None = None) -> None:
+                 login_rules: tuple[Rule, Rule] | None = None,
+                 admin_rule: Rule | None = None) -> None:
         self.enabled = enabled
+        # Per client IP on the back office's API (/admin/api/...); None: not limited.
+        self.admin_rule = admin_rule
         # (per client IP, per account) for back-office sign-in; None: not limited.
         self.login_rules = login_rules
         self.every_request = every_request
@@ -200,6 +203,14 @@ class RateLimits:
             allowed, _, reset_in = await self._hit(rule, key)
             if not allowed:
                 raise self._refuse(rule, reset_in)
+
+    async def check_admin(self, client_key: str) -> None:
+        """Count a back-office API request against its client IP (RATE_LIMIT_ADMIN_IP)."""
+        if not self.enabled or self.admin_rule is None:
+            return
+        allowed, _, reset_in = await self._hit(self.admin_rule, client_key)
+        if not allowed:
+            raise self._refuse(self.admin_rule, reset_in)
 
     def _budget_for(self, site: Site | None) -> RateLimitItem | None:
         if site is None or site.daily_token_budget is None:

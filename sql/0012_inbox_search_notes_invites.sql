@@ -6,7 +6,7 @@
 CREATE INDEX messages_text_search ON messages USING gin (to_tsvector('simple', text));
 
 -- Keyset paging of the inbox walks (last_activity_at DESC, id) within the staff's sites.
-CREATE INDEX conversations_site_activity_id ON conversations (site_id, last_activity_at DESC, id);
+CREATE INDEX conversations_site_activity_id ON conversations (site_id, last_activity_at DESC, id DESC);
 
 -- A note by staff on a conversation: for colleagues only, never in the shopper's history,
 -- never in the conversation's stream (which the shopper reads), never in the prompt.
