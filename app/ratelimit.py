@@ -264,6 +264,7 @@ _REFUSALS = {
     "ip": "Too many requests from your network. Please wait {wait} and try again.",
     "login_ip": "Too many sign-in attempts from your network. Please wait {wait}.",
     "login_account": "Too many sign-in attempts for this account. Please wait {wait}.",
+    "admin_ip": "Too many back-office requests from your network. Please wait {wait}.",
 }
 
 
