@@ -4,9 +4,11 @@
 (() => {
   // The site stream says when a conversation changes; this re-read is a safety net only.
   const POLL_MS = 15000;
+  // Rows per page; "Load more" asks for the next page after the last row (keyset, not offset).
+  const PAGE = 50;
   const $ = (id) => document.getElementById(id);
   const state = { me: null, filter: "unresolved", openId: null, busy: false, again: false,
-    convo: null, typedAt: 0, typingTimer: 0 };
+    convo: null, typedAt: 0, typingTimer: 0, q: "", pages: 1, next: null };
   const STATUS_LABEL = { bot: "assistant", waiting: "waiting", human: "with", resolved: "resolved" };
 
   async function api(path, options = {}) {
@@ -36,28 +38,60 @@
     return node;
   }
 
+  function listUrl(limit, after) {
+    const params = new URLSearchParams({ filter: state.filter, limit: String(limit) });
+    if (state.q) params.set("q", state.q);
+    if (after) params.set("after", after);
+    return `/admin/api/conversations?${params}`;
+  }
+
+  // The pages loaded so far, read again from the top (a live change may reorder them).
   async function loadList() {
-    const { conversations } = await api(`/admin/api/conversations?filter=${state.filter}`);
-    const list = $("conversations");
-    list.replaceChildren(...conversations.map((c) => {
-      const item = el("li");
-      const link = el("a", { href: `#${c.id}`, "data-conversation": c.id });
-      if (c.id === state.openId) link.setAttribute("aria-current", "true");
-      const top = el("span", { class: "row-top" });
-      top.append(el("span", { class: "status", "data-status": c.status }, statusText(c)),
-        el("time", { datetime: c.lastActivityAt }, new Date(c.lastActivityAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
-      const wait = c.status === "waiting" ? waited(c.waitingSince) : "";
-      if (wait) top.append(el("span", { class: "wait" }, wait));
-      link.append(top, el("span", { class: "last" }, c.lastMessage ? c.lastMessage.text : "(no messages)"));
-      item.append(link);
-      return item;
-    }));
+    const { conversations, nextCursor } = await api(listUrl(Math.min(PAGE * state.pages, 200)));
+    $("conversations").replaceChildren(...conversations.map(row));
+    state.next = nextCursor;
+    $("more").hidden = !nextCursor;
     $("empty").hidden = conversations.length > 0;
+  }
+
+  async function loadMore() {
+    if (!state.next) return;
+    const { conversations, nextCursor } = await api(listUrl(PAGE, state.next));
+    $("conversations").append(...conversations.map(row));
+    state.pages += 1;
+    state.next = nextCursor;
+    $("more").hidden = !nextCursor;
+  }
+
+  function row(c) {
+    const item = el("li");
+    const link = el("a", { href: `#${c.id}`, "data-conversation": c.id });
+    if (c.id === state.openId) link.setAttribute("aria-current", "true");
+    const top = el("span", { class: "row-top" });
+    top.append(el("span", { class: "status", "data-status": c.status }, statusText(c)),
+      el("time", { datetime: c.lastActivityAt }, new Date(c.lastActivityAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+    const wait = c.status === "waiting" ? waited(c.waitingSince) : "";
+    if (wait) top.append(el("span", { class: "wait" }, wait));
+    link.append(top, el("span", { class: "last" }, c.lastMessage ? c.lastMessage.text : "(no messages)"));
+    if (c.customer) link.append(el("span", { class: "last" }, `Signed in: ${c.customer.email || c.customer.id}`));
+    item.append(link);
+    return item;
   }
 
   async function loadConversation() {
     if (!state.openId) return;
-    const { conversation, messages } = await api(`/admin/api/conversations/${state.openId}`);
+    const { conversation, messages, notes } = await api(`/admin/api/conversations/${state.openId}`);
+    const customer = $("customer");
+    customer.hidden = !conversation.customer;
+    // Signed by the store's server (the identity token), so it is who the shop says it is.
+    if (conversation.customer) customer.textContent = `Signed-in customer: ${conversation.customer.id}${conversation.customer.email ? ` · ${conversation.customer.email}` : ""}`;
+    $("note-count").textContent = String(notes.length);
+    $("notes").replaceChildren(...notes.map((n) => {
+      const item = el("li");
+      item.append(el("span", { class: "who" }, `${n.staffName || "Staff"} · ${new Date(n.createdAt).toLocaleString()}`),
+        document.createTextNode(n.text));
+      return item;
+    }));
     const status = $("detail-status");
     status.dataset.status = conversation.status;
     status.textContent = statusText(conversation);
@@ -149,6 +183,32 @@
     await refresh();
   }
 
+  async function addNote(event) {
+    event.preventDefault();
+    const box = $("note");
+    if (!box.value.trim()) return;
+    showError(null);
+    try {
+      await api(`/admin/api/conversations/${state.openId}/notes`, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ note: box.value }),
+      });
+      box.value = "";
+    } catch (error) { showError(error); }
+    await refresh();
+  }
+
+  async function invite(event) {
+    event.preventDefault();
+    const result = $("invite-result");
+    try {
+      const body = await api("/admin/api/invites", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ email: $("invite-email").value }),
+      });
+      result.textContent = body.emailed ? `Invitation sent to ${body.email}.`
+        : `Send ${body.email} this link (it works once, for 3 days): ${body.inviteUrl}`;
+    } catch (error) { result.textContent = error.message; }
+  }
+
   async function signOut(everywhere) {
     await api(everywhere ? "/admin/logout-everywhere" : "/admin/logout", { method: "POST" }).catch(() => {});
     location.href = "/admin/login";
@@ -160,6 +220,7 @@
     for (const button of document.querySelectorAll("[data-filter]")) {
       button.addEventListener("click", () => {
         state.filter = button.dataset.filter;
+        state.pages = 1;
         for (const other of document.querySelectorAll("[data-filter]")) other.setAttribute("aria-pressed", String(other === button));
         refresh();
       });
@@ -167,8 +228,28 @@
     for (const button of document.querySelectorAll("[data-action]")) button.addEventListener("click", () => act(button.dataset.action));
     $("reply").addEventListener("submit", send);
     $("message").addEventListener("input", typing);
-    const inbox = new EventSource("/admin/api/stream");
-    inbox.addEventListener("conversation", () => refresh());
+    $("note-form").addEventListener("submit", addNote);
+    $("more").addEventListener("click", () => loadMore().catch(showError));
+    $("search").addEventListener("submit", (event) => {
+      event.preventDefault();
+      state.q = $("q").value.trim();
+      state.pages = 1;
+      refresh();
+    });
+    // One stream per site: a shopper on any of the member's sites appears at once.
+    for (const site of state.me.sites) {
+      const inbox = new EventSource(`/admin/api/stream?site=${site.id}`);
+      inbox.addEventListener("conversation", () => refresh());
+      inbox.addEventListener("note", (event) => {
+        if (JSON.parse(event.data).conversationId === state.openId) refresh();
+      });
+    }
+    if (state.me.role === "owner") {
+      $("invite").hidden = false;
+      $("invite").addEventListener("click", () => { $("invite-result").textContent = ""; $("invite-dialog").showModal(); });
+      $("invite-form").addEventListener("submit", invite);
+      $("invite-close").addEventListener("click", () => $("invite-dialog").close());
+    }
     $("back").addEventListener("click", () => { history.replaceState(null, "", "/admin"); open(null); });
     $("sign-out").addEventListener("click", () => signOut(false));
     $("sign-out-everywhere").addEventListener("click", () => signOut(true));
