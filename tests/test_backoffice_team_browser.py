@@ -96,10 +96,10 @@ def test_the_offer_the_live_sites_search_identity_and_notes(
 
     # Search: the word is in both conversations; "Muscheln" only in the German one.
     agent.get_by_role("button", name="Unresolved").click()
-    agent.get_by_label("Search messages").fill(word)
+    agent.get_by_label("Search conversations").fill(word)
     agent.get_by_role("button", name="Search").click()
     expect(agent.locator("#conversations a")).to_have_count(2)
-    agent.get_by_label("Search messages").fill(f"{word} Muscheln")
+    agent.get_by_label("Search conversations").fill(f"{word} Muscheln")
     agent.get_by_role("button", name="Search").click()
     expect(agent.locator("#conversations a")).to_have_count(1)
     shots(agent, "inbox-search")
@@ -115,7 +115,7 @@ def test_the_offer_the_live_sites_search_identity_and_notes(
     expect(agent.locator("#notes")).to_contain_text("a regular customer.")
     expect(agent.locator("#note-count")).to_have_text("1")
     shots(agent, "conversation-notes")
-    agent.get_by_label("Message", exact=True).fill("Hallo, hier ist Grace.")
+    agent.get_by_label("Message").fill("Hallo, hier ist Grace.")
     agent.get_by_role("button", name="Send").click()
     expect(shopper.locator('[data-chat-message][data-sender="agent"]')).to_contain_text(
         "Hallo, hier ist Grace.")
