@@ -29,7 +29,7 @@ from .endpoints_admin import (
     set_cookie,
 )
 from .errors import BadRequest, OwnersOnly, RateLimited
-from .invites import InviteStore
+from .invites import INVITE_VALID, InviteStore
 from .mailer import MailError
 from .passwords import PasswordRejected, check_new_password
 from .services import services
@@ -87,7 +87,7 @@ async def create_invite(request: Request) -> Response:
             await mailer.send(email, f"{owner.display_name} invites you to the support inbox",
                               f"{owner.display_name} invites you to answer shoppers in the"
                               f" support inbox.\n\nSet your password here (the link works once,"
-                              f" for 3 days):\n{link}\n")
+                              f" for {INVITE_VALID.days} days):\n{link}\n")
             emailed = True
         except MailError as exc:
             log.warning("could not email an invitation through %s: %s", mailer.server.where,

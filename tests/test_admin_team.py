@@ -55,6 +55,10 @@ async def test_search_finds_conversations_by_their_words_and_the_shoppers_email(
                                             "email": f"ana-{word}@example.com"}
         detail = (await http.get(f"/admin/api/conversations/{signed}")).json()
         assert detail["conversation"]["customer"]["id"] == "cust-42"
+        # Whatever a person types is a query, never a 500: stray operators, quotes, no words.
+        for odd in ("'", "!!!", '"unclosed', "a & | b", "-", "(x) <-> y", "\u00e9t\u00e9"):
+            answer = await http.get("/admin/api/conversations", params={"q": odd})
+            assert answer.status_code == 200, (odd, answer.text)
         too_long = await http.get("/admin/api/conversations", params={"q": "x" * 201})
         assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "bad_request"
 
