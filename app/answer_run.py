@@ -325,8 +325,10 @@ class AnswerRun:
 
     @property
     def _offer_person(self) -> bool:
+        earlier = [text for sender, text in self._history if sender == "user"]
         return self.status == "complete" and offers_person(
-            self._question, self._text, self._profile.contact_email)
+            self._question, self._text, self._profile.contact_email, fallback=self._fallback,
+            previous_question=earlier[-1] if earlier else None)
 
     async def _save(self) -> bool:
         usage = self._usage

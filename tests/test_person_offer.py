@@ -28,6 +28,23 @@ async def test_asking_for_a_person_in_words_offers_one_and_a_plain_answer_does_n
     assert asked[-1].data["offerPerson"] is True
 
 
+async def test_a_shopper_asking_the_same_again_is_offered_a_person(
+        client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    first = await stream_chat(client, {"message": "How do I change my address?"})
+    assert first[-1].data["offerPerson"] is False
+    session_id = first[0].data["sessionId"]
+    again = await stream_chat(client, {"message": "how do I change my address",
+                                       "sessionId": session_id})
+    assert again[-1].data["offerPerson"] is True
+
+
+async def test_a_fallback_answer_offers_a_person(
+        client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    upstream.default = Reply(status=503)  # every retry too: the knowledge base answers
+    events = await stream_chat(client, {"message": "How long does delivery take?"})
+    assert events[-1].data["fallback"] is True and events[-1].data["offerPerson"] is True
+
+
 def test_a_person_is_recognised_in_the_widgets_languages() -> None:
     for words in ("I want a human", "Kann ich mit einem Mitarbeiter sprechen?",
                   "Je veux parler à quelqu'un", "Quiero hablar con una persona",
