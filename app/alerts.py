@@ -1,5 +1,10 @@
 """The alert webhook (ALERT_WEBHOOK_URL): a JSON POST with Slack-compatible `text` when a
-conversation starts waiting for a person, so a small store hears of it without the inbox open.
+conversation starts waiting for a person, so a small store hears of it without the inbox open,
+and when a site's spend crosses a threshold (app/spend_alerts.py).
+
+An `Alert` is what happened, whatever carries it; anything with `send(alert)` is an
+`AlertChannel` (this webhook; email can be another), so the code that decides to alert does
+not know how the owner hears of it.
 
 Sent in the background, never in a request's way; retried with backoff (1 s, 2 s, 4 s, ...) on
 a network error or a 5xx/429, given up on after ATTEMPTS. The URL usually holds a secret (a
@@ -11,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,6 +30,22 @@ TIMEOUT_S = 5.0
 QUOTE_CHARS = 200
 
 
+@dataclass(frozen=True)
+class Alert:
+    event: str  # e.g. 'conversation.waiting', 'spend.threshold', 'spend.jump'
+    text: str  # one line for a person (Slack shows it)
+    site_id: int  # whose owners it is for
+    fields: dict[str, Any] = field(default_factory=dict)  # the rest of the JSON payload
+
+    def payload(self) -> dict[str, Any]:
+        return {"text": self.text, "event": self.event, **self.fields}
+
+
+class AlertChannel(Protocol):
+    def send(self, alert: Alert) -> None:
+        """Deliver in the background; never raises, never waits for delivery."""
+
+
 class AlertWebhook:
     def __init__(self, url: str) -> None:
         self._url = url
@@ -33,15 +55,18 @@ class AlertWebhook:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def conversation_waiting(self, site_name: str, conversation_id: uuid.UUID,
-                             last_text: str | None, inbox_url: str) -> None:
+                             last_text: str | None, inbox_url: str, site_id: int) -> None:
         quote = (last_text or "").strip().replace("\n", " ")
         if len(quote) > QUOTE_CHARS:
             quote = quote[:QUOTE_CHARS - 1] + "…"
         text = (f"A shopper on {site_name} is waiting for a person"
                 + (f": “{quote}”" if quote else ".") + f" {inbox_url}#{conversation_id}")
-        payload = {"text": text, "event": "conversation.waiting", "site": site_name,
-                   "conversationId": str(conversation_id), "url": f"{inbox_url}#{conversation_id}"}
-        task = asyncio.create_task(self._send(payload), name=f"alert-{conversation_id}")
+        self.send(Alert("conversation.waiting", text, site_id,
+                        {"site": site_name, "conversationId": str(conversation_id),
+                         "url": f"{inbox_url}#{conversation_id}"}))
+
+    def send(self, alert: Alert) -> None:
+        task = asyncio.create_task(self._send(alert.payload()), name=f"alert-{alert.event}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

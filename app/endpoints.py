@@ -320,7 +320,7 @@ async def handoff(request: Request) -> Response:
         if alerts is not None:
             last = summary.last_text if summary.last_sender == "user" else None
             alerts.conversation_waiting(site.name, session_id, last,
-                                        str(request.url_for("inbox_page")))
+                                        str(request.url_for("inbox_page")), site.id)
     return JSONResponse({"sessionId": str(session_id), "status": summary.status,
                          "supportHours": site.profile.support_hours or None})
 

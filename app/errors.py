@@ -84,6 +84,14 @@ class CsrfRefused(AppError):
     message = "This request is missing its security token. Please reload the page."
 
 
+class OwnerOnly(AppError):
+    """The page is for the site's owners (its numbers include what the site costs)."""
+
+    status = 403
+    code = "owner_only"
+    message = "Only an owner of this site can see its analytics."
+
+
 class Conflict(AppError):
     """The action does not fit the conversation's current status."""
 

@@ -219,7 +219,8 @@ class MessageStore:
     async def save_answer(self, answer_id: uuid.UUID, text: str, status: str, *,
                           prompt_tokens: int | None, completion_tokens: int | None,
                           sources: Sequence[Mapping[str, object]], fallback: bool,
-                          tools: Sequence[Mapping[str, object]] = ()) -> bool:
+                          tools: Sequence[Mapping[str, object]] = (),
+                          first_token_ms: int | None = None) -> bool:
         """Write the answer's one row; retry through a short database outage. False: not saved."""
         delay = 0.5
         for attempt in range(1, SAVE_ATTEMPTS + 1):
@@ -228,9 +229,9 @@ class MessageStore:
                     await conn.execute(
                         "UPDATE messages SET text = %s, status = %s, prompt_tokens = %s,"
                         " completion_tokens = %s, sources = %s, fallback = %s, tools = %s,"
-                        " finished_at = now() WHERE id = %s",
+                        " first_token_ms = %s, finished_at = now() WHERE id = %s",
                         (text, status, prompt_tokens, completion_tokens, Jsonb(sources),
-                         fallback, Jsonb(list(tools)), answer_id),
+                         fallback, Jsonb(list(tools)), first_token_ms, answer_id),
                     )
                 return True
             except StoreUnavailable:
