@@ -18,6 +18,7 @@ yet" until then.
 
 from __future__ import annotations
 
+import time as time_module
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -219,15 +220,125 @@ def _count(column: str | None, value: str) -> sql.Composable:
                                                           sql.Literal(value))
 
 
+# The per-day numbers of a range of days [%(first)s, %(last)s] of one site, counted from the
+# messages and conversations: what a rollup row holds, and what recent days are counted with.
+_DAY_ROWS = """
+SELECT d.day::date AS day, coalesce(c.conversations, 0), coalesce(c.handoffs, 0),
+       coalesce(m.questions, 0), coalesce(m.by_model, 0), coalesce(m.by_knowledge, 0),
+       coalesce(m.errors, 0), coalesce(m.cancelled, 0), coalesce(m.interrupted, 0),
+       coalesce(m.up, 0), coalesce(m.down, 0), coalesce(c.csat_yes, 0),
+       coalesce(c.csat_answers, 0), coalesce(t.histogram, '{{}}'::jsonb)
+FROM generate_series(%(first)s::date, %(last)s::date, interval '1 day') AS d (day)
+LEFT JOIN (
+    SELECT (created_at AT TIME ZONE 'UTC')::date AS day,
+           count(*) FILTER (WHERE sender = 'user') AS questions,
+           count(*) FILTER (WHERE sender = 'ai' AND NOT fallback AND model IS NOT NULL)
+               AS by_model,
+           count(*) FILTER (WHERE sender = 'ai' AND (fallback OR model IS NULL)) AS by_knowledge,
+           count(*) FILTER (WHERE sender = 'ai' AND status = 'error') AS errors,
+           count(*) FILTER (WHERE sender = 'ai' AND status = 'cancelled') AS cancelled,
+           count(*) FILTER (WHERE sender = 'ai' AND status = 'interrupted') AS interrupted,
+           {up} AS up, {down} AS down
+    FROM messages WHERE site_id = %(site)s AND created_at >= %(start)s AND created_at < %(end)s
+    GROUP BY 1) m ON m.day = d.day
+LEFT JOIN (
+    SELECT (created_at AT TIME ZONE 'UTC')::date AS day, count(*) AS conversations,
+           count(*) FILTER (WHERE handoff_at IS NOT NULL OR agent_joined_at IS NOT NULL)
+               AS handoffs, {csat}
+    FROM conversations
+    WHERE site_id = %(site)s AND created_at >= %(start)s AND created_at < %(end)s
+    GROUP BY 1) c ON c.day = d.day
+LEFT JOIN (
+    SELECT day, jsonb_object_agg(bucket, answers) AS histogram FROM (
+        SELECT (created_at AT TIME ZONE 'UTC')::date AS day,
+               first_token_ms / {bucket} * {bucket} AS bucket, count(*) AS answers
+        FROM messages WHERE site_id = %(site)s AND created_at >= %(start)s
+        AND created_at < %(end)s AND sender = 'ai' AND first_token_ms IS NOT NULL
+        GROUP BY 1, 2) b GROUP BY day) t ON t.day = d.day
+"""
+
+_MODEL_ROWS = """
+SELECT (created_at AT TIME ZONE 'UTC')::date AS day, coalesce(model, %(none)s) AS model,
+       count(*) AS answers, coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
+       coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens
+FROM messages WHERE site_id = %(site)s AND created_at >= %(start)s AND created_at < %(end)s
+AND sender = 'ai' AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)
+GROUP BY 1, 2
+"""
+
+# A question and its answer are written by one INSERT, so they share created_at: that is the
+# join. Each day keeps its QUESTION_GROUPS_PER_DAY biggest groups.
+_QUESTION_ROWS = """
+SELECT day, key, max(title), mode() WITHIN GROUP (ORDER BY text), count(*)::int,
+       (count(*) FILTER (WHERE rating = 'down'))::int, count(rating)::int
+FROM (
+    SELECT (q.created_at AT TIME ZONE 'UTC')::date AS day,
+           coalesce('source:' || (a.source ->> 'path'), 'words:'
+               || btrim(regexp_replace(lower(q.text), '[^[:alnum:]]+', ' ', 'g'))) AS key,
+           a.source ->> 'title' AS title, q.text, a.rating
+    FROM (SELECT conversation_id, created_at, text FROM messages
+          WHERE site_id = %(site)s AND created_at >= %(start)s AND created_at < %(end)s
+          AND sender = 'user') q
+    LEFT JOIN (SELECT conversation_id, created_at, sources -> 0 AS source, {rating} AS rating
+               FROM messages
+               WHERE site_id = %(site)s AND created_at >= %(start)s AND created_at < %(end)s
+               AND sender = 'ai') a USING (conversation_id, created_at)) grouped
+GROUP BY day, key
+"""
+_TOP_PER_DAY = """
+SELECT day, key, title, example, questions, thumbs_down, votes FROM (
+    SELECT *, row_number() OVER (PARTITION BY day ORDER BY questions DESC, key) AS place
+    FROM ({rows}) AS r (day, key, title, example, questions, thumbs_down, votes)) ranked
+WHERE place <= {keep}
+"""
+
+# A day is settled, and rolled up, once this many days have passed since it (UTC): answers
+# end, people join and votes come in within minutes, very rarely days later.
+SETTLE_DAYS = 2
+FIRST_TOKEN_BUCKET_MS = 10
+QUESTION_GROUPS_PER_DAY = 100
+# The most days one rollup statement counts: a long first view is cut into short statements.
+ROLLUP_CHUNK_DAYS = 31
+FEEDBACK_RECHECK_S = 60.0
+
+
+def median_of_histogram(histogram: dict[int, int]) -> float | None:
+    """The middle of the bucket holding the median answer (to FIRST_TOKEN_BUCKET_MS)."""
+    total = sum(histogram.values())
+    if total == 0:
+        return None
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen * 2 >= total:
+            return bucket + FIRST_TOKEN_BUCKET_MS / 2
+    return None  # not reached: the last bucket holds the rest
+
+
+def _runs(days: list[date]) -> list[tuple[date, date]]:
+    """Sorted days as runs of consecutive days, none longer than ROLLUP_CHUNK_DAYS."""
+    runs: list[tuple[date, date]] = []
+    for day in days:
+        if runs and (day - runs[-1][1]).days == 1 \
+                and (day - runs[-1][0]).days < ROLLUP_CHUNK_DAYS:
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
+
+
 class Analytics:
     def __init__(self, pool: AsyncConnectionPool, prices: PriceTable) -> None:
         self._pool = pool
         self._prices = prices
-        self._columns: set[tuple[str, str]] | None = None
+        self._columns: set[tuple[str, str]] = set()
+        self._columns_read_at = -FEEDBACK_RECHECK_S
 
     async def _feedback(self) -> tuple[str | None, str | None]:
-        """The vote and CSAT columns, if the database has them (looked up once)."""
-        if self._columns is None:
+        """The vote and CSAT columns, if the database has them (read again while absent, at
+        most every FEEDBACK_RECHECK_S: a migration may add them while this process runs)."""
+        now = time_module.monotonic()
+        if not self._columns and now - self._columns_read_at >= FEEDBACK_RECHECK_S:
             async with db.connection(self._pool) as conn:
                 cur = await conn.execute(
                     "SELECT table_name, column_name FROM information_schema.columns"
@@ -235,150 +346,205 @@ class Analytics:
                     " IN ((%s, %s), (%s, %s))",
                     (FEEDBACK.vote_table, FEEDBACK.vote_column, FEEDBACK.csat_table,
                      FEEDBACK.csat_column))
-                found = {(row[0], row[1]) for row in await cur.fetchall()}
-            if found:  # not cached while absent: a migration may add them while we run
-                self._columns = found
-            columns = found
-        else:
-            columns = self._columns
+                self._columns = {(row[0], row[1]) for row in await cur.fetchall()}
+            self._columns_read_at = now
         vote = FEEDBACK.vote_column \
-            if (FEEDBACK.vote_table, FEEDBACK.vote_column) in columns else None
+            if (FEEDBACK.vote_table, FEEDBACK.vote_column) in self._columns else None
         csat = FEEDBACK.csat_column \
-            if (FEEDBACK.csat_table, FEEDBACK.csat_column) in columns else None
+            if (FEEDBACK.csat_table, FEEDBACK.csat_column) in self._columns else None
         return vote, csat
+
+    async def _sql(self) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
+        """The day, model and question row queries, with the feedback columns there are."""
+        vote, csat = await self._feedback()
+        csat_sql = (sql.SQL("count({c}) FILTER (WHERE {c}) AS csat_yes,"
+                            " count({c}) AS csat_answers").format(c=sql.Identifier(csat))
+                    if csat else sql.SQL("0 AS csat_yes, 0 AS csat_answers"))
+        day_rows = sql.SQL(_DAY_ROWS).format(
+            up=_count(vote, "up"), down=_count(vote, "down"), csat=csat_sql,
+            bucket=sql.Literal(FIRST_TOKEN_BUCKET_MS))
+        question_rows = sql.SQL(_TOP_PER_DAY).format(
+            rows=sql.SQL(_QUESTION_ROWS).format(
+                rating=sql.Identifier(vote) if vote else sql.SQL("NULL::text")),
+            keep=sql.Literal(QUESTION_GROUPS_PER_DAY))
+        return day_rows, sql.SQL(_MODEL_ROWS).format(), question_rows
+
+    @staticmethod
+    def _bounds(site_id: int, first: date, last: date) -> dict[str, Any]:
+        period = Period(first, last)
+        return {"site": site_id, "first": first, "last": last, "start": period.start,
+                "end": period.end, "none": NO_MODEL}
+
+    async def _settled_part(self, site_id: int, period: Period,
+                            today: date) -> tuple[Period | None, Period | None]:
+        """The period's settled days (rolled up, rolling up the missing ones now) and its
+        recent days (counted live); either may be None."""
+        last_settled = today - timedelta(days=SETTLE_DAYS)
+        settled = Period(period.first, min(period.last, last_settled)) \
+            if period.first <= last_settled else None
+        recent = Period(max(period.first, last_settled + timedelta(days=1)), period.last) \
+            if period.last > last_settled else None
+        if settled is not None:
+            await self._roll_up(site_id, settled)
+        return settled, recent
+
+    async def _roll_up(self, site_id: int, period: Period) -> None:
+        async with db.connection(self._pool) as conn:
+            cur = await conn.execute(
+                "SELECT d::date FROM generate_series(%s::date, %s::date, interval '1 day') d"
+                " WHERE NOT EXISTS (SELECT 1 FROM analytics_days a WHERE a.site_id = %s"
+                " AND a.day = d::date) ORDER BY 1", (period.first, period.last, site_id))
+            missing = [row[0] for row in await cur.fetchall()]
+        if not missing:
+            return
+        day_rows, model_rows, question_rows = await self._sql()
+        for first, last in _runs(missing):
+            bounds = self._bounds(site_id, first, last)
+            async with db.connection(self._pool) as conn, conn.transaction():
+                # Several instances may roll up the same day at once: the first one's rows
+                # stand; the numbers are the same.
+                cur = await conn.execute(sql.SQL(
+                    "INSERT INTO analytics_days (site_id, day, conversations, handoffs,"
+                    " questions, by_model, by_knowledge, errors, cancelled, interrupted,"
+                    " thumbs_up, thumbs_down, csat_yes, csat_answers, first_token_ms)"
+                    " SELECT %(site)s, r.* FROM ({}) r ON CONFLICT DO NOTHING RETURNING day"
+                ).format(day_rows), bounds)
+                written = [row[0] for row in await cur.fetchall()]
+                if not written:
+                    continue
+                bounds["days"] = written
+                await conn.execute(sql.SQL(
+                    "INSERT INTO analytics_model_days (site_id, day, model, answers,"
+                    " prompt_tokens, completion_tokens) SELECT %(site)s, r.* FROM ({}) r"
+                    " WHERE r.day = ANY(%(days)s) ON CONFLICT DO NOTHING").format(model_rows),
+                    bounds)
+                await conn.execute(sql.SQL(
+                    "INSERT INTO analytics_question_days (site_id, day, key, title, example,"
+                    " questions, thumbs_down, votes) SELECT %(site)s, r.* FROM ({}) r"
+                    " WHERE r.day = ANY(%(days)s) ON CONFLICT DO NOTHING").format(question_rows),
+                    bounds)
 
     async def report(self, site_id: int, period: Period, budget_tokens: int | None,
                      today: date | None = None) -> Report:
-        days, summary = await self.days(site_id, period)
-        return Report(site_id, period, days, summary, await self.costs(site_id, period),
-                      await self.spend(site_id, today or today_utc(), budget_tokens),
-                      await self.top_questions(site_id, period))
+        today = today or today_utc()
+        days, summary = await self.days(site_id, period, today)
+        return Report(site_id, period, days, summary, await self.costs(site_id, period, today),
+                      await self.spend(site_id, today, budget_tokens),
+                      await self.top_questions(site_id, period, today=today))
 
-    async def days(self, site_id: int, period: Period) -> tuple[list[Day], Summary]:
+    async def days(self, site_id: int, period: Period,
+                   today: date | None = None) -> tuple[list[Day], Summary]:
         """Every day of the period (days with nothing are zeros), and the period's totals."""
         vote, csat = await self._feedback()
-        bounds = {"site": site_id, "start": period.start, "end": period.end}
-        # GROUPING SETS: the per-day rows and the period's row (day NULL) in one scan, the
-        # median over the whole period included.
-        messages_sql = sql.SQL(
-            "SELECT (created_at AT TIME ZONE 'UTC')::date AS day,"
-            " count(*) FILTER (WHERE sender = 'user'),"
-            " count(*) FILTER (WHERE sender = 'ai' AND NOT fallback AND model IS NOT NULL),"
-            " count(*) FILTER (WHERE sender = 'ai' AND (fallback OR model IS NULL)),"
-            " count(*) FILTER (WHERE sender = 'ai' AND status = 'error'),"
-            " count(*) FILTER (WHERE sender = 'ai' AND status = 'cancelled'),"
-            " count(*) FILTER (WHERE sender = 'ai' AND status = 'interrupted'),"
-            " {up}, {down},"
-            " percentile_cont(0.5) WITHIN GROUP (ORDER BY first_token_ms)"
-            "   FILTER (WHERE sender = 'ai'),"
-            " grouping((created_at AT TIME ZONE 'UTC')::date)"
-            " FROM messages WHERE site_id = %(site)s AND created_at >= %(start)s"
-            " AND created_at < %(end)s"
-            " GROUP BY GROUPING SETS ((created_at AT TIME ZONE 'UTC')::date, ())"
-        ).format(up=_count(vote, "up"), down=_count(vote, "down"))
-        csat_sql = (sql.SQL("count({c}) FILTER (WHERE {c}), count({c})").format(
-            c=sql.Identifier(csat)) if csat else sql.SQL("0, 0"))
-        conversations_sql = sql.SQL(
-            "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, count(*),"
-            " count(*) FILTER (WHERE handoff_at IS NOT NULL OR agent_joined_at IS NOT NULL),"
-            " percentile_cont(0.5) WITHIN GROUP"
-            "   (ORDER BY extract(epoch FROM agent_joined_at - handoff_at))"
-            "   FILTER (WHERE agent_joined_at >= handoff_at), {csat},"
-            " grouping((created_at AT TIME ZONE 'UTC')::date)"
-            " FROM conversations WHERE site_id = %(site)s AND created_at >= %(start)s"
-            " AND created_at < %(end)s"
-            " GROUP BY GROUPING SETS ((created_at AT TIME ZONE 'UTC')::date, ())"
-        ).format(csat=csat_sql)
+        settled, recent = await self._settled_part(site_id, period, today or today_utc())
+        day_rows, _, _ = await self._sql()
+        rows: list[tuple[Any, ...]] = []
         async with db.connection(self._pool) as conn:
-            cur = await conn.execute(messages_sql, bounds)
-            message_rows = await cur.fetchall()
-            cur = await conn.execute(conversations_sql, bounds)
-            conversation_rows = await cur.fetchall()
-        per_day: dict[date, dict[str, Any]] = {}
-        totals: dict[str, Any] = {}
-        for row in message_rows:
-            target = totals if row[-1] else per_day.setdefault(row[0], {})
-            answered = row[2] + row[3]
-            target.update(questions=row[1], by_model=row[2], by_knowledge=row[3],
-                          by_person=max(0, row[1] - answered), errors=row[4], cancelled=row[5],
-                          interrupted=row[6], thumbs_up=row[7], thumbs_down=row[8],
-                          median_first_token_ms=row[9])
-        for row in conversation_rows:
-            target = totals if row[-1] else per_day.setdefault(row[0], {})
-            target.update(conversations=row[1], handoffs=row[2], median_person_join_s=row[3],
-                          csat_yes=row[4], csat_answers=row[5])
-        days = [Day(day, **{name: value for name, value in per_day.get(day, {}).items()
-                            if name in Day.__dataclass_fields__})
-                for day in period.days]
+            if settled is not None:
+                cur = await conn.execute(
+                    "SELECT day, conversations, handoffs, questions, by_model, by_knowledge,"
+                    " errors, cancelled, interrupted, thumbs_up, thumbs_down, csat_yes,"
+                    " csat_answers, first_token_ms FROM analytics_days WHERE site_id = %s"
+                    " AND day BETWEEN %s AND %s", (site_id, settled.first, settled.last))
+                rows += await cur.fetchall()
+            if recent is not None:
+                cur = await conn.execute(day_rows, self._bounds(site_id, recent.first,
+                                                                recent.last))
+                rows += await cur.fetchall()
+            # The wait for a person needs each conversation's times: the few with a handoff.
+            cur = await conn.execute(
+                "SELECT percentile_cont(0.5) WITHIN GROUP"
+                " (ORDER BY extract(epoch FROM agent_joined_at - handoff_at))"
+                " FROM conversations WHERE site_id = %s AND created_at >= %s"
+                " AND created_at < %s AND handoff_at IS NOT NULL"
+                " AND agent_joined_at >= handoff_at", (site_id, period.start, period.end))
+            join_row = await cur.fetchone()
+        by_day: dict[date, Day] = {}
+        histogram: dict[int, int] = {}
+        for (day, conversations, handoffs, questions, by_model, by_knowledge, errors, cancelled,
+             interrupted, up, down, _csat_yes, _csat_answers, first_tokens) in rows:
+            by_day[day] = Day(day, conversations, questions, by_model, by_knowledge,
+                              max(0, questions - by_model - by_knowledge), handoffs, errors,
+                              cancelled, interrupted, up, down)
+            for bucket, answers in first_tokens.items():
+                histogram[int(bucket)] = histogram.get(int(bucket), 0) + answers
+        days = [by_day.get(day, Day(day)) for day in period.days]
+
+        def total(name: str) -> int:
+            return sum(getattr(day, name) for day in days)
+
         summary = Summary(
-            conversations=totals.get("conversations", 0), questions=totals.get("questions", 0),
-            by_model=totals.get("by_model", 0), by_knowledge=totals.get("by_knowledge", 0),
-            by_person=totals.get("by_person", 0), handoffs=totals.get("handoffs", 0),
-            errors=totals.get("errors", 0), cancelled=totals.get("cancelled", 0),
-            interrupted=totals.get("interrupted", 0),
-            median_first_token_ms=totals.get("median_first_token_ms"),
-            median_person_join_s=totals.get("median_person_join_s"),
-            thumbs_up=totals.get("thumbs_up", 0) if vote else None,
-            thumbs_down=totals.get("thumbs_down", 0) if vote else None,
-            csat_yes=totals.get("csat_yes", 0) if csat else None,
-            csat_answers=totals.get("csat_answers", 0) if csat else None)
+            conversations=total("conversations"), questions=total("questions"),
+            by_model=total("by_model"), by_knowledge=total("by_knowledge"),
+            by_person=total("by_person"), handoffs=total("handoffs"), errors=total("errors"),
+            cancelled=total("cancelled"), interrupted=total("interrupted"),
+            median_first_token_ms=median_of_histogram(histogram),
+            median_person_join_s=None if join_row is None or join_row[0] is None
+            else float(join_row[0]),
+            thumbs_up=total("thumbs_up") if vote else None,
+            thumbs_down=total("thumbs_down") if vote else None,
+            csat_yes=sum(row[11] for row in rows) if csat else None,
+            csat_answers=sum(row[12] for row in rows) if csat else None)
         return days, summary
 
-    async def _model_tokens(self, site_id: int, start: datetime,
-                            end: datetime) -> list[tuple[date, str, int, int, int]]:
-        async with db.connection(self._pool) as conn:
-            cur = await conn.execute(
-                "SELECT (created_at AT TIME ZONE 'UTC')::date, coalesce(model, %(none)s),"
-                " count(*), coalesce(sum(prompt_tokens), 0)::bigint,"
-                " coalesce(sum(completion_tokens), 0)::bigint"
-                " FROM messages WHERE site_id = %(site)s AND created_at >= %(start)s"
-                " AND created_at < %(end)s AND sender = 'ai'"
-                " AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)"
-                " GROUP BY 1, 2 ORDER BY 1, 2",
-                {"none": NO_MODEL, "site": site_id, "start": start, "end": end})
-            return [(row[0], row[1], row[2], row[3], row[4]) for row in await cur.fetchall()]
-
-    async def costs(self, site_id: int, period: Period) -> list[ModelDay]:
+    async def costs(self, site_id: int, period: Period,
+                    today: date | None = None) -> list[ModelDay]:
         """Tokens and cost per day and model, from the usage stored with each answer."""
+        settled, recent = await self._settled_part(site_id, period, today or today_utc())
+        _, model_rows, _ = await self._sql()
+        rows: list[tuple[Any, ...]] = []
+        async with db.connection(self._pool) as conn:
+            if settled is not None:
+                cur = await conn.execute(
+                    "SELECT day, model, answers, prompt_tokens, completion_tokens"
+                    " FROM analytics_model_days WHERE site_id = %s AND day BETWEEN %s AND %s",
+                    (site_id, settled.first, settled.last))
+                rows += await cur.fetchall()
+            if recent is not None:
+                cur = await conn.execute(model_rows, self._bounds(site_id, recent.first,
+                                                                  recent.last))
+                rows += await cur.fetchall()
         return [ModelDay(day, model, answers, prompt, completion,
                          self._prices.cost(model, prompt, completion))
-                for day, model, answers, prompt, completion
-                in await self._model_tokens(site_id, period.start, period.end)]
+                for day, model, answers, prompt, completion in sorted(rows)]
 
     async def spend(self, site_id: int, day: date, budget_tokens: int | None) -> Spend:
-        one_day = Period(day, day)
-        rows = await self.costs(site_id, one_day)
+        rows = await self.costs(site_id, Period(day, day), today=day)
         costs = [row.cost_usd for row in rows]
         return Spend(day, sum(row.tokens for row in rows),
                      None if any(cost is None for cost in costs) else sum(
                          cost for cost in costs if cost is not None),
                      budget_tokens or None)
 
-    async def top_questions(self, site_id: int, period: Period,
-                            limit: int = TOP_QUESTIONS) -> list[QuestionGroup]:
+    async def top_questions(self, site_id: int, period: Period, limit: int = TOP_QUESTIONS,
+                            today: date | None = None) -> list[QuestionGroup]:
         """The period's questions grouped by the article or curated answer their answer drew
-        on first, else by their wording (lower case, punctuation and spacing folded)."""
+        on first, else by their wording (lower case, punctuation and spacing folded); the
+        example is the group's most frequent wording. Each day counts its
+        QUESTION_GROUPS_PER_DAY biggest groups, so the long tail of one-off wordings is left
+        out of the counts."""
         vote, _ = await self._feedback()
-        rating = sql.Identifier(vote) if vote else sql.SQL("NULL::text")
+        settled, recent = await self._settled_part(site_id, period, today or today_utc())
+        _, _, question_rows = await self._sql()
+        parts: list[sql.Composable] = []
+        params: dict[str, Any] = {"site": site_id, "none": NO_MODEL, "limit": limit}
+        if settled is not None:
+            parts.append(sql.SQL(
+                "SELECT day, key, title, example, questions, thumbs_down, votes"
+                " FROM analytics_question_days WHERE site_id = %(site)s"
+                " AND day BETWEEN %(settled_first)s AND %(settled_last)s"))
+            params.update(settled_first=settled.first, settled_last=settled.last)
+        if recent is not None:
+            parts.append(question_rows)
+            params.update(self._bounds(site_id, recent.first, recent.last))
         query = sql.SQL(
-            "WITH q AS (SELECT conversation_id, created_at, text FROM messages"
-            "   WHERE site_id = %(site)s AND created_at >= %(start)s AND created_at < %(end)s"
-            "   AND sender = 'user'),"
-            " a AS (SELECT conversation_id, created_at, sources -> 0 AS source,"
-            "   {rating} AS rating FROM messages"
-            "   WHERE site_id = %(site)s AND created_at >= %(start)s AND created_at < %(end)s"
-            "   AND sender = 'ai'),"
-            " grouped AS (SELECT coalesce('source:' || (a.source ->> 'path'), 'words:'"
-            "   || btrim(regexp_replace(lower(q.text), '[^[:alnum:]]+', ' ', 'g'))) AS key,"
-            "   a.source ->> 'title' AS title, q.text, a.rating"
-            "   FROM q LEFT JOIN a USING (conversation_id, created_at))"
-            " SELECT key, max(title), min(text), count(*),"
-            " count(*) FILTER (WHERE rating = 'down'), count(rating)"
-            " FROM grouped GROUP BY key ORDER BY count(*) DESC, key LIMIT %(limit)s"
-        ).format(rating=rating)
+            "SELECT key, max(title), (array_agg(example ORDER BY questions DESC))[1],"
+            " sum(questions)::int, sum(thumbs_down)::int, sum(votes)::int"
+            " FROM ({}) AS g (day, key, title, example, questions, thumbs_down, votes)"
+            " GROUP BY key ORDER BY sum(questions) DESC, key LIMIT %(limit)s"
+        ).format(sql.SQL(" UNION ALL ").join(parts))
         async with db.connection(self._pool) as conn:
-            cur = await conn.execute(query, {"site": site_id, "start": period.start,
-                                             "end": period.end, "limit": limit})
+            cur = await conn.execute(query, params)
             rows = await cur.fetchall()
         return [QuestionGroup(key, title or example, example, count,
                               down if vote else None, votes if vote else None)

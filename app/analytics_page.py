@@ -166,6 +166,9 @@ def render(report: Report, sites: Sequence[tuple[int, str]], site_name: str) -> 
                      for day in days])
              for i, model in enumerate(models)]
     spend_title = "Cost per day, by model (USD)" if priced else "Tokens per day, by model"
+    unpriced = sorted({row.model for row in report.costs if row.cost_usd is None})
+    unpriced_note = (f'<p class="hint">No price in MODEL_PRICES, so not in the cost:'
+                     f' {html.escape(", ".join(unpriced))}.</p>' if priced and unpriced else "")
 
     today = report.today
     share = today.budget_share
@@ -245,7 +248,7 @@ def render(report: Report, sites: Sequence[tuple[int, str]], site_name: str) -> 
 <section aria-labelledby="h-cost">
 <h2 id="h-cost">{html.escape(spend_title)}</h2>
 {stacked_bars(days, spend, spend_title, money=priced) if spend else "<p>No tokens used in this period.</p>"}
-{legend(spend) if spend else ""}
+{legend(spend) if spend else ""}{unpriced_note}
 {_html_table(costs_table(report), "Tokens and cost per day and model", csv_url("costs"))}
 </section>
 <section aria-labelledby="h-top">

@@ -14,10 +14,10 @@ from datetime import date
 
 WIDTH = 480
 HEIGHT = 220
-LEFT = 44  # room for the value axis' labels
-BOTTOM = 24  # room for the day labels
+LEFT = 62  # room for the value axis' labels
+BOTTOM = 28  # room for the day labels
 TOP = 10
-FONT = 13
+FONT = 16  # about 12 px on a 390 px phone
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ def nice_ceiling(value: float) -> float:
 
 def _label(value: float, money: bool) -> str:
     if money:
+        if value and value < 0.1:
+            return f"${value:.3f}"
         return f"${value:,.2f}" if value < 10 else f"${value:,.0f}"
     return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
 

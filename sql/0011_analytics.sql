@@ -43,3 +43,56 @@ CREATE TABLE spend_alerts (
     sent_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (site_id, day, threshold)
 );
+
+-- Only a person's wait needs the conversations' rows themselves: these are a few of them.
+CREATE INDEX conversations_site_handoffs ON conversations (site_id, created_at)
+    INCLUDE (handoff_at, agent_joined_at) WHERE handoff_at IS NOT NULL;
+
+-- Rollups of settled days (app/analytics.py SETTLE_DAYS old): written once, the first time a
+-- page needs the day, so a year's page reads 365 small rows instead of a year of messages.
+-- Recent days are always counted live.
+CREATE TABLE analytics_days (
+    site_id         bigint NOT NULL REFERENCES sites (id) ON DELETE CASCADE,
+    day             date NOT NULL,
+    conversations   integer NOT NULL,
+    handoffs        integer NOT NULL,
+    questions       integer NOT NULL,
+    by_model        integer NOT NULL,
+    by_knowledge    integer NOT NULL,
+    errors          integer NOT NULL,
+    cancelled       integer NOT NULL,
+    interrupted     integer NOT NULL,
+    thumbs_up       integer NOT NULL,
+    thumbs_down     integer NOT NULL,
+    csat_yes        integer NOT NULL,
+    csat_answers    integer NOT NULL,
+    -- Time to first token as a histogram: bucket (ms, a multiple of 10) -> answers, so a
+    -- period's median is read from the days' histograms without the messages.
+    first_token_ms  jsonb NOT NULL,
+    computed_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site_id, day)
+);
+
+CREATE TABLE analytics_model_days (
+    site_id            bigint NOT NULL REFERENCES sites (id) ON DELETE CASCADE,
+    day                date NOT NULL,
+    model              text NOT NULL,
+    answers            integer NOT NULL,
+    prompt_tokens      bigint NOT NULL,
+    completion_tokens  bigint NOT NULL,
+    PRIMARY KEY (site_id, day, model)
+);
+
+-- The day's most asked question groups (the top ones only: the long tail of one-off wordings
+-- is not what the page shows).
+CREATE TABLE analytics_question_days (
+    site_id      bigint NOT NULL REFERENCES sites (id) ON DELETE CASCADE,
+    day          date NOT NULL,
+    key          text NOT NULL,
+    title        text,
+    example      text NOT NULL,
+    questions    integer NOT NULL,
+    thumbs_down  integer NOT NULL,
+    votes        integer NOT NULL,
+    PRIMARY KEY (site_id, day, key)
+);

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,8 +16,8 @@ import pytest
 
 from app import db
 from app.alerts import AlertWebhook
-from app.pricing import parse_prices
 from app.knowledge import DEFAULT_KNOWLEDGE_DIR
+from app.pricing import parse_prices
 from app.sites import SiteDirectory, SiteStore, ensure_default_site
 from app.spend_alerts import SpendAlerts
 from app.store_profile import DEFAULT_PROFILE_PATH, load_profile
@@ -32,6 +31,7 @@ class WebhookReceiver:
         self.bodies: list[dict[str, Any]] = []
         self._server: asyncio.Server | None = None
         self.url = ""
+        self._arrived = asyncio.Event()
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -44,6 +44,7 @@ class WebhookReceiver:
         length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                       if line.lower().startswith(b"content-length:"))
         self.bodies.append(json.loads(await reader.readexactly(length)))
+        self._arrived.set()
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
         await writer.drain()
         writer.close()
@@ -52,9 +53,10 @@ class WebhookReceiver:
         return [body for body in self.bodies if body.get("siteId") == site_id]
 
     async def wait_for(self, site_id: int, count: int) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + 10
-        while len(self.for_site(site_id)) < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(10):
+            while len(self.for_site(site_id)) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
         return self.for_site(site_id)
 
     async def close(self) -> None:
