@@ -18,6 +18,8 @@ yet" until then.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time as time_module
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -28,6 +30,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import db
 from .pricing import PriceTable
+from .sites import SiteDirectory
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
@@ -300,6 +305,7 @@ QUESTION_GROUPS_PER_DAY = 100
 # The most days one rollup statement counts: a long first view is cut into short statements.
 ROLLUP_CHUNK_DAYS = 31
 FEEDBACK_RECHECK_S = 60.0
+ROLL_UP_EVERY_S = 600.0
 
 
 def median_of_histogram(histogram: dict[int, int]) -> float | None:
@@ -325,6 +331,26 @@ def _runs(days: list[date]) -> list[tuple[date, date]]:
         else:
             runs.append((day, day))
     return runs
+
+
+# A period cut at the last settled day: (the settled days, the recent ones); either may be None.
+Split = tuple[Period | None, Period | None]
+
+
+async def roll_up_every(analytics: Analytics, sites: SiteDirectory,
+                        every_s: float = ROLL_UP_EVERY_S) -> None:
+    """Keep every site's last 30 settled days rolled up, so the default page's first view is
+    as fast as the next; a failed round (the database away) waits for the next one. The first
+    round waits too: a start (or a test's short-lived app) is not slowed by it."""
+    while True:
+        await asyncio.sleep(every_s / 20)
+        for site in sites.sites:
+            try:
+                await analytics.roll_up_recent(site.id)
+            except Exception:
+                log.exception("analytics roll-up of site %d failed; next round in %.0f s",
+                              site.id, every_s)
+        await asyncio.sleep(every_s - every_s / 20)
 
 
 class Analytics:
@@ -375,8 +401,7 @@ class Analytics:
         return {"site": site_id, "first": first, "last": last, "start": period.start,
                 "end": period.end, "none": NO_MODEL}
 
-    async def _settled_part(self, site_id: int, period: Period,
-                            today: date) -> tuple[Period | None, Period | None]:
+    async def _settled_part(self, site_id: int, period: Period, today: date) -> Split:
         """The period's settled days (rolled up, rolling up the missing ones now) and its
         recent days (counted live); either may be None."""
         last_settled = today - timedelta(days=SETTLE_DAYS)
@@ -427,16 +452,24 @@ class Analytics:
     async def report(self, site_id: int, period: Period, budget_tokens: int | None,
                      today: date | None = None) -> Report:
         today = today or today_utc()
-        days, summary = await self.days(site_id, period, today)
-        return Report(site_id, period, days, summary, await self.costs(site_id, period, today),
+        split = await self._settled_part(site_id, period, today)
+        days, summary = await self.days(site_id, period, today, split)
+        return Report(site_id, period, days, summary,
+                      await self.costs(site_id, period, today, split),
                       await self.spend(site_id, today, budget_tokens),
-                      await self.top_questions(site_id, period, today=today))
+                      await self.top_questions(site_id, period, today=today, split=split))
 
-    async def days(self, site_id: int, period: Period,
-                   today: date | None = None) -> tuple[list[Day], Summary]:
+    async def roll_up_recent(self, site_id: int, today: date | None = None,
+                             days: int = DEFAULT_DAYS) -> None:
+        """Roll up the settled days of the default page's period ahead of its first view."""
+        today = today or today_utc()
+        await self._settled_part(site_id, Period(today - timedelta(days=days - 1), today), today)
+
+    async def days(self, site_id: int, period: Period, today: date | None = None,
+                   split: Split | None = None) -> tuple[list[Day], Summary]:
         """Every day of the period (days with nothing are zeros), and the period's totals."""
         vote, csat = await self._feedback()
-        settled, recent = await self._settled_part(site_id, period, today or today_utc())
+        settled, recent = split or await self._settled_part(site_id, period, today or today_utc())
         day_rows, _, _ = await self._sql()
         rows: list[tuple[Any, ...]] = []
         async with db.connection(self._pool) as conn:
@@ -487,10 +520,10 @@ class Analytics:
             csat_answers=sum(row[12] for row in rows) if csat else None)
         return days, summary
 
-    async def costs(self, site_id: int, period: Period,
-                    today: date | None = None) -> list[ModelDay]:
+    async def costs(self, site_id: int, period: Period, today: date | None = None,
+                    split: Split | None = None) -> list[ModelDay]:
         """Tokens and cost per day and model, from the usage stored with each answer."""
-        settled, recent = await self._settled_part(site_id, period, today or today_utc())
+        settled, recent = split or await self._settled_part(site_id, period, today or today_utc())
         _, model_rows, _ = await self._sql()
         rows: list[tuple[Any, ...]] = []
         async with db.connection(self._pool) as conn:
@@ -517,14 +550,15 @@ class Analytics:
                      budget_tokens or None)
 
     async def top_questions(self, site_id: int, period: Period, limit: int = TOP_QUESTIONS,
-                            today: date | None = None) -> list[QuestionGroup]:
+                            today: date | None = None,
+                            split: Split | None = None) -> list[QuestionGroup]:
         """The period's questions grouped by the article or curated answer their answer drew
         on first, else by their wording (lower case, punctuation and spacing folded); the
         example is the group's most frequent wording. Each day counts its
         QUESTION_GROUPS_PER_DAY biggest groups, so the long tail of one-off wordings is left
         out of the counts."""
         vote, _ = await self._feedback()
-        settled, recent = await self._settled_part(site_id, period, today or today_utc())
+        settled, recent = split or await self._settled_part(site_id, period, today or today_utc())
         _, _, question_rows = await self._sql()
         parts: list[sql.Composable] = []
         params: dict[str, Any] = {"site": site_id, "none": NO_MODEL, "limit": limit}

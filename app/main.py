@@ -22,6 +22,7 @@ from starlette.routing import Route
 from . import db, endpoints, endpoints_admin, endpoints_analytics, openapi
 from .access import AccessMiddleware
 from .alerts import AlertWebhook
+from .analytics import Analytics, roll_up_every
 from .chat import ChatService
 from .clientip import parse_networks
 from .config import Settings
@@ -283,12 +284,15 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             log.warning("marked %d answers from a previous run as interrupted", interrupted)
         services.started(pool, chat)
         spend_watch = start_spend_alerts(services, pool)
+        roll_ups = asyncio.create_task(
+            roll_up_every(Analytics(pool, settings.model_prices), sites), name="analytics")
         try:
             yield
         finally:
-            if spend_watch is not None:
-                spend_watch.cancel()
-                await asyncio.gather(spend_watch, return_exceptions=True)
+            for background in (spend_watch, roll_ups):
+                if background is not None:
+                    background.cancel()
+                    await asyncio.gather(background, return_exceptions=True)
             await sites.aclose()
             await chat.shutdown(settings.shutdown_grace_s)
             services.stopped()

@@ -288,5 +288,6 @@ async def test_rolled_up_days_say_what_counting_the_messages_says(
     assert (rolled.days, rolled.summary, rolled.costs, rolled.top_questions) == (
         live.days, live.summary, live.costs, live.top_questions)
     assert again == rolled
-    assert query("SELECT day FROM analytics_days WHERE site_id = %s ORDER BY day", site_id) == [
+    assert query("SELECT day FROM analytics_days WHERE site_id = %s AND day < '2026-04-01'"
+                 " ORDER BY day", site_id) == [
         (date(2026, 3, 1),), (date(2026, 3, 2),)]
