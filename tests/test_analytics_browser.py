@@ -108,5 +108,7 @@ def test_an_owner_reads_the_last_30_days_on_a_desktop_and_a_phone(
     page.set_viewport_size(PHONE)
     # Nothing wider than the phone: the tables scroll inside their own box.
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-    expect(page.get_by_role("img", name="Questions per day, by who answered")).to_be_visible()
+    chart = page.get_by_role("img", name="Questions per day, by who answered")
+    expect(chart).to_be_visible()
+    chart.screenshot(path=str(ARTIFACTS / "analytics-phone-chart.png"))
     page.screenshot(path=str(ARTIFACTS / "analytics-phone.png"), full_page=True)
