@@ -44,12 +44,13 @@ NO_MODEL = "knowledge-only"
 @dataclass(frozen=True)
 class FeedbackColumns:
     """Where feedback lives once the feedback migration has run: the answer's vote
-    ('up'/'down') on messages, the shopper's CSAT (true: solved) on conversations."""
+    ('up'/'down') on messages, the shopper's CSAT ('yes'/'no') on conversations."""
 
     vote_table: str = "messages"
     vote_column: str = "feedback_rating"
     csat_table: str = "conversations"
     csat_column: str = "csat"
+    csat_yes: str = "yes"  # the column holds 'yes' or 'no' (sql/0010_feedback_and_curated_answers.sql)
 
 
 FEEDBACK = FeedbackColumns()
@@ -383,8 +384,9 @@ class Analytics:
     async def _sql(self) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
         """The day, model and question row queries, with the feedback columns there are."""
         vote, csat = await self._feedback()
-        csat_sql = (sql.SQL("count({c}) FILTER (WHERE {c}) AS csat_yes,"
-                            " count({c}) AS csat_answers").format(c=sql.Identifier(csat))
+        csat_sql = (sql.SQL("count({c}) FILTER (WHERE {c} = {yes}) AS csat_yes,"
+                            " count({c}) AS csat_answers").format(
+                                c=sql.Identifier(csat), yes=sql.Literal(FEEDBACK.csat_yes))
                     if csat else sql.SQL("0 AS csat_yes, 0 AS csat_answers"))
         day_rows = sql.SQL(_DAY_ROWS).format(
             up=_count(vote, "up"), down=_count(vote, "down"), csat=csat_sql,

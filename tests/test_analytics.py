@@ -3,17 +3,19 @@ see them, the CSV tables, and the hand-off times the database records by itself.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import aclosing
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from app import db
 from app.analytics import FIRST_TOKEN_BUCKET_MS, Analytics, Period
@@ -291,3 +293,62 @@ async def test_rolled_up_days_say_what_counting_the_messages_says(
     assert query("SELECT day FROM analytics_days WHERE site_id = %s AND day < '2026-04-01'"
                  " ORDER BY day", site_id) == [
         (date(2026, 3, 1),), (date(2026, 3, 2),)]
+
+
+# The feedback columns exactly as the feedback migration adds them (sql/0010, another branch);
+# in a scratch database of this test's own, so the shared test database keeps its schema.
+FEEDBACK_COLUMNS = [
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS feedback_rating text"
+    " CHECK (feedback_rating IN ('up', 'down'))",
+    "ALTER TABLE conversations ADD COLUMN IF NOT EXISTS csat text CHECK (csat IN ('yes', 'no'))",
+]
+
+
+@pytest.fixture
+def scratch_database(admin_database_url: str) -> Iterator[str]:
+    name = f"chat_test_feedback_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(admin_database_url, dbname=name)
+    try:
+        asyncio.run(db.migrate(url))
+        yield url
+    finally:
+        with psycopg.connect(admin_database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_votes_and_csat_count_once_the_feedback_columns_exist(
+        scratch_database: str) -> None:
+    url = scratch_database
+    site_id, _ = await make_site(url, "Voted")
+    other_id, _ = await make_site(url, "Other")
+    seed(url, site_id, other_id)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in FEEDBACK_COLUMNS:
+            conn.execute(statement)
+        for when, rating in ((at(1, 10), "up"), (at(1, 10, 1), "down"), (at(1, 11, 2), "up"),
+                             (at(2, 9), "up")):
+            conn.execute("UPDATE messages SET feedback_rating = %s WHERE site_id = %s"
+                         " AND sender = 'ai' AND created_at = %s", (rating, site_id, when))
+        for created, answer in ((at(1, 10), "yes"), (at(1, 11), "no"), (at(2, 9), "yes")):
+            conn.execute("UPDATE conversations SET csat = %s WHERE site_id = %s"
+                         " AND created_at = %s", (answer, site_id, created))
+    period = Period(date(2026, 3, 1), date(2026, 3, 2))
+    pool = db.create_pool(url, 2)
+    await pool.open(wait=True)
+    try:
+        analytics = Analytics(pool, parse_prices(PRICES))
+        live = await analytics.report(site_id, period, 1000, today=date(2026, 3, 2))
+        rolled = await analytics.report(site_id, period, 1000, today=date(2026, 9, 1))
+    finally:
+        await pool.close()
+    for report in (live, rolled):
+        assert report.feedback_stored
+        assert (report.summary.thumbs_up, report.summary.thumbs_down) == (3, 1)
+        assert report.summary.thumbs_up_rate == pytest.approx(0.75)
+        assert report.summary.csat_rate == pytest.approx(2 / 3)
+        shipping = report.top_questions[0]
+        assert (shipping.label, shipping.questions, shipping.votes) == ("Shipping", 3, 3)
+        assert shipping.thumbs_down_rate == pytest.approx(1 / 3)
+    assert rolled.days == live.days
