@@ -29,11 +29,11 @@ def _percent(value: float | None, empty: str = "–") -> str:
 
 
 def _rate(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+    return "" if value is None else f"{value:.6f}"
 
 
 def _usd(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+    return "" if value is None else f"{value:.6f}"
 
 
 def daily_table(report: Report) -> Table:
