@@ -337,7 +337,10 @@ class AnswerRun:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             sources=self._sources,
-            fallback=self._fallback, tools=self._tools_used, offer_person=self._offer_person)
+            fallback=self._fallback, tools=self._tools_used, offer_person=self._offer_person,
+            # For the analytics page's median time to first token (sql/0011_analytics.sql).
+            first_token_ms=None if self._first_token_at is None
+            else round((self._first_token_at - self._asked_at) * 1000))
 
     def _end_event(self, saved: bool) -> tuple[answer_events.Kind, object]:
         if not saved:

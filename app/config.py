@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .logs import LogFormat
+from .pricing import PriceTable
 
 
 class ConfigError(Exception):
@@ -176,6 +177,24 @@ def email_address(name: str, raw: str) -> str:
     if raw and (raw.count("@") != 1 or any(c.isspace() for c in raw)):
         raise ConfigError(f"{name} must be one email address like help@shop.example, got {raw!r}")
     return raw
+def model_prices(name: str, raw: str) -> Any:
+    from .pricing import parse_prices
+
+    try:
+        return parse_prices(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def percentages(name: str, raw: str) -> tuple[int, ...]:
+    try:
+        values = sorted({int(part) for part in split_list(name, raw)})
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated whole percentages, e.g. '50,80,100',"
+                          f" got {raw!r}") from None
+    if any(not 1 <= value <= 1000 for value in values):
+        raise ConfigError(f"{name}: each percentage must be between 1 and 1000, got {raw!r}")
+    return tuple(values)
 
 
 def setting(variable: str, default: str, meaning: str, read: Read = text) -> Any:
@@ -298,6 +317,19 @@ class Settings:
         "DEMO_CUSTOMER", "", "Demo only: 'id:email' of a customer whose signed token the demo page"
                              " (GET /) is given; empty: none. Never set it in production.",
         demo_customer)
+
+    model_prices: PriceTable = setting(
+        "MODEL_PRICES", "gpt-4o-mini=0.15/0.60",
+        "USD per million prompt/completion tokens per model, for the analytics page's cost:"
+        " 'model=prompt/completion', comma-separated.", model_prices)
+    spend_alert_thresholds: tuple[int, ...] = setting(
+        "SPEND_ALERT_THRESHOLDS", "50,80,100",
+        "Percentages of a site's daily token budget whose crossing sends one alert a day each.",
+        percentages)
+    spend_alert_jump: float = setting(
+        "SPEND_ALERT_JUMP", "3",
+        "Alert once a day when a site's tokens today pass this many times its average of the"
+        " previous 7 days; 0: no such alert.", number(0, 1000))
 
     @property
     def llm_configured(self) -> bool:

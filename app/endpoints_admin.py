@@ -160,7 +160,8 @@ async def inbox_page(request: Request) -> Response:
 
 async def admin_asset(request: Request) -> Response:
     name = request.path_params["name"]
-    media = {"inbox.js": "text/javascript", "admin.css": "text/css"}.get(name)
+    media = {"inbox.js": "text/javascript", "admin.css": "text/css",
+             "analytics.css": "text/css"}.get(name)
     if media is None:
         raise NotFound()
     return FileResponse(ADMIN_DIR / name, media_type=media,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import logging
@@ -18,9 +19,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
-from . import db, endpoints, endpoints_admin, endpoints_team, openapi
+from . import db, endpoints, endpoints_admin, endpoints_analytics, endpoints_team, openapi
 from .access import AccessMiddleware
 from .alerts import build_alerts
+from .analytics import Analytics, roll_up_every
 from .chat import ChatService
 from .clientip import parse_networks
 from .config import Settings
@@ -55,6 +57,7 @@ from .redis_connection import SharedRedis
 from .redis_eventlog import RedisEventLog
 from .services import Services, services_of
 from .sites import SiteDirectory, SiteStore, ensure_default_site
+from .spend_alerts import SpendAlerts
 from .sse import Connections
 from .store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
 
@@ -132,6 +135,11 @@ routes = [
     Route("/admin/logout-everywhere", endpoints_admin.logout_everywhere, methods=["POST"]),
     Route("/admin/assets/{name}", endpoints_admin.admin_asset, methods=["GET"]),
     Route("/admin/api/me", endpoints_admin.me, methods=["GET"]),
+    Route("/admin/analytics", endpoints_analytics.analytics_page, methods=["GET"]),
+    Route("/admin/api/sites/{site_id}/analytics", endpoints_analytics.analytics_json,
+          methods=["GET"]),
+    Route("/admin/api/sites/{site_id}/analytics.csv", endpoints_analytics.analytics_csv,
+          methods=["GET"]),
     Route("/admin/api/conversations", endpoints_admin.conversations, methods=["GET"]),
     Route("/admin/api/conversations/{conversation_id}", endpoints_admin.conversation,
           methods=["GET"]),
@@ -214,6 +222,17 @@ def load_store(settings: Settings) -> tuple[StoreProfile, Path]:
     return profile, articles_dir
 
 
+def start_spend_alerts(services: Services, pool: Any) -> asyncio.Task[None] | None:
+    """The every-minute spend check (app/spend_alerts.py), when alerts have somewhere to go."""
+    if services.alerts is None:
+        return None
+    settings = services.settings
+    watch = SpendAlerts(pool, services.sites, services.alerts,
+                        thresholds=settings.spend_alert_thresholds, jump=settings.spend_alert_jump,
+                        default_budget=settings.daily_token_budget, prices=settings.model_prices)
+    return asyncio.create_task(watch.run(), name="spend-alerts")
+
+
 def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     """The app; `llm_http_client` lets tests route the model's HTTP calls through respx.
 
@@ -275,9 +294,16 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         if interrupted:
             log.warning("marked %d answers from a previous run as interrupted", interrupted)
         services.started(pool, chat)
+        spend_watch = start_spend_alerts(services, pool)
+        roll_ups = asyncio.create_task(
+            roll_up_every(Analytics(pool, settings.model_prices), sites), name="analytics")
         try:
             yield
         finally:
+            for background in (spend_watch, roll_ups):
+                if background is not None:
+                    background.cancel()
+                    await asyncio.gather(background, return_exceptions=True)
             await sites.aclose()
             await chat.shutdown(settings.shutdown_grace_s)
             services.stopped()

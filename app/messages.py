@@ -223,7 +223,8 @@ class MessageStore:
                           prompt_tokens: int | None, completion_tokens: int | None,
                           sources: Sequence[Mapping[str, object]], fallback: bool,
                           tools: Sequence[Mapping[str, object]] = (),
-                          offer_person: bool = False) -> bool:
+                          offer_person: bool = False,
+                          first_token_ms: int | None = None) -> bool:
         """Write the answer's one row; retry through a short database outage. False: not saved."""
         delay = 0.5
         for attempt in range(1, SAVE_ATTEMPTS + 1):
@@ -232,9 +233,9 @@ class MessageStore:
                     await conn.execute(
                         "UPDATE messages SET text = %s, status = %s, prompt_tokens = %s,"
                         " completion_tokens = %s, sources = %s, fallback = %s, tools = %s,"
-                        " offer_person = %s, finished_at = now() WHERE id = %s",
+                        " offer_person = %s, first_token_ms = %s, finished_at = now() WHERE id = %s",
                         (text, status, prompt_tokens, completion_tokens, Jsonb(sources),
-                         fallback, Jsonb(list(tools)), offer_person, answer_id),
+                         fallback, Jsonb(list(tools)), offer_person, first_token_ms, answer_id),
                     )
                 return True
             except StoreUnavailable:

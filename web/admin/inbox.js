@@ -216,6 +216,7 @@
 
   async function start() {
     state.me = await api("/admin/api/me");
+    $("analytics-link").hidden = state.me.role !== "owner";
     $("who").textContent = `${state.me.name} · ${state.me.sites.map((s) => s.name).join(", ")}`;
     for (const button of document.querySelectorAll("[data-filter]")) {
       button.addEventListener("click", () => {
