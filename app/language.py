@@ -14,6 +14,7 @@ Too short or too mixed to tell ("ok", an order number): English, the help centre
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 from lingua import Language, LanguageDetector, LanguageDetectorBuilder
 
@@ -37,6 +38,41 @@ HELP_CENTRE_IN_ENGLISH = {
     "es": "Nuestro centro de ayuda está en inglés, así que la respuesta sigue en inglés.",
     "hi": "हमारा सहायता केंद्र अंग्रेज़ी में है, इसलिए जवाब अंग्रेज़ी में है।",
 }
+
+
+
+
+@dataclass(frozen=True)
+class AnswerPhrases:
+    """The few words of a knowledge-only answer that are not the articles' own."""
+
+    not_covered: str
+    team_can_help: str  # {contact}, {hours}
+    more: str  # {title}: the article to read for more
+
+
+# By the language of the articles an answer is made from (or the shopper's, when none matched).
+ANSWER_PHRASES = {
+    "en": AnswerPhrases("Sorry, our help centre does not cover that.",
+                        "Our team can help: {contact}, {hours}.",
+                        "More in our help centre: {title}."),
+    "de": AnswerPhrases("Dazu steht leider nichts in unserem Hilfe-Center.",
+                        "Unser Team hilft gern: {contact}, {hours}.",
+                        "Mehr in unserem Hilfe-Center: {title}."),
+    "fr": AnswerPhrases("Désolé, notre centre d'aide ne traite pas ce sujet.",
+                        "Notre équipe peut vous aider : {contact}, {hours}.",
+                        "Plus d'informations dans notre centre d'aide : {title}."),
+    "es": AnswerPhrases("Lo siento, nuestro centro de ayuda no trata ese tema.",
+                        "Nuestro equipo puede ayudarte: {contact}, {hours}.",
+                        "Más en nuestro centro de ayuda: {title}."),
+    "hi": AnswerPhrases("माफ़ कीजिए, हमारे सहायता केंद्र में इसकी जानकारी नहीं है।",
+                        "हमारी टीम मदद कर सकती है: {contact}, {hours}।",
+                        "सहायता केंद्र में और जानकारी: {title}।"),
+}
+
+
+def answer_phrases(code: str) -> AnswerPhrases:
+    return ANSWER_PHRASES.get(code, ANSWER_PHRASES[ENGLISH])
 
 
 @functools.cache

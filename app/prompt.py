@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from app.answer_events import Source
 from app.knowledge import KnowledgeChunk
 from app.knowledge_search import Retrieval
+from app.language import answer_phrases
 from app.places import Place
 from app.store_profile import StoreProfile
 
@@ -152,16 +153,18 @@ _WORD = re.compile(r"[^\W_]+")
 
 
 def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswer:
-    """A short answer made of the sources' own words; or, with none, who can help."""
-    footer = (f"Our team can help: {profile.human_contact}, {profile.support_hours}.")
+    """A short answer made of the sources' own words; or, with none, who can help. Its own
+    few words are in the language of the articles searched (app/language.py)."""
+    phrases = answer_phrases(retrieval.language)
+    footer = phrases.team_can_help.format(contact=profile.human_contact,
+                                          hours=profile.support_hours)
     if not retrieval.found:
-        return ComposedAnswer(
-            "Sorry, our help centre does not cover that. " + footer, [])
+        return ComposedAnswer(f"{phrases.not_covered} {footer}", [])
     if retrieval.curated is not None:
         curated = retrieval.curated
         lines = [" ".join([*_place_lead(retrieval, curated.text), curated.text.strip()])]
         if curated.link_title:
-            lines.append(f"More in our help centre: {curated.link_title}.")
+            lines.append(phrases.more.format(title=curated.link_title))
         return ComposedAnswer("\n\n".join(lines), sources_of([curated]))
 
     chosen = _choose_sentences(retrieval)
@@ -169,7 +172,7 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
     body = " ".join(sentence for _, sentence in chosen)
     lines = [" ".join([*_place_lead(retrieval, body), body])]
     best = used[0]
-    lines.append(f"More in our help centre: {best.title}.")
+    lines.append(phrases.more.format(title=best.title))
     if _NEEDS_PERSON.search(retrieval.question) or _CONTACT_US.search(body):
         lines.append(footer)
     return ComposedAnswer("\n\n".join(lines), sources_of(used))
