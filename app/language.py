@@ -20,6 +20,10 @@ from lingua import Language, LanguageDetector, LanguageDetectorBuilder
 
 ENGLISH = "en"
 
+# A word of a question or an article, in any of LANGUAGES. Python's \w leaves out the vowel
+# signs of Devanagari (combining marks), which would cut "डिलीवरी" into single letters.
+WORD_PATTERN = r"(?:[^\W_]|[\u0900-\u0963\u0966-\u097F])+"
+
 # ISO 639-1 code -> (lingua's language, the name the system prompt uses)
 LANGUAGES: dict[str, tuple[Language, str]] = {
     "en": (Language.ENGLISH, "English"),

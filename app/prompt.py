@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from app.answer_events import Source
 from app.knowledge import KnowledgeChunk
 from app.knowledge_search import Retrieval
-from app.language import answer_phrases
+from app.language import WORD_PATTERN, answer_phrases
 from app.places import Place
 from app.store_profile import StoreProfile
 
@@ -149,7 +149,7 @@ _QUANTITY_QUESTION = re.compile(
     r"size|which|what size|expire|valid|deadline|till|until|by)\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"(₹$€£0-9])")
 _LIST_MARK = re.compile(r"^\s*(?:[-*]|\d+\.)\s+")
-_WORD = re.compile(r"[^\W_]+")
+_WORD = re.compile(WORD_PATTERN)
 
 
 def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswer:

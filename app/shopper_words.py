@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from app.language import WORD_PATTERN
 from app.places import Place, Places
 
 # Shopper phrase -> words the articles use for it. Phrases are matched on whole words.
@@ -175,7 +176,7 @@ FILLER_WORDS = frozenset(
     or and not
     """.split()  # noqa: SIM905
 )
-_WORD = re.compile(r"[^\W_]+")
+_WORD = re.compile(WORD_PATTERN)
 _MAPPED_TERM = re.compile(r'"[^"]+"|\S+')
 # Shorter words are too often close to an unrelated word ("fit" -> "gift").
 _MIN_TYPO_LENGTH = 5
