@@ -352,9 +352,11 @@ class ConversationSummary:
     created_at: datetime
     last_sender: str | None
     last_text: str | None
+    language: str | None = None  # of the newest question (app/language.py); None: none yet
 
     def to_json(self) -> dict[str, Any]:
         return {"id": str(self.id), "siteId": self.site_id, "status": self.status,
+                "language": self.language,
                 "agentId": self.agent_id, "agentName": self.agent_name,
                 "waitingSince": None if self.waiting_since is None
                 else self.waiting_since.isoformat(),
@@ -367,7 +369,7 @@ class ConversationSummary:
 _SUMMARY_SQL = (
     "SELECT c.id, c.site_id, c.status, c.agent_id, a.display_name AS agent_name,"
     " c.waiting_since, c.last_activity_at, c.created_at, lm.sender AS last_sender,"
-    " lm.text AS last_text FROM conversations c LEFT JOIN staff a ON a.id = c.agent_id"
+    " lm.text AS last_text, c.language FROM conversations c LEFT JOIN staff a ON a.id = c.agent_id"
     " LEFT JOIN LATERAL (SELECT sender, text FROM messages m WHERE m.conversation_id = c.id"
     " AND m.text <> '' ORDER BY m.seq DESC LIMIT 1) lm ON true")
 
@@ -380,8 +382,8 @@ class ConversationDesk:
         self._pool = pool
 
     async def inbox(self, site_ids: Sequence[int], view: str, staff_id: int,
-                    limit: int) -> list[ConversationSummary]:
-        """Newest activity first."""
+                    limit: int, language: str | None = None) -> list[ConversationSummary]:
+        """Newest activity first; only those in `language` (ISO 639-1) when given."""
         async with db.connection(self._pool) as conn:
             cur = conn.cursor(row_factory=class_row(ConversationSummary))
             await cur.execute(
@@ -390,8 +392,10 @@ class ConversationDesk:
                 " WHEN 'mine' THEN c.status = 'human' AND c.agent_id = %(staff)s"
                 " WHEN 'unresolved' THEN c.status <> 'resolved'"
                 " WHEN 'resolved' THEN c.status = 'resolved' ELSE true END"
+                " AND (%(language)s::text IS NULL OR c.language = %(language)s)"
                 " ORDER BY c.last_activity_at DESC, c.id LIMIT %(limit)s",
-                {"sites": list(site_ids), "view": view, "staff": staff_id, "limit": limit})
+                {"sites": list(site_ids), "view": view, "staff": staff_id, "limit": limit,
+                 "language": language})
             return await cur.fetchall()
 
     async def summary(self, conversation_id: uuid.UUID,

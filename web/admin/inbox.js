@@ -5,7 +5,7 @@
   // The site stream says when a conversation changes; this re-read is a safety net only.
   const POLL_MS = 15000;
   const $ = (id) => document.getElementById(id);
-  const state = { me: null, filter: "unresolved", openId: null, busy: false, again: false,
+  const state = { me: null, filter: "unresolved", language: "", openId: null, busy: false, again: false,
     convo: null, typedAt: 0, typingTimer: 0 };
   const STATUS_LABEL = { bot: "assistant", waiting: "waiting", human: "with", resolved: "resolved" };
 
@@ -23,6 +23,12 @@
     return c.status === "human" ? `with ${c.agentName || "an agent"}` : STATUS_LABEL[c.status] || c.status;
   }
 
+  // The conversation's language (of its newest question), by the name the API gives it.
+  function languageName(code) {
+    const known = state.me && state.me.languages.find((l) => l.code === code);
+    return known ? known.name : code || "";
+  }
+
   function waited(since) {
     if (!since) return "";
     const minutes = Math.max(0, Math.round((Date.now() - Date.parse(since)) / 60000));
@@ -37,7 +43,8 @@
   }
 
   async function loadList() {
-    const { conversations } = await api(`/admin/api/conversations?filter=${state.filter}`);
+    const language = state.language ? `&language=${state.language}` : "";
+    const { conversations } = await api(`/admin/api/conversations?filter=${state.filter}${language}`);
     const list = $("conversations");
     list.replaceChildren(...conversations.map((c) => {
       const item = el("li");
@@ -48,6 +55,7 @@
         el("time", { datetime: c.lastActivityAt }, new Date(c.lastActivityAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
       const wait = c.status === "waiting" ? waited(c.waitingSince) : "";
       if (wait) top.append(el("span", { class: "wait" }, wait));
+      if (c.language) top.append(el("abbr", { class: "lang", title: languageName(c.language) }, c.language.toUpperCase()));
       link.append(top, el("span", { class: "last" }, c.lastMessage ? c.lastMessage.text : "(no messages)"));
       item.append(link);
       return item;
@@ -61,6 +69,7 @@
     const status = $("detail-status");
     status.dataset.status = conversation.status;
     status.textContent = statusText(conversation);
+    $("detail-language").textContent = conversation.language ? `in ${languageName(conversation.language)}` : "";
     const mine = conversation.status === "human" && conversation.agentId === state.me.id;
     const enabled = {
       takeover: ["bot", "waiting", "resolved"].includes(conversation.status),
@@ -165,6 +174,9 @@
       });
     }
     for (const button of document.querySelectorAll("[data-action]")) button.addEventListener("click", () => act(button.dataset.action));
+    const languages = $("language-filter");
+    languages.append(...state.me.languages.map((l) => el("option", { value: l.code }, l.name)));
+    languages.addEventListener("change", () => { state.language = languages.value; refresh(); });
     $("reply").addEventListener("submit", send);
     $("message").addEventListener("input", typing);
     const inbox = new EventSource("/admin/api/stream");
