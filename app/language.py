@@ -34,18 +34,29 @@ LANGUAGES: dict[str, tuple[Language, str]] = {
 }
 _CODES = {language: code for code, (language, _) in LANGUAGES.items()}
 
-# Words of Hindi questions, Devanagari and romanised, that say nothing about what is asked (as
-# "is" and "please" in English). PostgreSQL has no Hindi stop words, so they are left out of
-# the search here (app/shopper_words.py), or a Hindi question the English articles answer
-# ("रिफंड कब मिलेगा?") would look like one about something they never mention. Only words
-# no other served language uses as a word of its own.
-HINDI_FILLER_WORDS = frozenset("""
-    है हैं क्या का की के में से को कर करें करूँ करूं सकते सकता सकती मैं मेरा मेरी मेरे मुझे आप
-    आपका आपकी हम कैसे कब कहाँ कहां कितना कितने कितनी लगते लगता लगेगा होगा होगी और यह ये वह
-    भी तो नहीं हो था थी जी ही मिलेगा मिलेगी आएगा आएगी रहा रही
-    kya hai hain kaise kab kahan kitna kitne kitni mujhe aap ka ki ke ko karna karu karun
-    kar sakte sakta hoga hogi milega milegi aayega aur nahi bhi ji
-    """.split())  # noqa: SIM905
+# Words of questions that say nothing about what is asked (as "please" and "is" in English,
+# app/shopper_words.py), per language. They are left out of the search, or "Schreib mir bitte
+# ein Gedicht" would look like a question the German articles know half of ("bitte" is in
+# them), and a Hindi question the English articles answer ("रिफंड कब मिलेगा?") like one about
+# things they never mention: PostgreSQL has no Hindi stop words. Hindi both in Devanagari and
+# romanised; only words no other served language uses as a word of its own.
+FILLER_WORDS_BY_LANGUAGE = {
+    "de": frozenset("""
+        bitte danke hallo moin servus mal gern gerne kurz eigentlich möchte möchten würde
+        würden sag sagen sagt wissen weiß frage fragen
+        """.split()),  # noqa: SIM905
+    "es": frozenset("""
+        hola gracias favor porfa quiero quisiera saber dime necesito pregunta
+        """.split()),  # noqa: SIM905
+    "hi": frozenset("""
+        है हैं क्या का की के में से को कर करें करूँ करूं सकते सकता सकती मैं मेरा मेरी मेरे मुझे आप
+        आपका आपकी हम कैसे कब कहाँ कहां कितना कितने कितनी लगते लगता लगेगा होगा होगी और यह ये
+        वह भी तो नहीं हो था थी जी ही मिलेगा मिलेगी आएगा आएगी रहा रही
+        kya hai hain kaise kab kahan kitna kitne kitni mujhe aap ka ki ke ko karna karu karun
+        kar sakte sakta hoga hogi milega milegi aayega aur nahi bhi ji
+        """.split()),  # noqa: SIM905
+}
+OTHER_LANGUAGES_FILLER_WORDS = frozenset().union(*FILLER_WORDS_BY_LANGUAGE.values())
 
 # The one line put before an answer taken from English articles for a shopper who wrote in
 # another language (knowledge-only mode, or the model's fallback).
