@@ -365,6 +365,10 @@ class SiteSearches:
         self._check_s = vocabulary_check_s
         self._searches: dict[tuple[int, str], KnowledgeSearch] = {}
 
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        return self._pool
+
     def for_site(self, site_id: int = DEFAULT_SITE_ID, profile: StoreProfile | None = None,
                  language: str = ENGLISH) -> KnowledgeSearch:
         """The site's search of its knowledge in `language` (None profile: the default

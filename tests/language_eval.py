@@ -34,6 +34,8 @@ class LanguageEvaluation:
     top1: int = 0
     top3: int = 0
     with_fact: int = 0
+    out_of_scope: int = 0
+    out_of_scope_found_nothing: int = 0
     misses: tuple[str, ...] = ()
 
     def share(self, count: int) -> float:
@@ -49,20 +51,27 @@ def answer_article(retrieval: Retrieval, rank: int) -> str | None:
     return (chunk.link or chunk.path) if chunk.kind == "answer" else chunk.path
 
 
-def load_language_questions() -> dict[str, list[tuple[str, str, list[str]]]]:
+def load_language_questions() -> dict[str, tuple[list[tuple[str, str, list[str]]], list[str]]]:
+    """Per language: its questions (text, article, key facts) and its out-of-scope ones."""
     document = tomllib.loads(LANGUAGE_QUESTIONS_FILE.read_text(encoding="utf-8"))
-    return {language: [(text, article, [fact.strip() for fact in facts.split("|")])
-                       for text, article, facts in document[language]]
+    return {language: ([(text, article, [fact.strip() for fact in facts.split("|")])
+                        for text, article, facts in document[language]],
+                       list(document[f"{language}_out_of_scope"]))
             for language in EVALUATED_LANGUAGES}
 
 
 async def evaluate_language(searches: SiteSearches, profile: StoreProfile, language: str,
-                            questions: list[tuple[str, str, list[str]]]) -> LanguageEvaluation:
+                            questions: list[tuple[str, str, list[str]]],
+                            out_of_scope: list[str]) -> LanguageEvaluation:
     result = LanguageEvaluation(language)
     misses = []
+
+    async def search(text: str) -> Retrieval:
+        return await search_in_language(searches, DEFAULT_SITE_ID, profile, text, None,
+                                        detect_language(text))
+
     for text, article, facts in questions:
-        retrieval = await search_in_language(searches, DEFAULT_SITE_ID, profile, text, None,
-                                             detect_language(text))
+        retrieval = await search(text)
         articles = [answer_article(retrieval, rank) for rank in range(3)]
         answer = compose_answer(profile, retrieval).text
         has_facts = all(fact.lower() in answer.lower() for fact in facts)
@@ -73,6 +82,12 @@ async def evaluate_language(searches: SiteSearches, profile: StoreProfile, langu
         if articles[0] != article or not has_facts:
             misses.append(f"{text!r}: want {article} {facts}, got {articles}\n    "
                           + answer.replace("\n", " / "))
+    for text in out_of_scope:
+        retrieval = await search(text)
+        result.out_of_scope += 1
+        result.out_of_scope_found_nothing += not retrieval.found
+        if retrieval.found:
+            misses.append(f"{text!r}: out of scope, got {answer_article(retrieval, 0)}")
     result.misses = tuple(misses)
     return result
 
@@ -81,8 +96,8 @@ async def evaluate_languages(pool: AsyncConnectionPool, profile: StoreProfile
                              ) -> list[LanguageEvaluation]:
     """Every evaluated language over the knowledge already synced into `pool`'s database."""
     searches = SiteSearches(pool, profile)
-    return [await evaluate_language(searches, profile, language, questions)
-            for language, questions in load_language_questions().items()]
+    return [await evaluate_language(searches, profile, language, questions, out_of_scope)
+            for language, (questions, out_of_scope) in load_language_questions().items()]
 
 
 def language_report(results: list[LanguageEvaluation]) -> str:
@@ -94,5 +109,7 @@ def language_report(results: list[LanguageEvaluation]) -> str:
             f"   top-1 {result.share(result.top1):6.1%} ({result.top1}/{result.questions})"
             f"   top-3 {result.share(result.top3):6.1%} ({result.top3}/{result.questions})"
             f"   key fact {result.share(result.with_fact):6.1%}"
-            f" ({result.with_fact}/{result.questions})")
+            f" ({result.with_fact}/{result.questions})"
+            f"   out of scope found nothing {result.out_of_scope_found_nothing}"
+            f"/{result.out_of_scope}")
     return "\n".join(lines)
