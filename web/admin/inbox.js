@@ -55,7 +55,7 @@
         el("time", { datetime: c.lastActivityAt }, new Date(c.lastActivityAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
       const wait = c.status === "waiting" ? waited(c.waitingSince) : "";
       if (wait) top.append(el("span", { class: "wait" }, wait));
-      if (c.language) top.append(el("abbr", { class: "lang", title: languageName(c.language) }, c.language.toUpperCase()));
+      if (c.language) top.firstChild.after(el("abbr", { class: "lang", title: languageName(c.language) }, c.language.toUpperCase()));
       link.append(top, el("span", { class: "last" }, c.lastMessage ? c.lastMessage.text : "(no messages)"));
       item.append(link);
       return item;
