@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
@@ -18,7 +19,7 @@ from app.knowledge_search import SiteSearches
 from app.language import HELP_CENTRE_IN_ENGLISH
 from app.sites import DEFAULT_SITE_ID
 from app.store_profile import DEFAULT_PROFILE_PATH, load_profile
-from tests.conftest import stream_chat
+from tests.conftest import FakeUpstream, stream_chat
 
 PROFILE = load_profile(DEFAULT_PROFILE_PATH)
 
@@ -136,3 +137,12 @@ async def test_a_question_nothing_answers_is_told_so_in_its_language(start_app: 
     done = await knowledge_only_answer(start_app, "Schreib mir bitte ein Gedicht über Katzen")
     assert done["text"].startswith("Dazu steht leider nichts in unserem Hilfe-Center.")
     assert "help@saffronloom.example" in done["text"]
+
+
+async def test_with_a_model_a_german_question_gets_the_german_sources(
+        client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    await stream_chat(client, {"message": "Wie lange habe ich Zeit für eine Rücksendung?"})
+    system = upstream.requests[-1]["messages"][0]["content"]
+    assert "Answer in German" in system
+    assert "innerhalb von 14 Tagen" in system  # the German curated answer or article
+    assert "You can return unworn items" not in system  # not the English curated answer
