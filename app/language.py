@@ -77,25 +77,39 @@ class AnswerPhrases:
     not_covered: str
     team_can_help: str  # {contact}, {hours}
     more: str  # {title}: the article to read for more
+    # A place the shopper named (the country and region names are the profile's, in English).
+    not_delivered: str  # {country}
+    delivered: str  # {region}
+    in_region: str  # {name} (the place), {region}
 
 
 # By the language of the articles an answer is made from (or the shopper's, when none matched).
 ANSWER_PHRASES = {
     "en": AnswerPhrases("Sorry, our help centre does not cover that.",
                         "Our team can help: {contact}, {hours}.",
-                        "More in our help centre: {title}."),
+                        "More in our help centre: {title}.",
+                        "We do not deliver to {country} yet.", "Yes, we deliver to {region}.",
+                        "Yes, {name} is in our {region} delivery region."),
     "de": AnswerPhrases("Dazu steht leider nichts in unserem Hilfe-Center.",
                         "Unser Team hilft gern: {contact}, {hours}.",
-                        "Mehr in unserem Hilfe-Center: {title}."),
+                        "Mehr in unserem Hilfe-Center: {title}.",
+                        "Nach {country} liefern wir noch nicht.", "Ja, wir liefern nach {region}.",
+                        "Ja, {name} liegt in unserem Liefergebiet {region}."),
     "fr": AnswerPhrases("Désolé, notre centre d'aide ne traite pas ce sujet.",
                         "Notre équipe peut vous aider : {contact}, {hours}.",
-                        "Plus d'informations dans notre centre d'aide : {title}."),
+                        "Plus d'informations dans notre centre d'aide : {title}.",
+                        "Nous ne livrons pas encore : {country}.", "Oui, nous livrons : {region}.",
+                        "Oui, {name} fait partie de notre zone de livraison {region}."),
     "es": AnswerPhrases("Lo siento, nuestro centro de ayuda no trata ese tema.",
                         "Nuestro equipo puede ayudarte: {contact}, {hours}.",
-                        "Más en nuestro centro de ayuda: {title}."),
+                        "Más en nuestro centro de ayuda: {title}.",
+                        "Todavía no enviamos a {country}.", "Sí, enviamos a {region}.",
+                        "Sí, {name} está en nuestra zona de entrega {region}."),
     "hi": AnswerPhrases("माफ़ कीजिए, हमारे सहायता केंद्र में इसकी जानकारी नहीं है।",
                         "हमारी टीम मदद कर सकती है: {contact}, {hours}।",
-                        "सहायता केंद्र में और जानकारी: {title}।"),
+                        "सहायता केंद्र में और जानकारी: {title}।",
+                        "हम अभी {country} में डिलीवरी नहीं करते।", "हाँ, हम {region} में डिलीवरी करते हैं।",
+                        "हाँ, {name} हमारे {region} डिलीवरी क्षेत्र में है।"),
 }
 
 

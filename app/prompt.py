@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from app.answer_events import Source
 from app.knowledge import KnowledgeChunk
 from app.knowledge_search import Retrieval
-from app.language import WORD_PATTERN, answer_phrases
+from app.language import WORD_PATTERN, AnswerPhrases, answer_phrases
 from app.places import Place
 from app.store_profile import StoreProfile
 
@@ -180,18 +180,19 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
 
 def _place_lead(retrieval: Retrieval, body: str) -> list[str]:
     """One sentence placing the shopper's city or country, unless the answer names it."""
-    return [_place_sentence(place) for place in retrieval.places
+    phrases = answer_phrases(retrieval.language)
+    return [_place_sentence(place, phrases) for place in retrieval.places
             if place.country.lower() not in body.lower()
             and place.name.lower() not in body.lower()][:1]
 
 
-def _place_sentence(place: Place) -> str:
+def _place_sentence(place: Place, phrases: AnswerPhrases) -> str:
     name = place.name.title() if len(place.name) > 3 else place.name.upper()
     if place.region is None:
-        return f"We do not deliver to {place.country} yet."
+        return phrases.not_delivered.format(country=place.country)
     if place.region.lower() in (place.country.lower(), place.name.lower()):
-        return f"Yes, we deliver to {place.region}."
-    return f"Yes, {name} is in our {place.region} delivery region."
+        return phrases.delivered.format(region=place.region)
+    return phrases.in_region.format(name=name, region=place.region)
 
 
 def _stem(word: str) -> str:

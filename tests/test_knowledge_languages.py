@@ -146,3 +146,9 @@ async def test_with_a_model_a_german_question_gets_the_german_sources(
     assert "Answer in German" in system
     assert "innerhalb von 14 Tagen" in system  # the German curated answer or article
     assert "You can return unworn items" not in system  # not the English curated answer
+
+
+async def test_the_answers_own_words_are_in_the_articles_language(start_app: Any) -> None:
+    done = await knowledge_only_answer(start_app, "¿Enviáis a Madrid?")
+    assert done["text"].startswith("Sí, Madrid está en nuestra zona de entrega")  # not "Yes, …"
+    assert "Más en nuestro centro de ayuda:" in done["text"]
