@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg_pool import AsyncConnectionPool
 
 from app import db
@@ -152,3 +153,18 @@ async def test_the_answers_own_words_are_in_the_articles_language(start_app: Any
     done = await knowledge_only_answer(start_app, "¿Enviáis a Madrid?")
     assert done["text"].startswith("Sí, Madrid está en nuestra zona de entrega")  # not "Yes, …"
     assert "Más en nuestro centro de ayuda:" in done["text"]
+
+
+async def test_questions_are_counted_by_language(client: httpx.AsyncClient) -> None:
+    async def counted(language: str) -> float:
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        return sum(sample.value for family in text_string_to_metric_families(response.text)
+                   for sample in family.samples if sample.name == "chat_questions_total"
+                   and sample.labels == {"language": language})
+
+    german, spanish = await counted("de"), await counted("es")
+    await stream_chat(client, {"message": "Wie lange dauert der Versand?"})
+    await stream_chat(client, {"message": "Kann ich mit PayPal bezahlen?"})
+    await stream_chat(client, {"message": "¿Cuánto tarda el envío?"})
+    assert (await counted("de"), await counted("es")) == (german + 2, spanish + 1)
