@@ -41,8 +41,9 @@ lint: venv-test
 	$(PY) -m ruff check app tests
 	$(PY) -m mypy app
 
-# The knowledge evaluation of issue 14 (under a minute, no model): retrieval accuracy, out-of-scope
-# precision and recall, key facts and length of the composed answers, search latency.
+# The knowledge evaluation of issues 14 and 21 (under a minute, no model): retrieval accuracy, out-of-scope
+# precision and recall, key facts and length of the composed answers, search latency; then per
+# language (German, Spanish, Hindi).
 eval: venv-test
 	$(PY) -m tests.knowledge_eval $(EVAL_ARGS)
 

@@ -27,6 +27,7 @@ from psycopg_pool import PoolTimeout
 from . import answer_events
 from .eventlog import EventLog
 from .identity import Customer
+from .knowledge_languages import needs_english_note, search_in_language
 from .knowledge_search import Retrieval, SiteSearches
 from .language import ENGLISH, answer_in, english_help_centre_note
 from .llm import LLM, ToolCalls, UpstreamError, Usage
@@ -275,12 +276,14 @@ class AnswerRun:
             self._tools.events.append(self._key, *answer_events.token(piece))
 
     async def _find_knowledge(self) -> Retrieval:
-        """What the knowledge base holds for the question; a follow-up such as "and to
-        Europe?" is searched again together with the shopper's previous message."""
+        """What the knowledge base holds for the question, in the shopper's language when the
+        site has it, else in English; a follow-up such as "and to Europe?" is searched again
+        together with the shopper's previous message."""
         earlier = [text for sender, text in self._history if sender == "user"]
         try:
-            search = self._tools.knowledge.for_site(self._site_id, self._profile)
-            return await search.search(self._question, earlier[-1] if earlier else None)
+            return await search_in_language(
+                self._tools.knowledge, self._site_id, self._profile, self._question,
+                earlier[-1] if earlier else None, self._language)
         except (PoolTimeout, psycopg.Error) as exc:
             # The answer can still be given without the articles; losing it would be worse.
             log.warning("knowledge search failed: %s", type(exc).__name__)
@@ -311,12 +314,12 @@ class AnswerRun:
 
     def _answer_from_knowledge(self) -> None:
         """Stream the composed answer with the same token events a model's answer uses; its
-        sources are the ones it used. The help centre is in English: a shopper who wrote in
-        another language is told so, in their language, in one line before it."""
+        sources are the ones it used. An answer from the English articles to a shopper who
+        wrote in another language says so, in their language, in one line before it."""
         composed = compose_answer(self._profile, self._retrieval)
         answer = composed.text
         note = english_help_centre_note(self._language)
-        if note is not None:
+        if note is not None and needs_english_note(self._retrieval, self._language):
             answer = f"{note}\n\n{answer}"
         for piece in answer_pieces(answer):
             self._parts.append(piece)

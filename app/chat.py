@@ -133,6 +133,7 @@ class ChatService:
                 self._settle_unconfirmed(answer_id, writer_pid)
             raise
         committed.set_result(None)
+        self._tools.metrics.questions.labels(language=language).inc()
         if forwarded is not None:
             return forwarded
         assert run is not None

@@ -36,6 +36,7 @@ from .endpoints import (
     whole_number,
 )
 from .errors import BadRequest, Conflict, CsrfRefused, NotFound, PayloadTooLarge, RateLimited, SignInRequired
+from .language import LANGUAGES
 from .messages import INBOX_FILTERS, TRANSITIONS, StatusConflict
 from .services import services
 from .staff import SESSION_ABSOLUTE, StaffSession
@@ -195,8 +196,10 @@ async def me(request: Request) -> Response:
     sites = [{"id": site.id, "key": site.key, "name": site.name}
              for site in directory.sites if site.id in session.staff.site_ids]
     member = session.staff
+    languages = [{"code": code, "name": name} for code, (_, name) in LANGUAGES.items()]
     return JSONResponse({"email": member.email, "name": member.display_name, "id": member.id,
-                         "role": member.role, "csrfToken": session.csrf_token, "sites": sites},
+                         "role": member.role, "csrfToken": session.csrf_token, "sites": sites,
+                         "languages": languages},
                         headers={"Cache-Control": "no-store"})
 
 
@@ -208,13 +211,16 @@ async def conversations(request: Request) -> Response:
     limit = whole_number(request.query_params.get("limit", "50"), 3)
     if limit is None or not 1 <= limit <= INBOX_PAGE_MAX:
         raise BadRequest(f"limit must be a whole number from 1 to {INBOX_PAGE_MAX}.")
+    language = request.query_params.get("language") or None
+    if language is not None and language not in LANGUAGES:
+        raise BadRequest(f"language must be one of {', '.join(LANGUAGES)}.")
     search = request.query_params.get("q", "").strip() or None
     if search is not None and (len(search) > SEARCH_MAX_CHARS or "\x00" in search):
         raise BadRequest(f"q must be at most {SEARCH_MAX_CHARS} characters.")
     raw_after = request.query_params.get("after")
     after = None if raw_after is None else read_cursor(raw_after)
     rows = await services(request).desk.inbox(session.staff.site_ids, view, session.staff.id,
-                                              limit + 1, search, after)
+                                              limit + 1, search, after, language)
     more = len(rows) > limit
     rows = rows[:limit]
     return JSONResponse({"conversations": [row.to_json() for row in rows],

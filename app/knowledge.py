@@ -9,6 +9,12 @@ covers). The same rule holds for every site: the default site's folder is KNOWLE
 another's the DIR of `sites knowledge sync KEY DIR`. Everything indexed (articles, chunks,
 curated answers, the words for typo correction, synonyms, regions) belongs to one site, and a
 sync touches only its site's rows. The search itself is app/knowledge_search.py.
+
+Languages: the articles at the top of the folder are English. A subfolder named after one of
+the languages the service detects (app/language.py: `de/`, `fr/`, `es/`, `hi/`; `en/` is
+English too) holds that language's articles, and `answers.<code>.toml` beside `answers.toml`
+that language's curated answers. Every chunk keeps its language and is stemmed with its
+language's text search configuration (sql/0013_knowledge_languages.sql).
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from app.language import ENGLISH, LANGUAGES
 from app.sites import DEFAULT_SITE_ID
 
 DEFAULT_KNOWLEDGE_DIR = Path(__file__).parent / "store" / "knowledge"
@@ -72,6 +79,7 @@ class Article:
     sections: tuple[ArticleSection, ...]
     kind: str = "article"
     link: str | None = None
+    language: str = ENGLISH  # ISO 639-1: the language folder or answers file it came from
 
 
 @dataclass(frozen=True)
@@ -160,8 +168,29 @@ def read_articles(knowledge_dir: Path) -> list[Article]:
         if "\x00" in text:
             raise KnowledgeError(f"knowledge article {file}: the file contains a NUL character")
         relative = file.relative_to(knowledge_dir).as_posix()
-        articles.append(parse_article(relative, text, hashlib.sha256(raw).hexdigest()))
-    return articles + read_curated_answers(knowledge_dir.parent / ANSWERS_FILE)
+        article = parse_article(relative, text, hashlib.sha256(raw).hexdigest())
+        articles.append(replace(article, language=article_language(relative)))
+    for language, answers_file in answers_files(knowledge_dir.parent):
+        articles += [replace(answer, language=language)
+                     for answer in read_curated_answers(answers_file)]
+    return articles
+
+
+def article_language(relative_path: str) -> str:
+    """The language of an article by its place in the folder: `de/returns.md` is German; a
+    file at the top, or in a folder not named after a language, is English."""
+    first = relative_path.split("/", 1)[0]
+    return first if "/" in relative_path and first in LANGUAGES else ENGLISH
+
+
+def answers_files(store_dir: Path) -> list[tuple[str, Path]]:
+    """(language, file) for answers.toml (English) and each answers.<code>.toml present."""
+    files = [(ENGLISH, store_dir / ANSWERS_FILE)]
+    stem, suffix = ANSWERS_FILE.rsplit(".", 1)
+    for code in LANGUAGES:
+        if code != ENGLISH:
+            files.append((code, store_dir / f"{stem}.{code}.{suffix}"))
+    return [(language, path) for language, path in files if path.is_file()]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -216,7 +245,7 @@ def read_curated_answers(path: Path) -> list[Article]:
         content_hash = hashlib.sha256(
             f"{title}\n{examples}\n{answer}\n{link}".encode()).hexdigest()
         answers.append(Article(
-            f"{ANSWERS_FILE}#{answer_id}", title.strip(), content_hash,
+            f"{path.name}#{answer_id}", title.strip(), content_hash,
             (ArticleSection(title.strip(), " ".join(answer.split()), examples),),
             kind="answer", link=link))
     return answers
@@ -283,12 +312,13 @@ async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path,
 
 
 async def _index_words(conn: AsyncConnection, site_id: int) -> None:
-    """Every word of the site's index, unstemmed, for typo correction by trigram similarity."""
+    """Every word of the site's index, unstemmed, for typo correction by trigram similarity;
+    per language, so a German word is never "corrected" into an English one."""
     await conn.execute("DELETE FROM knowledge_words WHERE site_id = %s", [site_id])
     await conn.execute(
         """
-        INSERT INTO knowledge_words (site_id, word)
-        SELECT DISTINCT %(site_id)s::bigint, word
+        INSERT INTO knowledge_words (site_id, language, word)
+        SELECT DISTINCT %(site_id)s::bigint, language, word
         FROM knowledge_chunks,
              unnest(tsvector_to_array(to_tsvector('simple', article_title || ' ' || heading
                                                   || ' ' || examples || ' ' || body))) AS word
@@ -336,8 +366,9 @@ async def _index_article(conn: AsyncConnection, article: Article, site_id: int) 
         await cursor.executemany(
             """
             INSERT INTO knowledge_chunks (site_id, article_path, position, article_title,
-                                          heading, body, content_hash, kind, examples, link)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                          heading, body, content_hash, kind, examples, link,
+                                          language)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             """,
             [
                 (
@@ -351,6 +382,7 @@ async def _index_article(conn: AsyncConnection, article: Article, site_id: int) 
                     article.kind,
                     section.examples,
                     article.link,
+                    article.language,
                 )
                 for position, section in enumerate(article.sections)
             ],

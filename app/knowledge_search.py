@@ -14,6 +14,11 @@ question:
 3. rank chunks with full-text search, each term weighted by its rarity (BM25's idf), and
    keep only chunks that match enough of what the question is about (its *coverage*), so that
    "do you sell gift wrapping" does not come back as the gift-card article.
+
+A search is for one language of the site's knowledge (app/knowledge.py: a folder per language):
+it reads only that language's chunks and words, with its text search configuration
+(`knowledge_search_config`, sql/0013_knowledge_languages.sql). Which language to search, and
+the fall back to English, is app/knowledge_languages.py.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from app.knowledge import KnowledgeChunk
+from app.language import ENGLISH
 from app.places import Place, Places
 from app.shopper_words import ShopperWords
 from app.sites import DEFAULT_SITE_ID
@@ -70,6 +76,7 @@ class Retrieval:
     places: tuple[Place, ...] = ()  # place names in the question, with their shipping region
     curated: KnowledgeChunk | None = None  # a curated answer that matches closely
     terms: tuple[tuple[str, ...], ...] = ()  # the widened question: one group per thing asked
+    language: str = ENGLISH  # the language of the knowledge searched (and of its chunks)
 
     @property
     def found(self) -> bool:
@@ -96,8 +103,10 @@ class KnowledgeSearch:
 
     def __init__(self, pool: AsyncConnectionPool, profile: StoreProfile, *,
                  site_id: int = DEFAULT_SITE_ID, limit: int = DEFAULT_LIMIT,
-                 vocabulary_check_s: float = VOCABULARY_CHECK_S) -> None:
+                 vocabulary_check_s: float = VOCABULARY_CHECK_S,
+                 language: str = ENGLISH) -> None:
         self._pool = pool
+        self._language = language
         self._profile = profile
         self._site_id = site_id
         self._limit = limit
@@ -127,7 +136,7 @@ class KnowledgeSearch:
         words = await self._current_words(conn)
         fixes = await self._fix_typos(conn, words, words.typo_candidates(question))
         widened = words.widen(question, fixes)
-        nothing = Retrieval(question, (), widened.places, None, widened.groups)
+        nothing = Retrieval(question, (), widened.places, None, widened.groups, self._language)
         if not widened.groups:
             return nothing
         weighted = await self._weigh(conn, widened.groups)
@@ -141,14 +150,15 @@ class KnowledgeSearch:
                 "group_weights": group_weights, "question_idf": sum(group_weights),
                 "weights": RANK_WEIGHTS, "normalization": RANK_NORMALIZATION,
                 "threshold": RELEVANCE_THRESHOLD, "limit": self._limit,
-                "site_id": self._site_id,
+                "site_id": self._site_id, "language": self._language,
             })
             rows = await cursor.fetchall()
         if not rows or rows[0].coverage < MIN_COVERAGE:
             return nothing
         # Once the best chunk is on topic, the others only need to be relevant.
         chunks = tuple(rows)
-        return Retrieval(question, chunks, widened.places, _close_curated(chunks), widened.groups)
+        return Retrieval(question, chunks, widened.places, _close_curated(chunks), widened.groups,
+                         self._language)
 
     async def _weigh(self, conn: AsyncConnection, groups: tuple[tuple[str, ...], ...]
                      ) -> tuple[list[str], list[int], list[float], list[float]] | None:
@@ -163,7 +173,8 @@ class KnowledgeSearch:
         unseen = list(dict.fromkeys(t for g in groups for t in g if t not in self._term_chunks))
         if unseen:
             cursor = await conn.execute(_TERM_COUNT_SQL, {"words": unseen,
-                                                          "site_id": self._site_id})
+                                                          "site_id": self._site_id,
+                                                          "language": self._language})
             for word, searchable, chunks in await cursor.fetchall():
                 self._term_chunks[word] = chunks if searchable else None
         total = self._total_chunks
@@ -202,8 +213,8 @@ class KnowledgeSearch:
         self._checked_at = time.monotonic()
         if self._words is None or fingerprint != self._fingerprint:
             self._words = await self._load_words(conn)
-            cursor = await conn.execute("SELECT count(*) FROM knowledge_chunks WHERE site_id = %s",
-                                        [self._site_id])
+            cursor = await conn.execute("SELECT count(*) FROM knowledge_chunks WHERE site_id = %s"
+                                        " AND language = %s", [self._site_id, self._language])
             row = await cursor.fetchone()
             self._total_chunks = row[0] if row else 0
             self._fingerprint = fingerprint
@@ -213,7 +224,8 @@ class KnowledgeSearch:
 
     async def _load_words(self, conn: AsyncConnection) -> ShopperWords:
         site = [self._site_id]
-        cursor = await conn.execute("SELECT word FROM knowledge_words WHERE site_id = %s", site)
+        cursor = await conn.execute("SELECT word FROM knowledge_words WHERE site_id = %s"
+                                    " AND language = %s", [self._site_id, self._language])
         vocabulary = frozenset(word for (word,) in await cursor.fetchall())
         cursor = await conn.execute(
             "SELECT phrase, terms FROM knowledge_synonyms WHERE site_id = %s", site)
@@ -229,6 +241,7 @@ class KnowledgeSearch:
         unseen = [word for word in candidates if word not in self._typo_fixes]
         if unseen:
             cursor = await conn.execute(_TYPO_SQL, {"words": unseen, "site_id": self._site_id,
+                                                    "language": self._language,
                                                     "similarity": TYPO_SIMILARITY})
             for word, fix in await cursor.fetchall():
                 self._typo_fixes[word] = fix or word
@@ -253,7 +266,7 @@ SELECT input.word, best.word
 FROM unnest(%(words)s::text[]) AS input(word)
 LEFT JOIN LATERAL (
     SELECT known.word FROM knowledge_words AS known
-    WHERE known.site_id = %(site_id)s
+    WHERE known.site_id = %(site_id)s AND known.language = %(language)s
       AND known.word %% input.word AND left(known.word, 1) = left(input.word, 1)
       AND similarity(known.word, input.word) >= %(similarity)s
     ORDER BY similarity(known.word, input.word) DESC, known.word
@@ -266,8 +279,9 @@ LEFT JOIN LATERAL (
 _TERM_COUNT_SQL = """
 SELECT term.word, numnode(query) > 0,
        (SELECT count(*) FROM knowledge_chunks
-        WHERE site_id = %(site_id)s AND search_vector @@ query)::int
-FROM unnest(%(words)s::text[]) AS term(word), websearch_to_tsquery('english', term.word) AS query
+        WHERE site_id = %(site_id)s AND language = %(language)s AND search_vector @@ query)::int
+FROM unnest(%(words)s::text[]) AS term(word),
+     websearch_to_tsquery(knowledge_search_config(%(language)s), term.word) AS query
 """
 
 # Each term of the widened question is its own query, ranked with ts_rank_cd and weighted by
@@ -278,7 +292,8 @@ FROM unnest(%(words)s::text[]) AS term(word), websearch_to_tsquery('english', te
 # article, so a store of thousands of articles costs little more than one of fifteen.
 _SEARCH_SQL = """
 WITH term AS MATERIALIZED (
-    SELECT group_id, idf, broad, websearch_to_tsquery('english', word) AS query
+    SELECT group_id, idf, broad,
+           websearch_to_tsquery(knowledge_search_config(%(language)s), word) AS query
     FROM unnest(%(terms)s::text[], %(group_ids)s::int[], %(idfs)s::float8[],
                 %(broad)s::bool[]) AS term(word, group_id, idf, broad)
 ),
@@ -291,10 +306,12 @@ any_term AS MATERIALIZED (
 ),
 candidate AS MATERIALIZED (
     SELECT id, article_path, position, search_vector FROM knowledge_chunks
-    WHERE site_id = %(site_id)s AND search_vector @@ (SELECT narrow FROM any_term)
+    WHERE site_id = %(site_id)s AND language = %(language)s
+      AND search_vector @@ (SELECT narrow FROM any_term)
     UNION
     SELECT id, article_path, position, search_vector FROM knowledge_chunks
-    WHERE site_id = %(site_id)s AND heading_vector @@ (SELECT broad FROM any_term)
+    WHERE site_id = %(site_id)s AND language = %(language)s
+      AND heading_vector @@ (SELECT broad FROM any_term)
 ),
 chunk_group AS (
     SELECT candidate.id, candidate.article_path, candidate.position, term.group_id,
@@ -346,15 +363,20 @@ class SiteSearches:
         self._default_profile = default_profile
         self._limit = limit
         self._check_s = vocabulary_check_s
-        self._searches: dict[int, KnowledgeSearch] = {}
+        self._searches: dict[tuple[int, str], KnowledgeSearch] = {}
 
-    def for_site(self, site_id: int = DEFAULT_SITE_ID,
-                 profile: StoreProfile | None = None) -> KnowledgeSearch:
-        """The site's search (None profile: the default site's profile)."""
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        return self._pool
+
+    def for_site(self, site_id: int = DEFAULT_SITE_ID, profile: StoreProfile | None = None,
+                 language: str = ENGLISH) -> KnowledgeSearch:
+        """The site's search of its knowledge in `language` (None profile: the default
+        site's profile)."""
         profile = profile or self._default_profile
-        search = self._searches.get(site_id)
+        search = self._searches.get((site_id, language))
         if search is None or (search.profile is not profile and search.profile != profile):
             search = KnowledgeSearch(self._pool, profile, site_id=site_id, limit=self._limit,
-                                     vocabulary_check_s=self._check_s)
-            self._searches[site_id] = search
+                                     vocabulary_check_s=self._check_s, language=language)
+            self._searches[(site_id, language)] = search
         return search

@@ -14,10 +14,15 @@ Too short or too mixed to tell ("ok", an order number): English, the help centre
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 from lingua import Language, LanguageDetector, LanguageDetectorBuilder
 
 ENGLISH = "en"
+
+# A word of a question or an article, in any of LANGUAGES. Python's \w leaves out the vowel
+# signs of Devanagari (combining marks), which would cut "डिलीवरी" into single letters.
+WORD_PATTERN = r"(?:[^\W_]|[\u0900-\u0963\u0966-\u097F])+"
 
 # ISO 639-1 code -> (lingua's language, the name the system prompt uses)
 LANGUAGES: dict[str, tuple[Language, str]] = {
@@ -29,6 +34,30 @@ LANGUAGES: dict[str, tuple[Language, str]] = {
 }
 _CODES = {language: code for code, (language, _) in LANGUAGES.items()}
 
+# Words of questions that say nothing about what is asked (as "please" and "is" in English,
+# app/shopper_words.py), per language. They are left out of the search, or "Schreib mir bitte
+# ein Gedicht" would look like a question the German articles know half of ("bitte" is in
+# them), and a Hindi question the English articles answer ("रिफंड कब मिलेगा?") like one about
+# things they never mention: PostgreSQL has no Hindi stop words. Hindi both in Devanagari and
+# romanised; only words no other served language uses as a word of its own.
+FILLER_WORDS_BY_LANGUAGE = {
+    "de": frozenset("""
+        bitte danke hallo moin servus mal gern gerne kurz eigentlich möchte möchten würde
+        würden sag sagen sagt wissen weiß frage fragen
+        """.split()),  # noqa: SIM905
+    "es": frozenset("""
+        hola gracias favor porfa quiero quisiera saber dime necesito pregunta
+        """.split()),  # noqa: SIM905
+    "hi": frozenset("""
+        है हैं क्या का की के में से को कर करें करूँ करूं सकते सकता सकती मैं मेरा मेरी मेरे मुझे आप
+        आपका आपकी हम कैसे कब कहाँ कहां कितना कितने कितनी लगते लगता लगेगा होगा होगी और यह ये
+        वह भी तो नहीं हो था थी जी ही मिलेगा मिलेगी आएगा आएगी रहा रही
+        kya hai hain kaise kab kahan kitna kitne kitni mujhe aap ka ki ke ko karna karu karun
+        kar sakte sakta hoga hogi milega milegi aayega aur nahi bhi ji
+        """.split()),  # noqa: SIM905
+}
+OTHER_LANGUAGES_FILLER_WORDS = frozenset().union(*FILLER_WORDS_BY_LANGUAGE.values())
+
 # The one line put before an answer taken from English articles for a shopper who wrote in
 # another language (knowledge-only mode, or the model's fallback).
 HELP_CENTRE_IN_ENGLISH = {
@@ -37,6 +66,55 @@ HELP_CENTRE_IN_ENGLISH = {
     "es": "Nuestro centro de ayuda está en inglés, así que la respuesta sigue en inglés.",
     "hi": "हमारा सहायता केंद्र अंग्रेज़ी में है, इसलिए जवाब अंग्रेज़ी में है।",
 }
+
+
+
+
+@dataclass(frozen=True)
+class AnswerPhrases:
+    """The few words of a knowledge-only answer that are not the articles' own."""
+
+    not_covered: str
+    team_can_help: str  # {contact}, {hours}
+    more: str  # {title}: the article to read for more
+    # A place the shopper named (the country and region names are the profile's, in English).
+    not_delivered: str  # {country}
+    delivered: str  # {region}
+    in_region: str  # {name} (the place), {region}
+
+
+# By the language of the articles an answer is made from (or the shopper's, when none matched).
+ANSWER_PHRASES = {
+    "en": AnswerPhrases("Sorry, our help centre does not cover that.",
+                        "Our team can help: {contact}, {hours}.",
+                        "More in our help centre: {title}.",
+                        "We do not deliver to {country} yet.", "Yes, we deliver to {region}.",
+                        "Yes, {name} is in our {region} delivery region."),
+    "de": AnswerPhrases("Dazu steht leider nichts in unserem Hilfe-Center.",
+                        "Unser Team hilft gern: {contact}, {hours}.",
+                        "Mehr in unserem Hilfe-Center: {title}.",
+                        "Nach {country} liefern wir noch nicht.", "Ja, wir liefern nach {region}.",
+                        "Ja, {name} liegt in unserem Liefergebiet {region}."),
+    "fr": AnswerPhrases("Désolé, notre centre d'aide ne traite pas ce sujet.",
+                        "Notre équipe peut vous aider : {contact}, {hours}.",
+                        "Plus d'informations dans notre centre d'aide : {title}.",
+                        "Nous ne livrons pas encore : {country}.", "Oui, nous livrons : {region}.",
+                        "Oui, {name} fait partie de notre zone de livraison {region}."),
+    "es": AnswerPhrases("Lo siento, nuestro centro de ayuda no trata ese tema.",
+                        "Nuestro equipo puede ayudarte: {contact}, {hours}.",
+                        "Más en nuestro centro de ayuda: {title}.",
+                        "Todavía no enviamos a {country}.", "Sí, enviamos a {region}.",
+                        "Sí, {name} está en nuestra zona de entrega {region}."),
+    "hi": AnswerPhrases("माफ़ कीजिए, हमारे सहायता केंद्र में इसकी जानकारी नहीं है।",
+                        "हमारी टीम मदद कर सकती है: {contact}, {hours}।",
+                        "सहायता केंद्र में और जानकारी: {title}।",
+                        "हम अभी {country} में डिलीवरी नहीं करते।", "हाँ, हम {region} में डिलीवरी करते हैं।",
+                        "हाँ, {name} हमारे {region} डिलीवरी क्षेत्र में है।"),
+}
+
+
+def answer_phrases(code: str) -> AnswerPhrases:
+    return ANSWER_PHRASES.get(code, ANSWER_PHRASES[ENGLISH])
 
 
 @functools.cache

@@ -361,6 +361,7 @@ class ConversationSummary:
     # never authority for anything.
     customer_id: str | None = None
     customer_email: str | None = None
+    language: str | None = None  # of the newest question (app/language.py); None: none yet
 
     @property
     def cursor(self) -> tuple[datetime, uuid.UUID]:
@@ -369,6 +370,7 @@ class ConversationSummary:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": str(self.id), "siteId": self.site_id, "status": self.status,
+                "language": self.language,
                 "agentId": self.agent_id, "agentName": self.agent_name,
                 "waitingSince": None if self.waiting_since is None
                 else self.waiting_since.isoformat(),
@@ -383,7 +385,7 @@ class ConversationSummary:
 _SUMMARY_SQL = (
     "SELECT c.id, c.site_id, c.status, c.agent_id, a.display_name AS agent_name,"
     " c.waiting_since, c.last_activity_at, c.created_at, lm.sender AS last_sender,"
-    " lm.text AS last_text, c.customer_id, c.customer_email"
+    " lm.text AS last_text, c.customer_id, c.customer_email, c.language"
     " FROM conversations c LEFT JOIN staff a ON a.id = c.agent_id"
     " LEFT JOIN LATERAL (SELECT sender, text FROM messages m WHERE m.conversation_id = c.id"
     " AND m.text <> '' ORDER BY m.seq DESC LIMIT 1) lm ON true")
@@ -398,7 +400,8 @@ class ConversationDesk:
 
     async def inbox(self, site_ids: Sequence[int], view: str, staff_id: int, limit: int,
                     search: str | None = None,
-                    after: tuple[datetime, uuid.UUID] | None = None
+                    after: tuple[datetime, uuid.UUID] | None = None,
+                    language: str | None = None
                     ) -> list[ConversationSummary]:
         """Newest activity first, from after `after` (a row's `cursor`: keyset paging, so a
         conversation moving meanwhile is never shown twice nor skipped by an offset). `search`
@@ -419,9 +422,11 @@ class ConversationDesk:
                 " AND (%(search)s::text IS NULL OR lower(c.customer_email) = lower(%(search)s)"
                 " OR EXISTS (SELECT 1 FROM messages f WHERE f.conversation_id = c.id"
                 " AND to_tsvector('simple', f.text) @@ websearch_to_tsquery('simple', %(search)s)))"
+                " AND (%(language)s::text IS NULL OR c.language = %(language)s)"
                 " ORDER BY c.last_activity_at DESC, c.id DESC LIMIT %(limit)s",
                 {"sites": list(site_ids), "view": view, "staff": staff_id, "limit": limit,
-                 "search": search, "after_at": after_at, "after_id": after_id})
+                 "search": search, "after_at": after_at, "after_id": after_id,
+                 "language": language})
             return await cur.fetchall()
 
     async def summary(self, conversation_id: uuid.UUID,

@@ -112,6 +112,12 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        self.questions = Counter(
+            "chat_questions",
+            "Shoppers' questions saved, by the language they were written in (ISO 639-1).",
+            ["language"],
+            registry=registry,
+        )
         self.rate_limit_refusals = Counter(
             "chat_rate_limit_refusals",
             "Requests refused with 429, by the limit that refused them.",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from app.answer_events import Source
 from app.knowledge import KnowledgeChunk
 from app.knowledge_search import Retrieval
+from app.language import WORD_PATTERN, AnswerPhrases, answer_phrases
 from app.places import Place
 from app.store_profile import StoreProfile
 
@@ -148,20 +149,22 @@ _QUANTITY_QUESTION = re.compile(
     r"size|which|what size|expire|valid|deadline|till|until|by)\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"(₹$€£0-9])")
 _LIST_MARK = re.compile(r"^\s*(?:[-*]|\d+\.)\s+")
-_WORD = re.compile(r"[^\W_]+")
+_WORD = re.compile(WORD_PATTERN)
 
 
 def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswer:
-    """A short answer made of the sources' own words; or, with none, who can help."""
-    footer = (f"Our team can help: {profile.human_contact}, {profile.support_hours}.")
+    """A short answer made of the sources' own words; or, with none, who can help. Its own
+    few words are in the language of the articles searched (app/language.py)."""
+    phrases = answer_phrases(retrieval.language)
+    footer = phrases.team_can_help.format(contact=profile.human_contact,
+                                          hours=profile.support_hours)
     if not retrieval.found:
-        return ComposedAnswer(
-            "Sorry, our help centre does not cover that. " + footer, [])
+        return ComposedAnswer(f"{phrases.not_covered} {footer}", [])
     if retrieval.curated is not None:
         curated = retrieval.curated
         lines = [" ".join([*_place_lead(retrieval, curated.text), curated.text.strip()])]
         if curated.link_title:
-            lines.append(f"More in our help centre: {curated.link_title}.")
+            lines.append(phrases.more.format(title=curated.link_title))
         return ComposedAnswer("\n\n".join(lines), sources_of([curated]))
 
     chosen = _choose_sentences(retrieval)
@@ -169,7 +172,7 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
     body = " ".join(sentence for _, sentence in chosen)
     lines = [" ".join([*_place_lead(retrieval, body), body])]
     best = used[0]
-    lines.append(f"More in our help centre: {best.title}.")
+    lines.append(phrases.more.format(title=best.title))
     if _NEEDS_PERSON.search(retrieval.question) or _CONTACT_US.search(body):
         lines.append(footer)
     return ComposedAnswer("\n\n".join(lines), sources_of(used))
@@ -177,18 +180,19 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
 
 def _place_lead(retrieval: Retrieval, body: str) -> list[str]:
     """One sentence placing the shopper's city or country, unless the answer names it."""
-    return [_place_sentence(place) for place in retrieval.places
+    phrases = answer_phrases(retrieval.language)
+    return [_place_sentence(place, phrases) for place in retrieval.places
             if place.country.lower() not in body.lower()
             and place.name.lower() not in body.lower()][:1]
 
 
-def _place_sentence(place: Place) -> str:
+def _place_sentence(place: Place, phrases: AnswerPhrases) -> str:
     name = place.name.title() if len(place.name) > 3 else place.name.upper()
     if place.region is None:
-        return f"We do not deliver to {place.country} yet."
+        return phrases.not_delivered.format(country=place.country)
     if place.region.lower() in (place.country.lower(), place.name.lower()):
-        return f"Yes, we deliver to {place.region}."
-    return f"Yes, {name} is in our {place.region} delivery region."
+        return phrases.delivered.format(region=place.region)
+    return phrases.in_region.format(name=name, region=place.region)
 
 
 def _stem(word: str) -> str:

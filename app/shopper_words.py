@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from app.language import OTHER_LANGUAGES_FILLER_WORDS, WORD_PATTERN
 from app.places import Place, Places
 
 # Shopper phrase -> words the articles use for it. Phrases are matched on whole words.
@@ -174,8 +175,8 @@ FILLER_WORDS = frozenset(
     would could should also still really just like one thing something anything long
     or and not
     """.split()  # noqa: SIM905
-)
-_WORD = re.compile(r"[^\W_]+")
+) | OTHER_LANGUAGES_FILLER_WORDS
+_WORD = re.compile(WORD_PATTERN)
 _MAPPED_TERM = re.compile(r'"[^"]+"|\S+')
 # Shorter words are too often close to an unrelated word ("fit" -> "gift").
 _MIN_TYPO_LENGTH = 5

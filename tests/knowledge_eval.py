@@ -38,6 +38,7 @@ from app.knowledge import DEFAULT_KNOWLEDGE_DIR, read_articles, sync_knowledge
 from app.knowledge_search import KnowledgeSearch, Retrieval
 from app.prompt import compose_answer
 from app.store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
+from tests.language_eval import LanguageEvaluation, evaluate_languages, language_report
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS_FILE = Path(__file__).parent / "retrieval_questions.toml"
@@ -212,8 +213,10 @@ async def run(show_misses: bool, quick: bool = False) -> int:
             search = KnowledgeSearch(pool, profile)
             results = {part: await evaluate(search, profile, part) for part in PARTS}
             small = await latency_ms(search, profile)
+            languages = await evaluate_languages(pool, profile)
             if quick:
                 print(report(results, small, (0.0, 0.0)))
+                print_languages(languages, show_misses)
                 if show_misses:
                     print("\n".join(["", "misses (tuning part):", *results["tuning"].misses]))
                 return 0
@@ -227,9 +230,17 @@ async def run(show_misses: bool, quick: bool = False) -> int:
         finally:
             await pool.close()
     print(report(results, small, large))
+    print_languages(languages, show_misses)
     if show_misses:  # of the tuning part only: the held-out questions stay unread
         print("\n".join(["", "misses (tuning part):", *results["tuning"].misses]))
     return 0
+
+
+def print_languages(results: list[LanguageEvaluation], show_misses: bool) -> None:
+    print(language_report(results))
+    if show_misses:
+        for result in results:
+            print("\n".join(["", f"misses ({result.language}):", *result.misses]))
 
 
 def report(results: dict[str, Evaluation], small: tuple[float, float],

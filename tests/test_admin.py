@@ -373,7 +373,32 @@ async def test_an_agent_takes_over_writes_and_hands_back_to_the_assistant(
             assert reopened.json()["conversation"]["status"] == "bot"
 
 
+async def test_the_inbox_filters_by_the_conversations_language(
+        chat_app: RunningApp, database_url: str, upstream: FakeUpstream) -> None:
+    async with chat_app.client() as shopper:
+        german = (await stream_chat(shopper, {"message": "Wie lange dauert der Versand?"})
+                  )[0].data["sessionId"]
+        english = (await stream_chat(shopper, {"message": "How long does shipping take?"})
+                   )[0].data["sessionId"]
+    staff = await make_staff(database_url, [1])
+    http, _ = await signed_in(chat_app, staff)
+    async with aclosing(http):
+        me = (await http.get("/admin/api/me")).json()
+        assert {"code": "de", "name": "German"} in me["languages"]  # the filter's choices
+        listed = (await http.get("/admin/api/conversations?filter=all&language=de")).json()
+        ids = [c["id"] for c in listed["conversations"]]
+        assert german in ids and english not in ids
+        assert {c["language"] for c in listed["conversations"]} == {"de"}
+        everyone = [c["id"] for c in (await http.get(
+            "/admin/api/conversations?filter=all&language=")).json()["conversations"]]
+        assert german in everyone and english in everyone  # empty: every language
+        # The transcript's summary says the language too.
+        opened = (await http.get(f"/admin/api/conversations/{german}")).json()
+        assert opened["conversation"]["language"] == "de"
+
+
 @pytest.mark.parametrize("path", ["/admin/api/conversations?filter=everything",
+                                  "/admin/api/conversations?language=german",
                                   "/admin/api/conversations?limit=0",
                                   "/admin/api/conversations/not-a-uuid"])
 async def test_bad_staff_requests_get_a_clear_400(chat_app: RunningApp, database_url: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
@@ -124,3 +125,38 @@ def test_a_shopper_asks_for_a_person_and_an_agent_takes_over_and_hands_back(
     assert fake_model.questions[-1] == later
     expect(agent.locator("#transcript")).to_contain_text("As Grace said, on Friday.")
     expect(agent.locator("#detail-status")).to_have_text("assistant")
+
+
+def test_the_inbox_filters_by_language_and_the_transcript_names_it(
+        two_instances: tuple[AppProcess, AppProcess], new_context: Callable[..., BrowserContext],
+        database_url: str, fake_model: FakeModel, servers: BackgroundLoop) -> None:
+    shopper_app, agent_app = two_instances
+    staff = servers.run(make_staff(database_url, [1], name="Lena"))
+    asked = {"de": question("Wie lange dauert der Versand nach Berlin?"),
+             "es": question("¿Cuánto tarda el envío a Madrid?"),
+             "en": question("How long does shipping to Boston take?")}
+    fake_model.answer(asked["de"], "Die Lieferung dauert ", "5-7 Werktage.")
+    fake_model.answer(asked["es"], "La entrega tarda ", "5-7 días hábiles.")
+    fake_model.answer(asked["en"], "Delivery takes ", "5-7 business days.")
+    for text in asked.values():
+        with httpx.stream("POST", f"{shopper_app.url}/chat/stream", json={"message": text},
+                          timeout=30) as response:
+            assert response.status_code == 200
+            assert "event: done" in response.read().decode()
+
+    agent = new_context().new_page()
+    sign_in(agent, agent_app.url, staff.email, staff.password)
+    agent.get_by_role("button", name="Unresolved").click()
+    expect(agent.locator("#conversations a").filter(has_text="5-7 business days.")).not_to_have_count(0)
+    agent.get_by_label("Language").select_option("de")
+    rows = agent.locator("#conversations a")
+    expect(rows.filter(has_text="5-7 Werktage.")).to_have_count(1)
+    expect(rows.filter(has_text="5-7 business days.")).to_have_count(0)
+    expect(rows.filter(has_text="5-7 días hábiles.")).to_have_count(0)
+    for badge in rows.locator(".lang").all():
+        expect(badge).to_have_text("DE")
+    shots(agent, "inbox-language-filter")
+    rows.filter(has_text="5-7 Werktage.").click()
+    expect(agent.locator("#detail-language")).to_have_text("in German")
+    expect(agent.locator("#transcript")).to_contain_text(asked["de"])
+    shots(agent, "conversation-language")

@@ -1,5 +1,6 @@
 """The shopper's language: detected per question, recorded on the conversation and the message,
-named in the system prompt, and noted when the answer comes from the English help centre."""
+named in the system prompt, and noted when the answer comes from the English help centre (the
+articles in the shopper's language: tests/test_knowledge_languages.py)."""
 
 from __future__ import annotations
 
@@ -68,37 +69,34 @@ async def test_an_english_question_is_answered_in_english(
     assert languages(query, events[0].data["sessionId"]) == ("en", ["en"])
 
 
-async def test_without_a_model_a_spanish_question_gets_the_english_answer_with_a_note(
+async def test_without_a_model_a_french_question_gets_the_english_answer_with_a_note(
         start_app: Any, upstream: FakeUpstream, query: Any) -> None:
-    # The example store's articles are English only: the answer comes from them, and says so
-    # first, in Spanish. (PayPal is a word the English article has too.)
+    # The example store has no French articles (German and Spanish ones it has,
+    # tests/test_knowledge_languages.py): the answer comes from the English ones, and says so
+    # first, in French. (PayPal is a word the English article has too.)
     app = await start_app(openai_api_key="", openai_base_url="")
     async with app.client() as http:
-        events = await stream_chat(http, {"message": "¿Aceptáis PayPal?"})
+        events = await stream_chat(http, {"message": "Acceptez-vous PayPal ?"})
     done = events[-1].data
     note, _, answer = done["text"].partition("\n\n")
-    assert note == HELP_CENTRE_IN_ENGLISH["es"]
+    assert note == HELP_CENTRE_IN_ENGLISH["fr"]
     assert "PayPal" in answer  # the English article's own sentence
     # The store's curated answer on payments, or the article itself.
     assert "payment-methods" in done["sources"][0]["path"]
     assert upstream.requests == []
-    assert languages(query, events[0].data["sessionId"]) == ("es", ["es"])
+    assert languages(query, events[0].data["sessionId"]) == ("fr", ["fr"])
 
 
-async def test_without_a_model_and_no_match_the_note_comes_before_the_contact(
-        start_app: Any) -> None:
-    app = await start_app(openai_api_key="", openai_base_url="")
-    async with app.client() as http:
-        events = await stream_chat(http, {"message": "Schreib mir bitte ein Gedicht über Katzen"})
-    text = events[-1].data["text"]
-    assert text.startswith(HELP_CENTRE_IN_ENGLISH["de"] + "\n\n")
-    assert "help@saffronloom.example" in text
-
-
-async def test_a_model_failing_before_its_first_token_falls_back_with_the_note(
+async def test_a_model_failing_before_its_first_token_falls_back_in_the_shoppers_language(
         client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
     upstream.default = Reply(status=503)
+    # German: the store's German curated answer, with no note.
     events = await stream_chat(client, {"message": "Wann bekomme ich mein Geld zurück?"})
     done = events[-1].data
     assert done["fallback"] is True
-    assert done["text"].startswith(HELP_CENTRE_IN_ENGLISH["de"] + "\n\n")
+    assert done["text"].startswith("Wir erstatten innerhalb von 3 Werktagen")
+    # French: no French articles, so the English answer with the note.
+    events = await stream_chat(client, {"message": "Acceptez-vous PayPal ?"})
+    done = events[-1].data
+    assert done["fallback"] is True
+    assert done["text"].startswith(HELP_CENTRE_IN_ENGLISH["fr"] + "\n\n")

@@ -286,3 +286,27 @@ def test_the_real_hours_endpoint_is_asked_when_the_panel_opens(
     expected = "We're online now" if status["open"] else re.compile(
         r"^A person can reply from .+ your time$")
     expect(page.locator("[data-chat-hours]")).to_have_text(expected)
+
+
+def test_a_german_shopper_without_a_key_gets_the_german_articles_answer(
+        database_url: str, redis_url: str, fake_model: FakeModel,
+        new_context: Callable[..., BrowserContext]) -> None:
+    # The "done when": a German browser, no model key, a German question; the widget
+    # is German and so is the answer, from the German help centre (app/store/knowledge/de).
+    no_model = {**test_widget.RATE_LIMITS, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+    with test_widget.app_process(database_url, redis_url, fake_model, no_model,
+                                 "widget-german-knowledge-only-app.log") as app:
+        page = new_context(locale="de-DE").new_page()
+        page.goto(app.url)
+        wait_for_strings(page, "de-DE")
+        open_chat(page)
+        expect(page.locator("[data-chat-send]")).to_have_text("Senden")
+        ask(page, "Wie lange habe ich Zeit für eine Rücksendung?")
+        answer = page.locator(AI)
+        expect(answer).to_have_attribute("data-status", "complete")
+        expect(answer.locator(".body")).to_contain_text("innerhalb von 14 Tagen")
+        expect(answer.locator(".body")).not_to_contain_text("Englisch")  # no "it is in English"
+        expect(answer.locator(".note")).to_contain_text("Wie lange habe ich Zeit")  # its source
+        page.locator("[data-chat-input]").blur()
+        screenshot(page, "widget-knowledge-only-de.png")
+    assert not fake_model.questions or not any("Rücksendung" in q for q in fake_model.questions)

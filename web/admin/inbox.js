@@ -8,7 +8,7 @@
   const PAGE = 50;
   const $ = (id) => document.getElementById(id);
   const state = { me: null, filter: "unresolved", openId: null, busy: false, again: false,
-    convo: null, typedAt: 0, typingTimer: 0, q: "", pages: 1, next: null };
+    convo: null, typedAt: 0, typingTimer: 0, q: "", pages: 1, next: null, language: "" };
   const STATUS_LABEL = { bot: "assistant", waiting: "waiting", human: "with", resolved: "resolved" };
 
   async function api(path, options = {}) {
@@ -23,6 +23,12 @@
 
   function statusText(c) {
     return c.status === "human" ? `with ${c.agentName || "an agent"}` : STATUS_LABEL[c.status] || c.status;
+  }
+
+  // The conversation's language (of its newest question), by the name the API gives it.
+  function languageName(code) {
+    const known = state.me && state.me.languages.find((l) => l.code === code);
+    return known ? known.name : code || "";
   }
 
   function waited(since) {
@@ -41,6 +47,7 @@
   function listUrl(limit, after) {
     const params = new URLSearchParams({ filter: state.filter, limit: String(limit) });
     if (state.q) params.set("q", state.q);
+    if (state.language) params.set("language", state.language);
     if (after) params.set("after", after);
     return `/admin/api/conversations?${params}`;
   }
@@ -72,6 +79,7 @@
       el("time", { datetime: c.lastActivityAt }, new Date(c.lastActivityAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
     const wait = c.status === "waiting" ? waited(c.waitingSince) : "";
     if (wait) top.append(el("span", { class: "wait" }, wait));
+    if (c.language) top.firstChild.after(el("abbr", { class: "lang", title: languageName(c.language) }, c.language.toUpperCase()));
     link.append(top, el("span", { class: "last" }, c.lastMessage ? c.lastMessage.text : "(no messages)"));
     if (c.customer) link.append(el("span", { class: "last" }, `Signed in: ${c.customer.email || c.customer.id}`));
     item.append(link);
@@ -95,6 +103,7 @@
     const status = $("detail-status");
     status.dataset.status = conversation.status;
     status.textContent = statusText(conversation);
+    $("detail-language").textContent = conversation.language ? `in ${languageName(conversation.language)}` : "";
     const mine = conversation.status === "human" && conversation.agentId === state.me.id;
     const enabled = {
       takeover: ["bot", "waiting", "resolved"].includes(conversation.status),
@@ -227,6 +236,9 @@
       });
     }
     for (const button of document.querySelectorAll("[data-action]")) button.addEventListener("click", () => act(button.dataset.action));
+    const languages = $("language-filter");
+    languages.append(...state.me.languages.map((l) => el("option", { value: l.code }, l.name)));
+    languages.addEventListener("change", () => { state.language = languages.value; state.pages = 1; refresh(); });
     $("reply").addEventListener("submit", send);
     $("message").addEventListener("input", typing);
     $("note-form").addEventListener("submit", addNote);
