@@ -74,6 +74,9 @@ textarea:focus-visible{outline-offset:0}
 .send{background:var(--sc-accent);color:var(--sc-on-accent)}
 .send:disabled{opacity:.45;cursor:default}
 .stop{background:var(--sc-ai);color:var(--sc-fg);border:1px solid var(--sc-line)}
+.rate{display:flex;gap:4px;margin-top:6px}.rate button,.csat button{border:1px solid var(--sc-line);border-radius:99px;background:var(--sc-bg);color:inherit;padding:2px 10px}
+.rate [aria-pressed=true]{background:var(--sc-accent)}form.why{padding:4px 0 0;border:0;gap:4px}.why input{flex:1;min-width:0;font:inherit;padding:3px 8px}
+.csat{display:flex;flex-wrap:wrap;gap:6px;align-items:center}
 .sr-only{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 @media (max-width:480px){.panel{position:fixed;inset:0;width:100%;height:100%;border:0;border-radius:0}
 :host([open]) .launcher{display:none}}`;
@@ -311,6 +314,8 @@ const EN = {
   lost: "The connection dropped and we couldn't reconnect.",
   unfinished: "Sorry, the assistant couldn't finish this answer. Please try again.",
   onlineNow: "We're online now", opensAt: "A person can reply from {time} your time",
+  helpful: "Helpful", notHelpful: "Not helpful", whatWrong: "What was missing? (optional)",
+  thanks: "Thanks for your feedback.", solved: "Did we solve your problem?", yes: "Yes", no: "No",
 };
 // Catalogues served at /locales/<language>.json; any other language reads English.
 const SHIPPED = ["de", "es", "fr", "hi"];
@@ -570,6 +575,7 @@ class SupportChat extends HTMLElement {
       const { status, agentName } = parseJson(e.data) || {};
       if (status === "human") this.#say(`${agentName || "A person"} joined the conversation.`);
       if (status === "bot" || status === "resolved") { this.#say("The assistant is back."); this.#follow(false); }
+      if (status === "resolved") this.#askSolved();
     });
     source.addEventListener("typing", (e) => {
       const { sender, agentName } = parseJson(e.data) || {};
@@ -767,26 +773,83 @@ class SupportChat extends HTMLElement {
     fetch(url, { method: "POST" }).catch(() => {});
   }
 
-  #addMessage(sender, text, { id, status, sources, agentName, tools } = {}, before = null) {
+  #addMessage(sender, text, { id, status, sources, agentName, tools, feedback } = {}, before = null) {
     const el = node("div", "msg");
     el.dir = "auto"; // Arabic or Hebrew reads right to left, whatever the page's direction
     el.setAttribute("data-chat-message", "");
     el.dataset.sender = sender;
     if (id) el.dataset.messageId = id;
     if (sender === "agent") el.append(node("div", "who", agentName || "Agent"));
-    if (sender === "ai") this.#fillAnswer(el, text, status || "complete", Array.isArray(sources) ? sources : [], Array.isArray(tools) ? tools : []);
+    if (sender === "ai") this.#fillAnswer(el, text, status || "complete", Array.isArray(sources) ? sources : [], Array.isArray(tools) ? tools : [], feedback);
     else el.append(...bidiSafe(text));
+    if (sender === "agent") this.#rateBar(el, feedback);
     this.#el.log.insertBefore(el, before);
     return el;
   }
 
-  #fillAnswer(el, text, status, sources = [], tools = []) {
+  #fillAnswer(el, text, status, sources = [], tools = [], feedback = null) {
     el.dataset.status = status;
     el.replaceChildren(...orderCards(tools), renderMarkdown(text));
     for (const title of new Set(sources.map((s) => s && s.title).filter(Boolean))) {
       el.append(node("div", "note", this.#t("from", { title })));
     }
     if (NOTES[status]) el.append(node("div", "note", this.#t(NOTES[status])));
+    if (status === "complete") this.#rateBar(el, feedback);
+  }
+
+  // Thumbs up and down under a finished answer (the assistant's or a person's): one vote,
+  // changed by pressing the other; a thumbs down may say in a line what was missing.
+  #rateBar(el, feedback) {
+    const id = el.dataset.messageId;
+    if (!id) return;
+    const bar = node("div", "rate"), why = node("form", "why"), box = node("input");
+    const vote = async (rating, comment) => {
+      if (!await this.#post(`/chat/messages/${encodeURIComponent(id)}/feedback`, { sessionId: this.#sessionId }, comment ? { rating, comment } : { rating })) return;
+      for (const b of bar.children) b.ariaPressed = String(b.dataset.rating === rating);
+      why.hidden = rating !== "down" || comment !== undefined;
+      if (!why.hidden) box.focus();
+      if (comment !== undefined) why.replaceWith(node("span", "note", this.#t("thanks")));
+    };
+    for (const rating of ["up", "down"]) {
+      const b = node("button", "", rating === "up" ? "👍" : "👎");
+      b.type = "button";
+      b.dataset.rating = rating;
+      b.ariaLabel = this.#t(rating === "up" ? "helpful" : "notHelpful");
+      b.ariaPressed = String(feedback?.rating === rating);
+      b.onclick = () => vote(rating);
+      bar.append(b);
+    }
+    box.maxLength = 500;
+    box.ariaLabel = box.placeholder = this.#t("whatWrong");
+    why.append(box, node("button", "", this.#t("send")));
+    why.hidden = true;
+    why.onsubmit = (e) => { e.preventDefault(); vote("down", box.value); };
+    el.append(bar, why);
+  }
+
+  async #post(path, params, body) {
+    const response = await fetch(this.#url(path, params), { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }).catch(() => null);
+    if (!response || !response.ok) return response ? this.#httpNotice(response) : this.#networkNotice();
+    return true;
+  }
+
+  // Once a person resolved the conversation: "Did we solve your problem?", asked once.
+  #askSolved() {
+    const key = `${this.#storageKey()}:csat:${this.#sessionId}`;
+    if (!this.#sessionId || this.#root.querySelector(".csat") || storage()?.getItem(key)) return;
+    storage()?.setItem(key, "1");
+    const box = node("div", "csat", this.#t("solved"));
+    box.role = "group";
+    for (const answer of ["yes", "no"]) {
+      const b = node("button", "", this.#t(answer));
+      b.type = "button";
+      b.onclick = async () => {
+        if (await this.#post(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/csat`, {}, { solved: answer === "yes" })) box.replaceChildren(this.#t("thanks"));
+      };
+      box.append(b);
+    }
+    this.#el.log.append(box);
+    this.#scrollToBottom();
   }
 
   // Tokens arrive faster than frames: draw at most once per frame, whatever came meanwhile.
@@ -868,6 +931,7 @@ class SupportChat extends HTMLElement {
       }
       const messages = this.#addPage(page, null);
       this.#follow(page.status === "waiting" || page.status === "human");
+      if (page.status === "resolved") this.#askSolved();
       this.#scrollToBottom(true);
       this.#fillIfShort();
       const last = messages[messages.length - 1];
