@@ -82,7 +82,7 @@ def test_thumbs_under_an_answer_vote_change_take_a_comment_and_survive_a_reload(
     expect(row).to_have_count(1)
     row.click()
     expect(staff.locator("#transcript")).to_contain_text(
-        "Not helpful: “I wanted to know where to buy them”")
+        "Thumbs down: “I wanted to know where to buy them”")
     shots(staff, "inbox-thumbs-down")
 
     staff.get_by_role("link", name="Knowledge gaps").click()
@@ -137,7 +137,7 @@ def test_did_we_solve_your_problem_is_asked_once_after_a_person_resolves(
     survey = shopper.get_by_role("group").filter(has_text="Did we solve your problem?")
     expect(survey).to_be_visible()
     shots(shopper, "widget-csat")
-    survey.get_by_role("button", name="Yes").click()
+    survey.get_by_role("button", name="Yes, thanks").click()
     expect(shopper.get_by_text("Thanks for your feedback.").last).to_be_visible()
     session_id = shopper.evaluate(
         "Object.keys(localStorage).filter(k => k.endsWith(':sessionId'))"

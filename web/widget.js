@@ -74,15 +74,15 @@ textarea:focus-visible{outline-offset:0}
 .send{background:var(--sc-accent);color:var(--sc-on-accent)}
 .send:disabled{opacity:.45;cursor:default}
 .stop{background:var(--sc-ai);color:var(--sc-fg);border:1px solid var(--sc-line)}
-.rate{display:flex;gap:4px;margin-top:6px}.rate button,.csat button{border:1px solid var(--sc-line);border-radius:99px;background:var(--sc-bg);color:inherit;padding:2px 10px}
-.rate [aria-pressed=true]{background:var(--sc-accent)}form.why{padding:4px 0 0;border:0;gap:4px}.why input{flex:1;min-width:0;font:inherit;padding:3px 8px}
-.csat{display:flex;flex-wrap:wrap;gap:6px;align-items:center}
+.rate{display:flex;flex-wrap:wrap;align-items:center;gap:6px;margin-top:6px}.rate button{border:1px solid var(--sc-line);border-radius:99px;background:var(--sc-bg);color:inherit;padding:2px 10px}
+.rate svg{width:16px;height:16px;display:block}.rate [data-rating=down] svg{rotate:180deg}.rate [aria-pressed=true]{background:var(--sc-accent);color:var(--sc-on-accent)}form.why{padding:4px 0 0;border:0;gap:4px}.why input{flex:1;min-width:0;font:inherit;padding:3px 8px}
 .sr-only{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 @media (max-width:480px){.panel{position:fixed;inset:0;width:100%;height:100%;border:0;border-radius:0}
 :host([open]) .launcher{display:none}}`;
 
 const svg = (body, attrs) => `<svg viewBox="0 0 24 24" aria-hidden="true" ${attrs}>${body}</svg>`;
 const STROKE = 'fill="none" stroke="currentColor" stroke-width="2.2" stroke-linecap="round"';
+const THUMB = svg('<path d="M7 11v10H3V11zm0 0 4-8a3 3 0 0 1 3 3v4h5a2 2 0 0 1 2 2.4l-1.5 6.8A2 2 0 0 1 17.5 21H7"/>', STROKE);
 
 // Constant markup only: every changing string is set later with textContent.
 // data-t names the catalogue key for an element's text, or "attribute=key" pairs for its attributes.
@@ -315,7 +315,7 @@ const EN = {
   unfinished: "Sorry, the assistant couldn't finish this answer. Please try again.",
   onlineNow: "We're online now", opensAt: "A person can reply from {time} your time",
   helpful: "Helpful", notHelpful: "Not helpful", whatWrong: "What was missing? (optional)",
-  thanks: "Thanks for your feedback.", solved: "Did we solve your problem?", yes: "Yes", no: "No",
+  thanks: "Thanks for your feedback.", solved: "Did we solve your problem?", yes: "Yes, thanks", no: "Not really",
 };
 // Catalogues served at /locales/<language>.json; any other language reads English.
 const SHIPPED = ["de", "es", "fr", "hi"];
@@ -797,8 +797,8 @@ class SupportChat extends HTMLElement {
     if (status === "complete") this.#rateBar(el, feedback);
   }
 
-  // Thumbs up and down under a finished answer (the assistant's or a person's): one vote,
-  // changed by pressing the other; a thumbs down may say in a line what was missing.
+  // Under a finished answer (the assistant's or a person's): one vote, changeable; a thumbs
+  // down may say in a line what was missing.
   #rateBar(el, feedback) {
     const id = el.dataset.messageId;
     if (!id) return;
@@ -811,8 +811,8 @@ class SupportChat extends HTMLElement {
       if (comment !== undefined) why.replaceWith(node("span", "note", this.#t("thanks")));
     };
     for (const rating of ["up", "down"]) {
-      const b = node("button", "", rating === "up" ? "👍" : "👎");
-      b.type = "button";
+      const b = node("button");
+      b.innerHTML = THUMB; // constant markup
       b.dataset.rating = rating;
       b.ariaLabel = this.#t(rating === "up" ? "helpful" : "notHelpful");
       b.ariaPressed = String(feedback?.rating === rating);
@@ -838,11 +838,10 @@ class SupportChat extends HTMLElement {
     const key = `${this.#storageKey()}:csat:${this.#sessionId}`;
     if (!this.#sessionId || this.#root.querySelector(".csat") || storage()?.getItem(key)) return;
     storage()?.setItem(key, "1");
-    const box = node("div", "csat", this.#t("solved"));
+    const box = node("div", "rate csat", this.#t("solved"));
     box.role = "group";
     for (const answer of ["yes", "no"]) {
       const b = node("button", "", this.#t(answer));
-      b.type = "button";
       b.onclick = async () => {
         if (await this.#post(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/csat`, {}, { solved: answer === "yes" })) box.replaceChildren(this.#t("thanks"));
       };

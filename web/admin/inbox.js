@@ -76,7 +76,7 @@
         document.createTextNode(m.text));
       // The shopper's vote on an answer (app/feedback.py), with its comment.
       if (m.feedback) item.append(el("span", { class: "rating", "data-rating": m.feedback.rating },
-        `${m.feedback.rating === "up" ? "👍 Helpful" : "👎 Not helpful"}${m.feedback.comment ? `: “${m.feedback.comment}”` : ""}`));
+        `${m.feedback.rating === "up" ? "Thumbs up" : "Thumbs down"}${m.feedback.comment ? `: “${m.feedback.comment}”` : ""}`));
       return item;
     }));
     const transcript = $("transcript");
