@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import psycopg
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import BrowserContext, expect
 
 from tests import test_widget
 from tests.test_admin import make_staff
