@@ -8,12 +8,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import psycopg
-from playwright.sync_api import BrowserContext, expect
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import BrowserContext, Page, expect
 
 from tests import test_widget
 from tests.test_admin import make_staff
-from tests.test_backoffice_browser import shots, sign_in
-from tests.test_widget import AI, AppProcess, BackgroundLoop, FakeModel, ask, open_chat, question
+from tests.test_backoffice_browser import sign_in
+from tests.test_widget import (
+    AI,
+    ARTIFACTS,
+    AppProcess,
+    BackgroundLoop,
+    FakeModel,
+    ask,
+    open_chat,
+    question,
+)
+from tests.test_widget_reading import widget_violations
 
 servers = test_widget.servers
 fake_model = test_widget.fake_model
@@ -23,6 +34,23 @@ new_context = test_widget.new_context
 chat_app = test_widget.chat_app
 
 AGENT = '[data-chat-message][data-sender="agent"]'
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+def shots(page: Page, name: str) -> None:
+    """Desktop and phone screenshots into test-artifacts/ (and SHOTS_DIR, when set)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+        page.set_viewport_size(viewport)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-{size}.png"))
+    page.set_viewport_size(DESKTOP)
+
+
+def axe_violations(page: Page) -> list[str]:
+    return sorted(f"{violation['id']}: {node['target']}"
+                  for violation in Axe().run(page).response["violations"]
+                  for node in violation["nodes"])
 
 
 def one(database_url: str, sql: str, *params: object) -> object:
@@ -63,6 +91,7 @@ def test_thumbs_under_an_answer_vote_change_take_a_comment_and_survive_a_reload(
     shots(page, "widget-thumbs-comment")
     comment.press("Enter")
     expect(answer.get_by_text("Thanks for your feedback.")).to_be_visible()
+    assert widget_violations(page) == []
     assert one(database_url, "SELECT feedback_comment FROM messages WHERE id = %s",
                message_id) == "I wanted to know where to buy them"
     shots(page, "widget-thumbs")
@@ -91,12 +120,14 @@ def test_thumbs_under_an_answer_vote_change_take_a_comment_and_survive_a_reload(
     expect(gap).to_contain_text("thumbs down 1")
     expect(gap).to_contain_text("“I wanted to know where to buy them”")
     shots(staff, "gaps")
+    assert axe_violations(staff) == []
     gap.get_by_role("button", name="Write an answer").click()
     expect(staff.get_by_label("Example questions (one per line)")).to_have_value(asked)
     staff.get_by_label("Title", exact=True).fill("Do you sell kayak paddles?")
     staff.get_by_label("Answer", exact=True).fill("Not yet: we sell clothes only. Paddle shops near you"
                                       " can help.")
     shots(staff, "gaps-editor")
+    assert axe_violations(staff) == []
     staff.get_by_role("button", name="Publish").click()
     expect(staff.get_by_role("status")).to_contain_text("Published")
     expect(staff.locator("#published")).to_contain_text("Not yet: we sell clothes only.")

@@ -86,6 +86,14 @@ async def test_a_gap_turned_into_a_curated_answer_on_one_instance_is_answered_on
             _, _, after_sync = await ask(shopper, "Do you have a loyalty programme")
             assert after_sync["text"] == CURATED
 
+            # Edited on A: B gives the new words on the next question.
+            edited = await http.put(f"/admin/api/curated-answers/{answer['id']}",
+                                    json={**draft, "answer": "Not yet, but soon."},
+                                    headers={"X-CSRF-Token": csrf})
+            assert edited.status_code == 200, edited.text
+            _, _, changed = await ask(shopper, "Is there a loyalty programme?")
+            assert changed["text"] == "Not yet, but soon."
+
             # Withdrawn on A: B stops giving it on the next question.
             withdrawn = await http.delete(f"/admin/api/curated-answers/{answer['id']}",
                                           headers={"X-CSRF-Token": csrf})
