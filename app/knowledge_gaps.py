@@ -24,7 +24,9 @@ from psycopg_pool import AsyncConnectionPool
 from . import db
 
 REASONS = ("not_found", "fallback", "thumbs_down", "handoff")
-# The most recent gap questions read for one list: enough for many groups, bounded on a big site.
+# Bounds on a big site: the newest questions of the period looked at, and the newest gap
+# questions among them read for one list (enough for many groups).
+MAX_QUESTIONS_SCANNED = 20000
 MAX_QUESTIONS_READ = 2000
 EXAMPLES_PER_GROUP = 5
 
@@ -32,17 +34,16 @@ _GAPS_SQL = """
 WITH asked AS (
     SELECT q.id, q.conversation_id, q.text, q.created_at, q.handoff_at IS NOT NULL AS handoff,
            a.sender AS answer_sender, a.status AS answer_status, a.sources, a.tools,
-           coalesce(a.fallback, false) AS fallback, a.feedback_rating, a.feedback_comment,
-           nullif(array_to_string(tsvector_to_array(to_tsvector('english', q.text)), ' '), '')
-               AS wording
-    FROM messages q
+           coalesce(a.fallback, false) AS fallback, a.feedback_rating, a.feedback_comment
+    FROM (SELECT id, conversation_id, seq, text, created_at, handoff_at FROM messages
+          WHERE site_id = %(site)s AND sender = 'user'
+            AND created_at >= now() - make_interval(days => %(days)s)
+          ORDER BY created_at DESC LIMIT %(max_scan)s) q
     LEFT JOIN LATERAL (
         SELECT sender, status, sources, tools, fallback, feedback_rating, feedback_comment
         FROM messages a WHERE a.conversation_id = q.conversation_id AND a.seq > q.seq
         ORDER BY a.seq LIMIT 1
     ) a ON true
-    WHERE q.site_id = %(site)s AND q.sender = 'user'
-      AND q.created_at >= now() - make_interval(days => %(days)s)
 ),
 gap AS (
     SELECT *,
@@ -55,7 +56,8 @@ SELECT id, conversation_id, text, created_at, handoff, fallback, not_found, thum
        feedback_comment,
        CASE WHEN sources <> '[]'::jsonb AND (fallback OR thumbs_down)
             THEN 'article:' || (sources -> 0 ->> 'path')
-            ELSE 'words:' || coalesce(wording, lower(text)) END AS key,
+            ELSE 'words:' || coalesce(nullif(array_to_string(tsvector_to_array(
+                to_tsvector('english', text)), ' '), ''), lower(text)) END AS key,
        CASE WHEN sources <> '[]'::jsonb THEN sources -> 0 ->> 'title' END AS article_title
 FROM gap
 WHERE handoff OR fallback OR not_found OR thumbs_down
@@ -97,7 +99,8 @@ class KnowledgeGaps:
         async with db.connection(self._pool) as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(_GAPS_SQL, {"site": site_id, "days": days,
-                                          "max_read": MAX_QUESTIONS_READ})
+                                          "max_read": MAX_QUESTIONS_READ,
+                                          "max_scan": MAX_QUESTIONS_SCANNED})
             rows = await cur.fetchall()
             groups: dict[str, GapGroup] = {}
             for row in rows:  # newest first, so a group's first row is its latest question

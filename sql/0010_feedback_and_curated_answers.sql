@@ -13,6 +13,10 @@ ALTER TABLE messages
 CREATE INDEX messages_feedback_down ON messages (site_id, conversation_id)
     WHERE feedback_rating = 'down';
 
+-- The knowledge-gaps list reads a site's newest questions first (app/knowledge_gaps.py).
+CREATE INDEX messages_site_questions ON messages (site_id, created_at DESC)
+    WHERE sender = 'user';
+
 -- "Did we solve your problem?", asked once a conversation is resolved: yes or no.
 ALTER TABLE conversations
     ADD COLUMN csat     text CHECK (csat IN ('yes', 'no')),
