@@ -156,6 +156,8 @@ def test_did_we_solve_your_problem_is_asked_once_after_a_person_resolves(
     agent.get_by_role("button", name="Waiting").click()
     agent.locator("#conversations a").filter(has_text="Sorry to hear that.").click()
     agent.get_by_role("button", name="Take over").click()
+    expect(agent.locator("#detail-status")).to_have_text("with Grace")
+    expect(shopper.get_by_text("Grace joined the conversation.")).to_be_visible()
     agent.get_by_label("Message").fill("A new one is on its way.")
     agent.get_by_role("button", name="Send").click()
     agent_message = shopper.locator(AGENT).last

@@ -75,14 +75,14 @@ textarea:focus-visible{outline-offset:0}
 .send:disabled{opacity:.45;cursor:default}
 .stop{background:var(--sc-ai);color:var(--sc-fg);border:1px solid var(--sc-line)}
 .rate{display:flex;flex-wrap:wrap;align-items:center;gap:6px;margin-top:6px}.rate button{border:1px solid var(--sc-line);border-radius:99px;background:var(--sc-bg);color:inherit;padding:2px 10px}
-.rate svg{width:16px;height:16px;display:block}.rate [data-rating=down] svg{rotate:180deg}.rate [aria-pressed=true]{background:var(--sc-accent);color:var(--sc-on-accent)}form.why{padding:4px 0 0;border:0;gap:4px}.why input{flex:1;min-width:0;font:inherit;padding:3px 8px}
+.rate svg{width:16px;display:block}.rate [data-rating=down] svg{rotate:180deg}.rate [aria-pressed=true]{background:var(--sc-accent);color:var(--sc-on-accent)}form.why{padding:4px 0 0;border:0;gap:4px}.why input{flex:1;min-width:0;font:inherit;padding:3px 8px}
 .sr-only{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 @media (max-width:480px){.panel{position:fixed;inset:0;width:100%;height:100%;border:0;border-radius:0}
 :host([open]) .launcher{display:none}}`;
 
 const svg = (body, attrs) => `<svg viewBox="0 0 24 24" aria-hidden="true" ${attrs}>${body}</svg>`;
 const STROKE = 'fill="none" stroke="currentColor" stroke-width="2.2" stroke-linecap="round"';
-const THUMB = svg('<path d="M7 11v10H3V11zm0 0 4-8a3 3 0 0 1 3 3v4h5a2 2 0 0 1 2 2.4l-1.5 6.8A2 2 0 0 1 17.5 21H7"/>', STROKE);
+const THUMB = `<svg viewBox="0 0 24 24" ${STROKE}><path d="M7 11v10H3V11zm0 0 4-8a3 3 0 0 1 3 3v4h5a2 2 0 0 1 2 2.4l-1.5 6.8A2 2 0 0 1 17.5 21H7"/></svg>`;
 
 // Constant markup only: every changing string is set later with textContent.
 // data-t names the catalogue key for an element's text, or "attribute=key" pairs for its attributes.
@@ -802,29 +802,34 @@ class SupportChat extends HTMLElement {
   #rateBar(el, feedback) {
     const id = el.dataset.messageId;
     if (!id) return;
-    const bar = node("div", "rate"), why = node("form", "why"), box = node("input");
+    const bar = node("div", "rate");
+    let why;
     const vote = async (rating, comment) => {
-      if (!await this.#post(`/chat/messages/${encodeURIComponent(id)}/feedback`, { sessionId: this.#sessionId }, comment ? { rating, comment } : { rating })) return;
-      for (const b of bar.children) b.ariaPressed = String(b.dataset.rating === rating);
-      why.hidden = rating !== "down" || comment !== undefined;
-      if (!why.hidden) box.focus();
-      if (comment !== undefined) why.replaceWith(node("span", "note", this.#t("thanks")));
+      if (!await this.#post(`/chat/messages/${id}/feedback`, { sessionId: this.#sessionId }, { rating, comment })) return;
+      for (const b of bar.children) b.ariaPressed = b.dataset.rating === rating;
+      why?.remove();
+      if (comment !== undefined) return el.append(node("span", "note", this.#t("thanks")));
+      if (rating !== "down") return;
+      // Made on demand: hidden text would count as the answer's.
+      const box = node("input");
+      why = node("form", "why");
+      box.maxLength = 500;
+      box.ariaLabel = box.placeholder = this.#t("whatWrong");
+      why.append(box, node("button", "", this.#t("send")));
+      why.onsubmit = (e) => { e.preventDefault(); vote("down", box.value); };
+      el.append(why);
+      box.focus();
     };
     for (const rating of ["up", "down"]) {
       const b = node("button");
       b.innerHTML = THUMB; // constant markup
       b.dataset.rating = rating;
       b.ariaLabel = this.#t(rating === "up" ? "helpful" : "notHelpful");
-      b.ariaPressed = String(feedback?.rating === rating);
+      b.ariaPressed = feedback?.rating === rating;
       b.onclick = () => vote(rating);
       bar.append(b);
     }
-    box.maxLength = 500;
-    box.ariaLabel = box.placeholder = this.#t("whatWrong");
-    why.append(box, node("button", "", this.#t("send")));
-    why.hidden = true;
-    why.onsubmit = (e) => { e.preventDefault(); vote("down", box.value); };
-    el.append(bar, why);
+    el.append(bar);
   }
 
   async #post(path, params, body) {
