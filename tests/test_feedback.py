@@ -95,18 +95,18 @@ async def test_a_bad_id_or_body_format_is_refused_before_any_lookup(
                                              content=b"rating=up"), 415)
 
 
+@pytest.mark.parametrize("status", ["streaming", "error", "cancelled"])
 async def test_only_finished_answers_can_be_rated_not_the_shoppers_own_message(
-        client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
-    session_id, _, _ = await ask(client, "hello")
+        client: httpx.AsyncClient, upstream: FakeUpstream, query: Any, status: str) -> None:
+    session_id, answer_id, _ = await ask(client, "hello")
     history = (await client.get(f"/chat/history/{session_id}")).json()["messages"]
     question = next(m["id"] for m in history if m["sender"] == "user")
     assert_canonical_error(await client.post(feedback_url(question, session_id),
                                              json={"rating": "up"}), 409)
-    upstream.queue(Reply(status=500))
-    _, failed, done = await ask(client, "and now?", session_id)
-    if done["status"] != "complete":  # the knowledge-base fallback may still complete it
-        assert_canonical_error(await client.post(feedback_url(failed, session_id),
-                                                 json={"rating": "down"}), 409)
+    query("UPDATE messages SET status = %s WHERE id = %s", status, answer_id)
+    assert_canonical_error(await client.post(feedback_url(answer_id, session_id),
+                                             json={"rating": "down"}), 409)
+    assert query("SELECT feedback_rating FROM messages WHERE id = %s", answer_id) == [(None,)]
 
 
 async def test_an_agents_message_can_be_rated_and_the_inbox_filters_thumbs_down(
