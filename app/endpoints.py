@@ -37,6 +37,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .eventlog import REPLAYED_END_ID, Event
+from .feedback import FeedbackStore
 from .identity import verify_customer_token
 from .messages import ConversationSummary, StatusConflict
 from .metrics import bearer_token_matches
@@ -315,6 +316,8 @@ async def handoff(request: Request) -> Response:
     except StatusConflict:
         summary = await desk.summary(session_id, [site.id])
     else:
+        # The question before it is one the knowledge base did not answer (a knowledge gap).
+        await FeedbackStore(services(request).pool).mark_handoff(session_id, site.id)
         await announce(request, site.id, session_id, "status", status_payload(summary))
         alerts = services(request).alerts
         if alerts is not None:

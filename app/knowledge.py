@@ -40,6 +40,9 @@ SYNC_LOCK_KEY = 0x6B6E6F776C656467
 
 ANSWERS_FILE = "answers.toml"
 SYNONYMS_FILE = "synonyms.toml"
+# Curated answers written in the back office are indexed under these paths (app/curated_answers.py);
+# they are not files, so a sync of the folder leaves them alone.
+BACK_OFFICE_PREFIX = "back-office#"
 
 
 class KnowledgeError(Exception):
@@ -286,7 +289,8 @@ async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path,
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [SYNC_LOCK_KEY])
         cursor = await conn.execute(
-            "SELECT path, content_hash FROM knowledge_articles WHERE site_id = %s", [site_id])
+            "SELECT path, content_hash FROM knowledge_articles WHERE site_id = %s"
+            " AND NOT starts_with(path, %s)", [site_id, BACK_OFFICE_PREFIX])
         indexed = {path: content_hash for path, content_hash in await cursor.fetchall()}
 
         on_disk = {article.path for article in articles}

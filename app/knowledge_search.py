@@ -33,7 +33,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
-from app.knowledge import KnowledgeChunk
+from app.knowledge import BACK_OFFICE_PREFIX, KnowledgeChunk
 from app.language import ENGLISH
 from app.places import Place, Places
 from app.shopper_words import ShopperWords
@@ -85,12 +85,25 @@ class Retrieval:
 
 def _close_curated(chunks: tuple[KnowledgeChunk, ...]) -> KnowledgeChunk | None:
     """The best chunk, when it is a curated answer that matches the question closely."""
-    best = chunks[0]
+    best, rest = chunks[0], chunks[1:]
+    if rest and _collide(best, rest[0]):
+        # A back-office answer and a file answer both close: the back office's wins (README,
+        # "Curated answers from the back office"), and must lead only what comes after them.
+        best = best if best.path.startswith(BACK_OFFICE_PREFIX) else rest[0]
+        rest = rest[1:]
     if best.kind != "answer" or best.coverage < CURATED_COVERAGE:
         return None
-    if len(chunks) > 1 and _strength(best) < CURATED_LEAD * _strength(chunks[1]):
+    if rest and _strength(best) < CURATED_LEAD * _strength(rest[0]):
         return None
     return best
+
+
+def _collide(first: KnowledgeChunk, second: KnowledgeChunk) -> bool:
+    """Two curated answers, one from the back office and one from answers.toml, both close."""
+    return (first.kind == second.kind == "answer"
+            and min(first.coverage, second.coverage) >= CURATED_COVERAGE
+            and first.path.startswith(BACK_OFFICE_PREFIX)
+            != second.path.startswith(BACK_OFFICE_PREFIX))
 
 
 def _strength(chunk: KnowledgeChunk) -> float:
@@ -113,6 +126,7 @@ class KnowledgeSearch:
         self._check_s = vocabulary_check_s
         self._checked_at = -float("inf")
         self._fingerprint: str | None = None
+        self._revision: int | None = None  # the site's knowledge_revisions row, last read
         self._words: ShopperWords | None = None
         self._typo_fixes: dict[str, str] = {}
         # Per vocabulary: how many chunks match each term (None: a stop word, not searchable).
@@ -205,8 +219,16 @@ class KnowledgeSearch:
         return terms, group_ids, idfs, group_weights
 
     async def _current_words(self, conn: AsyncConnection) -> ShopperWords:
-        if self._words is not None and time.monotonic() - self._checked_at < self._check_s:
+        # A change made in the back office (app/curated_answers.py) bumps the site's revision:
+        # one primary-key read per question, so every instance sees it on its next question.
+        cursor = await conn.execute(
+            "SELECT revision FROM knowledge_revisions WHERE site_id = %s", [self._site_id])
+        row = await cursor.fetchone()
+        revision = row[0] if row else 0
+        if (self._words is not None and revision == self._revision
+                and time.monotonic() - self._checked_at < self._check_s):
             return self._words
+        self._revision = revision
         cursor = await conn.execute(_FINGERPRINT_SQL, {"site_id": self._site_id})
         row = await cursor.fetchone()
         fingerprint = row[0] if row else ""

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
-from . import db, endpoints, endpoints_admin, endpoints_analytics, endpoints_team, openapi
+from . import db, endpoints, endpoints_admin, endpoints_analytics, endpoints_feedback, endpoints_team, openapi
 from .access import AccessMiddleware
 from .alerts import build_alerts
 from .analytics import Analytics, roll_up_every
@@ -125,6 +125,10 @@ routes = [
     Route("/chat/conversations/{session_id}/stream", endpoints.conversation_stream,
           methods=["GET"]),
     Route("/chat/conversations/{session_id}/typing", endpoints.shopper_typing, methods=["POST"]),
+    Route("/chat/messages/{message_id}/feedback", endpoints_feedback.message_feedback,
+          methods=["POST"]),
+    Route("/chat/conversations/{session_id}/csat", endpoints_feedback.conversation_csat,
+          methods=["POST"]),
     Route("/admin/api/stream", endpoints_admin.site_stream, methods=["GET"]),
     Route("/admin/api/conversations/{conversation_id}/stream",
           endpoints_admin.conversation_stream, methods=["GET"]),
@@ -133,6 +137,16 @@ routes = [
     Route("/admin/login", endpoints_admin.login, methods=["POST"]),
     Route("/admin/logout", endpoints_admin.logout, methods=["POST"]),
     Route("/admin/logout-everywhere", endpoints_admin.logout_everywhere, methods=["POST"]),
+    Route("/admin/gaps", endpoints_feedback.gaps_page, methods=["GET"]),
+    Route("/admin/assets/gaps.js", endpoints_feedback.gaps_script, methods=["GET"]),
+    Route("/admin/api/gaps", endpoints_feedback.knowledge_gaps, methods=["GET"]),
+    Route("/admin/api/curated-answers", endpoints_feedback.curated_answers, methods=["GET"]),
+    Route("/admin/api/curated-answers", endpoints_feedback.publish_curated_answer,
+          methods=["POST"]),
+    Route("/admin/api/curated-answers/{answer_id}", endpoints_feedback.edit_curated_answer,
+          methods=["PUT"]),
+    Route("/admin/api/curated-answers/{answer_id}", endpoints_feedback.withdraw_curated_answer,
+          methods=["DELETE"]),
     Route("/admin/assets/{name}", endpoints_admin.admin_asset, methods=["GET"]),
     Route("/admin/api/me", endpoints_admin.me, methods=["GET"]),
     Route("/admin/analytics", endpoints_analytics.analytics_page, methods=["GET"]),

@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import db
 from .errors import NotFoundError, StoreUnavailable
+from .feedback import feedback_json
 from .identity import Customer
 from .sites import DEFAULT_SITE_ID
 
@@ -46,7 +47,8 @@ _TRANSACTION_OPEN_SQL = ("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND xact
 
 
 MESSAGE_SQL = ("SELECT m.id, m.sender, m.text, m.status, m.created_at, m.seq, m.sources,"
-               " m.fallback, a.display_name AS agent_name, m.tools, m.offer_person"
+               " m.fallback, a.display_name AS agent_name, m.tools, m.offer_person,"
+               " m.feedback_rating, m.feedback_comment"
                " FROM messages m LEFT JOIN staff a ON a.id = m.staff_id")
 
 
@@ -63,14 +65,17 @@ class Message:
     agent_name: str | None = None  # sender 'agent': who wrote it
     tools: list[dict[str, Any]] = field(default_factory=list)
     offer_person: bool = False  # app/person_offer.py
+    feedback_rating: str | None = None  # the shopper's vote (app/feedback.py)
+    feedback_comment: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         # sources, fallback and the tool events as the live answer had them, so a reload shows
-        # what it did (order cards included).
+        # what it did (order cards included), and the shopper's vote, so it shows as pressed.
         body = {"id": str(self.id), "sender": self.sender, "text": self.text,
                 "status": self.status, "createdAt": self.created_at.isoformat(),
                 "sources": self.sources, "fallback": self.fallback, "tools": self.tools,
-                "offerPerson": self.offer_person}
+                "offerPerson": self.offer_person,
+                "feedback": feedback_json(self.feedback_rating, self.feedback_comment)}
         if self.sender == "agent":
             body["agentName"] = self.agent_name
         return body
@@ -326,7 +331,7 @@ class MessageStore:
 
 # -- the back office: conversations as staff see them -----------------------------------------
 
-INBOX_FILTERS = ("all", "waiting", "mine", "unresolved", "resolved")
+INBOX_FILTERS = ("all", "waiting", "mine", "unresolved", "resolved", "disliked")
 # The statuses an action moves a conversation from, and to; app/endpoints_admin.py names them.
 TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "takeover": (("bot", "waiting", "resolved"), "human"),
@@ -416,7 +421,10 @@ class ConversationDesk:
                 " WHEN 'waiting' THEN c.status = 'waiting'"
                 " WHEN 'mine' THEN c.status = 'human' AND c.agent_id = %(staff)s"
                 " WHEN 'unresolved' THEN c.status <> 'resolved'"
-                " WHEN 'resolved' THEN c.status = 'resolved' ELSE true END"
+                " WHEN 'resolved' THEN c.status = 'resolved'"
+                # A shopper gave an answer in it a thumbs down (sql/0010).
+                " WHEN 'disliked' THEN EXISTS (SELECT 1 FROM messages d WHERE d.site_id = c.site_id"
+                " AND d.conversation_id = c.id AND d.feedback_rating = 'down') ELSE true END"
                 " AND (%(after_at)s::timestamptz IS NULL"
                 " OR (c.last_activity_at, c.id) < (%(after_at)s, %(after_id)s::uuid))"
                 " AND (%(search)s::text IS NULL OR lower(c.customer_email) = lower(%(search)s)"

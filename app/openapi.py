@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from .answer_events import ORDER_SUMMARY_SCHEMA, PAYLOAD_SCHEMAS, UUID_SCHEMA
 from .endpoints import HISTORY_PAGE_MAX
+from .feedback import MAX_COMMENT_CHARS
 from .services import services
 
 UUID = UUID_SCHEMA
@@ -118,6 +119,7 @@ _ERROR_RESPONSE_NAMES = {
     401: "InvalidCustomerToken",
     403: "OriginNotAllowed",
     404: "NotFound",
+    409: "Conflict",
     413: "PayloadTooLarge",
     415: "UnsupportedMediaType",
     429: "RateLimited",
@@ -376,6 +378,51 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     },
                 },
             },
+            "/chat/messages/{messageId}/feedback": {
+                "post": {
+                    "operationId": "messageFeedback",
+                    "summary": "A thumbs up or down on a finished answer, with an optional comment.",
+                    "description": "One vote per answer: voting again replaces it (the history"
+                                   " shows the latest as `feedback`). Only a finished answer can"
+                                   " be rated: the assistant's (status `complete`) or an agent's;"
+                                   " a shopper's own message, or an answer still streaming or"
+                                   " that failed, is a 409. Another session's message is a 404.",
+                    "parameters": [
+                        _message_path("The answer's id (`messageId` of the `meta` event, or a"
+                                      " message's `id` in the history)."),
+                        _session_query("The session the answer belongs to."),
+                        _site_query(),
+                    ],
+                    "requestBody": {"required": True, "content": _json("FeedbackRequest")},
+                    "responses": {
+                        "200": {"description": "The vote as kept.",
+                                "content": _json("Feedback")},
+                        **_error_responses(409, 413, 415),
+                        **chat_reads,
+                    },
+                },
+            },
+            "/chat/conversations/{sessionId}/csat": {
+                "post": {
+                    "operationId": "conversationCsat",
+                    "summary": "\"Did we solve your problem?\": the shopper's yes or no, once the"
+                               " conversation is resolved.",
+                    "description": "The widget asks it once, after a person resolved the"
+                                   " conversation. Answering again replaces the answer. A"
+                                   " conversation that is not resolved is a 409.",
+                    "parameters": [
+                        {"name": "sessionId", "in": "path", "required": True, "schema": UUID,
+                         "description": "The conversation's id."},
+                        _site_query(),
+                    ],
+                    "requestBody": {"required": True, "content": _json("CsatRequest")},
+                    "responses": {
+                        "200": {"description": "The answer as kept.", "content": _json("Csat")},
+                        **_error_responses(409, 413, 415),
+                        **chat_reads,
+                    },
+                },
+            },
             "/chat/conversations/{sessionId}/typing": {
                 "post": {
                     "operationId": "shopperTyping",
@@ -518,7 +565,41 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         "offerPerson": {"type": "boolean",
                                         "description": "As in the `done` event: the answer"
                                                        " offers a person; false for others."},
+                        "feedback": {
+                            "oneOf": [{"type": "null"}, {
+                                "type": "object", "required": ["rating", "comment"],
+                                "additionalProperties": False,
+                                "properties": {"rating": {"enum": ["up", "down"]},
+                                               "comment": {"type": ["string", "null"]}}}],
+                            "description": "The shopper's vote on this answer (POST"
+                                           " /chat/messages/{messageId}/feedback); null: none."},
                     },
+                },
+                "FeedbackRequest": {
+                    "type": "object", "required": ["rating"], "additionalProperties": False,
+                    "properties": {
+                        "rating": {"enum": ["up", "down"]},
+                        "comment": {"type": ["string", "null"], "maxLength": MAX_COMMENT_CHARS,
+                                    "pattern": "^[^\\x00]*$",
+                                    "description": "What was missing, in a line (optional,"
+                                                   f" at most {MAX_COMMENT_CHARS} characters,"
+                                                   " no NUL); white space is collapsed."},
+                    },
+                },
+                "Feedback": {
+                    "type": "object", "required": ["messageId", "rating", "comment"],
+                    "additionalProperties": False,
+                    "properties": {"messageId": UUID, "rating": {"enum": ["up", "down"]},
+                                   "comment": {"type": ["string", "null"]}},
+                },
+                "CsatRequest": {
+                    "type": "object", "required": ["solved"], "additionalProperties": False,
+                    "properties": {"solved": {"type": "boolean"}},
+                },
+                "Csat": {
+                    "type": "object", "required": ["sessionId", "csat"],
+                    "additionalProperties": False,
+                    "properties": {"sessionId": UUID, "csat": {"enum": ["yes", "no"]}},
                 },
                 "Handoff": {
                     "type": "object", "required": ["sessionId", "status", "supportHours"],
@@ -648,6 +729,10 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 "NotFound": _error_response(
                     "No such site, session or message, or it belongs to another session or site"
                     " (the two are answered alike)."),
+                "Conflict": _error_response(
+                    "The message or conversation is not in a state that allows this: only a"
+                    " finished answer can be rated, and only a resolved conversation asked"
+                    " whether it solved the problem."),
                 "PayloadTooLarge": _error_response("The body is larger than 100 KB."),
                 "UnsupportedMediaType": _error_response(
                     "The body is not sent as `application/json`."),

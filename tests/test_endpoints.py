@@ -130,7 +130,7 @@ async def test_history_pages_oldest_first_within_a_page(client: httpx.AsyncClien
     texts = [m["text"] for m in page["messages"]]
     assert texts == ["m1", "Hello! How can I help?", "m2", "Hello! How can I help?"]
     assert set(page["messages"][0]) == {"id", "sender", "text", "status", "createdAt", "sources",
-                                        "fallback", "tools", "offerPerson"}
+                                        "fallback", "tools", "offerPerson", "feedback"}
     older = (await client.get(f"/chat/history/{session_id}",
                               params={"limit": 4, "before": page["messages"][0]["id"]})).json()
     assert [m["text"] for m in older["messages"]] == ["m0", "Hello! How can I help?"]

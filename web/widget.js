@@ -74,12 +74,15 @@ textarea:focus-visible{outline-offset:0}
 .send{background:var(--sc-accent);color:var(--sc-on-accent)}
 .send:disabled{opacity:.45;cursor:default}
 .stop{background:var(--sc-ai);color:var(--sc-fg);border:1px solid var(--sc-line)}
+.rate{display:flex;flex-wrap:wrap;align-items:center;gap:6px;margin-top:6px}.rate button{border:1px solid var(--sc-line);border-radius:99px;background:var(--sc-bg);color:inherit;padding:2px 10px}
+.rate svg{width:16px;display:block}.rate [data-rating=down] svg{rotate:180deg}.rate [aria-pressed=true]{background:var(--sc-accent);color:var(--sc-on-accent)}form.why{padding:4px 0 0;border:0;gap:4px}.why input{flex:1;min-width:0;font:inherit;padding:3px 8px}
 .sr-only{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 @media (max-width:480px){.panel{position:fixed;inset:0;width:100%;height:100%;border:0;border-radius:0}
 :host([open]) .launcher{display:none}}`;
 
 const svg = (body, attrs) => `<svg viewBox="0 0 24 24" aria-hidden="true" ${attrs}>${body}</svg>`;
 const STROKE = 'fill="none" stroke="currentColor" stroke-width="2.2" stroke-linecap="round"';
+const THUMB = `<svg viewBox="0 0 24 24" ${STROKE}><path d="M7 11v10H3V11zm0 0 4-8a3 3 0 0 1 3 3v4h5a2 2 0 0 1 2 2.4l-1.5 6.8A2 2 0 0 1 17.5 21H7"/></svg>`;
 
 // Constant markup only: every changing string is set later with textContent.
 // data-t names the catalogue key for an element's text, or "attribute=key" pairs for its attributes.
@@ -313,6 +316,8 @@ const EN = {
   onlineNow: "We're online now", opensAt: "A person can reply from {time} your time",
   asked: "We've asked a person to join.", hoursAre: "Support hours: {hours}.", joined: "{name} joined the conversation.",
   aPerson: "A person", agent: "Agent", agentTyping: "{name} is typing", back: "The assistant is back.",
+  helpful: "Helpful", notHelpful: "Not helpful", whatWrong: "What was missing? (optional)",
+  thanks: "Thanks for your feedback.", solved: "Did we solve your problem?", yes: "Yes, thanks", no: "Not really",
 };
 // Catalogues served at /locales/<language>.json; any other language reads English.
 const SHIPPED = ["de", "es", "fr", "hi"];
@@ -573,6 +578,7 @@ class SupportChat extends HTMLElement {
       const { status, agentName } = parseJson(e.data) || {};
       if (status === "human") this.#say(this.#t("joined", { name: agentName || this.#t("aPerson") }));
       if (status === "bot" || status === "resolved") { this.#say(this.#t("back")); this.#follow(false); }
+      if (status === "resolved") this.#askSolved();
     });
     source.addEventListener("typing", (e) => {
       const { sender, agentName } = parseJson(e.data) || {};
@@ -771,26 +777,87 @@ class SupportChat extends HTMLElement {
     fetch(url, { method: "POST" }).catch(() => {});
   }
 
-  #addMessage(sender, text, { id, status, sources, agentName, tools } = {}, before = null) {
+  #addMessage(sender, text, { id, status, sources, agentName, tools, feedback } = {}, before = null) {
     const el = node("div", "msg");
     el.dir = "auto"; // Arabic or Hebrew reads right to left, whatever the page's direction
     el.setAttribute("data-chat-message", "");
     el.dataset.sender = sender;
     if (id) el.dataset.messageId = id;
     if (sender === "agent") el.append(node("div", "who", agentName || this.#t("agent")));
-    if (sender === "ai") this.#fillAnswer(el, text, status || "complete", Array.isArray(sources) ? sources : [], Array.isArray(tools) ? tools : []);
+    if (sender === "ai") this.#fillAnswer(el, text, status || "complete", Array.isArray(sources) ? sources : [], Array.isArray(tools) ? tools : [], feedback);
     else el.append(...bidiSafe(text));
+    if (sender === "agent") this.#rateBar(el, feedback);
     this.#el.log.insertBefore(el, before);
     return el;
   }
 
-  #fillAnswer(el, text, status, sources = [], tools = []) {
+  #fillAnswer(el, text, status, sources = [], tools = [], feedback = null) {
     el.dataset.status = status;
     el.replaceChildren(...orderCards(tools), renderMarkdown(text));
     for (const title of new Set(sources.map((s) => s && s.title).filter(Boolean))) {
       el.append(node("div", "note", this.#t("from", { title })));
     }
     if (NOTES[status]) el.append(node("div", "note", this.#t(NOTES[status])));
+    if (status === "complete") this.#rateBar(el, feedback);
+  }
+
+  // Under a finished answer (the assistant's or a person's): one vote, changeable; a thumbs
+  // down may say in a line what was missing.
+  #rateBar(el, feedback) {
+    const id = el.dataset.messageId;
+    if (!id) return;
+    const bar = node("div", "rate");
+    let why;
+    const vote = async (rating, comment) => {
+      if (!await this.#post(`/chat/messages/${id}/feedback`, { sessionId: this.#sessionId }, { rating, comment })) return;
+      for (const b of bar.children) b.ariaPressed = b.dataset.rating === rating;
+      why?.remove();
+      if (comment !== undefined) return el.append(node("span", "note", this.#t("thanks")));
+      if (rating !== "down") return;
+      // Made on demand: hidden text would count as the answer's.
+      const box = node("input");
+      why = node("form", "why");
+      box.maxLength = 500;
+      box.ariaLabel = box.placeholder = this.#t("whatWrong");
+      why.append(box, node("button", "", this.#t("send")));
+      why.onsubmit = (e) => { e.preventDefault(); vote("down", box.value); };
+      el.append(why);
+      box.focus();
+    };
+    for (const rating of ["up", "down"]) {
+      const b = node("button");
+      b.innerHTML = THUMB; // constant markup
+      b.dataset.rating = rating;
+      b.ariaLabel = this.#t(rating === "up" ? "helpful" : "notHelpful");
+      b.ariaPressed = feedback?.rating === rating;
+      b.onclick = () => vote(rating);
+      bar.append(b);
+    }
+    el.append(bar);
+  }
+
+  async #post(path, params, body) {
+    const response = await fetch(this.#url(path, params), { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }).catch(() => null);
+    if (!response || !response.ok) return response ? this.#httpNotice(response) : this.#networkNotice();
+    return true;
+  }
+
+  // Once a person resolved the conversation: "Did we solve your problem?", asked once.
+  #askSolved() {
+    const key = `${this.#storageKey()}:csat:${this.#sessionId}`;
+    if (!this.#sessionId || this.#root.querySelector(".csat") || storage()?.getItem(key)) return;
+    storage()?.setItem(key, "1");
+    const box = node("div", "rate csat", this.#t("solved"));
+    box.role = "group";
+    for (const answer of ["yes", "no"]) {
+      const b = node("button", "", this.#t(answer));
+      b.onclick = async () => {
+        if (await this.#post(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/csat`, {}, { solved: answer === "yes" })) box.replaceChildren(this.#t("thanks"));
+      };
+      box.append(b);
+    }
+    this.#el.log.append(box);
+    this.#scrollToBottom();
   }
 
   // Tokens arrive faster than frames: draw at most once per frame, whatever came meanwhile.
@@ -886,6 +953,7 @@ class SupportChat extends HTMLElement {
       this.#follow(page.status === "waiting" || page.status === "human");
       const last = messages[messages.length - 1];
       if (last?.offerPerson && page.status === "bot") this.#offer(log.querySelector(`[data-message-id="${CSS.escape(last.id)}"]`));
+      if (page.status === "resolved") this.#askSolved();
       this.#scrollToBottom(true);
       this.#fillIfShort();
       if (last && last.sender === "ai" && last.status === "streaming" && !this.#turn) this.#pickUp(last);

@@ -117,6 +117,9 @@
       const item = el("li", { "data-sender": m.sender });
       item.append(el("span", { class: "who" }, m.sender === "agent" ? m.agentName || "Agent" : who[m.sender] || m.sender),
         document.createTextNode(m.text));
+      // The shopper's vote on an answer (app/feedback.py), with its comment.
+      if (m.feedback) item.append(el("span", { class: "rating", "data-rating": m.feedback.rating },
+        `${m.feedback.rating === "up" ? "Thumbs up" : "Thumbs down"}${m.feedback.comment ? `: “${m.feedback.comment}”` : ""}`));
       return item;
     }));
     const transcript = $("transcript");

@@ -1,0 +1,132 @@
+// Knowledge gaps: the questions the knowledge base could not answer, grouped, and the curated
+// answers an owner writes from them. Plain DOM, no build step; all text goes in through textContent.
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const state = { me: null, site: null, days: 30, gap: null };
+  const REASONS = { not_found: "not found", fallback: "fallback", thumbs_down: "thumbs down", handoff: "handed to a person" };
+
+  async function api(path, options = {}) {
+    const headers = { ...(options.headers || {}) };
+    if (options.method && options.method !== "GET") headers["X-CSRF-Token"] = state.me ? state.me.csrfToken : "";
+    if (options.body) headers["Content-Type"] = "application/json";
+    const response = await fetch(path, { credentials: "same-origin", ...options, headers });
+    if (response.status === 401) { location.href = "/admin/login"; throw new Error("signed out"); }
+    if (response.status === 204) return {};
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error((body.error && body.error.message) || "The request failed.");
+    return body;
+  }
+
+  function el(tag, attrs = {}, text = "") {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text) node.textContent = text;
+    return node;
+  }
+
+  const when = (iso) => new Date(iso).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+  const isOwner = () => state.me && state.me.role === "owner";
+
+  function gapCard(gap) {
+    const item = el("li", { "data-gap": gap.key });
+    item.append(el("h3", {}, gap.articleTitle ? `Matched “${gap.articleTitle}”` : gap.label));
+    const meta = el("div", { class: "meta" });
+    meta.append(el("span", {}, `${gap.count} ${gap.count === 1 ? "question" : "questions"}`),
+      el("time", { datetime: gap.latestAt }, `latest ${when(gap.latestAt)}`));
+    for (const [reason, count] of Object.entries(gap.reasons)) {
+      if (count) meta.append(el("span", { class: "reason", "data-reason": reason }, `${REASONS[reason] || reason} ${count}`));
+    }
+    const questions = el("ul");
+    questions.append(...gap.questions.map((q) => el("li", {}, q)));
+    item.append(meta, questions);
+    for (const comment of gap.comments) item.append(el("p", { class: "hint" }, `“${comment}”`));
+    const links = el("div", { class: "form-actions" });
+    if (isOwner()) {
+      const write = el("button", { type: "button" }, "Write an answer");
+      write.addEventListener("click", () => edit(gap));
+      links.append(write);
+    }
+    if (gap.conversationIds[0]) links.append(el("a", { href: `/admin#${gap.conversationIds[0]}` }, "Open the latest conversation"));
+    item.append(links);
+    return item;
+  }
+
+  function answerCard(answer) {
+    const item = el("li", { "data-curated": String(answer.id) });
+    item.append(el("h3", {}, answer.title), el("p", {}, answer.answer));
+    const meta = el("div", { class: "meta" });
+    meta.append(el("span", {}, `Asked as: ${answer.questions.join(" · ")}`),
+      el("time", { datetime: answer.updatedAt }, `updated ${when(answer.updatedAt)}`));
+    item.append(meta);
+    if (isOwner()) {
+      const withdraw = el("button", { type: "button" }, "Withdraw");
+      withdraw.setAttribute("aria-label", `Withdraw “${answer.title}”`);
+      withdraw.addEventListener("click", async () => {
+        try {
+          await api(`/admin/api/curated-answers/${answer.id}`, { method: "DELETE" });
+          say(`Withdrawn: ${answer.title}`);
+        } catch (error) { say(error.message); }
+        load();
+      });
+      item.append(withdraw);
+    }
+    return item;
+  }
+
+  // The editor opens prefilled from the group: its questions as the examples shoppers used.
+  function edit(gap) {
+    state.gap = gap;
+    $("editor").hidden = false;
+    $("title").value = gap.articleTitle || gap.label;
+    $("questions").value = gap.questions.join("\n");
+    $("answer").value = "";
+    $("editor-error").hidden = true;
+    $("answer").focus();
+  }
+
+  async function publish(event) {
+    event.preventDefault();
+    const questions = $("questions").value.split("\n").map((q) => q.trim()).filter(Boolean);
+    try {
+      await api("/admin/api/curated-answers", {
+        method: "POST",
+        body: JSON.stringify({ siteId: state.site, title: $("title").value, questions, answer: $("answer").value,
+          gapKey: state.gap ? state.gap.key : null }),
+      });
+      $("editor").hidden = true;
+      say(`Published: shoppers asking “${questions[0]}” get this answer now.`);
+      state.gap = null;
+      load();
+    } catch (error) {
+      $("editor-error").textContent = error.message;
+      $("editor-error").hidden = false;
+    }
+  }
+
+  function say(text) { $("status").textContent = text; }
+
+  async function load() {
+    const query = `site=${state.site}`;
+    const [{ gaps }, { answers }] = await Promise.all([
+      api(`/admin/api/gaps?${query}&days=${state.days}`), api(`/admin/api/curated-answers?${query}`)]);
+    $("gaps").replaceChildren(...gaps.map(gapCard));
+    $("gaps-empty").hidden = gaps.length > 0;
+    $("published").replaceChildren(...answers.map(answerCard));
+    $("published-empty").hidden = answers.length > 0;
+  }
+
+  async function start() {
+    state.me = await api("/admin/api/me");
+    const sites = $("site");
+    sites.replaceChildren(...state.me.sites.map((s) => el("option", { value: String(s.id) }, s.name)));
+    state.site = state.me.sites.length ? state.me.sites[0].id : null;
+    sites.addEventListener("change", () => { state.site = Number(sites.value); $("editor").hidden = true; load(); });
+    $("days").addEventListener("change", () => { state.days = Number($("days").value); load(); });
+    $("curated").addEventListener("submit", publish);
+    $("cancel").addEventListener("click", () => { $("editor").hidden = true; state.gap = null; });
+    if (state.site !== null) await load();
+  }
+
+  start().catch((error) => say(error.message));
+})();
