@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -70,6 +70,12 @@ class Retrieval:
     places: tuple[Place, ...] = ()  # place names in the question, with their shipping region
     curated: KnowledgeChunk | None = None  # a curated answer that matches closely
     terms: tuple[tuple[str, ...], ...] = ()  # the widened question: one group per thing asked
+    weights: tuple[float, ...] = ()  # what each group of `terms` weighs (its rarity)
+    place_groups: frozenset[int] = frozenset()  # the groups of `terms` that name a place
+    # Word -> its stem as the full-text index has it ("deliveries" -> "deliveri"), for the
+    # words of the chunks and of the question, so that an answer's sentences are picked by
+    # the same stems the search matched; a word missing here is stemmed roughly.
+    stems: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def found(self) -> bool:
@@ -108,6 +114,7 @@ class KnowledgeSearch:
         self._typo_fixes: dict[str, str] = {}
         # Per vocabulary: how many chunks match each term (None: a stop word, not searchable).
         self._term_chunks: dict[str, int | None] = {}
+        self._stems: dict[str, str] = {}
         self._total_chunks = 0
 
     @property
@@ -130,15 +137,20 @@ class KnowledgeSearch:
         nothing = Retrieval(question, (), widened.places, None, widened.groups)
         if not widened.groups:
             return nothing
-        weighted = await self._weigh(conn, widened.groups)
+        weighted = await self._weigh(conn, widened.groups, widened.place_groups)
         if weighted is None:
             return nothing
         terms, group_ids, idfs, group_weights = weighted
+        # A place says where, not what: the coverage counts the rest of the question, so "the
+        # capital of peru" is not a shipping question; the ranking counts the place too.
+        topic_weights = [0.0 if number in widened.place_groups else weight
+                         for number, weight in enumerate(group_weights)]
         broad = [(self._term_chunks[term] or 0) > BROAD_TERM_CHUNKS for term in terms]
         async with conn.cursor(row_factory=class_row(KnowledgeChunk)) as cursor:
             await cursor.execute(_SEARCH_SQL, {
                 "terms": terms, "group_ids": group_ids, "idfs": idfs, "broad": broad,
-                "group_weights": group_weights, "question_idf": sum(group_weights),
+                "group_weights": group_weights, "topic_weights": topic_weights,
+                "question_idf": sum(topic_weights),
                 "weights": RANK_WEIGHTS, "normalization": RANK_NORMALIZATION,
                 "threshold": RELEVANCE_THRESHOLD, "limit": self._limit,
                 "site_id": self._site_id,
@@ -148,9 +160,12 @@ class KnowledgeSearch:
             return nothing
         # Once the best chunk is on topic, the others only need to be relevant.
         chunks = tuple(rows)
-        return Retrieval(question, chunks, widened.places, _close_curated(chunks), widened.groups)
+        await self._stem_words(conn, [w for g in widened.groups for t in g for w in t.split()])
+        return Retrieval(question, chunks, widened.places, _close_curated(chunks), widened.groups,
+                         tuple(group_weights), widened.place_groups, self._stems)
 
-    async def _weigh(self, conn: AsyncConnection, groups: tuple[tuple[str, ...], ...]
+    async def _weigh(self, conn: AsyncConnection, groups: tuple[tuple[str, ...], ...],
+                     place_groups: frozenset[int] = frozenset(),
                      ) -> tuple[list[str], list[int], list[float], list[float]] | None:
         """Each searchable term with its group and its rarity among the chunks (BM25's idf),
         and what each group weighs; None when the question is mostly words the articles never
@@ -186,7 +201,8 @@ class KnowledgeSearch:
             weighed = [count for term, count in searchable.items()
                        if not any(char.isdigit() for char in term)]
             known = [count for count in weighed if count > 0]
-            group_weights.append(idf(min(known or weighed)) if weighed else 0.0)
+            weight = idf(min(known or weighed)) if weighed else 0.0
+            group_weights.append(weight)
             weighed_groups += bool(weighed)
             known_groups += bool(known)
         if not terms or not weighed_groups or known_groups / weighed_groups < MIN_KNOWN_SHARE:
@@ -209,6 +225,8 @@ class KnowledgeSearch:
             self._fingerprint = fingerprint
             self._typo_fixes = {}
             self._term_chunks = {}
+            cursor = await conn.execute(_STEMS_SQL, {"site_id": self._site_id})
+            self._stems = {word: stem for word, stem in await cursor.fetchall() if stem}
         return self._words
 
     async def _load_words(self, conn: AsyncConnection) -> ShopperWords:
@@ -223,6 +241,15 @@ class KnowledgeSearch:
         regions: dict[str, Any] = dict(await cursor.fetchall())
         return ShopperWords(vocabulary, synonyms,
                             Places(self._profile.shipping_regions, regions))
+
+    async def _stem_words(self, conn: AsyncConnection, words: list[str]) -> None:
+        """Add the stems of the question's words the index does not hold ("arrives")."""
+        unseen = list(dict.fromkeys(w.strip('"').lower() for w in words
+                                    if w.strip('"').lower() not in self._stems))
+        if unseen:
+            cursor = await conn.execute(_STEM_WORDS_SQL, {"words": unseen})
+            for word, stem in await cursor.fetchall():
+                self._stems[word] = stem or word
 
     async def _fix_typos(self, conn: AsyncConnection, words: ShopperWords,
                          candidates: list[str]) -> Mapping[str, str]:
@@ -243,6 +270,14 @@ SELECT md5(coalesce((SELECT string_agg(path || ':' || content_hash, ',' ORDER BY
            || coalesce((SELECT string_agg(region || '=' || array_to_string(country_codes, ' '),
                                           ',' ORDER BY region)
                         FROM knowledge_regions WHERE site_id = %(site_id)s), ''))
+"""
+
+# The stems the index's English configuration gives each word (stop words have none).
+_STEMS_SQL = """
+SELECT word, (ts_lexize('english_stem', word))[1] FROM knowledge_words WHERE site_id = %(site_id)s
+"""
+_STEM_WORDS_SQL = """
+SELECT word, (ts_lexize('english_stem', word))[1] FROM unnest(%(words)s::text[]) AS word
 """
 
 # `%%` is pg_trgm's similarity operator (its default threshold, 0.3, lets the index find the
@@ -305,12 +340,14 @@ chunk_group AS (
 ),
 scored_chunk AS (
     SELECT chunk_group.id, chunk_group.article_path, chunk_group.position,
-           sum(chunk_group.rank) AS score, sum(group_weight.idf) AS matched_idf
+           sum(chunk_group.rank) AS score, sum(group_weight.idf) AS matched_idf,
+           sum(group_weight.topic_idf) AS matched_topic_idf
     FROM chunk_group
-    JOIN unnest(%(group_weights)s::float8[]) WITH ORDINALITY AS group_weight(idf, number)
+    JOIN unnest(%(group_weights)s::float8[], %(topic_weights)s::float8[])
+         WITH ORDINALITY AS group_weight(idf, topic_idf, number)
       ON group_weight.number = chunk_group.group_id + 1
     GROUP BY chunk_group.id, chunk_group.article_path, chunk_group.position
-    HAVING sum(chunk_group.rank) >= %(threshold)s
+    HAVING sum(chunk_group.rank) >= %(threshold)s AND sum(group_weight.topic_idf) > 0
     -- A chunk that matches one common word very well ("card" in "Gift cards") must not beat
     -- one that matches most of what is asked: the score counts as much as the coverage allows.
     ORDER BY sum(chunk_group.rank) * sum(group_weight.idf) DESC, chunk_group.article_path,
@@ -320,7 +357,7 @@ scored_chunk AS (
 SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
        chunk.article_path AS path, scored_chunk.score::float8 AS score, chunk.kind, chunk.link,
        linked.title AS link_title,
-       coalesce(scored_chunk.matched_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
+       coalesce(scored_chunk.matched_topic_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
            AS coverage
 FROM scored_chunk
 JOIN knowledge_chunks AS chunk USING (id)

@@ -204,6 +204,7 @@ OUTSIDE_REGIONS_TERMS = ("other", "countries")
 class WidenedQuestion:
     groups: tuple[tuple[str, ...], ...]
     places: tuple[Place, ...]
+    place_groups: frozenset[int] = frozenset()  # the indices of the groups that are a place
 
 
 class ShopperWords:
@@ -246,12 +247,14 @@ class ShopperWords:
         """
         words = question_words(question)
         fixed = [typo_fixes.get(word, word) for word in words]
-        places = self._places.find(fixed, question, FILLER_WORDS)
+        # A word the articles use ("sale", "store") is that word, not a town of that name.
+        places = self._places.find(fixed, question, FILLER_WORDS | self.vocabulary)
         place_at = {start + offset: place for start, length, place in places
                     for offset in range(length)}
         phrase_at = self._find_phrases(fixed, exclude=set(place_at))
 
         groups: list[tuple[str, ...]] = []
+        place_groups: set[tuple[str, ...]] = set()
         for index, word in enumerate(words):
             if index in place_at:
                 start = min(i for i, p in place_at.items() if p is place_at[index])
@@ -262,6 +265,7 @@ class ShopperWords:
                               else list(OUTSIDE_REGIONS_TERMS))
                     groups.append(tuple(dict.fromkeys(
                         [*place.name.split(), *place.country.lower().split(), *region])))
+                    place_groups.add(groups[-1])
                 continue
             phrase = phrase_at.get(index)
             if phrase is not None and " " in phrase:
@@ -273,8 +277,10 @@ class ShopperWords:
                 continue
             group = [word, fixed[index], *(self._mapped_terms(phrase) if phrase else ())]
             groups.append(tuple(dict.fromkeys(group)))
-        return WidenedQuestion(tuple(dict.fromkeys(groups)),
-                               tuple(place for _, _, place in places))
+        unique = tuple(dict.fromkeys(groups))
+        return WidenedQuestion(unique, tuple(place for _, _, place in places),
+                               frozenset(n for n, group in enumerate(unique)
+                                         if group in place_groups))
 
     def _find_phrases(self, words: list[str], exclude: set[int]) -> dict[int, str]:
         """Which shopper phrase each word index belongs to; longest phrases win; words like
