@@ -19,6 +19,7 @@ question:
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ class Retrieval:
     # words of the chunks and of the question, so that an answer's sentences are picked by
     # the same stems the search matched; a word missing here is stemmed roughly.
     stems: Mapping[str, str] = field(default_factory=dict)
+    # A question of several parts: what each part found alone, in the shopper's order.
+    parts: tuple[Retrieval, ...] = ()
 
     @property
     def found(self) -> bool:
@@ -95,6 +98,19 @@ def _close_curated(chunks: tuple[KnowledgeChunk, ...]) -> KnowledgeChunk | None:
 def _strength(chunk: KnowledgeChunk) -> float:
     """What the results are ordered by (the score as far as the coverage allows)."""
     return chunk.score * chunk.coverage
+
+
+# Where one question asks a second thing: "..., and how long", "... also do you ...", "...? how".
+_SECOND_QUESTION = re.compile(
+    r"(?:[?,;]\s*|\s+)(?:and|also|plus|&)\s+(?=(?:also\s+)?(?:how|what|whats|when|where|which|who"
+    r"|can|could|do|does|is|are|will|would|should|did|i|my)\b)|\?\s+(?=\w)", re.IGNORECASE)
+MIN_PART_WORDS = 3
+
+
+def question_parts(question: str) -> list[str]:
+    """The questions in one message, when it asks several (each of a few words at least)."""
+    parts = [part.strip() for part in _SECOND_QUESTION.split(question)]
+    return [part for part in parts if len(part.split()) >= MIN_PART_WORDS]
 
 
 class KnowledgeSearch:
@@ -126,6 +142,9 @@ class KnowledgeSearch:
         Europe?") is searched again together with `previous_question`."""
         async with self._pool.connection() as conn:
             retrieval = await self._search(conn, question)
+            parts = question_parts(question)
+            if len(parts) > 1:
+                retrieval = await self._search_parts(conn, retrieval, parts)
             if not retrieval.found and previous_question:
                 retrieval = await self._search(conn, f"{previous_question} {question}")
         return retrieval
@@ -163,6 +182,25 @@ class KnowledgeSearch:
         await self._stem_words(conn, [w for g in widened.groups for t in g for w in t.split()])
         return Retrieval(question, chunks, widened.places, _close_curated(chunks), widened.groups,
                          tuple(group_weights), widened.place_groups, self._stems)
+
+    async def _search_parts(self, conn: AsyncConnection, whole: Retrieval,
+                            parts: list[str]) -> Retrieval:
+        """A question of several parts ("can I return it and how long does the refund take"):
+        the best chunk of each part first, in the shopper's order, then the whole question's
+        others; no curated answer, since one entry answers one part."""
+        chunks: list[KnowledgeChunk] = []
+        found_parts: list[Retrieval] = []
+        for part in parts:
+            found = await self._search(conn, part)
+            if found.found and found.chunks[0] not in chunks:
+                chunks.append(found.chunks[0])
+                found_parts.append(found)
+        if len(chunks) < 2:
+            return whole
+        chunks += [chunk for chunk in whole.chunks if chunk not in chunks]
+        return Retrieval(whole.question, tuple(chunks[: max(self._limit, len(parts))]),
+                         whole.places, None, whole.terms, whole.weights, whole.place_groups,
+                         self._stems, tuple(found_parts))
 
     async def _weigh(self, conn: AsyncConnection, groups: tuple[tuple[str, ...], ...],
                      place_groups: frozenset[int] = frozenset(),
@@ -258,7 +296,7 @@ class KnowledgeSearch:
             cursor = await conn.execute(_TYPO_SQL, {"words": unseen, "site_id": self._site_id,
                                                     "similarity": TYPO_SIMILARITY})
             for word, fix in await cursor.fetchall():
-                self._typo_fixes[word] = fix or word
+                self._typo_fixes[word] = fix or words.one_slip_away(word) or word
         return {word: self._typo_fixes[word] for word in candidates}
 
 

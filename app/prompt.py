@@ -159,7 +159,7 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
             lines.append(f"More in our help centre: {curated.link_title}.")
         return ComposedAnswer("\n\n".join(lines), sources_of([curated]))
 
-    chosen = _choose_sentences(retrieval)
+    chosen = _choose_parts(retrieval) if retrieval.parts else _choose_sentences(retrieval)
     used = [chunk for chunk, _ in chosen]
     body = " ".join(sentence for _, sentence in chosen)
     lines = [" ".join([*_place_lead(retrieval, body), body])]
@@ -258,7 +258,19 @@ class _Candidate:
     holds: frozenset[int]  # the kinds of fact asked for (indices of _ASKS_FOR) it holds
 
 
-def _choose_sentences(retrieval: Retrieval) -> list[tuple[KnowledgeChunk, str]]:
+def _choose_parts(retrieval: Retrieval) -> list[tuple[KnowledgeChunk, str]]:
+    """The sentences that answer each part of a question of several, in the shopper's order."""
+    share = max(1, MAX_SENTENCES // len(retrieval.parts))
+    chosen: list[tuple[KnowledgeChunk, str]] = []
+    for part in retrieval.parts:
+        for picked in _choose_sentences(part, share, WORD_BUDGET // len(retrieval.parts)):
+            if picked not in chosen:
+                chosen.append(picked)
+    return chosen
+
+
+def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
+                      word_budget: int = WORD_BUDGET) -> list[tuple[KnowledgeChunk, str]]:
     """The sentences that answer the question: the best one, then up to two more that add
     something asked about that the first does not cover (a second part of the question, or
     the number asked for)."""
@@ -310,14 +322,14 @@ def _choose_sentences(retrieval: Retrieval) -> list[tuple[KnowledgeChunk, str]]:
     covered: frozenset[int] = frozenset()
     facts: frozenset[int] = frozenset()
     words = 0
-    while len(chosen) < MAX_SENTENCES and words < WORD_BUDGET:
+    while len(chosen) < max_sentences and words < word_budget:
         remaining = [c for c in candidates if c not in chosen]
         if not remaining:
             break
         best = max(remaining, key=lambda c: value(c, covered, facts))
         gain = value(best, covered, facts)
         if chosen and (gain < MIN_FURTHER_GAIN
-                       or words + len(best.sentence.split()) > WORD_BUDGET + 15):
+                       or words + len(best.sentence.split()) > word_budget + 15):
             break
         if not chosen and gain <= 0:
             best = candidates[0]  # nothing matched word for word: the best chunk's opening

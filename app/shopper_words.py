@@ -225,6 +225,24 @@ class ShopperWords:
         return [word for word in dict.fromkeys(question_words(question))
                 if self._may_be_typo(word)]
 
+    def one_slip_away(self, word: str) -> str | None:
+        """The index word one slip of the keyboard from `word` (two letters swapped, one
+        missed or one too many), keeping its first letter: "retrun" is "return", which
+        trigram similarity misses in a short word. None when there is no such word."""
+        head, letters = word[0], "abcdefghijklmnopqrstuvwxyz"
+        tail = word[1:]
+        splits = [(tail[:i], tail[i:]) for i in range(len(tail) + 1)]
+        swapped = [a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1]
+        # A mistyped letter is left to the trigrams: one letter changed too often makes
+        # another word ("weather", "whether").
+        others = [a + b[1:] for a, b in splits if b] + [
+            a + c + b for a, b in splits for c in letters]
+        for edits in (swapped, others):
+            found = sorted({head + edit for edit in edits} & self.vocabulary - {word})
+            if found:
+                return found[0]
+        return None
+
     def _may_be_typo(self, word: str) -> bool:
         if len(word) < _MIN_TYPO_LENGTH or not word.isalpha() or word in self._phrase_words:
             return False
