@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from app.knowledge import KnowledgeChunk
 from app.places import Place, Places
-from app.shopper_words import ShopperWords
+from app.shopper_words import ShopperWords, asks_about_a_product
 from app.sites import DEFAULT_SITE_ID
 from app.store_profile import StoreProfile
 
@@ -154,7 +154,7 @@ class KnowledgeSearch:
         fixes = await self._fix_typos(conn, words, words.typo_candidates(question))
         widened = words.widen(question, fixes)
         nothing = Retrieval(question, (), widened.places, None, widened.groups)
-        if not widened.groups:
+        if not widened.groups or asks_about_a_product(question):
             return nothing
         weighted = await self._weigh(conn, widened.groups, widened.place_groups)
         if weighted is None:

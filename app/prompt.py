@@ -304,6 +304,9 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
     for number in range(len(groups)):
         found_in = sum(1 for c in candidates if number in c.in_sentence)
         weights[number] /= (1 + found_in) ** 0.5
+        # A word no sentence holds ("best way to iron linen") tells no sentence apart.
+        if not any(number in c.in_sentence or number in c.in_context for c in candidates):
+            weights[number] = 0.0
     total = sum(weights) or 1.0
     weights = [weight / total for weight in weights]
 

@@ -80,13 +80,14 @@ SHOPPER_PHRASES: dict[str, str] = {
     "defective": "faulty defects",
     "crushed": "damaged",
     # payment
-    "cod": "cash delivery",
+    "cod": '"cash on delivery"',
     "emi": "instalment",
     "installment": "instalment",
     "installments": "instalment",
     "klarna": "instalment later",
     "afterpay": "instalment later",
     "rejected": "declined",
+    "invalid": "rejected declined",
     "american express": '"american express"',
     "amex": '"american express"',
     "charged twice": "charged payment",
@@ -186,6 +187,25 @@ _SKIPPED_IN_PHRASES = frozenset(
     {"it", "them", "this", "that", "these", "those", "him", "her", "something", "anything",
      "everything", "stuff", "my", "the", "a", "an"}
 )
+
+
+# A question about one product's stock, price or sizes: the help centre has no catalogue, so
+# an article sharing a word with it ("size", "kurta") would be a wrong answer. "the", "this"
+# or "that" before the product is what makes it one product, not a kind of thing.
+_ONE_PRODUCT = (r"(?:the|this|that|these|those|your) (?!(?:shipping|delivery|postage|return|"
+                r"refund|customs|duty|duties|express|gift card|discount|sale|tax|vat)\b)[\w -]{2,40}?")
+_CATALOGUE_QUESTION = re.compile(
+    rf"\b(?:is|are) {_ONE_PRODUCT} (?:still |back )?in stock\b|\bback in stock\b"
+    r"|\brestock(?:ed|ing)?\b|\bwhen will .{2,40} be (?:back )?in stock\b"
+    rf"|\bhow much (?:does|do|is|are) {_ONE_PRODUCT}\b(?:cost|costs|price|priced)?\s*\??$"
+    rf"|\bdo you (?:have|stock|carry) {_ONE_PRODUCT} in (?:size |a size |colou?r )?\w+",
+    re.IGNORECASE)
+
+
+def asks_about_a_product(question: str) -> bool:
+    """Whether the question is about one product's stock, price or sizes (a catalogue
+    question, not a help-centre one)."""
+    return bool(_CATALOGUE_QUESTION.search(question.strip()))
 
 
 def question_words(question: str) -> list[str]:

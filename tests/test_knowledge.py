@@ -313,6 +313,17 @@ async def test_a_word_the_articles_use_is_not_read_as_a_town(pool: AsyncConnecti
         assert (await search.search(question)).places == ()
 
 
+async def test_a_question_about_one_products_stock_or_price_finds_nothing(
+        pool: AsyncConnectionPool) -> None:
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    search = KnowledgeSearch(pool, PROFILE)
+    for question in ("is the madder red shawl in stock", "how much is the chanderi dupatta",
+                     "do you have the indigo quilt in king size"):
+        assert not (await search.search(question)).found, question
+    for question in ("how much is the shipping to munich", "is the gift card refundable"):
+        assert (await search.search(question)).found, question
+
+
 async def test_swapped_letters_are_fixed_where_trigrams_miss_them(
         pool: AsyncConnectionPool) -> None:
     await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
