@@ -138,7 +138,8 @@ MAX_SENTENCES = 3
 _NEEDS_PERSON = re.compile(
     r"\b[A-Z]{2,3}-?\d{3,}\b|\border (?:number|no|#)|\b(?:never|not|hasnt|didnt|still no)\b"
     r".{0,20}\b(?:arriv|receiv|came|come|got|refund|money)|\bwhere is my (?:refund|money)\b"
-    r"|\bstill no(?:t)? (?:money|refund)|\bcheck (?:the status|my order)|\bspeak\b|\bperson\b",
+    r"|\bstill no(?:t)? (?:money|refund)|\b(?:refund|money)\s+(?:is\s+)?(?:still\s+)?(?:not|never"
+    r"|hasnt|didnt)\b|\bcheck (?:the status|my order)|\bspeak\b|\bperson\b",
     re.IGNORECASE)
 _CONTACT_US = re.compile(r"\b(?:contact us|write to us|email us|call us)\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"(₹$€£0-9])")

@@ -46,10 +46,10 @@ SHOPPER_PHRASES: dict[str, str] = {
     "where is my": "track tracking",
     "shipped yet": "tracking shipped",
     "order status": "tracking statuses",
-    "lost parcel": "lost parcel trace",
-    "parcel lost": "lost parcel trace",
-    "lost package": "lost parcel trace",
-    "package lost": "lost parcel trace",
+    "lost parcel": "trace parcel",
+    "parcel lost": "trace parcel",
+    "lost package": "trace parcel",
+    "package lost": "trace parcel",
     "wheres my": "track tracking",
     "never arrived": "delivered received tracking",
     "not arrived": "delivered received tracking",
@@ -185,7 +185,7 @@ _INFLECTIONS = ("s", "es", "ed", "d", "ing", "er", "ly")
 # Words that stand for the thing being talked about; skipped so "send it back" is "send back".
 _SKIPPED_IN_PHRASES = frozenset(
     {"it", "them", "this", "that", "these", "those", "him", "her", "something", "anything",
-     "everything", "stuff", "my", "the", "a", "an"}
+     "everything", "stuff", "my", "the", "a", "an", "got", "is", "was", "has", "been"}
 )
 
 
