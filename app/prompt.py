@@ -243,6 +243,7 @@ ASKED_FACT_BONUS = 0.45
 CONTEXT_MATCH = 0.5
 # A further sentence is added only when it answers this much more of the question.
 MIN_FURTHER_GAIN = 0.1
+MIN_SENTENCE_WORDS = 4
 # How much a sentence loses per chunk rank and per position in its chunk.
 RANK_COST = 0.12
 POSITION_COST = 0.02
@@ -296,8 +297,11 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
         context = {stem(word) for word in _WORD.findall(f"{chunk.title} {chunk.heading}")}
         in_context = frozenset(n for n, group in enumerate(groups) if group & context)
         for position, sentence in enumerate(_units(chunk.text)):
-            words = {stem(word) for word in _WORD.findall(sentence)}
-            in_sentence = frozenset(n for n, group in enumerate(groups) if group & words)
+            if len(sentence.split()) < MIN_SENTENCE_WORDS and len(chunk.text.split()) > 10:
+                continue  # "Yes." or "Sorry about that!" says nothing on its own
+            sentence_stems = {stem(word) for word in _WORD.findall(sentence)}
+            in_sentence = frozenset(n for n, group in enumerate(groups)
+                                    if group & sentence_stems)
             holds = frozenset(n for n in asked if _ASKS_FOR[n][1].search(sentence))
             candidates.append(_Candidate(rank, position, chunk, sentence, in_sentence,
                                          in_context - in_sentence, holds))
