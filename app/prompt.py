@@ -240,12 +240,12 @@ _ASKS_FOR = (
 # words (which weigh 1 together).
 ASKED_FACT_BONUS = 0.45
 # A word of the question found only in the title or heading above a sentence counts this much.
-CONTEXT_MATCH = 0.5
+CONTEXT_MATCH = 0.8
 # A further sentence is added only when it answers this much more of the question.
 MIN_FURTHER_GAIN = 0.1
 MIN_SENTENCE_WORDS = 4
 # How much a sentence loses per chunk rank and per position in its chunk.
-RANK_COST = 0.12
+RANK_COST = 0.25
 POSITION_COST = 0.02
 
 

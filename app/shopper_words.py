@@ -73,6 +73,7 @@ SHOPPER_PHRASES: dict[str, str] = {
     "broken": "damaged faulty",
     "broke": "damaged faulty",
     "torn": "damaged tear",
+    "tear": "damaged",
     "ripped": "damaged tear",
     "hole": "damaged",
     "stain": "damaged",
