@@ -368,6 +368,7 @@ def test_citation_markers_are_not_shown_to_the_shopper(page: Page, fake_model: F
     expect(answer).to_have_attribute("data-status", "complete")
     expect(answer.locator(".body")).to_have_text(
         "Delivery takes 5-7 business days. Returns are free within 14 days; see the returns page.")
+    screenshot(page, "widget-desktop-no-citation-markers.png")
 
 
 # Where a word's first letter is drawn, from the left: reversed text puts later words leftwards.
