@@ -24,9 +24,10 @@ the fall back to English, is app/knowledge_languages.py.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -36,7 +37,7 @@ from psycopg_pool import AsyncConnectionPool
 from app.knowledge import BACK_OFFICE_PREFIX, KnowledgeChunk
 from app.language import ENGLISH
 from app.places import Place, Places
-from app.shopper_words import ShopperWords
+from app.shopper_words import ShopperWords, asks_about_a_product
 from app.sites import DEFAULT_SITE_ID
 from app.store_profile import StoreProfile
 
@@ -77,6 +78,14 @@ class Retrieval:
     curated: KnowledgeChunk | None = None  # a curated answer that matches closely
     terms: tuple[tuple[str, ...], ...] = ()  # the widened question: one group per thing asked
     language: str = ENGLISH  # the language of the knowledge searched (and of its chunks)
+    weights: tuple[float, ...] = ()  # what each group of `terms` weighs (its rarity)
+    place_groups: frozenset[int] = frozenset()  # the groups of `terms` that name a place
+    # Word -> its stem as the full-text index has it ("deliveries" -> "deliveri"), for the
+    # words of the chunks and of the question, so that an answer's sentences are picked by
+    # the same stems the search matched; a word missing here is stemmed roughly.
+    stems: Mapping[str, str] = field(default_factory=dict)
+    # A question of several parts: what each part found alone, in the shopper's order.
+    parts: tuple[Retrieval, ...] = ()
 
     @property
     def found(self) -> bool:
@@ -111,6 +120,19 @@ def _strength(chunk: KnowledgeChunk) -> float:
     return chunk.score * chunk.coverage
 
 
+# Where one question asks a second thing: "..., and how long", "... also do you ...", "...? how".
+_SECOND_QUESTION = re.compile(
+    r"(?:[?,;]\s*|\s+)(?:and|also|plus|&)\s+(?=(?:also\s+)?(?:how|what|whats|when|where|which|who"
+    r"|can|could|do|does|is|are|will|would|should|did|i|my)\b)|\?\s+(?=\w)", re.IGNORECASE)
+MIN_PART_WORDS = 3
+
+
+def question_parts(question: str) -> list[str]:
+    """The questions in one message, when it asks several (each of a few words at least)."""
+    parts = [part.strip() for part in _SECOND_QUESTION.split(question)]
+    return [part for part in parts if len(part.split()) >= MIN_PART_WORDS]
+
+
 class KnowledgeSearch:
     """Search one site's indexed knowledge; `await search(question)` -> Retrieval."""
 
@@ -131,6 +153,7 @@ class KnowledgeSearch:
         self._typo_fixes: dict[str, str] = {}
         # Per vocabulary: how many chunks match each term (None: a stop word, not searchable).
         self._term_chunks: dict[str, int | None] = {}
+        self._stems: dict[str, str] = {}
         self._total_chunks = 0
 
     @property
@@ -142,6 +165,9 @@ class KnowledgeSearch:
         Europe?") is searched again together with `previous_question`."""
         async with self._pool.connection() as conn:
             retrieval = await self._search(conn, question)
+            parts = question_parts(question)
+            if len(parts) > 1:
+                retrieval = await self._search_parts(conn, retrieval, parts)
             if not retrieval.found and previous_question:
                 retrieval = await self._search(conn, f"{previous_question} {question}")
         return retrieval
@@ -151,17 +177,22 @@ class KnowledgeSearch:
         fixes = await self._fix_typos(conn, words, words.typo_candidates(question))
         widened = words.widen(question, fixes)
         nothing = Retrieval(question, (), widened.places, None, widened.groups, self._language)
-        if not widened.groups:
+        if not widened.groups or asks_about_a_product(question):
             return nothing
-        weighted = await self._weigh(conn, widened.groups)
+        weighted = await self._weigh(conn, widened.groups, widened.place_groups)
         if weighted is None:
             return nothing
         terms, group_ids, idfs, group_weights = weighted
+        # A place says where, not what: the coverage counts the rest of the question, so "the
+        # capital of peru" is not a shipping question; the ranking counts the place too.
+        topic_weights = [0.0 if number in widened.place_groups else weight
+                         for number, weight in enumerate(group_weights)]
         broad = [(self._term_chunks[term] or 0) > BROAD_TERM_CHUNKS for term in terms]
         async with conn.cursor(row_factory=class_row(KnowledgeChunk)) as cursor:
             await cursor.execute(_SEARCH_SQL, {
                 "terms": terms, "group_ids": group_ids, "idfs": idfs, "broad": broad,
-                "group_weights": group_weights, "question_idf": sum(group_weights),
+                "group_weights": group_weights, "topic_weights": topic_weights,
+                "question_idf": sum(topic_weights),
                 "weights": RANK_WEIGHTS, "normalization": RANK_NORMALIZATION,
                 "threshold": RELEVANCE_THRESHOLD, "limit": self._limit,
                 "site_id": self._site_id, "language": self._language,
@@ -171,10 +202,31 @@ class KnowledgeSearch:
             return nothing
         # Once the best chunk is on topic, the others only need to be relevant.
         chunks = tuple(rows)
+        await self._stem_words(conn, [w for g in widened.groups for t in g for w in t.split()])
         return Retrieval(question, chunks, widened.places, _close_curated(chunks), widened.groups,
-                         self._language)
+                         self._language, tuple(group_weights), widened.place_groups, self._stems)
 
-    async def _weigh(self, conn: AsyncConnection, groups: tuple[tuple[str, ...], ...]
+    async def _search_parts(self, conn: AsyncConnection, whole: Retrieval,
+                            parts: list[str]) -> Retrieval:
+        """A question of several parts ("can I return it and how long does the refund take"):
+        the best chunk of each part first, in the shopper's order, then the whole question's
+        others; no curated answer, since one entry answers one part."""
+        chunks: list[KnowledgeChunk] = []
+        found_parts: list[Retrieval] = []
+        for part in parts:
+            found = await self._search(conn, part)
+            if found.found and found.chunks[0] not in chunks:
+                chunks.append(found.chunks[0])
+                found_parts.append(found)
+        if len(chunks) < 2:
+            return whole
+        chunks += [chunk for chunk in whole.chunks if chunk not in chunks]
+        return Retrieval(whole.question, tuple(chunks[: max(self._limit, len(parts))]),
+                         whole.places, None, whole.terms, whole.language, whole.weights,
+                         whole.place_groups, self._stems, tuple(found_parts))
+
+    async def _weigh(self, conn: AsyncConnection, groups: tuple[tuple[str, ...], ...],
+                     place_groups: frozenset[int] = frozenset(),
                      ) -> tuple[list[str], list[int], list[float], list[float]] | None:
         """Each searchable term with its group and its rarity among the chunks (BM25's idf),
         and what each group weighs; None when the question is mostly words the articles never
@@ -211,7 +263,8 @@ class KnowledgeSearch:
             weighed = [count for term, count in searchable.items()
                        if not any(char.isdigit() for char in term)]
             known = [count for count in weighed if count > 0]
-            group_weights.append(idf(min(known or weighed)) if weighed else 0.0)
+            weight = idf(min(known or weighed)) if weighed else 0.0
+            group_weights.append(weight)
             weighed_groups += bool(weighed)
             known_groups += bool(known)
         if not terms or not weighed_groups or known_groups / weighed_groups < MIN_KNOWN_SHARE:
@@ -242,6 +295,9 @@ class KnowledgeSearch:
             self._fingerprint = fingerprint
             self._typo_fixes = {}
             self._term_chunks = {}
+            cursor = await conn.execute(_STEMS_SQL, {"site_id": self._site_id,
+                                                     "language": self._language})
+            self._stems = {word: stem for word, stem in await cursor.fetchall() if stem}
         return self._words
 
     async def _load_words(self, conn: AsyncConnection) -> ShopperWords:
@@ -258,6 +314,16 @@ class KnowledgeSearch:
         return ShopperWords(vocabulary, synonyms,
                             Places(self._profile.shipping_regions, regions))
 
+    async def _stem_words(self, conn: AsyncConnection, words: list[str]) -> None:
+        """Add the stems of the question's words the index does not hold ("arrives")."""
+        unseen = list(dict.fromkeys(w.strip('"').lower() for w in words
+                                    if w.strip('"').lower() not in self._stems))
+        if unseen:
+            cursor = await conn.execute(_STEM_WORDS_SQL, {"words": unseen,
+                                                          "language": self._language})
+            for word, stem in await cursor.fetchall():
+                self._stems[word] = stem or word
+
     async def _fix_typos(self, conn: AsyncConnection, words: ShopperWords,
                          candidates: list[str]) -> Mapping[str, str]:
         unseen = [word for word in candidates if word not in self._typo_fixes]
@@ -266,7 +332,7 @@ class KnowledgeSearch:
                                                     "language": self._language,
                                                     "similarity": TYPO_SIMILARITY})
             for word, fix in await cursor.fetchall():
-                self._typo_fixes[word] = fix or word
+                self._typo_fixes[word] = fix or words.one_slip_away(word) or word
         return {word: self._typo_fixes[word] for word in candidates}
 
 
@@ -278,6 +344,18 @@ SELECT md5(coalesce((SELECT string_agg(path || ':' || content_hash, ',' ORDER BY
            || coalesce((SELECT string_agg(region || '=' || array_to_string(country_codes, ' '),
                                           ',' ORDER BY region)
                         FROM knowledge_regions WHERE site_id = %(site_id)s), ''))
+"""
+
+# The stems the index's configuration for the language gives each word (stop words have none).
+_STEMS_SQL = """
+SELECT word, (SELECT lexeme FROM unnest(to_tsvector(knowledge_search_config(%(language)s), word))
+              LIMIT 1)
+FROM knowledge_words WHERE site_id = %(site_id)s AND language = %(language)s
+"""
+_STEM_WORDS_SQL = """
+SELECT word, (SELECT lexeme FROM unnest(to_tsvector(knowledge_search_config(%(language)s), word))
+              LIMIT 1)
+FROM unnest(%(words)s::text[]) AS word
 """
 
 # `%%` is pg_trgm's similarity operator (its default threshold, 0.3, lets the index find the
@@ -344,12 +422,14 @@ chunk_group AS (
 ),
 scored_chunk AS (
     SELECT chunk_group.id, chunk_group.article_path, chunk_group.position,
-           sum(chunk_group.rank) AS score, sum(group_weight.idf) AS matched_idf
+           sum(chunk_group.rank) AS score, sum(group_weight.idf) AS matched_idf,
+           sum(group_weight.topic_idf) AS matched_topic_idf
     FROM chunk_group
-    JOIN unnest(%(group_weights)s::float8[]) WITH ORDINALITY AS group_weight(idf, number)
+    JOIN unnest(%(group_weights)s::float8[], %(topic_weights)s::float8[])
+         WITH ORDINALITY AS group_weight(idf, topic_idf, number)
       ON group_weight.number = chunk_group.group_id + 1
     GROUP BY chunk_group.id, chunk_group.article_path, chunk_group.position
-    HAVING sum(chunk_group.rank) >= %(threshold)s
+    HAVING sum(chunk_group.rank) >= %(threshold)s AND sum(group_weight.topic_idf) > 0
     -- A chunk that matches one common word very well ("card" in "Gift cards") must not beat
     -- one that matches most of what is asked: the score counts as much as the coverage allows.
     ORDER BY sum(chunk_group.rank) * sum(group_weight.idf) DESC, chunk_group.article_path,
@@ -359,7 +439,7 @@ scored_chunk AS (
 SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
        chunk.article_path AS path, scored_chunk.score::float8 AS score, chunk.kind, chunk.link,
        linked.title AS link_title,
-       coalesce(scored_chunk.matched_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
+       coalesce(scored_chunk.matched_topic_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
            AS coverage
 FROM scored_chunk
 JOIN knowledge_chunks AS chunk USING (id)

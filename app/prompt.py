@@ -135,18 +135,14 @@ class ComposedAnswer:
 # The answer stops growing at this many words: a 380 px panel shows about sixty.
 WORD_BUDGET = 45
 MAX_SENTENCES = 3
-# How much a sentence with a number gains when the question asks how long, how much, when.
-NUMBER_BONUS = 0.35
 # A question about one order, or money or a parcel that has not come, needs a person.
 _NEEDS_PERSON = re.compile(
     r"\b[A-Z]{2,3}-?\d{3,}\b|\border (?:number|no|#)|\b(?:never|not|hasnt|didnt|still no)\b"
     r".{0,20}\b(?:arriv|receiv|came|come|got|refund|money)|\bwhere is my (?:refund|money)\b"
-    r"|\bstill no(?:t)? (?:money|refund)|\bcheck (?:the status|my order)|\bspeak\b|\bperson\b",
+    r"|\bstill no(?:t)? (?:money|refund)|\b(?:refund|money)\s+(?:is\s+)?(?:still\s+)?(?:not|never"
+    r"|hasnt|didnt)\b|\bcheck (?:the status|my order)|\bspeak\b|\bperson\b",
     re.IGNORECASE)
 _CONTACT_US = re.compile(r"\b(?:contact us|write to us|email us|call us)\b", re.IGNORECASE)
-_QUANTITY_QUESTION = re.compile(
-    r"\b(?:how (?:long|much|many|soon|fast)|when|days?|cost|price|fee|free|time|hours?|"
-    r"size|which|what size|expire|valid|deadline|till|until|by)\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"(₹$€£0-9])")
 _LIST_MARK = re.compile(r"^\s*(?:[-*]|\d+\.)\s+")
 _WORD = re.compile(WORD_PATTERN)
@@ -167,7 +163,7 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
             lines.append(phrases.more.format(title=curated.link_title))
         return ComposedAnswer("\n\n".join(lines), sources_of([curated]))
 
-    chosen = _choose_sentences(retrieval)
+    chosen = _choose_parts(retrieval) if retrieval.parts else _choose_sentences(retrieval)
     used = [chunk for chunk, _ in chosen]
     body = " ".join(sentence for _, sentence in chosen)
     lines = [" ".join([*_place_lead(retrieval, body), body])]
@@ -226,47 +222,133 @@ def _units(text: str) -> list[str]:
     return units
 
 
-def _choose_sentences(retrieval: Retrieval) -> list[tuple[KnowledgeChunk, str]]:
-    """The sentences that answer the question: the best one, then up to two more that add
-    something asked about that the first does not cover (a second part of the question)."""
-    groups = [frozenset(_stem(term) for group_term in group for term in group_term.split())
-              for group in retrieval.terms]
-    candidates: list[tuple[int, int, KnowledgeChunk, str, frozenset[int]]] = []
-    for rank, chunk in enumerate(retrieval.chunks):
-        for position, sentence in enumerate(_units(chunk.text)):
-            stems = {_stem(word) for word in _WORD.findall(f"{chunk.heading} {sentence}")}
-            matched = frozenset(number for number, group in enumerate(groups) if group & stems)
-            candidates.append((rank, position, chunk, sentence, matched))
-    # A group found in few sentences tells them apart; one found everywhere does not.
-    found_in = [sum(1 for c in candidates if number in c[4]) for number in range(len(groups))]
-    weight = [1.0 / (1 + count) for count in found_in]
-    wants_number = bool(_QUANTITY_QUESTION.search(retrieval.question))
+# What a question asks for, and what a sentence that answers it holds: "how long" wants a
+# duration, "how much" an amount, "when" a time or a date. A sentence with the kind of fact
+# asked for beats one that only shares the question's words.
+_ASKS_FOR = (
+    (re.compile(r"\bhow (?:long|many days|soon|fast|quickly)\b|\bwhen (?:will|does|do|can|is)\b"
+                r"|\b(?:days?|weeks?)\b|\bby (?:when|friday|monday)\b", re.IGNORECASE),
+     re.compile(r"\d\s*(?:-\s*\d+\s*)?(?:business |working )?(?:days?|weeks?|months?|hours?"
+                r"|minutes?)\b|-(?:day|week|month|hour)\b|\bsame day\b|\bnext[- ]day\b"
+                r"|\b(?:one|two|three) (?:business )?(?:days?|weeks?|months?)\b",
+                re.IGNORECASE)),
+    (re.compile(r"\bhow much\b|\bcosts?\b|\bprice\b|\bfees?\b|\bcharges?\b|\bfree\b"
+                r"|\bpay\b|\bexpensive\b|\bminimum\b", re.IGNORECASE),
+     re.compile(r"[$€₹£]\s?\d|\d\s?%|\bfree\b|\bfee\b", re.IGNORECASE)),
+    (re.compile(r"\bwhat time\b|\bwhen\b|\bwhich day\b|\bhours\b", re.IGNORECASE),
+     re.compile(r"\d\s?(?:am|pm)\b|\b(?:january|february|march|april|may|june|july|august|"
+                r"september|october|november|december|monday|friday|weekends?)\b",
+                re.IGNORECASE)),
+)
+# What a sentence gains when it holds the kind of fact asked for, against the question's
+# words (which weigh 1 together).
+ASKED_FACT_BONUS = 0.45
+# A word of the question found only in the title or heading above a sentence counts this much.
+CONTEXT_MATCH = 0.8
+# A further sentence is added only when it answers this much more of the question.
+MIN_FURTHER_GAIN = 0.1
+MIN_SENTENCE_WORDS = 4
+# How much a sentence loses per chunk rank and per position in its chunk.
+RANK_COST = 0.25
+POSITION_COST = 0.02
 
-    def value(candidate: tuple[int, int, KnowledgeChunk, str, frozenset[int]],
-              covered: frozenset[int]) -> float:
-        rank, position, _, sentence, matched = candidate
-        gain = sum(weight[number] for number in matched - covered)
+
+@dataclass(frozen=True)
+class _Candidate:
+    rank: int
+    position: int
+    chunk: KnowledgeChunk
+    sentence: str
+    in_sentence: frozenset[int]  # the question's groups the sentence itself holds
+    in_context: frozenset[int]  # ... found only in its title or heading
+    holds: frozenset[int]  # the kinds of fact asked for (indices of _ASKS_FOR) it holds
+
+
+def _choose_parts(retrieval: Retrieval) -> list[tuple[KnowledgeChunk, str]]:
+    """The sentences that answer each part of a question of several, in the shopper's order."""
+    share = max(1, MAX_SENTENCES // len(retrieval.parts))
+    chosen: list[tuple[KnowledgeChunk, str]] = []
+    for part in retrieval.parts:
+        for picked in _choose_sentences(part, share, WORD_BUDGET // len(retrieval.parts)):
+            if picked not in chosen:
+                chosen.append(picked)
+    return chosen
+
+
+def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
+                      word_budget: int = WORD_BUDGET) -> list[tuple[KnowledgeChunk, str]]:
+    """The sentences that answer the question: the best one, then up to two more that add
+    something asked about that the first does not cover (a second part of the question, or
+    the number asked for)."""
+    stems = retrieval.stems
+
+    def stem(word: str) -> str:
+        word = word.lower()
+        return stems.get(word) or _stem(word)
+
+    groups = [frozenset(stem(word) for term in group for word in _WORD.findall(term))
+              for group in retrieval.terms]
+    weights = list(retrieval.weights) if len(retrieval.weights) == len(groups) \
+        else [1.0] * len(groups)
+    # The lead sentence already says where a named place stands.
+    for number in retrieval.place_groups:
+        if number < len(weights) and _place_lead(retrieval, ""):
+            weights[number] *= 0.3
+    asked = frozenset(number for number, (question, _) in enumerate(_ASKS_FOR)
+                      if question.search(retrieval.question))
+    candidates: list[_Candidate] = []
+    for rank, chunk in enumerate(retrieval.chunks):
+        context = {stem(word) for word in _WORD.findall(f"{chunk.title} {chunk.heading}")}
+        in_context = frozenset(n for n, group in enumerate(groups) if group & context)
+        for position, sentence in enumerate(_units(chunk.text)):
+            if len(sentence.split()) < MIN_SENTENCE_WORDS and len(chunk.text.split()) > 10:
+                continue  # "Yes." or "Sorry about that!" says nothing on its own
+            sentence_stems = {stem(word) for word in _WORD.findall(sentence)}
+            in_sentence = frozenset(n for n, group in enumerate(groups)
+                                    if group & sentence_stems)
+            holds = frozenset(n for n in asked if _ASKS_FOR[n][1].search(sentence))
+            candidates.append(_Candidate(rank, position, chunk, sentence, in_sentence,
+                                         in_context - in_sentence, holds))
+    # A group found in few sentences tells them apart; one found everywhere does not.
+    for number in range(len(groups)):
+        found_in = sum(1 for c in candidates if number in c.in_sentence)
+        weights[number] /= (1 + found_in) ** 0.5
+        # A word no sentence holds ("best way to iron linen") tells no sentence apart.
+        if not any(number in c.in_sentence or number in c.in_context for c in candidates):
+            weights[number] = 0.0
+    total = sum(weights) or 1.0
+    weights = [weight / total for weight in weights]
+
+    def value(candidate: _Candidate, covered: frozenset[int], facts: frozenset[int]) -> float:
+        fact = ASKED_FACT_BONUS if candidate.holds - facts else 0.0
+        # The words above a sentence count fully only for one that says something itself.
+        context = CONTEXT_MATCH if candidate.in_sentence - covered or fact else CONTEXT_MATCH / 2
+        gain = sum(weights[n] for n in candidate.in_sentence - covered) + context * sum(
+            weights[n] for n in candidate.in_context - covered)
         if gain == 0:
             return 0.0
-        bonus = NUMBER_BONUS if wants_number and any(c.isdigit() for c in sentence) else 0.0
-        return gain + bonus - 0.12 * rank - 0.02 * position
+        return (gain + fact - RANK_COST * candidate.rank
+                - POSITION_COST * candidate.position)
 
-    chosen: list[tuple[int, int, KnowledgeChunk, str, frozenset[int]]] = []
+    chosen: list[_Candidate] = []
     covered: frozenset[int] = frozenset()
+    facts: frozenset[int] = frozenset()
     words = 0
-    while len(chosen) < MAX_SENTENCES and words < WORD_BUDGET:
+    while len(chosen) < max_sentences and words < word_budget:
         remaining = [c for c in candidates if c not in chosen]
         if not remaining:
             break
-        best = max(remaining, key=lambda c: value(c, covered))
-        gain = value(best, covered)
-        if chosen and (gain < 0.25 or words + len(best[3].split()) > WORD_BUDGET + 15):
+        best = max(remaining, key=lambda c: value(c, covered, facts))
+        gain = value(best, covered, facts)
+        if chosen and (gain < MIN_FURTHER_GAIN
+                       or words + len(best.sentence.split()) > word_budget + 15):
             break
-        if not chosen and gain == 0:
+        if not chosen and gain <= 0:
             best = candidates[0]  # nothing matched word for word: the best chunk's opening
         chosen.append(best)
-        covered |= best[4]
-        words += len(best[3].split())
+        covered |= best.in_sentence | best.in_context
+        facts |= best.holds
+        words += len(best.sentence.split())
     # Read in the articles' order: by chunk rank, then position within the chunk.
-    chosen.sort(key=lambda c: (c[0], c[1]))
-    return [(chunk, sentence) for _, _, chunk, sentence, _ in chosen]
+    chosen.sort(key=lambda c: (c.rank, c.position))
+    return [(c.chunk, c.sentence) for c in chosen]

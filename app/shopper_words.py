@@ -47,10 +47,10 @@ SHOPPER_PHRASES: dict[str, str] = {
     "where is my": "track tracking",
     "shipped yet": "tracking shipped",
     "order status": "tracking statuses",
-    "lost parcel": "lost parcel trace",
-    "parcel lost": "lost parcel trace",
-    "lost package": "lost parcel trace",
-    "package lost": "lost parcel trace",
+    "lost parcel": "trace parcel",
+    "parcel lost": "trace parcel",
+    "lost package": "trace parcel",
+    "package lost": "trace parcel",
     "wheres my": "track tracking",
     "never arrived": "delivered received tracking",
     "not arrived": "delivered received tracking",
@@ -74,6 +74,7 @@ SHOPPER_PHRASES: dict[str, str] = {
     "broken": "damaged faulty",
     "broke": "damaged faulty",
     "torn": "damaged tear",
+    "tear": "damaged",
     "ripped": "damaged tear",
     "hole": "damaged",
     "stain": "damaged",
@@ -81,13 +82,14 @@ SHOPPER_PHRASES: dict[str, str] = {
     "defective": "faulty defects",
     "crushed": "damaged",
     # payment
-    "cod": "cash delivery",
+    "cod": '"cash on delivery"',
     "emi": "instalment",
     "installment": "instalment",
     "installments": "instalment",
     "klarna": "instalment later",
     "afterpay": "instalment later",
     "rejected": "declined",
+    "invalid": "rejected declined",
     "american express": '"american express"',
     "amex": '"american express"',
     "charged twice": "charged payment",
@@ -185,8 +187,27 @@ _INFLECTIONS = ("s", "es", "ed", "d", "ing", "er", "ly")
 # Words that stand for the thing being talked about; skipped so "send it back" is "send back".
 _SKIPPED_IN_PHRASES = frozenset(
     {"it", "them", "this", "that", "these", "those", "him", "her", "something", "anything",
-     "everything", "stuff", "my", "the", "a", "an"}
+     "everything", "stuff", "my", "the", "a", "an", "got", "is", "was", "has", "been"}
 )
+
+
+# A question about one product's stock, price or sizes: the help centre has no catalogue, so
+# an article sharing a word with it ("size", "kurta") would be a wrong answer. "the", "this"
+# or "that" before the product is what makes it one product, not a kind of thing.
+_ONE_PRODUCT = (r"(?:the|this|that|these|those|your) (?!(?:shipping|delivery|postage|return|"
+                r"refund|customs|duty|duties|express|gift card|discount|sale|tax|vat)\b)[\w -]{2,40}?")
+_CATALOGUE_QUESTION = re.compile(
+    rf"\b(?:is|are) {_ONE_PRODUCT} (?:still |back )?in stock\b|\bback in stock\b"
+    r"|\brestock(?:ed|ing)?\b|\bwhen will .{2,40} be (?:back )?in stock\b"
+    rf"|\bhow much (?:does|do|is|are) {_ONE_PRODUCT}\b(?:cost|costs|price|priced)?\s*\??$"
+    rf"|\bdo you (?:have|stock|carry) {_ONE_PRODUCT} in (?:size |a size |colou?r )?\w+",
+    re.IGNORECASE)
+
+
+def asks_about_a_product(question: str) -> bool:
+    """Whether the question is about one product's stock, price or sizes (a catalogue
+    question, not a help-centre one)."""
+    return bool(_CATALOGUE_QUESTION.search(question.strip()))
 
 
 def question_words(question: str) -> list[str]:
@@ -205,6 +226,7 @@ OUTSIDE_REGIONS_TERMS = ("other", "countries")
 class WidenedQuestion:
     groups: tuple[tuple[str, ...], ...]
     places: tuple[Place, ...]
+    place_groups: frozenset[int] = frozenset()  # the indices of the groups that are a place
 
 
 class ShopperWords:
@@ -224,6 +246,24 @@ class ShopperWords:
         words or a regular form of one ("opened" is "open")."""
         return [word for word in dict.fromkeys(question_words(question))
                 if self._may_be_typo(word)]
+
+    def one_slip_away(self, word: str) -> str | None:
+        """The index word one slip of the keyboard from `word` (two letters swapped, one
+        missed or one too many), keeping its first letter: "retrun" is "return", which
+        trigram similarity misses in a short word. None when there is no such word."""
+        head, letters = word[0], "abcdefghijklmnopqrstuvwxyz"
+        tail = word[1:]
+        splits = [(tail[:i], tail[i:]) for i in range(len(tail) + 1)]
+        swapped = [a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1]
+        # A mistyped letter is left to the trigrams: one letter changed too often makes
+        # another word ("weather", "whether").
+        others = [a + b[1:] for a, b in splits if b] + [
+            a + c + b for a, b in splits for c in letters]
+        for edits in (swapped, others):
+            found = sorted({head + edit for edit in edits} & self.vocabulary - {word})
+            if found:
+                return found[0]
+        return None
 
     def _may_be_typo(self, word: str) -> bool:
         if len(word) < _MIN_TYPO_LENGTH or not word.isalpha() or word in self._phrase_words:
@@ -247,12 +287,14 @@ class ShopperWords:
         """
         words = question_words(question)
         fixed = [typo_fixes.get(word, word) for word in words]
-        places = self._places.find(fixed, question, FILLER_WORDS)
+        # A word the articles use ("sale", "store") is that word, not a town of that name.
+        places = self._places.find(fixed, question, FILLER_WORDS | self.vocabulary)
         place_at = {start + offset: place for start, length, place in places
                     for offset in range(length)}
         phrase_at = self._find_phrases(fixed, exclude=set(place_at))
 
         groups: list[tuple[str, ...]] = []
+        place_groups: set[tuple[str, ...]] = set()
         for index, word in enumerate(words):
             if index in place_at:
                 start = min(i for i, p in place_at.items() if p is place_at[index])
@@ -263,6 +305,7 @@ class ShopperWords:
                               else list(OUTSIDE_REGIONS_TERMS))
                     groups.append(tuple(dict.fromkeys(
                         [*place.name.split(), *place.country.lower().split(), *region])))
+                    place_groups.add(groups[-1])
                 continue
             phrase = phrase_at.get(index)
             if phrase is not None and " " in phrase:
@@ -274,8 +317,10 @@ class ShopperWords:
                 continue
             group = [word, fixed[index], *(self._mapped_terms(phrase) if phrase else ())]
             groups.append(tuple(dict.fromkeys(group)))
-        return WidenedQuestion(tuple(dict.fromkeys(groups)),
-                               tuple(place for _, _, place in places))
+        unique = tuple(dict.fromkeys(groups))
+        return WidenedQuestion(unique, tuple(place for _, _, place in places),
+                               frozenset(n for n, group in enumerate(unique)
+                                         if group in place_groups))
 
     def _find_phrases(self, words: list[str], exclude: set[int]) -> dict[int, str]:
         """Which shopper phrase each word index belongs to; longest phrases win; words like

@@ -289,6 +289,66 @@ async def test_a_city_maps_to_its_shipping_region(pool: AsyncConnectionPool) -> 
     assert [(p.country, p.region) for p in bavaria.places] == [("Germany", "Europe")]
 
 
+async def test_a_city_gets_the_answer_on_where_the_store_ships_not_on_what_it_costs(
+        pool: AsyncConnectionPool) -> None:
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    retrieval = await KnowledgeSearch(pool, PROFILE).search("is shipping available in mumbai")
+    answer = compose_answer(PROFILE, retrieval)
+    assert answer.sources[0]["path"] == "answers.toml#where-we-ship" or (
+        answer.sources[0]["path"] == "shipping.md")
+    assert "India" in answer.text and "$75" not in answer.text
+
+
+async def test_a_place_alone_does_not_make_a_question_about_shipping(
+        pool: AsyncConnectionPool) -> None:
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    retrieval = await KnowledgeSearch(pool, PROFILE).search("what is the capital of peru")
+    assert not retrieval.found
+
+
+async def test_a_word_the_articles_use_is_not_read_as_a_town(pool: AsyncConnectionPool) -> None:
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    search = KnowledgeSearch(pool, PROFILE)
+    for question in ("when is your next sale", "how to store silk saree"):
+        assert (await search.search(question)).places == ()
+
+
+async def test_a_question_about_one_products_stock_or_price_finds_nothing(
+        pool: AsyncConnectionPool) -> None:
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    search = KnowledgeSearch(pool, PROFILE)
+    for question in ("is the madder red shawl in stock", "how much is the chanderi dupatta",
+                     "do you have the indigo quilt in king size"):
+        assert not (await search.search(question)).found, question
+    for question in ("how much is the shipping to munich", "is the gift card refundable"):
+        assert (await search.search(question)).found, question
+
+
+async def test_swapped_letters_are_fixed_where_trigrams_miss_them(
+        pool: AsyncConnectionPool) -> None:
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    retrieval = await KnowledgeSearch(pool, PROFILE).search("do i have to pay to retrun from usa")
+    assert any("return" in group for group in retrieval.terms)
+
+
+async def test_a_question_of_two_parts_is_answered_in_both(pool: AsyncConnectionPool) -> None:
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    retrieval = await KnowledgeSearch(pool, PROFILE).search(
+        "can I return it and how long does the refund take")
+    answer = compose_answer(PROFILE, retrieval)
+    assert "14 days" in answer.text and "3 business days" in answer.text
+    assert {source["path"] for source in answer.sources} >= {"answers.toml#refund-time"}
+
+
+def test_an_answer_asked_how_long_holds_the_duration() -> None:
+    warranty = chunk("Quality promise and warranty", "Our 6-month quality promise",
+                     "We make our pieces to last. Every item is covered for 6 months from "
+                     "delivery against defects in making.", "warranty.md")
+    answer = compose_answer(PROFILE, Retrieval("how long is the warranty", (warranty,),
+                                               terms=(("warranty",),)))
+    assert "6 months" in answer.text
+
+
 async def test_curated_answers_and_synonyms_are_reindexed_by_a_sync(
         pool: AsyncConnectionPool, tmp_path: Path) -> None:
     folder = tmp_path / "knowledge"

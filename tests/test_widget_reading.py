@@ -358,6 +358,19 @@ def test_links_show_where_they_really_go(page: Page, fake_model: FakeModel) -> N
     screenshot(page, "widget-desktop-link-hosts.png")
 
 
+def test_citation_markers_are_not_shown_to_the_shopper(page: Page, fake_model: FakeModel) -> None:
+    asked = question("How long does delivery take?")
+    fake_model.answer(asked, "Delivery takes 5-7 business days [1]. Returns are ",
+                      "free within 14 days [2][1]; see [the returns page](https://shop.example/r).")
+    open_chat(page)
+    ask(page, asked)
+    answer = page.locator(AI)
+    expect(answer).to_have_attribute("data-status", "complete")
+    expect(answer.locator(".body")).to_have_text(
+        "Delivery takes 5-7 business days. Returns are free within 14 days; see the returns page.")
+    screenshot(page, "widget-desktop-no-citation-markers.png")
+
+
 # Where a word's first letter is drawn, from the left: reversed text puts later words leftwards.
 WORD_LEFT = """([root, word]) => {
   const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);

@@ -245,9 +245,13 @@ function appendInline(parent, text) {
   return parent;
 }
 
+// A model cites its numbered sources as "[1]" so the server can list only those under the
+// answer ("From: …"); the shopper sees that list, not the bare markers.
+const CITATION = /[ \t]?\[\d{1,2}\](?!\()/g;
+
 function renderMarkdown(text) {
   const root = node("div", "body");
-  for (const block of text.replace(/\r\n?/g, "\n").split(/\n\s*\n/)) {
+  for (const block of text.replace(/\r\n?/g, "\n").replace(CITATION, "").split(/\n\s*\n/)) {
     const lines = block.split("\n").filter((line) => line.trim());
     let i = 0;
     while (i < lines.length) {
