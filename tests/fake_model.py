@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qsl
 
 CREATED = int(time.time())
 CHUNK_ID = "chatcmpl-fake"
@@ -253,6 +254,9 @@ class FakeModel:
         self.scripts: dict[str, Script] = {}
         self.queued: list[Script] = []
         self.requests: list[dict[str, Any]] = []
+        # GET pages on the model's own origin (path -> the query's parameters -> HTML): a store
+        # page that embeds the widget from another origin than the app's.
+        self.pages: dict[str, Callable[[dict[str, str]], str]] = {}
         self.open_connections = 0
         self.busy = 0  # responses being written
         self.active = self.served = self.abandoned = 0
@@ -390,6 +394,12 @@ class FakeModel:
         """Answer one request; False when the connection must close after it."""
         if method == "POST" and path.endswith("/chat/completions"):
             return await self._completions(path, body, writer)
+        page_path, _, query = path.partition("?")
+        if method == "GET" and page_path in self.pages:
+            html = self.pages[page_path](dict(parse_qsl(query, keep_blank_values=True))).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(html), html))
+            return True
         if method == "GET" and path.endswith("/models"):
             self._json(writer, {"object": "list", "data": [
                 {"id": "fake", "object": "model", "created": CREATED, "owned_by": "fake"}]})

@@ -31,6 +31,9 @@ class Upstream:
     unix_path: str = ""
     # Close the connection once this many bytes went back to the client (a dropped network).
     cut_after_bytes: int | None = None
+    # Close it just before the server sends these bytes: a cut at a known point of a stream,
+    # whatever the size of what comes before (headers grow).
+    cut_before: bytes | None = None
 
 
 # The first bytes a client sent -> where the connection goes, or a canned response to send
@@ -39,12 +42,13 @@ Route = Callable[[bytes], Upstream | bytes]
 
 
 class TcpProxy:
-    def __init__(self, route: Route) -> None:
+    def __init__(self, route: Route, port: int = 0) -> None:
+        """`port` 0: a free one."""
         self._route = route
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
+        self.port = port
         self.heads: list[bytes] = []
         self.accepted = 0
         self.redis_db = 0
@@ -188,7 +192,8 @@ class TcpProxy:
             pipes = {asyncio.create_task(self._pipe(reader, upstream_writer, None, head,
                                                     watch=progress)),
                      asyncio.create_task(self._pipe(upstream_reader, writer, limit, b"",
-                                                    muted=progress))}
+                                                    muted=progress,
+                                                    cut_before=target.cut_before))}
             try:
                 await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -221,15 +226,32 @@ class TcpProxy:
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     limit: int | None, first: bytes, watch: dict[str, int | bool] | None = None,
-                    muted: dict[str, int | bool] | None = None) -> None:
+                    muted: dict[str, int | bool] | None = None,
+                    cut_before: bytes | None = None) -> None:
         sent = 0
         chunk = first
+        # With cut_before: the bytes held back because they may be the start of the marker.
+        held = b""
         with contextlib.suppress(ConnectionError, OSError):
             while True:
                 if not chunk:
                     chunk = await reader.read(65536)
                     if not chunk:
+                        if held:
+                            writer.write(held)
+                            await writer.drain()
                         return
+                if cut_before is not None:
+                    held += chunk
+                    at = held.find(cut_before)
+                    if at >= 0:
+                        writer.write(held[:at])
+                        await writer.drain()
+                        return  # the connection closes just before the marker
+                    split = max(0, len(held) - (len(cut_before) - 1))
+                    chunk, held = held[:split], held[split:]
+                    if not chunk:
+                        continue
                 if watch is not None:
                     self._watch(chunk, watch)
                 if muted is not None and muted["muted"]:
