@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import struct
 from collections.abc import Callable
@@ -35,6 +36,8 @@ class Upstream:
     # whatever the size of what comes before (headers grow).
     cut_before: bytes | None = None
 
+
+_HTTP_REQUEST = re.compile(rb"[A-Z]+ \S+ HTTP/1\.")
 
 # The first bytes a client sent -> where the connection goes, or a canned response to send
 # before closing.
@@ -164,6 +167,13 @@ class TcpProxy:
         upstream_writer: asyncio.StreamWriter | None = None
         try:
             head = await reader.read(65536)
+            # An HTTP request's head may come in more than one read (a loaded machine splits
+            # writes): routes and `heads` see it whole.
+            while _HTTP_REQUEST.match(head) and b"\r\n\r\n" not in head:
+                more = await reader.read(65536)
+                if not more:
+                    break
+                head += more
             if not head:
                 return
             self.heads.append(head)

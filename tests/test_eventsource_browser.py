@@ -96,7 +96,7 @@ async def test_eventsource_reconnects_to_another_instance_and_continues(
     await proxy.stop()
 
     assert result["opened"] == 2
-    assert result["ids"] == [str(n) for n in range(1, 51)]
+    assert result["ids"] == [str(n) for n in range(1, 51)], result
     assert "".join(result["tokens"]) == "".join(tokens)
     assert result["done"]["status"] == "complete" and result["done"]["text"] == "".join(tokens)
     stream_heads = [h.decode("latin-1") for h in proxy.heads if h.startswith(b"GET /chat/stream/")]
