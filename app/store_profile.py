@@ -7,7 +7,9 @@ than one that does not start.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,19 +22,95 @@ class ProfileError(Exception):
     """The store profile is unreadable, or a field in it is missing or wrong."""
 
 
+# Reads one field's value out of the parsed document, or raises ProfileError naming it.
+Read = Callable[["_ProfileReader", str], Any]
+
+
+def profile_field(key: str, read: Read) -> Any:
+    """A field of StoreProfile held at the dotted `key` of the file and read by `read`."""
+    return dataclasses.field(metadata={"key": key, "read": read})
+
+
+def _text(reader: _ProfileReader, key: str) -> str:
+    value = reader.lookup(key)
+    if value is None:
+        raise reader.fail(key, "is missing")
+    if not isinstance(value, str):
+        raise reader.fail(key, f"must be text, got {_shown(value)}")
+    if not value.strip():
+        raise reader.fail(key, "is empty")
+    return value.strip()
+
+
+def _optional_text(reader: _ProfileReader, key: str) -> str | None:
+    if reader.lookup(key) is None:
+        return None
+    return _text(reader, key)
+
+
+def _one_line(reader: _ProfileReader, key: str) -> str:
+    # The tone is written as a multi-line TOML string; the prompt wants it as one sentence.
+    return " ".join(_text(reader, key).split())
+
+
+def _text_list(reader: _ProfileReader, key: str) -> tuple[str, ...]:
+    value = reader.lookup(key)
+    if value is None:
+        raise reader.fail(key, "is missing")
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise reader.fail(key, f'must be a list of text such as ["USA"], got {_shown(value)}')
+    items = tuple(item.strip() for item in value if item.strip())
+    if not items:
+        raise reader.fail(key, "is empty")
+    return items
+
+
+def _positive_int(reader: _ProfileReader, key: str) -> int:
+    value = reader.lookup(key)
+    if value is None:
+        raise reader.fail(key, "is missing")
+    # bool is an int in Python, but `window_days = true` is a mistake, not 1 day.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise reader.fail(key, f"must be a whole number above 0, got {_shown(value)}")
+    return value
+
+
+def _time_zone(reader: _ProfileReader, key: str) -> str:
+    name = _text(reader, key)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise reader.fail(
+            key, f"must be an IANA time zone such as 'Asia/Kolkata', got {name!r}"
+        ) from exc
+    return name
+
+
+def _email(reader: _ProfileReader, key: str) -> str:
+    address = _text(reader, key)
+    local, _, domain = address.partition("@")
+    if not local or "." not in domain or " " in address:
+        raise reader.fail(key, f"must be an email address, got {address!r}")
+    return address
+
+
 @dataclass(frozen=True)
 class StoreProfile:
-    name: str
-    description: str
-    website: str | None
-    tone: str
-    shipping_regions: tuple[str, ...]
-    delivery_time: str
-    returns_window_days: int
-    support_hours: str
-    time_zone: str
-    contact_email: str
-    contact_phone: str | None
+    """Each field is declared once: where the file holds it and how it is read and checked.
+    The reader, the set of known keys and `profile_document` are all derived from these lines,
+    and fields are checked in this order (the first wrong one is the one reported)."""
+
+    name: str = profile_field("name", _text)
+    description: str = profile_field("description", _text)
+    website: str | None = profile_field("website", _optional_text)
+    tone: str = profile_field("tone", _one_line)
+    shipping_regions: tuple[str, ...] = profile_field("shipping.regions", _text_list)
+    delivery_time: str = profile_field("shipping.delivery_time", _text)
+    returns_window_days: int = profile_field("returns.window_days", _positive_int)
+    support_hours: str = profile_field("support.hours", _text)
+    time_zone: str = profile_field("support.time_zone", _time_zone)
+    contact_email: str = profile_field("contact.email", _email)
+    contact_phone: str | None = profile_field("contact.phone", _optional_text)
 
     @property
     def human_contact(self) -> str:
@@ -42,22 +120,9 @@ class StoreProfile:
         return self.contact_email
 
 
-# Every field the file may hold; anything else is a typo that would otherwise be ignored silently.
-_KNOWN_FIELDS = frozenset(
-    {
-        "name",
-        "description",
-        "website",
-        "tone",
-        "shipping.regions",
-        "shipping.delivery_time",
-        "returns.window_days",
-        "support.hours",
-        "support.time_zone",
-        "contact.email",
-        "contact.phone",
-    }
-)
+_FIELDS = dataclasses.fields(StoreProfile)
+# Every key the file may hold; anything else is a typo that would otherwise be ignored silently.
+_KNOWN_KEYS = frozenset(field.metadata["key"] for field in _FIELDS)
 
 
 def load_profile(path: Path | str) -> StoreProfile:
@@ -87,20 +152,16 @@ def profile_from_document(document: object, source: str) -> StoreProfile:
 def profile_document(profile: StoreProfile) -> dict[str, Any]:
     """The profile as the nested fields of its TOML file: what a site stores as JSON, and
     what profile_from_document reads back to the same profile."""
-    document: dict[str, Any] = {
-        "name": profile.name,
-        "description": profile.description,
-        "tone": profile.tone,
-        "shipping": {"regions": list(profile.shipping_regions),
-                     "delivery_time": profile.delivery_time},
-        "returns": {"window_days": profile.returns_window_days},
-        "support": {"hours": profile.support_hours, "time_zone": profile.time_zone},
-        "contact": {"email": profile.contact_email},
-    }
-    if profile.website is not None:
-        document["website"] = profile.website
-    if profile.contact_phone is not None:
-        document["contact"]["phone"] = profile.contact_phone
+    document: dict[str, Any] = {}
+    for field in _FIELDS:
+        value = getattr(profile, field.name)
+        if value is None:  # an optional field left out of the file
+            continue
+        *tables, leaf = field.metadata["key"].split(".")
+        table = document
+        for name in tables:
+            table = table.setdefault(name, {})
+        table[leaf] = list(value) if isinstance(value, tuple) else value
     return document
 
 
@@ -112,88 +173,22 @@ class _ProfileReader:
         self.document = document
 
     def profile(self) -> StoreProfile:
-        self._reject_unknown_fields()
-        return StoreProfile(
-            name=self._text("name"),
-            description=self._text("description"),
-            website=self._optional_text("website"),
-            tone=" ".join(self._text("tone").split()),
-            shipping_regions=self._text_list("shipping.regions"),
-            delivery_time=self._text("shipping.delivery_time"),
-            returns_window_days=self._positive_int("returns.window_days"),
-            support_hours=self._text("support.hours"),
-            time_zone=self._time_zone("support.time_zone"),
-            contact_email=self._email("contact.email"),
-            contact_phone=self._optional_text("contact.phone"),
-        )
+        for key in sorted(_dotted_keys(self.document)):
+            if key not in _KNOWN_KEYS:
+                raise self.fail(key, "is not a profile field (check the spelling)")
+        return StoreProfile(**{field.name: field.metadata["read"](self, field.metadata["key"])
+                               for field in _FIELDS})
 
-    def _fail(self, field: str, problem: str) -> ProfileError:
-        return ProfileError(f"store profile {self.path}: field '{field}' {problem}")
+    def fail(self, key: str, problem: str) -> ProfileError:
+        return ProfileError(f"store profile {self.path}: field '{key}' {problem}")
 
-    def _reject_unknown_fields(self) -> None:
-        for field in sorted(_dotted_keys(self.document)):
-            if field not in _KNOWN_FIELDS:
-                raise self._fail(field, "is not a profile field (check the spelling)")
-
-    def _lookup(self, field: str) -> Any:
+    def lookup(self, key: str) -> Any:
         node: Any = self.document
-        for part in field.split("."):
+        for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 return None
             node = node[part]
         return node
-
-    def _text(self, field: str) -> str:
-        value = self._lookup(field)
-        if value is None:
-            raise self._fail(field, "is missing")
-        if not isinstance(value, str):
-            raise self._fail(field, f"must be text, got {_shown(value)}")
-        if not value.strip():
-            raise self._fail(field, "is empty")
-        return value.strip()
-
-    def _optional_text(self, field: str) -> str | None:
-        if self._lookup(field) is None:
-            return None
-        return self._text(field)
-
-    def _text_list(self, field: str) -> tuple[str, ...]:
-        value = self._lookup(field)
-        if value is None:
-            raise self._fail(field, "is missing")
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise self._fail(field, f'must be a list of text such as ["USA"], got {_shown(value)}')
-        items = tuple(item.strip() for item in value if item.strip())
-        if not items:
-            raise self._fail(field, "is empty")
-        return items
-
-    def _positive_int(self, field: str) -> int:
-        value = self._lookup(field)
-        if value is None:
-            raise self._fail(field, "is missing")
-        # bool is an int in Python, but `window_days = true` is a mistake, not 1 day.
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise self._fail(field, f"must be a whole number above 0, got {_shown(value)}")
-        return value
-
-    def _time_zone(self, field: str) -> str:
-        name = self._text(field)
-        try:
-            ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise self._fail(
-                field, f"must be an IANA time zone such as 'Asia/Kolkata', got {name!r}"
-            ) from exc
-        return name
-
-    def _email(self, field: str) -> str:
-        address = self._text(field)
-        local, _, domain = address.partition("@")
-        if not local or "." not in domain or " " in address:
-            raise self._fail(field, f"must be an email address, got {address!r}")
-        return address
 
 
 def _dotted_keys(table: dict[str, Any], prefix: str = "") -> set[str]:

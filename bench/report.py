@@ -234,7 +234,7 @@ def write(results: dict[str, Any], bench: Path = BENCH, plot_python: Path | None
         "",
         "Written by `make bench` (`python bench/run.py`); rerun it as other issues land. "
         "How the harness works: the docstrings of `bench/run.py`, `bench/loadgen.py` and "
-        "`bench/fake_upstream.py`.",
+        "`tests/fake_model.py` (the fake model, shared with the tests).",
         "",
         f"- Date: {m['date']}, commit `{m['commit']}`, whole run {results['elapsed_s']:.0f} s",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}; "

@@ -626,10 +626,10 @@ async def run(args: argparse.Namespace) -> int:
     services: list[procs.Service] = []
     upstream = procs.Service(
         "upstream",
-        [sys.executable, str(BENCH / "fake_upstream.py"), "--host", HOST,
+        [sys.executable, "-m", "tests.fake_model", "--host", HOST,
          "--port", str(UPSTREAM_PORT), "--ttft-ms", str(NOMINAL_TTFT_MS),
          "--tokens", str(TOKENS), "--gap-ms", str(GAP_MS)],
-        dict(os.environ), OUT / "upstream.log", cpu=HARNESS_CPU)
+        dict(os.environ), OUT / "upstream.log", cpu=HARNESS_CPU, cwd=ROOT)
     results: dict[str, Any] = {"plan": dataclasses.asdict(plan), "machine": machine(),
                                "versions": versions(), "litellm": litellm_why or "ok"}
     busy = [port for port in (UPSTREAM_PORT, APP_PORT, LITELLM_PORT) if port_in_use(port)]
@@ -749,9 +749,9 @@ async def run_short(args: argparse.Namespace) -> int:
         return 2
     upstream = procs.Service(
         "upstream",
-        [sys.executable, str(BENCH / "fake_upstream.py"), "--host", HOST,
+        [sys.executable, "-m", "tests.fake_model", "--host", HOST,
          "--port", str(UPSTREAM_PORT)],
-        dict(os.environ), OUT / "upstream.log", cpu=HARNESS_CPU)
+        dict(os.environ), OUT / "upstream.log", cpu=HARNESS_CPU, cwd=ROOT)
     services: list[procs.Service] = []
     results: dict[str, Any] = {"machine": machine(), "versions": versions(),
                                "litellm": litellm_why or "ok"}

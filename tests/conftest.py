@@ -30,6 +30,7 @@ from app import db
 from app.config import Settings
 from app.main import create_app
 from app.server import AppServer, server_config
+from tests.fake_model import chunk_line
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,19 +128,6 @@ def query(database_url: str) -> Callable[..., list[tuple[Any, ...]]]:
 
 
 # -- the upstream model, mocked at the HTTP layer ---------------------------------------------
-
-
-def chunk_line(content: str | None = None, *, usage: dict[str, int] | None = None,
-               finish: str | None = None) -> bytes:
-    """One `data:` line of an OpenAI chat.completion.chunk stream."""
-    choices = [] if usage is not None else [
-        {"index": 0, "delta": {} if content is None else {"content": content},
-         "finish_reason": finish}]
-    body: dict[str, Any] = {"id": "chatcmpl-test", "object": "chat.completion.chunk",
-                            "created": 1, "model": "gpt-4o-mini", "choices": choices}
-    if usage is not None:
-        body["usage"] = usage
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
 @dataclass

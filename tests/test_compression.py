@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningApp, read_events
-from tests.scripted_model import ScriptedModel
+from tests.fake_model import FakeModel
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 
@@ -54,9 +54,9 @@ async def test_answer_streams_are_never_compressed_and_tokens_arrive_one_by_one(
         start_app: Callable[..., Any]) -> None:
     """Token n+1 leaves the model only once the client has token n: a compressor on the way
     would hold token n back in its buffer, and the test would hang."""
-    with ScriptedModel() as model:
+    async with FakeModel() as model:
         app: RunningApp = await start_app(openai_base_url=model.base_url)
-        model.reset(gated=True)
+        answer = model.hold_default()
         async with app.client() as http, http.stream(
                 "POST", "/chat/stream", json={"message": "Can I return shoes?"},
                 headers={"Accept-Encoding": "gzip, deflate, br"}) as response:
@@ -64,8 +64,8 @@ async def test_answer_streams_are_never_compressed_and_tokens_arrive_one_by_one(
             assert "content-encoding" not in response.headers
             events = read_events(response)
             meta = (await anext(events)).data
-            for expected in model.tokens:
-                model.release()
+            for expected in answer.tokens:
+                answer.release()
                 token = await anext(events)
                 assert (token.event, token.data["text"]) == ("token", expected)
             assert (await anext(events)).event == "done"

@@ -2,7 +2,7 @@
 stops for good once it has the end (the reconnect after `done` is told 204).
 
 A tiny proxy plays the load balancer: it serves the test page, sends the first GET of the stream
-to instance A and cuts it after a few hundred bytes (a network change), and sends the reconnect
+to instance A and cuts it after a few tokens (a network change), and sends the reconnect
 to instance B. EventSource reconnects by itself and resends the id of the last token it got.
 """
 
@@ -25,10 +25,10 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic"]
-# Past the response headers, meta and several tokens (the headers grew; 900 sometimes cut before
-# the first token was whole); the cut may fall inside a frame, which the
-# browser discards, as it would on a real network.
-CUT_AFTER_BYTES = 1500
+# The first connection is cut just before token 4's frame, whatever the size of the headers and
+# of `meta` before it (a cut after a fixed byte count fell before the first token once the
+# headers grew): the browser has tokens 1-3 whole, and asks for what follows 3.
+CUT_BEFORE_TOKEN = 4
 
 PAGE_HTML = b"<!doctype html><title>resume</title><link rel=icon href='data:,'>"
 PAGE_RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nconnection: close\r\n"
@@ -71,7 +71,8 @@ async def test_eventsource_reconnects_to_another_instance_and_continues(
         if head.startswith(b"GET /chat/stream/"):
             stream_requests += 1
             if stream_requests == 1:
-                return Upstream("127.0.0.1", port_of(a), cut_after_bytes=CUT_AFTER_BYTES)
+                return Upstream("127.0.0.1", port_of(a),
+                                cut_before=b"id: %d\n" % CUT_BEFORE_TOKEN)
             return Upstream("127.0.0.1", port_of(b))
         return Upstream("127.0.0.1", port_of(a))
 
@@ -95,7 +96,7 @@ async def test_eventsource_reconnects_to_another_instance_and_continues(
     await proxy.stop()
 
     assert result["opened"] == 2
-    assert result["ids"] == [str(n) for n in range(1, 51)]
+    assert result["ids"] == [str(n) for n in range(1, 51)], result
     assert "".join(result["tokens"]) == "".join(tokens)
     assert result["done"]["status"] == "complete" and result["done"]["text"] == "".join(tokens)
     stream_heads = [h.decode("latin-1") for h in proxy.heads if h.startswith(b"GET /chat/stream/")]
@@ -104,7 +105,7 @@ async def test_eventsource_reconnects_to_another_instance_and_continues(
     resent = re.search(r"^last-event-id: *(\d+)\r$", stream_heads[1], re.I | re.M)
     assert resent is not None
     # The reconnect asked for exactly the tokens after the last one the browser had.
-    assert 1 <= int(resent.group(1)) < 50
+    assert int(resent.group(1)) == CUT_BEFORE_TOKEN - 1
 
 
 # -- after the end: a reconnect is told 204, and a standard EventSource stops ------------------

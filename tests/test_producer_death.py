@@ -1,7 +1,7 @@
 """An instance killed mid-answer: the answer ends as 'interrupted', never as an endless wait.
 
-The producer is a real `python -m app` process (SIGKILL needs one), talking to a small fake
-OpenAI-compatible server on loopback (respx cannot reach another process); the instance that
+The producer is a real `python -m app` process (SIGKILL needs one), talking to the fake model
+on loopback (tests/fake_model.py; respx cannot reach another process); the instance that
 serves the resume runs in the test.
 """
 
@@ -19,48 +19,24 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from tests.conftest import (
     ROOT,
-    FakeUpstream,
-    Reply,
     SSEEvent,
     free_port,
     parse_sse,
     read_events,
 )
+from tests.fake_model import FakeModel, Script
 
 Query = Callable[..., list[tuple[Any, ...]]]
 LEASE_S = 2
 
 
 @pytest.fixture
-async def fake_openai() -> AsyncIterator[tuple[str, FakeUpstream]]:
-    """An OpenAI-compatible server on loopback that streams the replies queued on it."""
-    fake = FakeUpstream()
-
-    async def completions(request: Request) -> Response:
-        fake.requests.append(await request.json())
-        reply = fake.replies.pop(0) if fake.replies else fake.default
-        return StreamingResponse(fake._body(reply), media_type="text/event-stream")
-
-    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/v1", fake
-    server.should_exit = True
-    await task
+async def fake_openai() -> AsyncIterator[FakeModel]:
+    async with FakeModel() as model:
+        yield model
 
 
 @pytest.fixture
@@ -111,11 +87,10 @@ def token_texts(events: list[SSEEvent]) -> str:
 
 
 async def test_a_producer_killed_mid_answer_ends_the_resume_with_interrupted(
-        fake_openai: tuple[str, FakeUpstream], spawn_instance: Callable[[str], Any],
+        fake_openai: FakeModel, spawn_instance: Callable[[str], Any],
         start_app: Callable[..., Any], redis_prefix: str, query: Query, raw_redis: aioredis.Redis) -> None:
-    base_url, upstream = fake_openai
-    upstream.queue(Reply(tokens=[f"w{n} " for n in range(400)], delay=0.05))
-    producer, producer_url = spawn_instance(base_url)
+    fake_openai.queue(Script([f"w{n} " for n in range(400)], delay=0.05))
+    producer, producer_url = spawn_instance(fake_openai.base_url)
     other = await start_app(redis_prefix=redis_prefix, answer_lease_s=LEASE_S)
     await wait_until_serving(producer_url, producer)
 

@@ -22,8 +22,8 @@ import pytest
 
 from tests.app_process import AppProcess
 from tests.conftest import SSEEvent, read_events
+from tests.fake_model import FakeModel, Script
 from tests.proxy import running_nginx
-from tests.scripted_model import ScriptedModel
 
 CHAT_LIMIT_PER_IP = 3
 WEB = Path(__file__).resolve().parent.parent / "web"
@@ -33,7 +33,7 @@ WEB = Path(__file__).resolve().parent.parent / "web"
 class Stack:
     proxy_url: str
     instances: list[AppProcess]
-    model: ScriptedModel
+    model: FakeModel
     nginx_log: Path
 
     def client(self, source_address: str) -> httpx.AsyncClient:
@@ -48,7 +48,7 @@ class Stack:
 def stack(database_url: str, redis_url: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("proxy")
-    with ScriptedModel() as model:
+    with FakeModel() as model:
         env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
                # One prefix for both instances: they share their counters, as in production.
                "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
@@ -76,7 +76,7 @@ async def next_event(events: AsyncIterator[SSEEvent]) -> SSEEvent:
 async def test_tokens_arrive_through_the_proxy_as_they_are_made(stack: Stack) -> None:
     """The model sends token n+1 only after the client has received token n through nginx:
     a proxy that buffered the response would hold token n back and the test would hang."""
-    stack.model.reset(gated=True)
+    answer = stack.model.hold_default()
     async with stack.client("127.0.0.2") as http, http.stream(
             "POST", "/chat/stream", json={"message": "Can I return shoes?"},
             headers={"X-Request-ID": "proxy-req-1",
@@ -87,8 +87,8 @@ async def test_tokens_arrive_through_the_proxy_as_they_are_made(stack: Stack) ->
         events = read_events(response)
         assert (await next_event(events)).event == "meta"
         received = []
-        for expected in stack.model.tokens:
-            stack.model.release()
+        for expected in answer.tokens:
+            answer.release()
             token = await next_event(events)
             assert (token.event, token.data["text"]) == ("token", expected)
             received.append(token.data["text"])
@@ -109,7 +109,7 @@ async def test_tokens_arrive_through_the_proxy_as_they_are_made(stack: Stack) ->
 async def test_the_page_served_through_the_proxy_may_use_the_chat(stack: Stack) -> None:
     """A browser on the demo page sends its Origin, port included; nginx must pass the Host
     with its port, or the app would take its own page for a foreign one."""
-    stack.model.reset(gated=False)
+    stack.model.default = Script()
     async with stack.client("127.0.0.5") as http:
         response = await http.post("/chat/stream", json={"message": "hi"},
                                    headers={"Origin": stack.proxy_url})
@@ -144,7 +144,7 @@ async def test_nginx_makes_a_request_id_when_the_client_sends_none(stack: Stack)
 
 
 async def test_rate_limits_key_on_the_real_client_address(stack: Stack) -> None:
-    stack.model.reset(gated=False)
+    stack.model.default = Script()
 
     async def ask(http: httpx.AsyncClient, forged: str) -> httpx.Response:
         # A client that writes its own X-Forwarded-For gains nothing: nginx appends the address
@@ -167,15 +167,15 @@ async def test_rate_limits_key_on_the_real_client_address(stack: Stack) -> None:
 
 async def test_an_answer_resumes_through_the_proxy_after_its_connection_is_cut(
         stack: Stack) -> None:
-    stack.model.reset(gated=True)
-    tokens = stack.model.tokens
+    answer = stack.model.hold_default()
+    tokens = answer.tokens
     async with stack.client("127.0.0.5") as http:
         async with http.stream("POST", "/chat/stream",
                                json={"message": "Where is my parcel?"}) as response:
             events = read_events(response)
             meta = (await next_event(events)).data
             for _ in range(2):
-                stack.model.release()
+                answer.release()
                 last = await next_event(events)
         # The connection is gone: the shopper's train went into a tunnel. The answer goes on.
         assert last.id == "2"
@@ -188,7 +188,7 @@ async def test_an_answer_resumes_through_the_proxy_after_its_connection_is_cut(
             assert (await next_event(events)).event == "meta"
             rest = []
             for _ in tokens[2:]:
-                stack.model.release()
+                answer.release()
                 token = await next_event(events)
                 assert token.event == "token"
                 rest.append(token)

@@ -21,7 +21,7 @@ import pytest
 from app.redis_connection import LIMITS_PROBE_EVERY_S
 from app.services import services_of
 from tests.conftest import FakeUpstream, Reply, RunningApp, read_events
-from tests.fake_openai import FakeOpenAI
+from tests.fake_model import FakeModel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,8 +154,8 @@ async def test_an_answer_cut_off_before_usage_is_charged_an_estimate(
 
 
 @pytest.fixture
-async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
+async def fake_openai() -> AsyncIterator[FakeModel]:
+    async with FakeModel() as fake:
         yield fake
 
 
@@ -179,7 +179,7 @@ async def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
 
 
 async def test_two_instances_share_the_session_limit(database_url: str, redis_url: str,
-                                                     fake_openai: FakeOpenAI) -> None:
+                                                     fake_openai: FakeModel) -> None:
     env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
            "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}", "OPENAI_API_KEY": "test",
            "OPENAI_BASE_URL": fake_openai.base_url, "RATE_LIMIT_SESSION": "20/15minutes"}

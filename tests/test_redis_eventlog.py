@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from app.eventlog import Event, encode_event
 from app.redis_connection import SharedRedis
-from app.redis_eventlog import CONFIRM_S, RedisEventLog
+from app.redis_eventlog import CONFIRM_S, Keys, RedisEventLog
 from tests.tcp_proxy import TcpProxy
 
 Factory = Callable[..., Any]
@@ -221,7 +221,7 @@ async def test_after_an_outage_the_copy_is_completed_from_memory_without_duplica
 
 
 async def test_a_cancel_request_reaches_the_producing_instance(
-        make_log: Factory, redis_url: str, raw_redis: aioredis.Redis) -> None:
+        make_log: Factory, redis_url: str, redis_prefix: str, raw_redis: aioredis.Redis) -> None:
     cancelled: list[str] = []
     heard = asyncio.Event()
 
@@ -233,11 +233,11 @@ async def test_a_cancel_request_reaches_the_producing_instance(
     other = await make_log(redis_url)
 
     async def listening() -> bool:
-        channel = producer._keys.cancel_channel
+        channel = Keys(redis_prefix).cancel_channel
         return bool(dict(await raw_redis.pubsub_numsub(channel)).get(channel))
 
     async def leased() -> bool:
-        return bool(await raw_redis.exists(producer._keys.lease("a6")))
+        return bool(await raw_redis.exists(Keys(redis_prefix).lease("a6")))
 
     await wait_until(listening)  # the producer's listener has subscribed
     produce(producer, "a6", ["x"], end=False)
@@ -256,7 +256,7 @@ async def test_only_answers_without_a_lease_count_as_producerless(
     produce(producer, "dead", ["partial ", "text"], end=False)
     await copied(raw_redis, redis_prefix, "dead", 3)
     producer._live.discard("dead")
-    await producer._redis.delete(producer._keys.lease("dead"))
+    await raw_redis.delete(Keys(redis_prefix).lease("dead"))
     assert await other.producerless(["live", "dead", "never-streamed"]) == {
         "dead": "partial text", "never-streamed": ""}
 
@@ -283,7 +283,7 @@ async def test_a_lease_that_comes_back_at_once_is_not_a_dead_producer(
     produce(producer, "a7", ["x"], end=False)
     await copied(raw_redis, redis_prefix, "a7", 2)
     producer._live.discard("a7")  # its heartbeat would put the lease back by itself
-    lease = producer._keys.lease("a7")
+    lease = Keys(redis_prefix).lease("a7")
     await raw_redis.delete(lease)
     events = await follow(other, "a7", 1, never_lost)
     assert events is not None

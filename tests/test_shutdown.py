@@ -18,7 +18,7 @@ import pytest
 
 from tests.app_process import AppProcess
 from tests.conftest import SSEEvent, read_events
-from tests.scripted_model import ScriptedModel
+from tests.fake_model import FakeModel, Script
 
 # uvicorn re-raises the signal once its graceful shutdown is done, so the process ends "killed by
 # SIGTERM" (status 143 under Docker), which tells a supervisor it stopped on request.
@@ -26,13 +26,13 @@ STOPPED_BY_SIGTERM = -signal.SIGTERM
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[ScriptedModel]:
-    with ScriptedModel() as scripted:
-        yield scripted
+def model() -> Iterator[FakeModel]:
+    with FakeModel() as fake:
+        yield fake
 
 
 @pytest.fixture
-def start_instance(database_url: str, redis_url: str, model: ScriptedModel,
+def start_instance(database_url: str, redis_url: str, model: FakeModel,
                    tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
     started: list[AppProcess] = []
 
@@ -67,7 +67,7 @@ async def until_refused(url: str) -> None:
             await asyncio.sleep(0.05)
 
 
-async def start_stream(http: httpx.AsyncClient, model: ScriptedModel,
+async def start_stream(http: httpx.AsyncClient, answer: Script,
                        tokens_before_signal: int) -> tuple[Any, AsyncIterator[SSEEvent], list[str]]:
     response = await http.send(http.build_request("POST", "/chat/stream",
                                                   json={"message": "Can I return shoes?"}),
@@ -78,7 +78,7 @@ async def start_stream(http: httpx.AsyncClient, model: ScriptedModel,
     assert meta.event == "meta"
     received = []
     for _ in range(tokens_before_signal):
-        model.release()
+        answer.release()
         token = await next_event(events)
         assert token.event == "token"
         received.append(token.data["text"])
@@ -86,37 +86,37 @@ async def start_stream(http: httpx.AsyncClient, model: ScriptedModel,
 
 
 async def test_an_answer_in_flight_finishes_after_sigterm(
-        start_instance: Callable[..., AppProcess], model: ScriptedModel,
+        start_instance: Callable[..., AppProcess], model: FakeModel,
         query: Callable[..., list[tuple[Any, ...]]]) -> None:
-    model.reset(gated=True)
+    answer = model.hold_default()
     instance = start_instance(SHUTDOWN_GRACE_S="30")
     async with httpx.AsyncClient(base_url=instance.url, timeout=30) as http:
-        response, events, received = await start_stream(http, model, tokens_before_signal=1)
+        response, events, received = await start_stream(http, answer, tokens_before_signal=1)
         instance.terminate()
         # Draining: no new connection is taken, while the open stream goes on.
         await until_refused(instance.url)
-        model.release(len(model.tokens))
+        answer.release_all()
         rest = [event async for event in events]
         await response.aclose()
 
-    assert [event.event for event in rest] == ["token"] * (len(model.tokens) - 1) + ["done"]
+    assert [event.event for event in rest] == ["token"] * (len(answer.tokens) - 1) + ["done"]
     done = rest[-1].data
-    assert done["status"] == "complete" and done["text"] == "".join(model.tokens)
-    assert received + [event.data["text"] for event in rest[:-1]] == model.tokens
+    assert done["status"] == "complete" and done["text"] == "".join(answer.tokens)
+    assert received + [event.data["text"] for event in rest[:-1]] == answer.tokens
     assert await asyncio.to_thread(instance.wait) == STOPPED_BY_SIGTERM
     assert query("SELECT status, text FROM messages WHERE id = %s",
-                 uuid.UUID(done["messageId"])) == [("complete", "".join(model.tokens))]
+                 uuid.UUID(done["messageId"])) == [("complete", "".join(answer.tokens))]
     answer_lines = [line for line in instance.log_lines() if line.get("message") == "answer"]
     assert [line["status"] for line in answer_lines] == ["complete"]
 
 
 async def test_an_answer_outlasting_the_grace_is_saved_as_interrupted_and_resumable(
-        start_instance: Callable[..., AppProcess], model: ScriptedModel,
+        start_instance: Callable[..., AppProcess], model: FakeModel,
         query: Callable[..., list[tuple[Any, ...]]]) -> None:
-    model.reset(gated=True)
+    answer = model.hold_default()
     instance = start_instance(SHUTDOWN_GRACE_S="1")
     async with httpx.AsyncClient(base_url=instance.url, timeout=30) as http:
-        response, events, received = await start_stream(http, model, tokens_before_signal=2)
+        response, events, received = await start_stream(http, answer, tokens_before_signal=2)
         instance.terminate()
         # No more tokens are released: the grace period runs out with the answer half done.
         rest = [event async for event in events]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -17,6 +15,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from app import db
 from tests.proxy import free_port
+from tests.tcp_proxy import TcpProxy, Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,47 +25,14 @@ def waiting_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
             if record.getMessage().startswith("waiting for the database")]
 
 
-async def open_database_socket(
-        conninfo: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw connection to the server of `conninfo`: TCP, or the Unix socket of a host that is
-    a directory (the embedded PostgreSQL of a run without DATABASE_URL listens only there)."""
+def database_server(conninfo: str) -> Upstream:
+    """The server of `conninfo`: TCP, or the Unix socket of a host that is a directory (the
+    embedded PostgreSQL of a run without DATABASE_URL listens only there)."""
     params = conninfo_to_dict(conninfo)
     host, port = params.get("host") or "localhost", params.get("port") or "5432"
     if host.startswith("/"):
-        return await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
-    return await asyncio.open_connection(host, int(port))
-
-
-@contextlib.asynccontextmanager
-async def tcp_forwarder(listen_port: int, target_conninfo: str) -> AsyncIterator[None]:
-    """The database 'comes up' on `listen_port`: a plain relay to the real server."""
-    relays: list[asyncio.Task[None]] = []
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-
-    async def relay(client_reader: asyncio.StreamReader,
-                    client_writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await open_database_socket(target_conninfo)
-        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
-
-    def start_relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        relays.append(asyncio.create_task(relay(reader, writer)))
-
-    server = await asyncio.start_server(start_relay, "127.0.0.1", listen_port)
-    try:
-        yield
-    finally:
-        server.close()
-        await server.wait_closed()
-        # Each relay ends when both sides have hung up (the probe connection is closed at once).
-        await asyncio.wait_for(asyncio.gather(*relays), 30)
+        return Upstream(unix_path=f"{host}/.s.PGSQL.{port}")
+    return Upstream(host, int(port))
 
 
 async def test_waits_for_a_database_that_comes_up(
@@ -84,7 +50,8 @@ async def test_waits_for_a_database_that_comes_up(
                 break
             await asyncio.sleep(0.05)
         assert not waiting.done()
-        async with tcp_forwarder(port, database_url):
+        # The database 'comes up' on `port`: the proxy relays to the real server.
+        async with TcpProxy(lambda _: database_server(database_url), port):
             await asyncio.wait_for(waiting, 30)
 
     first = waiting_lines(caplog)[0]

@@ -1,10 +1,10 @@
 """The chat widget in a real browser: Debian's Chromium, driven by Playwright, against the real app.
 
-The app runs as a subprocess (`python -m app`) on the test database. The model is a small fake
-OpenAI-compatible server on loopback whose answers are scripted per question and can be held
-back token by token, so a test looks at the page between two tokens instead of timing anything.
-The same background server serves a store page on another origin, and a TCP proxy whose open
-connections a test can cut in the middle of an answer.
+The app runs as a subprocess (`python -m app`) on the test database. The model is the shared
+fake model (tests/fake_model.py), whose answers are scripted per question and can be held back
+token by token, so a test looks at the page between two tokens instead of timing anything. It
+also serves a store page on another origin; the shared TCP proxy (tests/tcp_proxy.py) cuts
+open connections in the middle of an answer.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -40,12 +39,10 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response, StreamingResponse
-from starlette.routing import Route
 
-from tests.conftest import chunk_line
+from tests import fake_model as shared_fake_model
+from tests.fake_model import Script
+from tests.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -59,22 +56,7 @@ USER = '[data-chat-message][data-sender="user"]'
 AI = '[data-chat-message][data-sender="ai"]'
 
 
-# -- the fake model -----------------------------------------------------------------------------
-
-
-@dataclass
-class Script:
-    """One scripted answer. `released` is how many tokens may go out; None means all of them."""
-
-    tokens: list[str]
-    released: int | None = None
-
-    def release(self, count: int = 1) -> None:
-        assert self.released is not None, "only a held answer is released"
-        self.released += count
-
-    def release_all(self) -> None:
-        self.released = len(self.tokens)
+# -- the servers besides the app ----------------------------------------------------------------
 
 
 class BackgroundLoop:
@@ -96,115 +78,24 @@ class BackgroundLoop:
         self.loop.close()
 
 
-class FakeModel:
-    """POST /v1/chat/completions answering with chat.completion.chunk SSE, by question.
-
-    Also serves GET /shop, a store page on this server's own origin that embeds the app's widget
-    (the app's address is filled in once the app runs).
-    """
+class FakeModel(shared_fake_model.FakeModel):
+    """The shared fake model (answers scripted per question, held token by token), also serving
+    GET /shop: a store page on this server's own origin that embeds the app's widget (the
+    app's address is filled in once the app runs)."""
 
     def __init__(self) -> None:
-        self.scripts: dict[str, Script] = {}
-        self.default = Script(["Happy ", "to ", "help!"])
+        super().__init__(Script(["Happy ", "to ", "help!"]))
         self.widget_src = ""
-        self.questions: list[str] = []
-        self.app = Starlette(routes=[
-            Route("/v1/chat/completions", self.completions, methods=["POST"]),
-            Route("/shop", self.shop_page, methods=["GET"]),
-        ])
-        self.url = ""
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.pages["/shop"] = self.shop_page
 
-    def answer(self, question: str, *tokens: str, held: bool = False) -> Script:
-        script = Script(list(tokens), released=0 if held else None)
-        self.scripts[question] = script
-        return script
-
-    async def completions(self, request: Request) -> Response:
-        body = await request.json()
-        question = body["messages"][-1]["content"]
-        self.questions.append(question)
-        script = self.scripts.get(question, self.default)
-        return StreamingResponse(self._chunks(script), media_type="text/event-stream")
-
-    async def _chunks(self, script: Script) -> AsyncIterator[bytes]:
-        for index, token in enumerate(script.tokens):
-            # `released` is raised from the test's thread: a short poll needs no cross-thread wakeup.
-            while script.released is not None and index >= script.released:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            yield chunk_line(token)
-        yield chunk_line(None, finish="stop")
-        yield chunk_line(usage={"prompt_tokens": 20, "completion_tokens": len(script.tokens),
-                                "total_tokens": 20 + len(script.tokens)})
-        yield b"data: [DONE]\n\n"
-
-    async def shop_page(self, request: Request) -> Response:
+    def shop_page(self, query: dict[str, str]) -> str:
         # The script tag twice on purpose: the widget must be defined (and shown) only once.
-        open_at_load = " data-open" if "open" in request.query_params else ""
-        site = request.query_params.get("site")
+        open_at_load = " data-open" if "open" in query else ""
+        site = query.get("site")
         open_at_load += f' data-site="{site}"' if site else ""
         tag = (f'<script src="{self.widget_src}" defer data-title="Shop Help" data-greeting="Hej! '
                f'Ask us anything." data-accent="#8a3ffc" data-position="left"{open_at_load}></script>')
-        return HTMLResponse(f"<!doctype html><title>Another shop</title>"
-                            f"<h1>Another shop</h1>{tag}{tag}")
-
-    async def start(self) -> None:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
-                                lifespan="off", timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:  # noqa: ASYNC110 (uvicorn offers no event for this)
-            await asyncio.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def stop(self) -> None:
-        assert self._server is not None and self._task is not None
-        for script in self.scripts.values():  # let held answers end, so their streams close
-            if script.released is not None:
-                script.release_all()
-        self._server.should_exit = True
-        await self._task
-
-
-class CuttableProxy:
-    """A TCP proxy in front of the app; `cut()` drops every open connection, as a network would."""
-
-    def __init__(self, target_port: int) -> None:
-        self._target_port = target_port
-        self._open: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _handle(self, client_reader: asyncio.StreamReader,
-                      client_writer: asyncio.StreamWriter) -> None:
-        app_reader, app_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
-        self._open.update((client_writer, app_writer))
-
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            writer.close()
-
-        await asyncio.gather(pipe(client_reader, app_writer), pipe(app_reader, client_writer))
-        self._open.difference_update((client_writer, app_writer))
-
-    async def cut(self) -> None:
-        for writer in list(self._open):
-            writer.transport.abort()
-        self._open.clear()
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        await self.cut()
-        self._server.close()
+        return f"<!doctype html><title>Another shop</title><h1>Another shop</h1>{tag}{tag}"
 
 
 @pytest.fixture(scope="module")
@@ -215,11 +106,9 @@ def servers() -> Iterator[BackgroundLoop]:
 
 
 @pytest.fixture(scope="module")
-def fake_model(servers: BackgroundLoop) -> Iterator[FakeModel]:
-    model = FakeModel()
-    servers.run(model.start())
-    yield model
-    servers.run(model.stop())
+def fake_model() -> Iterator[FakeModel]:
+    with FakeModel() as model:
+        yield model
 
 
 # -- the app, as a subprocess -------------------------------------------------------------------
@@ -489,7 +378,7 @@ def test_older_messages_load_when_scrolling_up(
 def test_a_cut_connection_resumes_without_repeating_text(
         new_context: Callable[..., BrowserContext], servers: BackgroundLoop,
         chat_app: AppProcess, fake_model: FakeModel) -> None:
-    proxy = CuttableProxy(chat_app.port)
+    proxy = TcpProxy.to("127.0.0.1", chat_app.port)
     servers.run(proxy.start())
     try:
         page = new_context().new_page()
@@ -504,7 +393,7 @@ def test_a_cut_connection_resumes_without_repeating_text(
         expect(answer.locator(".body")).to_have_text("Let me check:")
 
         with page.expect_request(re.compile(r"/chat/stream/[0-9a-f-]{36}\?")) as resumed:
-            servers.run(proxy.cut())
+            servers.loop.call_soon_threadsafe(proxy.reset_all)  # as a network would
         assert resumed.value.all_headers()["last-event-id"] == "2"
         script.release_all()
         expect(answer).to_have_attribute("data-status", "complete")
