@@ -126,10 +126,14 @@ async def migrate(conninfo: str, sql_dir: Path = SQL_DIR) -> list[str]:
                     await conn.execute(
                         "INSERT INTO schema_migrations (name) VALUES (%s)", (path.name,)
                     )
-                log.info("applied migration %s", path.name)
+                log.debug("applied migration %s", path.name)
                 applied_now.append(path.name)
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_KEY,))
+    # One line however many there are: a new database's first start stays a few lines long.
+    if applied_now:
+        log.info("applied %d migration%s: %s", len(applied_now),
+                 "" if len(applied_now) == 1 else "s", ", ".join(applied_now))
     return applied_now
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
+import psycopg
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -78,8 +79,12 @@ async def mailbox() -> AsyncIterator[Mailbox]:
 
 async def test_a_shopper_waiting_while_nobody_is_available_emails_the_store(
         start_app: Callable[..., Any], upstream: FakeUpstream, mailbox: Mailbox,
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        database_url: str) -> None:
     monkeypatch.setattr(alerts, "FIRST_RETRY_S", 0.05)  # the SMTP 451 is retried, quickly
+    # Nobody is online: earlier tests of the run may have signed staff of this site in.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE staff_sessions SET last_seen_at = now() - interval '1 hour'")
     app: RunningApp = await start_app(smtp_url=mailbox.url, smtp_from="chat@shop.example",
                                       alert_email_to="owner@shop.example")
     async with app.client() as shopper:

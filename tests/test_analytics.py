@@ -136,8 +136,8 @@ async def test_the_numbers_of_a_seeded_period_are_its_true_values(
     # Of 30, 50, 400, 600, 800, read from the days' histograms.
     assert summary["medianFirstTokenMs"] == pytest.approx(400, abs=FIRST_TOKEN_BUCKET_MS)
     assert summary["medianPersonJoinS"] == 360  # of 120 s and 600 s
-    # No feedback columns in this database yet: no rate, rather than a made-up 0%.
-    assert body["feedbackStored"] is False
+    # Nobody voted in this period: no rate, rather than a made-up 0%.
+    assert body["feedbackStored"] is True
     assert summary["thumbsUpRate"] is None and summary["csatRate"] is None
 
     days = {day["day"]: day for day in body["days"]}
