@@ -187,8 +187,10 @@ async def test_one_sites_limits_and_budget_do_not_reach_another(
         database_url: str, start_app: Callable[..., Any], upstream: FakeUpstream) -> None:
     limited = await create_site(database_url, "Limited", "https://limited.example",
                                 rate_limit_chat_ip="2/15minutes")
+    # An answer reserves its worst case first (its prompt, about 300 tokens, plus the site's
+    # max_tokens): the frugal site's day fits one, and a few more once they settle at 19.
     frugal = await create_site(database_url, "Frugal", "https://frugal.example",
-                               daily_token_budget=10)
+                               daily_token_budget=500, max_tokens=100)
     app: RunningApp = await start_app()
     async with app.client() as http:
         for _ in range(2):
