@@ -27,7 +27,7 @@ def slow_lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[asyncio.Event]:
     original = ChatService.history
 
     async def held_history(self: ChatService, *args: Any) -> Any:
-        async with db.connection(self._tools.pool):
+        async with db.connection(self._messages._pool):
             await release.wait()
         return await original(self, *args)
 
