@@ -217,6 +217,14 @@ async def test_no_full_id_reaches_any_log_over_a_whole_conversation(stack: Stack
         unknown = await http.get(f"/chat/history/{uuid.uuid4()}")
         assert unknown.status_code == 404
 
+        # The conversation's own routes: the handoff, the shopper typing, its live stream.
+        handoff = await http.post(f"/chat/conversations/{session_id}/handoff")
+        assert handoff.status_code == 200
+        typing = await http.post(f"/chat/conversations/{session_id}/typing")
+        assert typing.status_code == 204
+        async with http.stream("GET", f"/chat/conversations/{session_id}/stream") as live:
+            assert live.status_code == 200
+
         stack.model.reset(gated=True)  # an answer still running, to cancel
         async with http.stream("POST", "/chat/stream",
                                json={"message": "Stop", "sessionId": session_id}) as response:
@@ -243,4 +251,5 @@ async def test_no_full_id_reaches_any_log_over_a_whole_conversation(stack: Stack
     # What is logged is still enough to follow a conversation through the logs.
     assert f"/chat/history/{session_id[:8]}..." in nginx_log
     assert f"/chat/stream/{answer_id[:8]}..." in nginx_log
+    assert f"/chat/conversations/{session_id[:8]}.../handoff" in nginx_log
     assert nginx_logged_cancel()
