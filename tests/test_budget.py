@@ -22,8 +22,9 @@ from app.redis_connection import SharedRedis
 from app.services import services_of
 from app.sites import DEFAULT_SITE_ID, Site
 from app.store_profile import StoreProfile
-from tests.conftest import FakeUpstream, Reply, RunningApp, read_events
+from tests.conftest import FakeUpstream, Reply, RunningApp, read_events, stream_chat
 from tests.tcp_proxy import TcpProxy
+from tests.test_admin import make_staff
 
 # Each answer may use up to MAX_TOKENS, and its prompt (a few hundred tokens) comes on top: three
 # worst cases fit in the budget with room to spare for the prompts, a fourth does not.
@@ -304,3 +305,26 @@ async def test_an_outage_keeps_spend_within_the_share_and_is_reconciled_after(
                            "settled in Redis again")
     finally:
         await proxy.stop()
+
+
+async def test_a_message_a_person_answers_gives_its_reservation_back(
+        start_app: Any, upstream: FakeUpstream, redis_url: str, database_url: str,
+        query: Callable[..., list[tuple[Any, ...]]]) -> None:
+    """While a person has the conversation no answer starts: what was reserved for one before
+    the endpoint knew it goes back at once, so the day's budget is not held by nothing."""
+    app: RunningApp = await start_app(daily_token_budget=FITS_THREE, max_tokens=MAX_TOKENS)
+    async with app.client() as http:
+        events = await stream_chat(http, {"message": "Where is my order?"})
+        session_id = events[0].data["sessionId"]
+        await wait_for(lambda: _is(counter(redis_url, budget_key(app)), 19), "settled")
+        agent = await make_staff(database_url, [DEFAULT_SITE_ID])
+        query("UPDATE conversations SET status = 'human', agent_id = %s WHERE id = %s",
+              agent.id, session_id)
+        for _ in range(4):  # more than the budget fits worst cases of
+            forwarded = await stream_chat(http, {"message": "Hello?", "sessionId": session_id})
+            assert forwarded[-1].data["status"] == "forwarded"
+    assert await counter(redis_url, budget_key(app)) == 19
+
+
+async def _is(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
