@@ -38,6 +38,11 @@ class Bulkhead:
         self._semaphore = asyncio.Semaphore(slots)
         self.refused = 0
 
+    @property
+    def full(self) -> bool:
+        """Every slot is in use: the next lookup waits, then is refused."""
+        return self._semaphore.locked()
+
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         try:

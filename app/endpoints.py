@@ -291,10 +291,14 @@ def session_param(request: Request) -> uuid.UUID:
 
 
 @contextlib.asynccontextmanager
-async def lookup(request: Request) -> AsyncIterator[None]:
-    """A history, resume or cancel lookup: its own per-IP limit and its share of the pool."""
+async def lookup(request: Request, *, limited: bool = True) -> AsyncIterator[None]:
+    """A history, resume or cancel lookup: its own per-IP limit and its share of the pool.
+
+    The conversation's own reads (its live stream's check, typing, handoff) share the pool's
+    share but not the per-IP lookup limit: a shopper typing to a person sends one every 3 s."""
     app_services = services(request)
-    await app_services.limits.check_lookup(limit_key(request.state.client_ip))
+    if limited:
+        await app_services.limits.check_lookup(limit_key(request.state.client_ip))
     async with app_services.lookups.slot():
         yield
 
@@ -346,9 +350,11 @@ async def handoff(request: Request) -> Response:
     site = site_param(request)
     desk = services(request).desk
     try:
-        summary = await desk.move(session_id, [site.id], "handoff", None)
+        async with lookup(request, limited=False):
+            summary = await desk.move(session_id, [site.id], "handoff", None)
     except StatusConflict:
-        summary = await desk.summary(session_id, [site.id])
+        async with lookup(request, limited=False):
+            summary = await desk.summary(session_id, [site.id])
     else:
         await announce(request, site.id, session_id, "status", status_payload(summary))
         alerts = services(request).alerts
@@ -371,7 +377,8 @@ async def conversation_stream(request: Request) -> Response:
     site = site_param(request)
     after = last_event_id(request)
     app_services = services(request)
-    await app_services.desk.summary(session_id, [site.id])  # another site's id: a 404
+    async with lookup(request, limited=False):
+        await app_services.desk.summary(session_id, [site.id])  # another site's id: a 404
     events = app_services.feeds.follow(conversation_key(site.id, session_id), after)
     return event_stream(events, app_services.connections)
 
@@ -380,7 +387,8 @@ async def shopper_typing(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "sessionId")
     site = site_param(request)
     app_services = services(request)
-    await app_services.desk.summary(session_id, [site.id])
+    async with lookup(request, limited=False):
+        await app_services.desk.summary(session_id, [site.id])
     await app_services.feeds.publish(conversation_key(site.id, session_id), "typing",
                                      {"sender": "user"})
     return Response(status_code=204)

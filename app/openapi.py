@@ -198,7 +198,8 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
     # 404: a siteKey that names no site.
     chat_refusals = _error_responses(400, 401, 403, 404, 413, 415, 429, 503)
     chat_reads = _error_responses(400, 403, 404, 429, 503)
-    # History, resume and cancel: their own share of the database (503 lookups_busy).
+    # History, resume, cancel and the conversation's own reads: their own share of the
+    # database (503 lookups_busy).
     lookup_reads = {**_error_responses(400, 403, 404, 429),
                     "503": _ref("responses", "LookupUnavailable")}
     limited = _error_responses(429)
@@ -352,7 +353,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "The conversation's status now.",
                                 "content": _json("Handoff")},
-                        **chat_reads,
+                        **lookup_reads,
                     },
                 },
             },
@@ -375,7 +376,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "A stream of Server-Sent Events.",
                                 "content": EVENT_STREAM},
-                        **chat_reads,
+                        **lookup_reads,
                     },
                 },
             },
@@ -388,7 +389,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                          "description": "The conversation's id."},
                         _site_query(),
                     ],
-                    "responses": {"204": {"description": "Told."}, **chat_reads},
+                    "responses": {"204": {"description": "Told."}, **lookup_reads},
                 },
             },
             "/healthz": {
@@ -668,9 +669,10 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     " room for another answer's worst case (`budget_exhausted`); try again"
                     " later."),
                 "LookupUnavailable": _error_response(
-                    "The database is not answering, or too many history, resume and cancel"
-                    " lookups are in the database at once (`lookups_busy`, with Retry-After:"
-                    " their share of the pool, DB_POOL_LOOKUPS, is in use); try again shortly.",
+                    "The database is not answering, or too many lookups (history, resume, cancel,"
+                    " and the conversation's handoff, typing and stream check) are in the"
+                    " database at once (`lookups_busy`, with Retry-After: their share of the"
+                    " pool, DB_POOL_LOOKUPS, is in use); try again shortly.",
                     headers={"Retry-After": {
                         "description": "Seconds to wait (sent with `lookups_busy`).",
                         "schema": {"type": "string", "pattern": "^[0-9]+$"}}}),

@@ -98,3 +98,33 @@ async def test_lookups_have_a_per_ip_limit_apart_from_chat_messages(
     assert statuses == [404, 404, 404, 429]
     assert refused.headers["ratelimit-policy"].startswith('"lookup_ip"')
     assert chat.status_code == 200  # chat messages count apart
+
+
+async def test_the_conversations_own_reads_share_the_lookups_slots_not_their_limit(
+        start_app: Any, upstream: FakeUpstream, slow_lookups: asyncio.Event) -> None:
+    """Typing, handoff and the live stream's check read the database by a session id anyone
+    can make up: they wait for the lookups' share like history does, but a shopper typing to a
+    person (one every 3 s) is not held to the lookups' per-IP limit."""
+    app: RunningApp = await start_app(db_pool_max=4, db_pool_lookups=2,
+                                      rate_limit_lookup_ip="2/minute")
+    async with app.client() as http:
+        unknown = uuid.uuid4()
+        held = [asyncio.create_task(http.get(f"/chat/history/{uuid.uuid4()}"))
+                for _ in range(2)]
+        slots = services_of(app.app).lookups
+        for _ in range(3000):  # until both history lookups hold their slot
+            if slots.full:
+                break
+            await asyncio.sleep(0.01)
+        assert slots.full
+        busy = [await http.post(f"/chat/conversations/{unknown}/typing"),
+                await http.post(f"/chat/conversations/{unknown}/handoff"),
+                await http.get(f"/chat/conversations/{unknown}/stream")]
+        assert {r.status_code for r in busy} == {503}
+        assert {r.json()["error"]["code"] for r in busy} == {"lookups_busy"}
+        slow_lookups.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [404, 404]
+        # Past the lookups' per-IP limit (2 a minute, spent by the history lookups above).
+        after = [(await http.post(f"/chat/conversations/{unknown}/typing")).status_code
+                 for _ in range(4)]
+    assert after == [404] * 4
