@@ -111,12 +111,13 @@ def main(argv: list[str]) -> int:
         return asyncio.run(staff_cli.run_command(
             lambda: prepared_pool(settings, profile, knowledge_dir), staff_args))
     from .main import create_app
-    from .server import AppServer, server_config
+    from .server import AppServer, connection_limits, server_config
 
     app = create_app(settings)
     # log_config None and access_log off: logging is ours (app.logs), one line per request.
     config = server_config(app, settings.host, settings.port, settings.shutdown_grace_s,
-                           log_config=None, access_log=False, log_level=settings.log_level.lower())
+                           connection_limits(settings), log_config=None, access_log=False,
+                           log_level=settings.log_level.lower())
     # A start-up that fails (a database still unreachable after DB_STARTUP_TIMEOUT_S) makes
     # uvicorn exit with status 3, for the supervisor to restart.
     AppServer(config, app, settings.shutdown_grace_s).run()

@@ -20,6 +20,7 @@ from .eventlog import REPLAYED_END_ID, Event, encode_event
 from .llm import Usage
 from .messages import AnswerRecord
 from .orders import OrderItem, OrderSummary
+from .sites import DEFAULT_SITE_ID
 
 Kind = Literal["meta", "token", "tool", "done", "error"]
 
@@ -28,6 +29,7 @@ class MetaPayload(TypedDict):
     sessionId: str
     messageId: str
     userMessageId: NotRequired[str]
+    siteId: NotRequired[int]
 
 
 class TokenPayload(TypedDict):
@@ -79,11 +81,14 @@ UNAVAILABLE_MESSAGE = "The connection to this answer was lost. Please try again.
 
 
 def meta(session_id: str, answer_id: str, user_message_id: str | None = None,
-         ) -> tuple[Kind, MetaPayload]:
-    """First on every stream; `user_message_id` only on a new answer, not on a resume."""
+         site_id: int = DEFAULT_SITE_ID) -> tuple[Kind, MetaPayload]:
+    """First on every stream; `user_message_id` only on a new answer, not on a resume;
+    `siteId` only on another site's than the default (a resume from the log checks it)."""
     payload: MetaPayload = {"sessionId": session_id, "messageId": answer_id}
     if user_message_id is not None:
         payload["userMessageId"] = user_message_id
+    if site_id != DEFAULT_SITE_ID:
+        payload["siteId"] = site_id
     return "meta", payload
 
 
@@ -153,7 +158,8 @@ async def forwarded(session_id: str, user_message_id: str) -> AsyncIterator[Even
 
 
 def record_meta(record: AnswerRecord) -> Event:
-    return encode_event(0, *meta(str(record.conversation_id), str(record.id)))
+    return encode_event(0, *meta(str(record.conversation_id), str(record.id),
+                                 site_id=record.site_id))
 
 
 def terminal_event(record: AnswerRecord, seq: int) -> Event:
@@ -241,6 +247,8 @@ PAYLOAD_SCHEMAS: dict[str, tuple[Kind, dict[str, Any]]] = {
         "messageId": {**UUID_SCHEMA, "description": "The answer's id."},
         "userMessageId": {**UUID_SCHEMA, "description": "The shopper's message (new"
                                                         " answers only, not on resume)."},
+        "siteId": {"type": "integer", "description": "The site's id, on answers of a site"
+                                                     " other than the default one only."},
     })),
     "TokenEvent": ("token", _schema(TokenPayload, "`event: token` with `id: n` (1, 2, 3, ... per answer).", {
         "text": {"type": "string"},

@@ -3,21 +3,24 @@
 Each answer is an `AnswerRun` with its own state (the text so far, usage, status, what the
 knowledge search found for it), run as one asyncio task that app/chat.py keeps in its registry.
 It reads straight down: knowledge (its site's KnowledgeSearch), prompt or composed answer
-(app/prompt.py), upstream stream, events, save with its sources, metrics, token budget. Nothing reaches the
+(app/prompt.py; the answer's reservation of the token budget grown to the whole prompt, and
+again before every further model round a tool call needs), upstream stream (cut at the answer's
+caps), events, save with its sources, metrics, settling the token budget. Nothing reaches the
 event log or the database before the shopper's message is committed (`committed`).
 
 A run is for one site (None: the default site): its profile, its knowledge, its model settings
-and its token budget.
+and its token budget (the reservation the endpoint took from the site's counter).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +28,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from . import answer_events
+from .budget import Reservation, estimate_tokens
 from .eventlog import EventLog
 from .identity import Customer
 from .knowledge_languages import needs_english_note, search_in_language
@@ -52,7 +56,6 @@ from .prompt import (
     cited_sources,
     compose_answer,
 )
-from .ratelimit import estimate_tokens
 from .sites import DEFAULT_SITE_ID, Site
 from .store_profile import StoreProfile
 
@@ -60,6 +63,20 @@ log = logging.getLogger(__name__)
 
 # The `model` of answers in the log when no model is configured (knowledge-only mode).
 KNOWLEDGE_ONLY_MODEL = "knowledge-only"
+# The longest answer the service keeps, whatever the upstream sends: MAX_TOKENS bounds what an
+# honest model writes, these bound a hostile or broken one (4 MB answers held in memory, in the
+# event log and in the row). Per MAX_TOKENS token: a token is rarely over 16 characters, and one
+# token event carries one token or more.
+ANSWER_CHARS_PER_TOKEN = 16
+ANSWER_EVENTS_PER_TOKEN = 2
+ANSWER_MIN_CHARS = 8000
+ANSWER_MIN_EVENTS = 1000
+
+
+def answer_caps(max_tokens: int) -> tuple[int, int]:
+    """(characters, token events) an answer may have with MAX_TOKENS = `max_tokens`."""
+    return (max(ANSWER_MIN_CHARS, max_tokens * ANSWER_CHARS_PER_TOKEN),
+            max(ANSWER_MIN_EVENTS, max_tokens * ANSWER_EVENTS_PER_TOKEN))
 
 
 @dataclass(frozen=True)
@@ -82,15 +99,18 @@ class AnswerTools:
     llm: LLM | None  # None: knowledge-only mode, every answer comes from the knowledge base
     profile: StoreProfile  # the default site's
     metrics: Metrics
-    record_tokens: Callable[[int, Site | None], Awaitable[None]] | None
     orders: OrdersClient | None = None  # None: no order lookups (app/orders.py)
+    # answer_caps(MAX_TOKENS): past either, the upstream stream is closed and the answer ends.
+    max_answer_chars: int = 8000
+    max_answer_events: int = 1000
 
 
 class AnswerRun:
     def __init__(self, tools: AnswerTools, started: StartedAnswer, question: str,
                  history: list[tuple[str, str]], asked_at: float,
                  committed: asyncio.Future[None], site: Site | None = None,
-                 customer: Customer | None = None, language: str = ENGLISH) -> None:
+                 customer: Customer | None = None, language: str = ENGLISH,
+                 reservation: Reservation | None = None) -> None:
         self._tools = tools
         # The verified shopper (None: anonymous): the only authority for order lookups.
         self._customer = customer
@@ -99,6 +119,8 @@ class AnswerRun:
         self._site_id = DEFAULT_SITE_ID if site is None else site.id
         # The site's profile, or the default site's.
         self._profile = tools.profile if site is None else site.profile
+        # The answer's share of the site's token budget, settled when it ends (None: no budget).
+        self._reservation = reservation
         self.started = started
         self._key = str(started.answer_id)
         self._question = question
@@ -111,6 +133,10 @@ class AnswerRun:
         self._retrieval = Retrieval(question, ())
         self._prompt: list[dict[str, str]] = []
         self._fallback = False
+        # Characters of the answer relayed so far, across its model rounds (for its caps).
+        self._answer_chars = 0
+        # Tokens of model rounds the upstream sent no usage for, estimated (for the budget).
+        self._uncounted_tokens = 0
         self._first_token_at: float | None = None
         self._shutting_down = False
         self._text = ""
@@ -145,6 +171,14 @@ class AnswerRun:
             self.task.cancel()
 
     async def run(self) -> str:
+        try:
+            return await self._run()
+        finally:
+            if self._reservation is not None:
+                # Settled already unless the answer ended early (its question never saved).
+                await asyncio.shield(self._reservation.release())
+
+    async def _run(self) -> str:
         self.generating = True
         try:
             await self._generate()
@@ -172,9 +206,9 @@ class AnswerRun:
             self._first_token_at = time.monotonic()  # a knowledge-base answer: all of it at once
         self._observe_finished()
         self._tools.events.append(self._key, *self._end_event(saved))
-        # After the end is sent: charging the budget may wait on Redis, the shopper need not.
-        if self._prompt and not self._fallback:
-            await self._count_tokens()
+        # After the end is sent: settling the budget may wait on Redis, the shopper need not.
+        if self._reservation is not None:
+            await self._reservation.settle(self._tokens_used())
         return self.status
 
     async def _generate(self) -> None:
@@ -192,40 +226,38 @@ class AnswerRun:
                        if orders is not None and orders.configured(self._site) else None)
         if order_tools is not None:
             system_prompt += "\n\n" + ORDER_TOOLS_PROMPT
-        self._prompt = build_messages(system_prompt, self._history, self._question)
-        conversation: list[dict[str, Any]] = list(self._prompt)
-        # The per-token path: locals, not attributes, and no call beyond the log's append.
-        parts, append, key, site = self._parts, self._tools.events.append, self._key, self._site
+        prompt = build_messages(system_prompt, self._history, self._question)
+        if not await self._reserve_round(prompt):
+            self._fallback = True
+            await self._committed
+            if not await self._answer_order_directly():
+                self._answer_from_knowledge()
+            return
+        self._prompt = prompt
+        conversation: list[dict[str, Any]] = list(prompt)
         try:
             # One round per model stream: a round that ends in tool calls runs them and streams
             # again, with their results; past MAX_TOOL_CALLS the model must answer in text.
+            # Every round is a paid request: the reservation grows to cover it before it starts.
             while True:
                 offer = (order_tools.specs if order_tools is not None
                          and order_tools.calls < MAX_TOOL_CALLS else None)
-                requested: ToolCalls | None = None
-                async for item in llm.stream(
-                        conversation, model=site.model if site else None,
-                        temperature=site.temperature if site else None,
-                        max_tokens=site.max_tokens if site else None, tools=offer):
-                    if isinstance(item, str):
-                        if self._first_token_at is None:
-                            await self._committed
-                            self._first_token_at = time.monotonic()
-                        parts.append(item)
-                        append(key, "token", {"text": item})  # answer_events.token, inlined
-                    elif isinstance(item, Usage):
-                        self._add_usage(item)
-                    else:
-                        requested = item
+                requested = await self._paid_round(llm, conversation, offer)
                 if requested is None or order_tools is None:
                     break
                 conversation += await self._run_tools(order_tools, requested)
+                if not await self._reserve_round(conversation):
+                    # No room for the round that would word the results: the cards are
+                    # shown, and the answer says what they say.
+                    self._fallback = True
+                    self._answer_from_tool_results()
+                    break
         except UpstreamError as exc:
             self._tools.metrics.upstream_errors.labels(kind=exc.code).inc()
             # Before the first token the shopper has seen nothing, so the knowledge base can
             # still answer; after it, a second voice would contradict the first. A rejected key
             # or request is a configuration fault: it stays an error.
-            if parts or not exc.retryable:
+            if self._parts or not exc.retryable:
                 raise
             log.warning("the model failed before its first token (%s): answering from "
                         "the knowledge base", exc.code)
@@ -242,6 +274,78 @@ class AnswerRun:
             usage = Usage(self._usage.prompt_tokens + usage.prompt_tokens,
                           self._usage.completion_tokens + usage.completion_tokens)
         self._usage = usage
+
+    async def _paid_round(self, llm: LLM, conversation: list[dict[str, Any]],
+                          offer: list[dict[str, Any]] | None) -> ToolCalls | None:
+        """One model request, relayed; the tools it asks for (None: it answered in text).
+
+        A round the upstream did not count (no usage: cut off, cancelled, or an upstream that
+        never reports it) is estimated from its prompt and what it sent, for the budget; a
+        request that failed before sending anything is not counted."""
+        site = self._site
+        usage_before = self._usage
+        sent = [0]  # characters the round sent: its text and its tool calls' arguments
+        try:
+            requested = await self._relay(llm.stream(
+                conversation, model=site.model if site else None,
+                temperature=site.temperature if site else None,
+                max_tokens=site.max_tokens if site else None, tools=offer), sent)
+        except UpstreamError:
+            if sent[0] and self._usage is usage_before:
+                self._uncounted_tokens += estimate_tokens(message_chars(conversation), sent[0])
+            raise
+        except BaseException:
+            if self._usage is usage_before:
+                self._uncounted_tokens += estimate_tokens(message_chars(conversation), sent[0])
+            raise
+        if self._usage is usage_before:
+            self._uncounted_tokens += estimate_tokens(message_chars(conversation), sent[0])
+        return requested
+
+    async def _relay(self, answer_stream: AsyncIterator[str | Usage | ToolCalls],
+                     sent: list[int]) -> ToolCalls | None:
+        """Relay one round's deltas to the event log, up to the answer's caps; the tool calls
+        the round ended with, if any. `sent[0]` counts the characters the upstream sent.
+
+        Past a cap the upstream stream is closed and the answer ends with what it has.
+        """
+        # The per-token path: locals, not attributes, and no call beyond the log's append.
+        parts, append, key = self._parts, self._tools.events.append, self._key
+        max_chars, max_events = self._tools.max_answer_chars, self._tools.max_answer_events
+        if self._site is not None and self._site.max_tokens is not None:
+            max_chars, max_events = answer_caps(self._site.max_tokens)  # the site's own MAX_TOKENS
+        chars = self._answer_chars
+        requested: ToolCalls | None = None
+        try:
+            async with contextlib.aclosing(answer_stream):  # type: ignore[type-var]
+                async for item in answer_stream:
+                    if isinstance(item, str):
+                        if self._first_token_at is None:
+                            await self._committed
+                            self._first_token_at = time.monotonic()
+                        room = max_chars - chars
+                        if len(item) >= room or len(parts) + 1 >= max_events:
+                            item = item[:max(room, 0)]
+                            if item:
+                                chars += len(item)
+                                parts.append(item)
+                                append(key, "token", {"text": item})
+                            log.warning("the model's answer passed the cap (%d characters, %d"
+                                        " events): cut off", max_chars, max_events)
+                            return None  # no further round: the answer ends here
+                        chars += len(item)
+                        parts.append(item)
+                        append(key, "token", {"text": item})  # answer_events.token, inlined
+                    elif isinstance(item, Usage):
+                        self._add_usage(item)
+                    else:
+                        requested = item
+                        sent[0] += sum(len(call.name) + len(call.arguments)
+                                       for call in item.calls)
+        finally:
+            sent[0] += chars - self._answer_chars
+            self._answer_chars = chars
+        return requested
 
     async def _run_tools(self, order_tools: OrderTools, requested: ToolCalls
                          ) -> list[dict[str, Any]]:
@@ -264,6 +368,21 @@ class AnswerRun:
             replies.append({"role": "tool", "tool_call_id": call.id,
                             "content": json.dumps(result)})
         return replies
+
+    async def _reserve_round(self, conversation: list[dict[str, Any]]) -> bool:
+        """Grow the answer's reservation to cover one more model request with `conversation`
+        as its prompt (its worst case: the prompt plus the site's MAX_TOKENS) on top of what
+        the rounds before it cost; False: the budget has no room for it, and no paid call is
+        made."""
+        reservation = self._reservation
+        if reservation is None:
+            return True
+        if await reservation.extend_to(self._tokens_used() + reservation.budget.answer_estimate(
+                message_chars(conversation),
+                self._site.max_tokens if self._site is not None else None)):
+            return True
+        log.warning("the token budget has no room for this model request: answering without it")
+        return False
 
     def _answer_from_tool_results(self) -> None:
         """The model failed after its tools ran: the cards are shown, say what they say."""
@@ -379,14 +498,19 @@ class AnswerRun:
             tokens_out=usage.completion_tokens if usage else None,
             deltas=len(self._parts))
 
-    async def _count_tokens(self) -> None:
-        """Charge the day's token budget: the upstream's count, or an estimate if it never came."""
-        record_tokens = self._tools.record_tokens
-        if record_tokens is None:
-            return
-        if self._usage is not None:
-            tokens = self._usage.prompt_tokens + self._usage.completion_tokens
-        else:
-            tokens = estimate_tokens(sum(len(m["content"]) for m in self._prompt),
-                                     len(self._text))
-        await record_tokens(tokens, self._site)
+    def _tokens_used(self) -> int:
+        """What the answer's model requests cost so far: the upstream's counts, and estimates
+        for the rounds it did not count; nothing when no paid call was made."""
+        usage = self._usage
+        counted = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
+        return counted + self._uncounted_tokens
+
+
+def message_chars(messages: Sequence[Mapping[str, Any]]) -> int:
+    """The characters of a model request's messages, tool calls and results included."""
+    chars = 0
+    for message in messages:
+        chars += len(message.get("content") or "")
+        for call in message.get("tool_calls", ()):
+            chars += len(call["function"]["name"]) + len(call["function"]["arguments"])
+    return chars

@@ -15,27 +15,30 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Literal
 
 from psycopg_pool import AsyncConnectionPool
 
 from . import answer_events
 from .answer_events import record_meta, replay_record, settled, terminal_event
-from .answer_run import KNOWLEDGE_ONLY_MODEL, AnswerRun, AnswerTools, StartedAnswer
-from .errors import ServiceUnavailable, StoreUnavailable
+from .answer_run import KNOWLEDGE_ONLY_MODEL, AnswerRun, AnswerTools, StartedAnswer, answer_caps
+from .budget import Reservation
+from .errors import NotFoundError, ServiceUnavailable, StoreUnavailable
 from .eventlog import REPLAYED_END_ID, Event, EventLog, SharedLogUnavailable
 from .identity import Customer
-from .knowledge_search import SiteSearches
+from .knowledge_search import Retrieval, SiteSearches
 from .language import detect_language, detector
 from .llm import LLM
 from .messages import AnswerRecord, HistoryPage, MessageStore
 from .metrics import Metrics
 from .orders import OrdersClient
+from .prompt import build_system_prompt
 from .sites import DEFAULT_SITE_ID, Site
 from .store_profile import StoreProfile
 
-__all__ = ["KNOWLEDGE_ONLY_MODEL", "ChatService", "StartedAnswer"]
+__all__ = ["KNOWLEDGE_ONLY_MODEL", "ChatService", "StartedAnswer", "answer_caps"]
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +55,21 @@ _AFTER_EVERY_TOKEN = 2**53
 class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
                  history_window: int, profile: StoreProfile,
-                 record_tokens: Callable[[int, Site | None], Awaitable[None]] | None = None,
                  knowledge: SiteSearches, metrics: Metrics | None = None,
-                 orders: OrdersClient | None = None) -> None:
+                 orders: OrdersClient | None = None,
+                 answer_cap: tuple[int, int] = answer_caps(500)) -> None:
         self._messages = MessageStore(pool, history_window=history_window)
         detector()  # built now (about 0.15 s), not on the first shopper's question
         self._events = events
         self._llm = llm
+        self._profile = profile
+        max_chars, max_events = answer_cap
         # Tests that build a service alone get a registry nobody reads.
         self._tools = AnswerTools(messages=self._messages, knowledge=knowledge, events=events,
                                   llm=llm, profile=profile,
                                   metrics=metrics if metrics is not None else Metrics(),
-                                  record_tokens=record_tokens, orders=orders)
+                                  orders=orders,
+                                  max_answer_chars=max_chars, max_answer_events=max_events)
         # The answers this instance is producing. Keep a hard reference to each task: the event
         # loop only keeps weak ones (https://docs.python.org/3/library/asyncio-task.html#asyncio.create_task).
         self._running: dict[uuid.UUID, AnswerRun] = {}
@@ -82,16 +88,24 @@ class ChatService:
 
     # -- starting an answer ------------------------------------------------------------------
 
+    def reservation_chars(self, question: str, site: Site | None = None) -> int:
+        """The characters of the prompt known before the answer starts, for its first
+        reservation of the site's token budget (the knowledge and the history come on top)."""
+        profile = self._profile if site is None else site.profile
+        return len(build_system_prompt(profile, Retrieval(question, ()))) + len(question)
+
     async def start_answer(self, question: str, session_id: uuid.UUID | None,
                            site: Site | None = None, customer: Customer | None = None,
-                           ) -> StartedAnswer:
+                           reservation: Reservation | None = None) -> StartedAnswer:
         """Commit the shopper's message and an empty answer row while the answer starts.
 
         `customer` is the shopper's verified identity (app/identity.py), kept on the
         conversation and the only authority for the answer's order lookups.
 
         The conversation is the site's (None: the default site's): another site's session id
-        is treated as unknown, and starts a new conversation.
+        is treated as unknown, and starts a new conversation. `reservation` is the answer's
+        share of the site's token budget: the answer settles it, or releases it when it never
+        starts.
 
         The knowledge search and the model's first token take far longer than the commit, so
         the answer's task starts as soon as the history is read instead of after the commit;
@@ -118,7 +132,8 @@ class ChatService:
                     run = None
                 else:
                     run = AnswerRun(self._tools, started, question, turn.history, asked_at,
-                                    committed, site, customer, language=language)
+                                    committed, site, customer, language=language,
+                                    reservation=reservation)
                     run.start()
                     await turn.save(question, user_message_id, answer_id,
                                     run.model if self._llm else None, customer,
@@ -140,7 +155,8 @@ class ChatService:
         answer_key = str(answer_id)
         self._events.start(answer_key)
         self._events.append(answer_key, *answer_events.meta(
-            str(started.session_id), answer_key, str(user_message_id)))
+            str(started.session_id), answer_key, str(user_message_id),
+            DEFAULT_SITE_ID if site is None else site.id))
         self._running[answer_id] = run
         assert run.task is not None
         run.task.add_done_callback(lambda _: self._running.pop(answer_id, None))
@@ -194,7 +210,15 @@ class ChatService:
 
         None when `after` is at or past the id of the answer's end: the client has seen it all,
         the end included (an EventSource reconnecting after `done`), and there is nothing to send.
+
+        A finished answer that the log still holds whole costs no database round trip: its own
+        meta event names the conversation it belongs to.
         """
+        done = await self._follow_done(answer_id, session_id, after, site_id)
+        if done is False:
+            return None  # the client has the end
+        if done is not None:
+            return done
         record = await self.find_answer(answer_id, session_id, site_id)
         if after > 0:
             end = await self._end_id(record)
@@ -221,6 +245,31 @@ class ChatService:
                 and answer_id not in self._settling):
             record = await self._mark_interrupted(record)
         return replay_record(record, after)
+
+    async def _follow_done(self, answer_id: uuid.UUID, session_id: uuid.UUID, after: int,
+                           site_id: int) -> AsyncIterator[Event] | Literal[False] | None:
+        """A done answer's events straight from the log (False: the client has them all);
+        None when the log does not hold the answer whole and done, and the record decides."""
+        try:
+            events = await self._events.finished(str(answer_id), after)
+        except SharedLogUnavailable:
+            return None  # the record can still say how it ended
+        if events is None:
+            return None
+        meta = events[0].payload
+        if (meta.get("sessionId") != str(session_id)
+                or meta.get("siteId", DEFAULT_SITE_ID) != site_id):
+            # Another conversation's answer, or another site's: the same 404 as an id nobody
+            # knows. (Only answers of other sites than the default carry `siteId`.)
+            raise NotFoundError("message")
+        if after > 0 and after >= events[-1].seq:
+            return False
+
+        async def replay() -> AsyncIterator[Event]:
+            for event in events:
+                yield event
+
+        return replay()
 
     async def _end_id(self, record: AnswerRecord) -> int | None:
         """The id the answer's end has on the wire, as a client resuming it now would get it;

@@ -34,9 +34,14 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
     elif text.count(":") == 1:  # "203.0.113.7:51234"
         text = text.split(":")[0]
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d: it is that IPv4 client, for
+    # the limits (one key, not two) and for TRUSTED_PROXIES alike.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
@@ -44,11 +49,24 @@ def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
     return any(address in network for network in networks)
 
 
+def is_trusted_address(address: str, trusted_proxies: Sequence[Network]) -> bool:
+    """Whether `address` is one of our proxies."""
+    parsed = _parse_ip(address)
+    return parsed is not None and _trusted(parsed, trusted_proxies)
+
+
+def is_trusted_peer(scope: Scope, trusted_proxies: Sequence[Network]) -> bool:
+    """Whether the socket's peer is one of our proxies (whose forwarded headers we believe)."""
+    return bool(scope.get("client")) and is_trusted_address(scope["client"][0], trusted_proxies)
+
+
 def client_ip(scope: Scope, trusted_proxies: Sequence[Network]) -> str:
     peer_text = scope["client"][0] if scope.get("client") else "unknown"
     peer = _parse_ip(peer_text)
-    if peer is None or not trusted_proxies or not _trusted(peer, trusted_proxies):
+    if peer is None:
         return peer_text
+    if not trusted_proxies or not _trusted(peer, trusted_proxies):
+        return str(peer)
     forwarded: list[str] = []
     for name, value in scope["headers"]:
         if name == b"x-forwarded-for":
@@ -67,6 +85,8 @@ def client_ip(scope: Scope, trusted_proxies: Sequence[Network]) -> str:
 def limit_key(address: str) -> str:
     """IPv6 clients are keyed by their /64: one host usually holds a whole /64 to rotate through."""
     parsed = _parse_ip(address)
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is None:
+    if parsed is None:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
         return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
-    return address
+    return str(parsed)

@@ -233,6 +233,9 @@ class Settings:
         allowed_origins)
     db_pool_max: int = setting("DB_POOL_MAX", "10", "Most database connections per instance.",
                                integer(1, 1000))
+    db_pool_lookups: int = setting(
+        "DB_POOL_LOOKUPS", "3", "Of DB_POOL_MAX, most connections history, resume and cancel lookups"
+        " hold at once; more are refused with 503 and Retry-After.", integer(1, 1000))
     redis_prefix: str = setting(
         "REDIS_PREFIX", "chat", "Prefix of every Redis key, so deployments can share a Redis.")
     rate_limit_enabled: bool = setting(
@@ -268,9 +271,15 @@ class Settings:
     rate_limit_login_account: str = setting("RATE_LIMIT_LOGIN_ACCOUNT", "10/15minutes",
                                             "Back-office sign-in attempts per email address.",
                                             rate)
+    rate_limit_lookup_ip: str = setting("RATE_LIMIT_LOOKUP_IP", "60/15minutes",
+                                        "History, resume and cancel lookups per client IP.", rate)
     daily_token_budget: int = setting(
         "DAILY_TOKEN_BUDGET", "0", "Tokens the whole deployment may spend per day; 0 is no budget.",
         integer(0, 10**12))
+    daily_token_budget_fallback_share: float = setting(
+        "DAILY_TOKEN_BUDGET_FALLBACK_SHARE", "0.05",
+        "Share of DAILY_TOKEN_BUDGET each instance may spend while Redis is unreachable.",
+        number(0, 1))
     trusted_proxies: tuple[str, ...] = setting(
         "TRUSTED_PROXIES", "",
         "Comma-separated proxy addresses or CIDRs whose X-Forwarded-For is believed.", networks)
@@ -285,6 +294,21 @@ class Settings:
         "SHUTDOWN_GRACE_S", "20",
         "On SIGTERM, seconds answers get to finish before they are saved as interrupted.",
         number(0, 3600))
+    server_header_timeout_s: float = setting(
+        "SERVER_HEADER_TIMEOUT_S", "10", "Seconds a client may take to send a request's headers"
+        " (and to start one on a new connection).", number(0.1, 3600))
+    server_body_timeout_s: float = setting(
+        "SERVER_BODY_TIMEOUT_S", "30", "Seconds a client may take to send a request's body.",
+        number(0.1, 3600))
+    server_max_headers: int = setting(
+        "SERVER_MAX_HEADERS", "100", "Most headers in one request; more is refused with 431.",
+        integer(10, 10_000))
+    server_max_header_bytes: int = setting(
+        "SERVER_MAX_HEADER_BYTES", "16384", "Largest request line plus headers, in bytes;"
+        " larger is refused with 431.", integer(1024, 1024 * 1024))
+    server_max_connections_per_ip: int = setting(
+        "SERVER_MAX_CONNECTIONS_PER_IP", "64", "Most open connections from one client address"
+        " (TRUSTED_PROXIES are not limited).", integer(1, 1_000_000))
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.",
                              choice(LOG_LEVELS, upper=True))
     log_format: LogFormat = setting(

@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+from psycopg_pool import PoolTimeout
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from . import db
 from .chat import ChatService, StartedAnswer
 from .clientip import limit_key
 from .conversation_events import conversation_key, site_key
@@ -42,6 +45,7 @@ from .identity import verify_customer_token
 from .messages import ConversationSummary, StatusConflict
 from .metrics import bearer_token_matches
 from .middleware import check_origin
+from .ratelimit import site_budget
 from .services import services
 from .sites import Site
 from .sse import AnswerStreamResponse, Connections
@@ -55,6 +59,9 @@ PING_S = 15
 # A client that stops reading must not hold a stream (and its buffers) forever.
 SEND_TIMEOUT_S = 30
 LAST_EVENT_ID_DIGITS = len(str(REPLAYED_END_ID))
+# /readyz: a moment for a pooled connection, then a connection of its own.
+READY_POOL_WAIT_S = 0.5
+READY_CONNECT_TIMEOUT_S = 2
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -183,10 +190,26 @@ async def start_chat(request: Request) -> tuple[ChatService, StartedAnswer, dict
     limits = app_services.limits
     session_key = None if chat_request.session_id is None else str(chat_request.session_id)
     limit_headers = await limits.check_chat(limit_key(request.state.client_ip), session_key, site)
-    await limits.check_budget(site)
     service = app_services.chat
-    started = await service.start_answer(chat_request.message, chat_request.session_id, site,
-                                         customer)
+    budget = app_services.budget
+    reservation = None
+    if budget is not None and service.mode == "llm":
+        key_part, daily_tokens = site_budget(site, budget.daily_tokens)
+        if daily_tokens:
+            # Refused here, before a stream: BudgetExhausted (503 budget_exhausted).
+            reservation = await budget.reserve(
+                budget.answer_estimate(service.reservation_chars(chat_request.message, site),
+                                       site.max_tokens),
+                key_part, limit=daily_tokens)
+    try:
+        started = await service.start_answer(chat_request.message, chat_request.session_id,
+                                             site, customer, reservation)
+    except BaseException:
+        if reservation is not None:
+            await asyncio.shield(reservation.release())
+        raise
+    if started.forwarded and reservation is not None:
+        await reservation.release()  # a person answers: no model call
     # Told in the background: the answer's first token does not wait for the inbox.
     in_background(tell_followers(request, site.id, started.session_id, {
         "id": str(started.user_message_id), "sender": "user", "text": chat_request.message}))
@@ -268,13 +291,27 @@ def session_param(request: Request) -> uuid.UUID:
     return parse_uuid(request.query_params.get("sessionId"), "sessionId")
 
 
+@contextlib.asynccontextmanager
+async def lookup(request: Request, *, limited: bool = True) -> AsyncIterator[None]:
+    """A history, resume or cancel lookup: its own per-IP limit and its share of the pool.
+
+    The conversation's own reads (its live stream's check, typing, handoff) share the pool's
+    share but not the per-IP lookup limit: a shopper typing to a person sends one every 3 s."""
+    app_services = services(request)
+    if limited:
+        await app_services.limits.check_lookup(limit_key(request.state.client_ip))
+    async with app_services.lookups.slot():
+        yield
+
+
 async def resume_stream(request: Request) -> Response:
     answer_id = parse_uuid(request.path_params["message_id"], "messageId")
     session_id = session_param(request)
     site = site_param(request)
     after = last_event_id(request)
     app_services = services(request)
-    events = await app_services.chat.follow(answer_id, session_id, after, site.id)
+    async with lookup(request):
+        events = await app_services.chat.follow(answer_id, session_id, after, site.id)
     if events is None:
         # The client has the answer's end (an EventSource reconnecting after `done`): 204 is
         # what stops an EventSource for good (WHATWG HTML, "server-sent events").
@@ -287,7 +324,8 @@ async def cancel_answer(request: Request) -> Response:
     answer_id = parse_uuid(request.path_params["message_id"], "messageId")
     session_id = session_param(request)
     site = site_param(request)
-    status = await chat_service(request).cancel(answer_id, session_id, site.id)
+    async with lookup(request):
+        status = await chat_service(request).cancel(answer_id, session_id, site.id)
     return JSONResponse({"messageId": str(answer_id), "status": status})
 
 
@@ -299,7 +337,8 @@ async def history(request: Request) -> Response:
     raw_before = request.query_params.get("before")
     before = None if raw_before is None else parse_uuid(raw_before, "before")
     site = site_param(request)
-    page = await chat_service(request).history(session_id, limit, before, site.id)
+    async with lookup(request):
+        page = await chat_service(request).history(session_id, limit, before, site.id)
     return JSONResponse({"sessionId": str(page.session_id),
                          "messages": [m.to_json() for m in page.messages],
                          "hasMore": page.has_more, "status": page.status})
@@ -312,9 +351,11 @@ async def handoff(request: Request) -> Response:
     site = site_param(request)
     desk = services(request).desk
     try:
-        summary = await desk.move(session_id, [site.id], "handoff", None)
+        async with lookup(request, limited=False):
+            summary = await desk.move(session_id, [site.id], "handoff", None)
     except StatusConflict:
-        summary = await desk.summary(session_id, [site.id])
+        async with lookup(request, limited=False):
+            summary = await desk.summary(session_id, [site.id])
     else:
         # The question before it is one the knowledge base did not answer (a knowledge gap).
         await FeedbackStore(services(request).pool).mark_handoff(session_id, site.id)
@@ -351,7 +392,8 @@ async def conversation_stream(request: Request) -> Response:
     site = site_param(request)
     after = last_event_id(request)
     app_services = services(request)
-    await app_services.desk.summary(session_id, [site.id])  # another site's id: a 404
+    async with lookup(request, limited=False):
+        await app_services.desk.summary(session_id, [site.id])  # another site's id: a 404
     events = app_services.feeds.follow(conversation_key(site.id, session_id), after)
     return event_stream(events, app_services.connections)
 
@@ -360,7 +402,8 @@ async def shopper_typing(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "sessionId")
     site = site_param(request)
     app_services = services(request)
-    await app_services.desk.summary(session_id, [site.id])
+    async with lookup(request, limited=False):
+        await app_services.desk.summary(session_id, [site.id])
     await app_services.feeds.publish(conversation_key(site.id, session_id), "typing",
                                      {"sender": "user"})
     return Response(status_code=204)
@@ -381,11 +424,23 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """503 without the database; 200 but "degraded" while Redis is down or any of its uses
-    (rate limits, event log) still falls back to this instance's memory."""
+    (rate limits, event log, token budget) still falls back to this instance's memory.
+
+    About the database, not the pool: when every pooled connection is busy (answers at full
+    load), a connection of its own asks the database instead of failing the instance.
+    """
     app_services = services(request)
     try:
-        async with app_services.pool.connection(timeout=2.0) as conn:
-            await conn.execute("SELECT 1")
+        try:
+            async with app_services.pool.connection(timeout=READY_POOL_WAIT_S) as conn:
+                await conn.execute("SELECT 1")
+        except PoolTimeout:
+            async with await psycopg.AsyncConnection.connect(
+                    app_services.settings.database_url,
+                    connect_timeout=READY_CONNECT_TIMEOUT_S, autocommit=True,
+                    application_name=db.application_name(app_services.settings.database_url),
+            ) as own:
+                await own.execute("SELECT 1")
     except Exception:
         raise DatabaseUnavailable("The database is not reachable.") from None
     body: dict[str, Any] = {"status": "ready", "database": "up", "redis": "off",

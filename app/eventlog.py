@@ -82,6 +82,16 @@ def _ends_the_answer(kind: str, data: str) -> bool:
     return not (payload.get("retryable") is True and payload.get("code") in FOLLOW_AGAIN_CODES)
 
 
+def finished_events(events: Sequence[Event], after: int) -> list[Event] | None:
+    """Of an answer's events from its first on, what a resume after `after` gets when the
+    answer is done: its meta, the events after `after`, and its `done`; None unless `events`
+    runs whole from the meta (seq 0) to a `done`."""
+    if not events or events[0].seq != 0 or events[0].kind != "meta" or events[-1].kind != "done":
+        return None
+    end = events[-1]
+    return [events[0], *(e for e in events[1:-1] if e.seq > after), end]
+
+
 class SharedLogUnavailable(Exception):
     """The log shared between instances (Redis) could not be reached in acceptable time."""
 
@@ -111,6 +121,12 @@ class EventLog(Protocol):
     async def end_id(self, answer_id: str) -> int | None:
         """The id of the answer's terminal event, if the log (this instance's or the shared one)
         has it; None while the answer is live or when the log has no trace of it.
+        Raises SharedLogUnavailable."""
+
+    async def finished(self, answer_id: str, after: int) -> list[Event] | None:
+        """A finished answer's events, for a resume that needs no database: its meta, the
+        events after `after` and its `done`, when the log holds the answer whole from its meta
+        to its `done`; None otherwise (live, ended otherwise, trimmed, expired or unknown).
         Raises SharedLogUnavailable."""
 
     async def resume(self, answer_id: str, after: int, *, meta: Event, streaming: bool,
@@ -188,6 +204,9 @@ class MemoryEventLog:
         if answer is None or not answer.events or not answer.events[-1].is_terminal:
             return None
         return answer.events[-1].seq
+
+    async def finished(self, answer_id: str, after: int) -> list[Event] | None:
+        return finished_events(self.events_of(answer_id) or [], after)
 
     async def resume(self, answer_id: str, after: int, *, meta: Event, streaming: bool,
                      on_producer_lost: ProducerLost) -> AsyncIterator[Event] | None:

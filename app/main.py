@@ -23,7 +23,9 @@ from . import db, endpoints, endpoints_admin, endpoints_analytics, endpoints_fee
 from .access import AccessMiddleware
 from .alerts import build_alerts
 from .analytics import Analytics, roll_up_every
-from .chat import ChatService
+from .budget import TokenBudget
+from .bulkhead import Bulkhead, lookup_slots
+from .chat import ChatService, answer_caps
 from .clientip import parse_networks
 from .config import Settings
 from .conversation_events import build_feeds
@@ -208,7 +210,6 @@ def build_rate_limits(settings: Settings, redis: SharedRedis | None,
         ),
         session_rule=Rule("session", parse_limit("RATE_LIMIT_SESSION", settings.rate_limit_session),
                           "moving"),
-        daily_token_budget=settings.daily_token_budget,
         redis=redis,
         redis_prefix=settings.redis_prefix,
         on_refusal=on_refusal,
@@ -221,7 +222,23 @@ def build_rate_limits(settings: Settings, redis: SharedRedis | None,
         ),
         admin_rule=Rule("admin_ip", parse_limit("RATE_LIMIT_ADMIN_IP",
                                                 settings.rate_limit_admin_ip), "moving"),
+        lookup_rule=Rule("lookup_ip",
+                         parse_limit("RATE_LIMIT_LOOKUP_IP", settings.rate_limit_lookup_ip),
+                         "moving"),
     )
+
+
+def build_budget(settings: Settings, redis: SharedRedis | None,
+                 on_refusal: Callable[[str], None] | None = None) -> TokenBudget | None:
+    """The daily token budgets (the deployment's DAILY_TOKEN_BUDGET, 0: none, and the sites'
+    own), or None with the limits turned off."""
+    if not settings.rate_limit_enabled:
+        return None
+    budget = TokenBudget(settings.daily_token_budget, max_tokens=settings.max_tokens,
+                         redis=redis, key_prefix=settings.redis_prefix,
+                         fallback_share=settings.daily_token_budget_fallback_share)
+    budget.on_refusal = on_refusal
+    return budget
 
 
 def load_store(settings: Settings) -> tuple[StoreProfile, Path]:
@@ -258,8 +275,11 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     metrics = Metrics(redis_fallback=redis.fallback_level if redis is not None else None)
     # Counted where they are decided: the per-IP limit refuses in middleware, the others in
     # the endpoint, and both go through here.
-    limits = build_rate_limits(
-        settings, redis, on_refusal=lambda name: metrics.rate_limit_refusals.labels(limit=name).inc())
+    def count_refusal(name: str) -> None:
+        metrics.rate_limit_refusals.labels(limit=name).inc()
+
+    limits = build_rate_limits(settings, redis, on_refusal=count_refusal)
+    budget = build_budget(settings, redis, on_refusal=count_refusal)
     # Filled in the lifespan; the origin checks below read it on every request.
     sites = SiteDirectory()
     refused_origins = RefusedOrigins()
@@ -271,7 +291,10 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
                         feeds=build_feeds(redis, settings.redis_prefix),
                         mailer=mailer,
                         alerts=build_alerts(settings.alert_webhook_url, mailer,
-                                            settings.alert_email_to))
+                                            settings.alert_email_to),
+                        lookups=Bulkhead(lookup_slots(settings.db_pool_max,
+                                                      settings.db_pool_lookups)),
+                        budget=budget)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -299,8 +322,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         # vocabulary, synonyms and typo fixes for the app's lifetime.
         knowledge = SiteSearches(pool, profile)
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
-                           profile=profile, knowledge=knowledge,
-                           record_tokens=limits.record_tokens, metrics=metrics, orders=orders)
+                           profile=profile, knowledge=knowledge, metrics=metrics, orders=orders,
+                           answer_cap=answer_caps(settings.max_tokens))
         await events.open(on_cancel_request=chat.cancel_running)
         # An answer left 'streaming' that no instance produces had its producer die: with one
         # instance, with the previous process; with Redis, whichever instance let its lease go.
@@ -327,6 +350,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             await orders_http.aclose()
             if llm is not None:
                 await llm.aclose()
+            if budget is not None:
+                await budget.aclose()
             if redis is not None:
                 await redis.aclose()
             metrics.watch_pool(None)
@@ -338,7 +363,8 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         Middleware(SecurityHeaders),
         # Before CORS, so a disallowed origin's preflight gets our 403 body, not a bare 400.
         Middleware(OriginGuard, allowed_origins=lambda: sites.every_origin,
-                   refusals=refused_origins),
+                   refusals=refused_origins,
+                   trusted_proxies=parse_networks(settings.trusted_proxies)),
         Middleware(SiteCORS, allowed_origins=lambda: sites.every_origin,
                    allow_methods=["GET", "POST"],
                    allow_headers=["content-type", "last-event-id"],

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .clientip import Network, client_ip, limit_key
+from .clientip import Network, client_ip, is_trusted_peer, limit_key
 from .errors import AppError, error_body
 from .ratelimit import RateLimits
 
@@ -103,16 +103,28 @@ REFUSED_ORIGINS_KEPT = 1000
 ORIGIN_LOG_CHARS = 200
 
 
-def origin_allowed(origin: str, host: str | None, allowed: Collection[str]) -> bool:
-    # The widget on our own pages is always allowed: same origin means same host.
-    return origin in allowed or "*" in allowed or urlsplit(origin).netloc == host
+def origin_allowed(origin: str, host: str | None, scheme: str, allowed: Collection[str]) -> bool:
+    if origin in allowed or "*" in allowed:
+        return True
+    # The widget on our own pages is always allowed: same origin means same scheme and host
+    # (an https page on another server that happens to share the host name is not ours).
+    parts = urlsplit(origin)
+    return parts.scheme.lower() == scheme and parts.netloc == host
+
+
+# Where OriginGuard leaves the scheme the browser used (scope["state"]), for the endpoints'
+# per-site check: it alone knows the trusted proxies whose X-Forwarded-Proto counts.
+SCHEME_STATE = "browser_scheme"
 
 
 def refused_origin(scope: Scope, allowed: Collection[str]) -> str | None:
     """The request's Origin when a browser page outside `allowed` sent it, else None (a
     request with no Origin, such as curl's, is not a browser page's and is let through)."""
     origin = _header(scope, b"origin")
-    if origin is not None and not origin_allowed(origin, _header(scope, b"host"), allowed):
+    if origin is None:
+        return None
+    scheme = scope.get("state", {}).get(SCHEME_STATE) or str(scope.get("scheme", "http")).lower()
+    if not origin_allowed(origin, _header(scope, b"host"), scheme, allowed):
         return origin
     return None
 
@@ -145,6 +157,16 @@ class RefusedOrigins:
                     " widget runs on that site, add the origin there", origin, where, listed)
 
 
+def request_scheme(scope: Scope, trusted_proxies: Sequence[Network]) -> str:
+    """The scheme the browser used: X-Forwarded-Proto from our own proxy, else the socket's."""
+    if is_trusted_peer(scope, trusted_proxies):
+        forwarded = _header(scope, b"x-forwarded-proto")
+        if forwarded:
+            # A chain of proxies appends; the client-facing one is the left-most.
+            return forwarded.split(",")[0].strip().lower()
+    return str(scope.get("scheme", "http")).lower()
+
+
 def check_origin(scope: Scope, allowed: Collection[str], refusals: RefusedOrigins | None = None,
                  where: str = "ALLOWED_ORIGINS") -> None:
     """Raise OriginNotAllowed for a browser page outside `allowed`, logging it."""
@@ -166,8 +188,10 @@ class OriginGuard:
     def __init__(self, app: ASGIApp,
                  allowed_origins: Collection[str] | Callable[[], Collection[str]],
                  clock: Callable[[], float] = time.monotonic,
-                 refusals: RefusedOrigins | None = None) -> None:
+                 refusals: RefusedOrigins | None = None,
+                 trusted_proxies: Sequence[Network] = ()) -> None:
         self.app = app
+        self.trusted_proxies = tuple(trusted_proxies)
         if callable(allowed_origins):
             self.allowed_origins = allowed_origins
             self._where = EVERY_SITE
@@ -179,6 +203,8 @@ class OriginGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/chat/"):
+            scope.setdefault("state", {})[SCHEME_STATE] = request_scheme(scope,
+                                                                          self.trusted_proxies)
             try:
                 check_origin(scope, self.allowed_origins(), self.refusals, self._where)
             except OriginNotAllowed as error:

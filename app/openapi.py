@@ -200,6 +200,10 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
     # 404: a siteKey that names no site.
     chat_refusals = _error_responses(400, 401, 403, 404, 413, 415, 429, 503)
     chat_reads = _error_responses(400, 403, 404, 429, 503)
+    # History, resume, cancel and the conversation's own reads: their own share of the
+    # database (503 lookups_busy).
+    lookup_reads = {**_error_responses(400, 403, 404, 429),
+                    "503": _ref("responses", "LookupUnavailable")}
     limited = _error_responses(429)
     return {
         "openapi": "3.1.0",
@@ -274,7 +278,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         "204": {"description": "The answer has ended and the client has its end"
                                                " (its id is at or past the end's id): nothing to"
                                                " send. An EventSource stops reconnecting."},
-                        **chat_reads,
+                        **lookup_reads,
                     },
                 },
             },
@@ -291,7 +295,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         "200": {"description": "The answer's status after the cancel (an answer"
                                                " that had already ended keeps its status).",
                                 "content": _json("CancelResult")},
-                        **chat_reads,
+                        **lookup_reads,
                     },
                 },
             },
@@ -313,7 +317,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {"description": "The page.", "content": _json("HistoryPage")},
-                        **chat_reads,
+                        **lookup_reads,
                     },
                 },
             },
@@ -351,7 +355,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "The conversation's status now.",
                                 "content": _json("Handoff")},
-                        **chat_reads,
+                        **lookup_reads,
                     },
                 },
             },
@@ -374,7 +378,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "A stream of Server-Sent Events.",
                                 "content": EVENT_STREAM},
-                        **chat_reads,
+                        **lookup_reads,
                     },
                 },
             },
@@ -432,7 +436,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                          "description": "The conversation's id."},
                         _site_query(),
                     ],
-                    "responses": {"204": {"description": "Told."}, **chat_reads},
+                    "responses": {"204": {"description": "Told."}, **lookup_reads},
                 },
             },
             "/healthz": {
@@ -682,7 +686,12 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                                        "additionalProperties": False,
                                        "properties": {
                                            "rateLimits": {"enum": ["up", "down"]},
-                                           "eventLog": {"enum": ["up", "down"]}}},
+                                           "eventLog": {"enum": ["up", "down"]},
+                                           "tokenBudget": {
+                                               "enum": ["up", "down"],
+                                               "description": "Only with DAILY_TOKEN_BUDGET:"
+                                                              " `down` while this instance"
+                                                              " spends its fallback share."}}},
                                    "mode": {"enum": ["llm", "knowledge-only"],
                                             "description": "`knowledge-only` without a model:"
                                                            " answers come from the articles."}},
@@ -744,8 +753,17 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                              "RateLimit-Policy": {"description": "The limit that refused.",
                                                   "schema": {"type": "string"}}}),
                 "ServiceUnavailable": _error_response(
-                    "The database or the model is not answering, or the day's token budget is"
-                    " spent (`budget_exhausted`); try again later."),
+                    "The database or the model is not answering, or the day's token budget has no"
+                    " room for another answer's worst case (`budget_exhausted`); try again"
+                    " later."),
+                "LookupUnavailable": _error_response(
+                    "The database is not answering, or too many lookups (history, resume, cancel,"
+                    " and the conversation's handoff, typing and stream check) are in the"
+                    " database at once (`lookups_busy`, with Retry-After: their share of the"
+                    " pool, DB_POOL_LOOKUPS, is in use); try again shortly.",
+                    headers={"Retry-After": {
+                        "description": "Seconds to wait (sent with `lookups_busy`).",
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"}}}),
                 "GatewayTimeout": _error_response(
                     "The answer took longer than a non-streaming request may wait (30 s)."),
             },

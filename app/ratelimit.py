@@ -10,13 +10,15 @@ Strategies, per limit:
 - moving window for the small chat limits (per session, per IP per 15 minutes): exact, so the
   21st message is refused whatever the timing, and cheap at these sizes (one entry per hit);
 - sliding-window counter for the large or hot ones (per IP per day, per IP on every endpoint):
-  two counters per key whatever the limit, at the price of a small approximation at the edges;
-- fixed window for the daily token budget: one counter we add each answer's tokens to.
+  two counters per key whatever the limit, at the price of a small approximation at the edges.
 
-Per site: a site's chat limits and budget may override the deployment's (app/sites.py), and
-every counter but the per-IP one on every endpoint is the site's own, so one site's abuse
+The daily token budget is not a rate limit but a reservation: it lives in app/budget.py.
+
+Per site: a site's chat limits may override the deployment's (app/sites.py), and every counter
+but the per-IP ones on every endpoint and on lookups is the site's own, so one site's abuse
 cannot exhaust another's. The default site keeps the keys used before sites, so an upgrade
-keeps its counts.
+keeps its counts. (A site's token budget is its own counter of app/budget.py, named the same
+way: `site_budget_key`.)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from limits import RateLimitItem, RateLimitItemPerDay, parse
+from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
@@ -38,7 +40,7 @@ from limits.aio.strategies import (
 )
 from limits.errors import StorageError
 
-from .errors import BudgetExhausted, RateLimited
+from .errors import RateLimited
 from .redis_connection import SharedRedis
 
 if TYPE_CHECKING:
@@ -47,9 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# A rough tokens-per-character ratio, for answers cut off before the upstream reported usage.
-CHARS_PER_TOKEN = 4
 
 _STRATEGIES: dict[str, type[RateLimiter]] = {
     "moving": MovingWindowRateLimiter,
@@ -79,14 +78,25 @@ def site_scoped(site: Site | None, key: str) -> str:
     return key if site is None or site.is_default else f"site{site.id}:{key}"
 
 
+def site_budget(site: Site | None, deployment_tokens: int) -> tuple[str, int]:
+    """The site's token budget: the key part of its counter in app/budget.py ("" for the
+    default site, whose counter is the deployment's from before sites; `site{id}` for another)
+    and its daily limit (the site's override, else the deployment's; 0: no budget)."""
+    if site is None:
+        return "", deployment_tokens
+    key_part = "" if site.is_default else f"site{site.id}"
+    limit = deployment_tokens if site.daily_token_budget is None else site.daily_token_budget
+    return key_part, limit
+
+
 class RateLimits:
     """Checks the limits for one request; refusals raise RateLimited (429) with Retry-After."""
 
     def __init__(self, *, enabled: bool, every_request: Rule, chat_rules: tuple[Rule, ...],
-                 session_rule: Rule, daily_token_budget: int, redis: SharedRedis | None,
-                 redis_prefix: str, on_refusal: Callable[[str], None] | None = None,
+                 session_rule: Rule, redis: SharedRedis | None, redis_prefix: str,
+                 on_refusal: Callable[[str], None] | None = None,
                  login_rules: tuple[Rule, Rule] | None = None,
-                 admin_rule: Rule | None = None) -> None:
+                 admin_rule: Rule | None = None, lookup_rule: Rule | None = None) -> None:
         self.enabled = enabled
         # Per client IP on the back office's API (/admin/api/...); None: not limited.
         self.admin_rule = admin_rule
@@ -95,8 +105,7 @@ class RateLimits:
         self.every_request = every_request
         self.chat_rules = chat_rules
         self.session_rule = session_rule
-        self._daily_token_budget = daily_token_budget
-        self._budget = RateLimitItemPerDay(daily_token_budget) if daily_token_budget else None
+        self.lookup_rule = lookup_rule
         # A site's own rules, made once per combination of its overrides.
         self._site_rules: dict[tuple[str | None, ...], tuple[tuple[Rule, ...], Rule]] = {}
         self._memory = self._limiters(MemoryStorage())
@@ -148,6 +157,14 @@ class RateLimits:
         allowed, _, reset_in = await self._hit(self.every_request, client_key)
         if not allowed:
             raise self._refuse(self.every_request, reset_in)
+
+    async def check_lookup(self, client_key: str) -> None:
+        """The per-IP limit on history, resume and cancel lookups (apart from chat messages)."""
+        if not self.enabled or self.lookup_rule is None:
+            return
+        allowed, _, reset_in = await self._hit(self.lookup_rule, client_key)
+        if not allowed:
+            raise self._refuse(self.lookup_rule, reset_in)
 
     def rules_for(self, site: Site | None) -> tuple[tuple[Rule, ...], Rule]:
         """The chat rules and the session rule, with the site's overrides."""
@@ -212,47 +229,10 @@ class RateLimits:
         if not allowed:
             raise self._refuse(self.admin_rule, reset_in)
 
-    def _budget_for(self, site: Site | None) -> RateLimitItem | None:
-        if site is None or site.daily_token_budget is None:
-            return self._budget
-        if site.daily_token_budget == self._daily_token_budget:
-            return self._budget
-        return RateLimitItemPerDay(site.daily_token_budget) if site.daily_token_budget else None
-
-    async def check_budget(self, site: Site | None = None) -> None:
-        """Refuse new answers once the site's token budget for the day is spent."""
-        budget = self._budget_for(site)
-        if budget is None or not self.enabled:
-            return
-        name = site_scoped(site, "token-budget")
-
-        async def operation(limiters: dict[str, RateLimiter]) -> bool:
-            return await limiters["fixed"].test(budget, name)
-
-        if not await self._run(operation):
-            if self._on_refusal is not None:
-                self._on_refusal("token_budget")
-            raise BudgetExhausted()
-
-    async def record_tokens(self, tokens: int, site: Site | None = None) -> None:
-        budget = self._budget_for(site)
-        if budget is None or tokens <= 0:
-            return
-        name = site_scoped(site, "token-budget")
-
-        async def operation(limiters: dict[str, RateLimiter]) -> bool:
-            return await limiters["fixed"].hit(budget, name, cost=tokens)
-
-        await self._run(operation)
-
     def _refuse(self, rule: Rule, reset_in: int) -> RateLimited:
         if self._on_refusal is not None:
             self._on_refusal(rule.name)
         return _refusal(rule, reset_in)
-
-
-def estimate_tokens(prompt_chars: int, answer_chars: int) -> int:
-    return math.ceil((prompt_chars + answer_chars) / CHARS_PER_TOKEN)
 
 
 # What a shopper reads for each limit; the rule's name also goes out in RateLimit-Policy.
@@ -265,6 +245,7 @@ _REFUSALS = {
     "login_ip": "Too many sign-in attempts from your network. Please wait {wait}.",
     "login_account": "Too many sign-in attempts for this account. Please wait {wait}.",
     "admin_ip": "Too many back-office requests from your network. Please wait {wait}.",
+    "lookup_ip": "Too many requests from your network. Please wait {wait} and try again.",
 }
 
 

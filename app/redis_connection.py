@@ -1,8 +1,9 @@
 """The app's one owner of Redis: its clients, and the health of each use of it.
 
-Two parts of the app use Redis, the rate limits (app/ratelimit.py) and the shared event log
-(app/redis_eventlog.py). `SharedRedis` builds every client they talk through and closes them,
-and keeps one `RedisHealth` per use, so /readyz and the `chat_redis_fallback` gauge see both.
+Three parts of the app use Redis, the rate limits (app/ratelimit.py), the shared event log
+(app/redis_eventlog.py) and, when one is set, the daily token budget (app/budget.py).
+`SharedRedis` builds every client they talk through and closes them, and keeps one `RedisHealth`
+per use, so /readyz and the `chat_redis_fallback` gauge see each of them.
 
 Redis is never allowed to stall a request or an answer: every command has a socket timeout well
 under a second and no retries (redis-py retries three times with backoff by default, which turns
@@ -96,6 +97,21 @@ class SharedRedis:
         self.rate_limits_health = RedisHealth("rate limits count per instance",
                                               probe_every_s=LIMITS_PROBE_EVERY_S)
         self.event_log_health = RedisHealth("answers stream from this instance's memory")
+        # Only with a DAILY_TOKEN_BUDGET (see budget_health()).
+        self._budget_health: RedisHealth | None = None
+
+    def budget_health(self) -> RedisHealth:
+        """The token budget's use of Redis (through `commands`); reported once asked for."""
+        if self._budget_health is None:
+            self._budget_health = RedisHealth(
+                "the token budget allows this instance its DAILY_TOKEN_BUDGET_FALLBACK_SHARE")
+        return self._budget_health
+
+    def _healths(self) -> dict[str, RedisHealth]:
+        healths = {"rateLimits": self.rate_limits_health, "eventLog": self.event_log_health}
+        if self._budget_health is not None:
+            healths["tokenBudget"] = self._budget_health
+        return healths
 
     def blocking(self, read_timeout_s: float) -> Redis:
         """A client for blocking reads (XREAD BLOCK, pub/sub) that wait up to `read_timeout_s`."""
@@ -105,12 +121,11 @@ class SharedRedis:
 
     def uses(self) -> dict[str, str]:
         """Each use's state as it last saw Redis: 'up', or 'down' while it falls back."""
-        return {"rateLimits": self.rate_limits_health.state,
-                "eventLog": self.event_log_health.state}
+        return {use: health.state for use, health in self._healths().items()}
 
     def fallback_level(self) -> float:
         """The `chat_redis_fallback` gauge: 1 while any use falls back to memory."""
-        return 1.0 if self.rate_limits_health.down or self.event_log_health.down else 0.0
+        return 1.0 if any(health.down for health in self._healths().values()) else 0.0
 
     async def ping(self) -> str:
         """'up' or 'down', bounded by the socket timeouts."""

@@ -57,6 +57,7 @@ from .eventlog import (
     SharedLogUnavailable,
     encode_event,
     event_from_data,
+    finished_events,
 )
 from .redis_connection import COMMAND_TIMEOUT_S, SharedRedis
 
@@ -376,6 +377,28 @@ class RedisEventLog:
                 await asyncio.sleep(RETRY_S)
 
     # -- reading on another instance ---------------------------------------------------------
+
+    async def finished(self, answer_id: str, after: int) -> list[Event] | None:
+        if self._memory.events_of(answer_id) is not None:
+            return await self._memory.finished(answer_id, after)  # produced here: memory is ahead
+        stream = self._keys.events(answer_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xrevrange(stream, "+", "-", count=1)
+                pipe.xrange(stream, "-", "+", count=1)
+                pipe.xrange(stream, f"{after + 1}-0", "+")
+                last, first, later = await pipe.execute()
+        except REDIS_FAILURES as exc:
+            self._health.failed(exc, "reading an answer")
+            raise SharedLogUnavailable() from exc
+        self._health.ok()
+        if not last or not first:
+            return None
+        tail = decode_entry(*last[0])
+        events = [decode_entry(*first[0]), *(decode_entry(*entry) for entry in later)]
+        if events[-1].seq != tail.seq:
+            events.append(tail)
+        return finished_events(events, after)
 
     async def resume(self, answer_id: str, after: int, *, meta: Event, streaming: bool,
                      on_producer_lost: ProducerLost) -> AsyncIterator[Event] | None:

@@ -1,9 +1,9 @@
 """The app's services in one typed container, instead of attributes on `app.state`.
 
 `create_app` builds what needs no I/O (settings, metrics, the Redis owner, the rate limits, the
-connection registry, the site directory that the lifespan then fills); the lifespan adds what
-has to be opened or read first (the database pool, the chat service) with `started()`. Handlers
-reach it with `services(request)`.
+token budget, the lookups' bulkhead, the connection registry, the site directory that the
+lifespan then fills); the lifespan adds what has to be opened or read first (the database pool,
+the chat service) with `started()`. Handlers reach it with `services(request)`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 
 from .alerts import Alerts
+from .budget import TokenBudget
+from .bulkhead import Bulkhead
 from .chat import ChatService
 from .config import Settings
 from .conversation_events import Feeds
@@ -53,11 +55,14 @@ class Services:
     # costs no database round trip.
     sites: SiteDirectory
     refused_origins: RefusedOrigins
+    # History, resume and cancel: their share of the database pool (app/bulkhead.py).
+    lookups: Bulkhead
     passwords: Passwords
     # The conversations' and sites' live events (message, status, typing).
     feeds: Feeds
     alerts: Alerts | None = None  # None: neither ALERT_WEBHOOK_URL nor SMTP_URL+ALERT_EMAIL_TO
     mailer: Mailer | None = None  # None: no SMTP_URL
+    budget: TokenBudget | None = None  # None: the limits turned off
     running: Running | None = None
 
     def started(self, pool: AsyncConnectionPool, chat: ChatService) -> None:

@@ -76,6 +76,7 @@ LIMITS_ON = {
     "RATE_LIMIT_CHAT_IP": "10000000/15minutes",
     "RATE_LIMIT_CHAT_IP_DAILY": "10000000/day",
     "RATE_LIMIT_SESSION": "10000000/15minutes",
+    "RATE_LIMIT_LOOKUP_IP": "10000000/15minutes",
     "DAILY_TOKEN_BUDGET": "0",
 }
 
@@ -198,6 +199,8 @@ def app_service(database_url: str, extra_env: dict[str, str], tag: str,
         "RATE_LIMIT_ENABLED": "false",
         # Room for the 5,000 open streams' final saves; PostgreSQL allows 100 by default.
         "DB_POOL_MAX": "20",
+        # The whole load comes from one address, straight to uvicorn (no proxy in front).
+        "SERVER_MAX_CONNECTIONS_PER_IP": "1000000",
     })
     env.update(extra_env)
     # `python -m app` imports the package from its working directory: `root` picks the tree.

@@ -29,7 +29,7 @@ from psycopg.conninfo import make_conninfo
 from app import db
 from app.config import Settings
 from app.main import create_app
-from app.server import AppServer, server_config
+from app.server import AppServer, connection_limits, server_config
 from tests.fake_model import chunk_line
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,6 +150,8 @@ class Reply:
     reset_after_tokens: bool = False
     # Raised instead of answering (a network failure).
     exception: Exception | None = None
+    # Set by the test when the answer may start (answers held in flight together).
+    gate: asyncio.Event | None = None
 
 
 class FakeUpstream:
@@ -177,6 +179,8 @@ class FakeUpstream:
 
     async def _body(self, reply: Reply) -> AsyncIterator[bytes]:
         try:
+            if reply.gate is not None:
+                await reply.gate.wait()
             if reply.first_delay:
                 await asyncio.sleep(reply.first_delay)
             for index, token in enumerate(reply.tokens):
@@ -238,7 +242,8 @@ async def start_app(database_url: str, redis_url: str) -> AsyncIterator[Callable
         settings = make_settings(overrides.pop("database_url", database_url),
                                  **{"redis_url": redis_url, **overrides})
         app = create_app(settings, llm_http_client=httpx.AsyncClient())
-        config = server_config(app, "127.0.0.1", 0, grace_s=2.0, log_level="warning")
+        config = server_config(app, "127.0.0.1", 0, grace_s=2.0,
+                               limits=connection_limits(settings), log_level="warning")
         server = AppServer(config, app, grace_s=2.0)
         task = asyncio.create_task(server.serve())
         while not server.started:

@@ -28,7 +28,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from app import db, endpoints
+from app import answer_run, db, endpoints
 from app import messages as messages_module
 from app.chat import UNCONFIRMED_SETTLE_S
 from app.services import services_of
@@ -482,6 +482,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_answer_still_saved
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(endpoints, "SEND_TIMEOUT_S", 1.0)
     tokens = [f"{n:04d}" + "x" * 32_000 for n in range(300)]  # ~10 MB: more than any buffer
+    # Past the server's own cap on an answer's length (tests/test_hostile_input.py).
+    monkeypatch.setattr(answer_run, "ANSWER_MIN_CHARS", 20_000_000)
     upstream.queue(Reply(tokens=tokens, delay=0.01))
     app: RunningApp = await start_app(rate_limit_enabled=False)
     connections = app.server.server_state.connections
@@ -557,9 +559,11 @@ async def test_500_streams_opened_and_dropped_leave_nothing_behind(
     # be exiting), nor the test's own.
     app_name = f"chat-test-{uuid.uuid4().hex[:12]}"
     async with FakeModel(Script([f"t{n} " for n in range(10)], delay=0.02)) as model:
+        # All 500 from one address: past the server's connections per address.
         app: RunningApp = await start_app(
             database_url=make_conninfo(database_url, application_name=app_name),
-            openai_base_url=model.base_url, rate_limit_enabled=False, llm_timeout_s=10.0)
+            openai_base_url=model.base_url, rate_limit_enabled=False, llm_timeout_s=10.0,
+            server_max_connections_per_ip=streams + 100)
         assert await open_and_drop(app, -1) == 200
         await wait_until_idle(app)
         pool = services_of(app.app).pool

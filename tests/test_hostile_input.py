@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 
+from app.chat import answer_caps
 from app.endpoints import (
     BadRequest,
     ChatRequest,
@@ -440,3 +441,26 @@ async def test_another_sessions_message_as_a_history_cursor_is_404_like_an_unkno
     assert foreign.status_code == unknown.status_code == 404
     assert foreign.json() == unknown.json()
     assert theirs["messageId"] not in foreign.text
+
+
+# -- a hostile upstream ----------------------------------------------------------------------
+
+
+async def test_a_hostile_upstreams_answer_is_cut_at_the_servers_caps(
+        client: httpx.AsyncClient, upstream: FakeUpstream, query: Any) -> None:
+    """MAX_TOKENS is the upstream's promise; the server keeps its own caps whatever it sends."""
+    max_chars, max_events = answer_caps(500)  # the test app's MAX_TOKENS
+    upstream.queue(Reply(tokens=["x" * 1000] * 4000),  # 4 MB in big deltas
+                   Reply(tokens=["y"] * (max_events * 3)))  # many tiny deltas
+    for expected_chars in (max_chars, None):
+        events = await stream_chat(client, {"message": "hi"})
+        tokens = [e for e in events if e.event == "token"]
+        done = events[-1]
+        assert done.event == "done"
+        assert len(tokens) <= max_events
+        assert len(done.data["text"]) <= max_chars
+        if expected_chars is not None:
+            assert len(done.data["text"]) == expected_chars
+        saved = query("SELECT length(text) FROM messages WHERE id = %s",
+                      uuid.UUID(done.data["messageId"]))
+        assert saved == [(len(done.data["text"]),)]

@@ -1,4 +1,5 @@
-"""The origin guard: a refused browser origin is a 403, and a warning the owner can act on."""
+"""The origin guard: who may call the chat API from a browser; a refused browser origin is a 403,
+and a warning the owner can act on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.clientip import parse_networks
 from app.middleware import REFUSED_ORIGIN_LOG_S, REFUSED_ORIGINS_KEPT, OriginGuard
 
 
@@ -23,7 +25,7 @@ class Clock:
         return self.now
 
 
-def guarded_app(clock: Clock) -> Starlette:
+def clocked_app(clock: Clock) -> Starlette:
     async def history(request: Request) -> Response:
         return JSONResponse({"ok": True})
 
@@ -45,7 +47,7 @@ def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 async def test_a_refused_origin_is_logged_once_per_few_minutes(
         caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
-    app = guarded_app(clock)
+    app = clocked_app(clock)
     caplog.set_level(logging.WARNING, logger="app.middleware")
     for _ in range(5):
         assert (await get_from(app, "https://shop.example.com")).status_code == 403
@@ -68,7 +70,7 @@ async def test_a_refused_origin_is_logged_once_per_few_minutes(
 async def test_made_up_origins_cannot_grow_the_memory_or_flood_the_log(
         caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
-    app = guarded_app(clock)
+    app = clocked_app(clock)
     caplog.set_level(logging.WARNING, logger="app.middleware")
     for n in range(REFUSED_ORIGINS_KEPT + 50):
         assert (await get_from(app, f"https://{n}.evil.example")).status_code == 403
@@ -77,3 +79,38 @@ async def test_made_up_origins_cannot_grow_the_memory_or_flood_the_log(
     clock.now += REFUSED_ORIGIN_LOG_S
     await get_from(app, long_origin)
     assert len(refusal_lines(caplog)[-1].getMessage()) < 1000
+
+
+def guarded_app(**options: object) -> Starlette:
+    async def history(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    return Starlette(routes=[Route("/chat/history/{sessionId}", history)],
+                     middleware=[Middleware(OriginGuard, **options)])
+
+
+async def status_for(app: Starlette, origin: str, base_url: str = "http://localhost:8000",
+                     headers: dict[str, str] | None = None,
+                     client: tuple[str, int] = ("127.0.0.1", 5000)) -> int:
+    transport = httpx.ASGITransport(app=app, client=client)
+    async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
+        response = await http.get("/chat/history/x", headers={"Origin": origin, **(headers or {})})
+    return response.status_code
+
+
+async def test_the_same_origin_needs_the_same_scheme() -> None:
+    """https://localhost:8000 is another origin than http://localhost:8000."""
+    app = guarded_app(allowed_origins=())
+    assert await status_for(app, "http://localhost:8000") == 200
+    assert await status_for(app, "https://localhost:8000") == 403
+    assert await status_for(app, "https://localhost:8000", base_url="https://localhost:8000") == 200
+
+
+async def test_the_scheme_behind_our_proxy_is_the_forwarded_one() -> None:
+    app = guarded_app(allowed_origins=(), trusted_proxies=parse_networks(["127.0.0.1"]))
+    tls = {"X-Forwarded-Proto": "https"}
+    assert await status_for(app, "https://localhost:8000", headers=tls) == 200
+    assert await status_for(app, "http://localhost:8000", headers=tls) == 403
+    # Anyone else's X-Forwarded-Proto is not believed.
+    assert await status_for(app, "https://localhost:8000", headers=tls,
+                            client=("198.51.100.7", 5000)) == 403

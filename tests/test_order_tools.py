@@ -14,10 +14,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.answer_run import message_chars
+from app.budget import estimate_tokens
 from app.demo_orders import DEMO_TOKEN, create_demo_orders_app
 from app.order_tools import MAX_TOOL_CALLS
 from tests.conftest import FakeUpstream, Reply, RunningApp, stream_chat
 from tests.orders_server import serve
+from tests.test_budget import budget_key, counter, wait_for
 from tests.test_order_answers import demo_token, kinds, text_of
 
 
@@ -189,3 +192,60 @@ async def test_when_the_model_fails_after_the_tool_the_card_is_said_in_one_line(
     assert kinds(events).count("tool") == 1
     assert text_of(events) == "Order 1042 is shipped, with Royal Mail, expected 2026-12-04."
     assert events[-1].data["fallback"] is True
+
+
+# -- the token budget: every model round is paid for ---------------------------------------
+
+
+async def test_an_answer_with_a_tool_round_charges_both_rounds_to_the_budget(
+        start_app: Callable[..., Any], upstream: FakeUpstream, store_url: str, redis_url: str,
+        query: Callable[..., list[tuple[Any, ...]]]) -> None:
+    app: RunningApp = await start_app(orders_api_url=store_url, orders_api_token=DEMO_TOKEN,
+                                      daily_token_budget=1_000_000)
+    upstream.queue(lookup("1042"), Reply(tokens=["Your order", " is on its way."]))
+    async with app.client() as http:
+        events = await stream_chat(http, {"message": "where is my order 1042?",
+                                          "customerToken": demo_token(query)})
+    assert len(upstream.requests) == 2
+    spent = events[-1].data["usage"]["totalTokens"]
+    assert spent > 60  # the tool round's 60 and the answer's own
+    # Settled after the end: the day's counter holds both rounds, nothing of the reservation.
+    await wait_for(lambda: _equals(counter(redis_url, budget_key(app)), spent),
+                   "the answer settled to both rounds' usage")
+
+
+async def test_a_budget_with_no_room_for_the_second_round_makes_no_second_call(
+        start_app: Callable[..., Any], upstream: FakeUpstream, store_url: str, redis_url: str,
+        query: Callable[..., list[tuple[Any, ...]]]) -> None:
+    """The first round fits the day's budget, the one that would word the tool's result does
+    not: it is never asked for (the model cannot spend past the budget), and the card the
+    shopper sees is said in one line, as when the model fails after the tool."""
+    max_tokens = 2000
+    measure: RunningApp = await start_app(orders_api_url=store_url, orders_api_token=DEMO_TOKEN,
+                                          max_tokens=max_tokens)
+    upstream.queue(lookup("1042"), Reply(tokens=["Shipped."]))
+    token = demo_token(query)
+    question = {"message": "where is my order 1042?", "customerToken": token}
+    async with measure.client() as http:
+        await stream_chat(http, question)
+    first_round, second_round = (estimate_tokens(message_chars(r["messages"]))
+                                 for r in upstream.requests)
+    assert second_round > first_round + 30
+    upstream.requests.clear()
+
+    budget = first_round + max_tokens + 30  # the first round's worst case, and a little more
+    app: RunningApp = await start_app(orders_api_url=store_url, orders_api_token=DEMO_TOKEN,
+                                      max_tokens=max_tokens, daily_token_budget=budget)
+    upstream.queue(lookup("1042"), Reply(tokens=["Never asked for."]))
+    async with app.client() as http:
+        events = await stream_chat(http, question)
+    assert len(upstream.requests) == 1
+    assert kinds(events).count("tool") == 1
+    assert text_of(events) == "Order 1042 is shipped, with Royal Mail, expected 2026-12-04."
+    assert events[-1].data["fallback"] is True
+    await wait_for(lambda: _equals(counter(redis_url, budget_key(app)), 60),
+                   "the answer settled to the one round it made")
+
+
+async def _equals(value: Any, expected: int) -> bool:
+    return bool(await value == expected)

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.app_process import AppProcess
-from tests.conftest import SSEEvent, read_events
+from tests.conftest import SSEEvent, parse_sse, read_events
 from tests.fake_model import FakeModel, Script
 from tests.proxy import running_nginx
 
@@ -197,3 +197,59 @@ async def test_an_answer_resumes_through_the_proxy_after_its_connection_is_cut(
     assert [token.id for token in rest] == [str(n) for n in range(3, len(tokens) + 1)]
     assert "".join(tokens[:2]) + "".join(token.data["text"] for token in rest) == "".join(tokens)
     assert done.event == "done" and done.data["text"] == "".join(tokens)
+
+
+async def test_no_full_id_reaches_any_log_over_a_whole_conversation(stack: Stack) -> None:
+    """A session id grants access to its conversation: nginx and the app log a prefix only."""
+    stack.model.reset(gated=False)
+    async with stack.client("127.0.0.6") as http:
+        first = await http.post("/chat/stream", json={"message": "Do you ship abroad?"})
+        meta = [e for e in parse_sse(first.text) if e.event == "meta"][0].data
+        session_id, answer_id = meta["sessionId"], meta["messageId"]
+        second = await http.post("/chat/stream", json={"message": "And to Europe?",
+                                                       "sessionId": session_id})
+        assert second.status_code == 200
+        resumed = await http.get(f"/chat/stream/{answer_id}", params={"sessionId": session_id},
+                                 headers={"Last-Event-ID": "1"})
+        assert resumed.status_code == 200
+        history = await http.get(f"/chat/history/{session_id}")
+        assert history.status_code == 200
+        unknown = await http.get(f"/chat/history/{uuid.uuid4()}")
+        assert unknown.status_code == 404
+
+        # The conversation's own routes: the handoff, the shopper typing, its live stream.
+        handoff = await http.post(f"/chat/conversations/{session_id}/handoff")
+        assert handoff.status_code == 200
+        typing = await http.post(f"/chat/conversations/{session_id}/typing")
+        assert typing.status_code == 204
+        async with http.stream("GET", f"/chat/conversations/{session_id}/stream") as live:
+            assert live.status_code == 200
+
+        stack.model.reset(gated=True)  # an answer still running, to cancel
+        async with http.stream("POST", "/chat/stream",
+                               json={"message": "Stop", "sessionId": session_id}) as response:
+            running = (await next_event(read_events(response))).data
+            cancelled = await http.post(f"/chat/messages/{running['messageId']}/cancel",
+                                        params={"sessionId": session_id})
+        assert cancelled.status_code == 200
+        stack.model.reset(gated=False)
+    ids = {session_id, answer_id, running["messageId"],
+           *(m["id"] for m in history.json()["messages"])}
+
+    def nginx_logged_cancel() -> bool:
+        return f"/chat/messages/{running['messageId'][:8]}.../cancel" in stack.nginx_log.read_text()
+
+    for _ in range(500):  # nginx writes its line as the response ends
+        if nginx_logged_cancel():
+            break
+        await asyncio.sleep(0.02)
+    nginx_log = stack.nginx_log.read_text()
+    app_logs = "\n".join(instance.output() for instance in stack.instances)
+    for full_id in ids:
+        assert full_id not in nginx_log, full_id
+        assert full_id not in app_logs, full_id
+    # What is logged is still enough to follow a conversation through the logs.
+    assert f"/chat/history/{session_id[:8]}..." in nginx_log
+    assert f"/chat/stream/{answer_id[:8]}..." in nginx_log
+    assert f"/chat/conversations/{session_id[:8]}.../handoff" in nginx_log
+    assert nginx_logged_cancel()

@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.eventlog import REPLAYED_END_ID
+from app.messages import MessageStore
 from tests.conftest import FakeUpstream, Reply, RunningApp, SSEEvent, parse_sse, read_events
 from tests.tcp_proxy import TcpProxy
 
@@ -101,6 +102,44 @@ async def test_a_finished_answer_replays_from_any_id_on_another_instance(
     for past_the_end in (8, 99):  # the client has the end: nothing more, and EventSource stops
         response = await resume(b, meta, last_event_id=past_the_end)
         assert (response.status_code, response.content) == (204, b"")
+
+
+async def test_a_finished_answer_resumes_without_asking_the_database_while_redis_has_it(
+        two_instances: tuple[RunningApp, RunningApp], shared_settings: dict[str, Any],
+        raw_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ownership comes from the stream's own meta event, which names the conversation."""
+    a, b = two_instances
+    original = await complete_answer(a)
+    meta = original[0].data
+    stream_key = f"{shared_settings['redis_prefix']}:answer:{meta['messageId']}:events"
+
+    async def copied() -> bool:  # the producer flushes its batch a few ms after the answer
+        return int(await raw_redis.xlen(stream_key)) == len(original)
+
+    await wait_for(copied)
+    lookups: list[uuid.UUID] = []
+    original_find = MessageStore.find_answer
+
+    async def counted(self: MessageStore, answer_id: uuid.UUID, session_id: uuid.UUID,
+                      site_id: int) -> Any:
+        lookups.append(answer_id)
+        return await original_find(self, answer_id, session_id, site_id)
+
+    monkeypatch.setattr(MessageStore, "find_answer", counted)
+    unknown = await resume(b, {"messageId": str(uuid.uuid4()), "sessionId": meta["sessionId"]})
+    assert unknown.status_code == 404 and len(lookups) == 1  # not in the log: the record says
+    lookups.clear()
+    for app in (a, b):  # a: its own memory; b: Redis
+        whole = parse_sse((await resume(app, meta)).text)
+        assert [(e.event, e.id, e.data) for e in whole[1:]] == [
+            (e.event, e.id, e.data) for e in original[1:]]
+        from_five = parse_sse((await resume(app, meta, last_event_id=5)).text)
+        assert [(e.event, e.id) for e in from_five] == [
+            ("meta", None), ("token", "6"), ("token", "7"), ("done", "8")]
+        assert (await resume(app, meta, last_event_id=8)).status_code == 204
+        foreign = await resume(app, meta, session_id=str(uuid.uuid4()))
+        assert (foreign.status_code, foreign.json()) == (404, unknown.json())
+    assert lookups == []
 
 
 async def test_an_expired_stream_is_served_from_postgresql(

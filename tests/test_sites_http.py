@@ -4,6 +4,7 @@ profile, knowledge, origins, limits and budget; another site's ids are 404s like
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -187,8 +188,10 @@ async def test_one_sites_limits_and_budget_do_not_reach_another(
         database_url: str, start_app: Callable[..., Any], upstream: FakeUpstream) -> None:
     limited = await create_site(database_url, "Limited", "https://limited.example",
                                 rate_limit_chat_ip="2/15minutes")
+    # An answer reserves its worst case first (its prompt, about 360 tokens, plus the site's
+    # max_tokens): the frugal site's day fits one, and a few more once they settle at 19.
     frugal = await create_site(database_url, "Frugal", "https://frugal.example",
-                               daily_token_budget=10)
+                               daily_token_budget=500, max_tokens=100)
     app: RunningApp = await start_app()
     async with app.client() as http:
         for _ in range(2):
@@ -199,16 +202,26 @@ async def test_one_sites_limits_and_budget_do_not_reach_another(
         await stream_chat(http, {"message": "hi"})
         await stream_chat(http, {"message": "hi", "siteKey": frugal})
 
-        # Each answer costs 19 tokens: once it is charged, the frugal site's day is spent.
+        # Each answer costs 19 tokens: once they are charged, the frugal site's day has no room
+        # for another paid answer. Its questions are then refused (503 budget_exhausted), or,
+        # when the day still fits the reservation taken before the knowledge search but not
+        # the whole prompt, answered from the knowledge base without a model call.
         deadline = time.monotonic() + 10
         while True:
             response = await http.post("/chat/stream", json={"message": "hi", "siteKey": frugal})
             if response.status_code == 503:
+                assert response.json()["error"]["code"] == "budget_exhausted"
                 break
             assert response.status_code == 200
+            done = [line for line in response.text.splitlines() if line.startswith("data:")][-1]
+            if json.loads(done.removeprefix("data:"))["fallback"]:
+                break
             assert time.monotonic() < deadline, "the budget was never charged"
             await asyncio.sleep(0.05)
-        assert response.json()["error"]["code"] == "budget_exhausted"
+        calls = len(upstream.requests)
+        again = await http.post("/chat/stream", json={"message": "hi", "siteKey": frugal})
+        assert again.status_code in (200, 503)
+        assert len(upstream.requests) == calls  # no paid call on the spent site
         await stream_chat(http, {"message": "hi"})
 
 

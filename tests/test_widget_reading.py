@@ -42,8 +42,10 @@ page = test_widget.page
 
 @pytest.fixture(scope="module")
 def chat_app(database_url: str, redis_url: str, fake_model: FakeModel) -> Iterator[AppProcess]:
-    limits = {**RATE_LIMITS, "RATE_LIMIT_SESSION": "1000/minute"}
-    with app_process(database_url, redis_url, fake_model, limits, "widget-reading-app.log") as app:
+    # MAX_TOKENS room for the 300 KB answer: the server cuts an answer off at MAX_TOKENS x 16
+    # characters whatever the model sends (app/answer_run.py answer_caps).
+    env = {**RATE_LIMITS, "RATE_LIMIT_SESSION": "1000/minute", "MAX_TOKENS": "25000"}
+    with app_process(database_url, redis_url, fake_model, env, "widget-reading-app.log") as app:
         yield app
 
 
