@@ -201,7 +201,7 @@ async def test_an_answer_resumes_through_the_proxy_after_its_connection_is_cut(
 
 async def test_no_full_id_reaches_any_log_over_a_whole_conversation(stack: Stack) -> None:
     """A session id grants access to its conversation: nginx and the app log a prefix only."""
-    stack.model.reset(gated=False)
+    stack.model.default = Script()
     async with stack.client("127.0.0.6") as http:
         first = await http.post("/chat/stream", json={"message": "Do you ship abroad?"})
         meta = [e for e in parse_sse(first.text) if e.event == "meta"][0].data
@@ -225,14 +225,15 @@ async def test_no_full_id_reaches_any_log_over_a_whole_conversation(stack: Stack
         async with http.stream("GET", f"/chat/conversations/{session_id}/stream") as live:
             assert live.status_code == 200
 
-        stack.model.reset(gated=True)  # an answer still running, to cancel
+        held = stack.model.hold_default()  # an answer still running, to cancel
         async with http.stream("POST", "/chat/stream",
                                json={"message": "Stop", "sessionId": session_id}) as response:
             running = (await next_event(read_events(response))).data
             cancelled = await http.post(f"/chat/messages/{running['messageId']}/cancel",
                                         params={"sessionId": session_id})
         assert cancelled.status_code == 200
-        stack.model.reset(gated=False)
+        held.release_all()  # the cancelled request's stream ends, so the model can stop
+        stack.model.default = Script()
     ids = {session_id, answer_id, running["messageId"],
            *(m["id"] for m in history.json()["messages"])}
 
