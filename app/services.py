@@ -25,6 +25,7 @@ from .middleware import RefusedOrigins
 from .passwords import Passwords
 from .ratelimit import RateLimits
 from .redis_connection import SharedRedis
+from .shopper_email import ShopperEmails
 from .sites import SiteDirectory
 from .sse import Connections
 from .staff import StaffStore
@@ -59,6 +60,8 @@ class Services:
     alerts: Alerts | None = None  # None: neither ALERT_WEBHOOK_URL nor SMTP_URL+ALERT_EMAIL_TO
     mailer: Mailer | None = None  # None: no SMTP_URL
     running: Running | None = None
+    # The shopper's email and the replies sent to it (app/shopper_email.py): set in the lifespan.
+    shopper_emails: ShopperEmails | None = None
 
     def started(self, pool: AsyncConnectionPool, chat: ChatService) -> None:
         self.running = Running(pool, chat, StaffStore(pool), ConversationDesk(pool))
