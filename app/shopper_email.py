@@ -4,8 +4,9 @@ The rules, each in one place here:
 
 - **Away.** A shopper's widget holds the conversation's stream while a person is asked for or
   involved; the stream marks `shopper_seen_at` when it opens, every HEARTBEAT_S and when it
-  closes. An agent's reply newer than that mark was not seen live, and a shopper with no mark
-  in the last AWAY_S is away.
+  closes, and keeps `shopper_online_until` AWAY_S ahead while open (now() once closed; an
+  instance that dies lets it lapse). An agent's reply newer than `shopper_seen_at` was not
+  seen live; a shopper whose `shopper_online_until` has passed is away.
 - **One email per burst.** An agent's reply (to a shopper who left an address) makes an email
   due REPLY_EMAIL_DELAY_S later, or REPLY_EMAIL_DELAY_S after the previous one, whichever is
   later. Replies meanwhile join that email. When it is due and the shopper is away, it carries
@@ -127,11 +128,14 @@ class ShopperEmails:
             await conn.execute("UPDATE conversations SET inbox_url = %s WHERE id = %s",
                                (inbox_url, conversation_id))
 
-    async def seen(self, conversation_id: uuid.UUID) -> None:
-        """The shopper's widget is live on this conversation (only noted where it matters)."""
+    async def seen(self, conversation_id: uuid.UUID, *, still_open: bool) -> None:
+        """The shopper's widget is live on this conversation (only noted where it matters):
+        `still_open`, for the next AWAY_S; else it has just closed its stream."""
         async with db.connection(self._pool) as conn:
-            await conn.execute("UPDATE conversations SET shopper_seen_at = now()"
-                               " WHERE id = %s AND shopper_email IS NOT NULL", (conversation_id,))
+            await conn.execute(
+                "UPDATE conversations SET shopper_seen_at = now(), shopper_online_until ="
+                " now() + make_interval(secs => %s) WHERE id = %s AND shopper_email IS NOT NULL",
+                (AWAY_S if still_open else 0, conversation_id))
 
     async def following(self, conversation_id: uuid.UUID,
                         events: AsyncIterator[Event]) -> AsyncIterator[Event]:
@@ -144,11 +148,11 @@ class ShopperEmails:
         finally:
             beat.cancel()
             # In a task of its own: the stream's task is being cancelled (the client left).
-            self._in_background(self._quietly(self.seen(conversation_id)))
+            self._in_background(self._quietly(self.seen(conversation_id, still_open=False)))
 
     async def _heartbeat(self, conversation_id: uuid.UUID) -> None:
         while True:
-            await self._quietly(self.seen(conversation_id))
+            await self._quietly(self.seen(conversation_id, still_open=True))
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _quietly(self, work: Awaitable[None]) -> None:
@@ -198,11 +202,9 @@ class ShopperEmails:
         async with db.connection(self._pool) as conn:
             cur = await conn.execute(
                 "SELECT id, site_id, shopper_email, shopper_page_url,"
-                " shopper_seen_at > now() - make_interval(secs => %s) AS connected,"
-                " shopper_seen_at + make_interval(secs => %s)"
+                " coalesce(shopper_online_until > now(), false), shopper_online_until"
                 " FROM conversations WHERE reply_email_due_at <= now()"
-                " ORDER BY reply_email_due_at LIMIT %s FOR UPDATE SKIP LOCKED",
-                (AWAY_S, AWAY_S, BATCH))
+                " ORDER BY reply_email_due_at LIMIT %s FOR UPDATE SKIP LOCKED", (BATCH,))
             for conversation, site_id, to, page_url, connected, away_at in await cur.fetchall():
                 if connected:  # they are reading: ask again once they may have left
                     await conn.execute("UPDATE conversations SET reply_email_due_at = %s"

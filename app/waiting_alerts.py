@@ -42,8 +42,9 @@ class WaitingAlerts:
         self._after_s = after_s
         self._ask_email = ask_email  # an SMTP server is there to send the reply
 
-    async def check(self) -> list[Alert]:
-        """Alert the waits that just passed the limit and that no instance alerted yet."""
+    async def check(self) -> list[uuid.UUID]:
+        """Alert the waits that just passed the limit and that no instance alerted yet;
+        returns the conversations this instance claimed."""
         async with db.connection(self._pool) as conn:
             cur = await conn.execute(
                 "UPDATE conversations c SET unclaimed_alert_for = c.waiting_since"
@@ -56,7 +57,6 @@ class WaitingAlerts:
                 " ORDER BY m.seq DESC LIMIT 1)", (self._after_s,))
             rows = await cur.fetchall()
         sites = {site.id: site for site in self._sites.sites}
-        sent: list[Alert] = []
         for conversation, site_id, since, inbox_url, has_email, last_text in rows:
             site = sites.get(site_id)
             if site is None:
@@ -67,10 +67,9 @@ class WaitingAlerts:
                                           {"status": "waiting", "agentName": None,
                                            "askEmail": True})
             if self._alerts is not None:
-                alert = self.alert(site.name, conversation, since, inbox_url, last_text)
-                self._alerts.send(alert)
-                sent.append(alert)
-        return sent
+                self._alerts.send(self.alert(site.name, conversation, since, inbox_url,
+                                             last_text))
+        return [row[0] for row in rows]
 
     def alert(self, site_name: str, conversation: uuid.UUID, since: datetime,
               inbox_url: str | None, last_text: str | None) -> Alert:

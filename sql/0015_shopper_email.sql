@@ -9,6 +9,9 @@ ALTER TABLE conversations
     -- The last sign of a live widget stream (on opening, every 20 s, on closing): replies
     -- newer than this were not seen.
     ADD COLUMN shopper_seen_at timestamptz,
+    -- While a stream is open: AWAY_S ahead, renewed by every beat; its close sets it to now(),
+    -- and an instance that dies lets it lapse. Later than now(): the shopper is connected.
+    ADD COLUMN shopper_online_until timestamptz,
     -- An agent replied to a shopper with an email: when the reply email is due (NULL: none).
     ADD COLUMN reply_email_due_at timestamptz,
     ADD COLUMN reply_emailed_at timestamptz,
