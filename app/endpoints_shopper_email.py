@@ -49,10 +49,13 @@ async def leave_email(request: Request) -> Response:
     email = None if body["email"] is None else valid_email(body["email"])
     if body["email"] is not None and email is None:
         raise BadRequest("Please enter a valid email address, like name@example.com.")
+    app_services = services(request)
+    # Another site's or an unknown conversation is a 404 before the page is judged: whether a
+    # page is the site's is for the conversation's own site to say.
+    await app_services.desk.summary(session_id, [site.id])
     page_url = parse_page_url(body.get("pageUrl"), request, site)
     if not await shopper_emails(request).leave(session_id, site.id, email, page_url):
         raise NotFoundError("conversation")
-    app_services = services(request)
     # The inbox shows the address at once.
     summary = await app_services.desk.summary(session_id, [site.id])
     await app_services.feeds.publish(site_key(site.id), "conversation", summary.to_json())

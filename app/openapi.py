@@ -22,6 +22,7 @@ from .answer_events import ORDER_SUMMARY_SCHEMA, PAYLOAD_SCHEMAS, UUID_SCHEMA
 from .endpoints import HISTORY_PAGE_MAX
 from .feedback import MAX_COMMENT_CHARS
 from .services import services
+from .shopper_email import EMAIL_MAX_CHARS, EMAIL_PATTERN, PAGE_URL_MAX_CHARS, TOKEN_PATTERN
 
 UUID = UUID_SCHEMA
 
@@ -647,10 +648,11 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 "EmailRequest": {
                     "type": "object", "required": ["email"],
                     "properties": {
-                        "email": {"type": ["string", "null"], "maxLength": 254,
+                        "email": {"type": ["string", "null"], "maxLength": EMAIL_MAX_CHARS,
+                                  "pattern": EMAIL_PATTERN,
                                   "description": "An address as <input type=email> accepts"
                                                  " it; null forgets it."},
-                        "pageUrl": {"type": "string", "maxLength": 2000,
+                        "pageUrl": {"type": "string", "maxLength": PAGE_URL_MAX_CHARS,
                                     "description": "The page the widget is on (an origin of"
                                                    " the site): the email's link opens it."},
                     },
@@ -662,7 +664,7 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                 },
                 "ReopenRequest": {
                     "type": "object", "required": ["token"],
-                    "properties": {"token": {"type": "string", "pattern": "^[A-Za-z0-9_-]{20,100}$",
+                    "properties": {"token": {"type": "string", "pattern": TOKEN_PATTERN,
                                              "description": "From the link's #chat-reopen=."}},
                 },
                 "Reopened": {

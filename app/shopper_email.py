@@ -55,9 +55,12 @@ TOKEN_MAX_CHARS = 100
 SEND_ATTEMPTS = 3
 BATCH = 20
 # WHATWG HTML's "valid email address": exactly what the widget's <input type=email> accepts.
-_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{20,100}")
+# The same pattern is the OpenAPI document's (app/openapi.py), so the two cannot drift apart.
+EMAIL_PATTERN = (r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                 r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+_EMAIL = re.compile(EMAIL_PATTERN)
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]{20,100}$"
+_TOKEN = re.compile(TOKEN_PATTERN)
 
 
 def valid_email(raw: object) -> str | None:
@@ -65,13 +68,14 @@ def valid_email(raw: object) -> str | None:
     if not isinstance(raw, str) or len(raw) > EMAIL_MAX_CHARS + 20:
         return None
     address = raw.strip()
-    if len(address) > EMAIL_MAX_CHARS or not _EMAIL.fullmatch(address):
+    if len(address) > EMAIL_MAX_CHARS or not _EMAIL.match(address) or "\n" in address:
         return None
     return address
 
 
 def valid_token(raw: object) -> str | None:
-    return raw if isinstance(raw, str) and _TOKEN.fullmatch(raw) else None
+    # `$` also matches before a final line break, which a token never has.
+    return raw if isinstance(raw, str) and "\n" not in raw and _TOKEN.match(raw) else None
 
 
 def page_origin(raw: str) -> str | None:
@@ -278,4 +282,6 @@ def compose(to: str, site_name: str, replies: list[tuple[str, str]], link: str) 
             f"Continue the conversation (the link works for {LINK_VALID.days} days):\n{link}\n\n"
             f"You get this email because you left your address in {site_name}'s chat."
             " If that was not you, you can ignore it.\n")
-    return ReplyEmail(to, site_name, f"{who} from {site_name} replied", body)
+    # A header may not hold a line break (the email library refuses one): names are one line.
+    subject = " ".join(f"{who} from {site_name} replied".split())
+    return ReplyEmail(to, site_name, subject, body)

@@ -144,6 +144,8 @@ def test_out_of_hours_the_reply_is_emailed_and_its_link_reopens_the_conversation
     agent = new_context().new_page()
     sign_in(agent, emailing_app.url, staff.email, staff.password)
     agent.locator("#conversations a").filter(has_text="A person can help.").click()
+    expect(agent.locator("#reply-email")).to_have_text(
+        f"Replies are emailed to {address} when the shopper has left.")
     agent.get_by_role("button", name="Take over").click()
     agent.get_by_label("Message").fill("So sorry, Mia! A new kurta is on its way.")
     agent.get_by_role("button", name="Send").click()
