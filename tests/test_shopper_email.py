@@ -19,7 +19,7 @@ from app.conversation_events import build_feeds
 from app.shopper_email import REOPEN_FRAGMENT
 from app.sites import SiteDirectory, SiteStore
 from app.waiting_alerts import WaitingAlerts
-from tests.conftest import FakeUpstream, RunningApp, stream_chat
+from tests.conftest import FakeUpstream, RunningApp, read_events, stream_chat
 from tests.test_admin import make_site, make_staff, signed_in
 from tests.test_alert_email import Mailbox, serve_mailbox
 
@@ -80,6 +80,14 @@ async def test_the_agents_reply_to_a_shopper_who_left_is_emailed_with_a_link_tha
                                   json={"email": shopper_address,
                                         "pageUrl": f"{app.url}/products/kurta?size=m#top"})
         assert left.status_code == 200 and left.json()["email"] == shopper_address
+        for bad_page in (42, "javascript:alert(1)", "ftp://127.0.0.1/x"):
+            refused = await shopper.post(f"{convo}/email", params={"siteKey": site_key},
+                                         json={"email": shopper_address, "pageUrl": bad_page})
+            assert refused.status_code == 400, bad_page
+        stranger = await shopper.post(f"/chat/conversations/{uuid.uuid4()}/email",
+                                      params={"siteKey": site_key},
+                                      json={"email": shopper_address})
+        assert stranger.status_code == 404
         again = await shopper.post(f"{convo}/handoff", params={"siteKey": site_key})
         assert again.json()["askEmail"] is False  # it has an address now
 
@@ -185,26 +193,44 @@ async def test_nobody_taking_a_waiting_conversation_alerts_once_across_two_insta
     [alert] = unclaimed()
     assert "Is anyone there?" in alert.get_content()
     assert f"/admin#{session_id}" in alert.get_content()
+    # The shopper's widget, still waiting, is asked to offer the email form.
+    async with first.client() as widget, widget.stream(
+            "GET", f"/chat/conversations/{session_id}/stream",
+            params={"siteKey": site_key}) as live:
+        async with asyncio.timeout(WAIT_S):
+            async for event in read_events(live):
+                if event.event == "status" and event.data.get("askEmail"):
+                    assert event.data["status"] == "waiting"
+                    break
     # Both instances' checks run again and again over the same database; the mark says this
     # wait was alerted, so neither sends it a second time.
     assert query("SELECT unclaimed_alert_for = waiting_since FROM conversations WHERE id = %s",
                  session_id) == [(True,)]
 
-    # The claim itself, raced: two checks at once, as two instances' would be.
-    query("UPDATE conversations SET unclaimed_alert_for = NULL WHERE id = %s", session_id)
+
+
+async def test_two_checks_at_once_claim_each_wait_exactly_once(
+        database_url: str, query: Callable[..., Any]) -> None:
+    """The claim itself, raced: two instances' checks at the same moment, over 30 waits."""
+    site_id, _ = await make_site(database_url, f"Race{uuid.uuid4().hex[:6]}")
+    waits = [str(uuid.uuid4()) for _ in range(30)]
+    for conversation in waits:
+        query("INSERT INTO conversations (id, site_id, status, waiting_since)"
+              " VALUES (%s, %s, 'waiting', now() - interval '1 hour')", conversation, site_id)
     pools = [db.create_pool(database_url, 2) for _ in range(2)]
     for pool in pools:
         await pool.open(wait=True)
     try:
         directory = SiteDirectory()
         await directory.open(SiteStore(pools[0]))
-        watches = [WaitingAlerts(pool, directory, None, build_feeds(None, "x"), after_s=0.5,
+        watches = [WaitingAlerts(pool, directory, None, build_feeds(None, "x"), after_s=60,
                                  ask_email=False) for pool in pools]
         raced = await asyncio.gather(*(watch.check() for watch in watches))
+        again = await asyncio.gather(*(watch.check() for watch in watches))
         await directory.aclose()
     finally:
         for pool in pools:
             await pool.close()
-    claims = [claimed for found in raced for claimed in found
-              if str(claimed) == session_id]
-    assert len(claims) == 1  # one of the two claimed it, the other found it taken
+    claims = [str(claimed) for found in raced for claimed in found if str(claimed) in waits]
+    assert sorted(claims) == sorted(waits)  # each once, by one of the two
+    assert not [c for found in again for c in found if str(c) in waits]
