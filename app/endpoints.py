@@ -330,7 +330,7 @@ async def handoff(request: Request) -> Response:
                                         str(request.url_for("inbox_page")), why)
     # Nobody may reply soon: the widget offers to email the reply (app/shopper_email.py).
     ask_email = (why is not None and emails is not None and emails.mailer is not None
-                 and summary.shopper_email is None)
+                 and summary.status == "waiting" and summary.shopper_email is None)
     return JSONResponse({"sessionId": str(session_id), "status": summary.status,
                          "supportHours": site.profile.support_hours or None,
                          "askEmail": ask_email})

@@ -143,7 +143,13 @@ class ShopperEmails:
 
     async def following(self, conversation_id: uuid.UUID,
                         events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-        """The shopper's conversation stream, marking them present while it is open."""
+        """The shopper's conversation stream, marking them present while it is open (without
+        SMTP_URL no reply is emailed, and presence is not kept)."""
+        if self.mailer is None:
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    yield event
+            return
         beat = asyncio.create_task(self._heartbeat(conversation_id))
         try:
             async with contextlib.aclosing(events):  # type: ignore[type-var]

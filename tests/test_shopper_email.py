@@ -206,7 +206,7 @@ async def test_nobody_taking_a_waiting_conversation_alerts_once_across_two_insta
     # wait was alerted, so neither sends it a second time.
     assert query("SELECT unclaimed_alert_for = waiting_since FROM conversations WHERE id = %s",
                  session_id) == [(True,)]
-
+    assert len(unclaimed()) == 1
 
 
 async def test_two_checks_at_once_claim_each_wait_exactly_once(
