@@ -211,11 +211,12 @@ class ShopperEmails:
         emails: list[ReplyEmail] = []
         async with db.connection(self._pool) as conn:
             cur = await conn.execute(
-                "SELECT id, site_id, shopper_email, shopper_page_url,"
+                "SELECT id, site_id, shopper_email, shopper_page_url, language,"
                 " coalesce(shopper_online_until > now(), false), shopper_online_until"
                 " FROM conversations WHERE reply_email_due_at <= now()"
                 " ORDER BY reply_email_due_at LIMIT %s FOR UPDATE SKIP LOCKED", (BATCH,))
-            for conversation, site_id, to, page_url, connected, away_at in await cur.fetchall():
+            for conversation, site_id, to, page_url, language, connected, away_at in \
+                    await cur.fetchall():
                 if connected:  # they are reading: ask again once they may have left
                     await conn.execute("UPDATE conversations SET reply_email_due_at = %s"
                                        " WHERE id = %s", (away_at, conversation))
@@ -241,7 +242,8 @@ class ShopperEmails:
                     "INSERT INTO conversation_links (token_hash, conversation_id, site_id,"
                     " expires_at) VALUES (%s, %s, %s, now() + %s)",
                     (token_hash(token), conversation, site_id, LINK_VALID))
-                emails.append(compose(to, site.name, unseen, reopen_link(page_url, token)))
+                emails.append(compose(to, site.name, unseen, reopen_link(page_url, token),
+                                      language))
         return emails
 
     async def _send(self, reply: ReplyEmail) -> None:
@@ -279,15 +281,45 @@ class ShopperEmails:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def compose(to: str, site_name: str, replies: list[tuple[str, str]], link: str) -> ReplyEmail:
+# The email in the conversation's language (of the shopper's newest question), else English.
+EMAIL_TEXTS: dict[str, dict[str, str]] = {
+    "en": {"subject": "{who} from {site} replied",
+           "intro": "{who} from {site} replied to your question:",
+           "link": "Continue the conversation (the link works for {days} days):",
+           "why": "You get this email because you left your address in {site}'s chat. If that"
+                  " was not you, you can ignore it."},
+    "de": {"subject": "{who} von {site} hat geantwortet",
+           "intro": "{who} von {site} hat auf Ihre Frage geantwortet:",
+           "link": "Gespräch fortsetzen (der Link gilt {days} Tage):",
+           "why": "Sie erhalten diese E-Mail, weil Sie Ihre Adresse im Chat von {site}"
+                  " hinterlassen haben. Waren Sie das nicht, können Sie sie ignorieren."},
+    "fr": {"subject": "{who} de {site} a répondu",
+           "intro": "{who} de {site} a répondu à votre question :",
+           "link": "Reprendre la conversation (le lien est valable {days} jours) :",
+           "why": "Vous recevez cet e-mail car vous avez laissé votre adresse dans le chat de"
+                  " {site}. Si ce n'était pas vous, ignorez-le."},
+    "es": {"subject": "{who} de {site} ha respondido",
+           "intro": "{who} de {site} ha respondido a tu pregunta:",
+           "link": "Continúa la conversación (el enlace vale {days} días):",
+           "why": "Recibes este correo porque dejaste tu dirección en el chat de {site}. Si no"
+                  " fuiste tú, puedes ignorarlo."},
+    "hi": {"subject": "{site} से {who} ने जवाब दिया",
+           "intro": "{site} से {who} ने आपके सवाल का जवाब दिया:",
+           "link": "बातचीत जारी रखें (लिंक {days} दिन तक चलेगा):",
+           "why": "आपको यह ईमेल इसलिए मिला क्योंकि आपने {site} की चैट में अपना पता छोड़ा था।"
+                  " अगर वह आप नहीं थे, तो इसे अनदेखा करें।"},
+}
+
+
+def compose(to: str, site_name: str, replies: list[tuple[str, str]], link: str,
+            language: str | None = None) -> ReplyEmail:
+    texts = EMAIL_TEXTS.get(language or "en", EMAIL_TEXTS["en"])
     names = sorted({name for name, _ in replies})
-    who = " and ".join(names)
+    fill = {"who": ", ".join(names), "site": site_name, "days": LINK_VALID.days}
     quoted = "\n\n".join(f"{name}:\n" + "\n".join(f"> {line}" for line in text.splitlines())
                          for name, text in replies)
-    body = (f"{who} from {site_name} replied to your question:\n\n{quoted}\n\n"
-            f"Continue the conversation (the link works for {LINK_VALID.days} days):\n{link}\n\n"
-            f"You get this email because you left your address in {site_name}'s chat."
-            " If that was not you, you can ignore it.\n")
+    body = (f"{texts['intro'].format(**fill)}\n\n{quoted}\n\n"
+            f"{texts['link'].format(**fill)}\n{link}\n\n{texts['why'].format(**fill)}\n")
     # A header may not hold a line break (the email library refuses one): names are one line.
-    subject = " ".join(f"{who} from {site_name} replied".split())
+    subject = " ".join(texts["subject"].format(**fill).split())
     return ReplyEmail(to, site_name, subject, body)

@@ -16,7 +16,7 @@ import pytest
 
 from app import db
 from app.conversation_events import build_feeds
-from app.shopper_email import REOPEN_FRAGMENT
+from app.shopper_email import EMAIL_TEXTS, REOPEN_FRAGMENT, compose
 from app.sites import SiteDirectory, SiteStore
 from app.waiting_alerts import WaitingAlerts
 from tests.conftest import FakeUpstream, RunningApp, read_events, stream_chat
@@ -234,3 +234,18 @@ async def test_two_checks_at_once_claim_each_wait_exactly_once(
     claims = [str(claimed) for found in raced for claimed in found if str(claimed) in waits]
     assert sorted(claims) == sorted(waits)  # each once, by one of the two
     assert not [c for found in again for c in found if str(c) in waits]
+
+
+def test_the_reply_email_is_in_the_conversations_language_with_every_text_filled() -> None:
+    link = "https://kurta.example/shop#chat-reopen=" + "t" * 43
+    german = compose("mia@example.com", "Kurta", [("Grace", "Hallo Mia!\nNeue Zeile.")], link,
+                     "de")
+    assert german.subject == "Grace von Kurta hat geantwortet"
+    assert "> Hallo Mia!\n> Neue Zeile." in german.body and link in german.body
+    assert "der Link gilt 7 Tage" in german.body
+    assert compose("m@x.io", "Kurta", [("Grace", "Hi")], link, "ja").subject == (
+        "Grace from Kurta replied")  # a language without texts: English
+    for language, texts in EMAIL_TEXTS.items():
+        assert texts.keys() == EMAIL_TEXTS["en"].keys(), language
+        made = compose("m@x.io", "Kurta\nHouse", [("Ada", "x"), ("Grace", "y")], link, language)
+        assert "{" not in made.subject + made.body and "\n" not in made.subject, language
