@@ -263,6 +263,14 @@ class Settings:
         "ALERT_EMAIL_TO", "", "Address that gets every alert by email (with SMTP_URL), e.g. a"
         " shopper waiting for a person while nobody is online; unset: no alert emails.",
         email_address)
+    waiting_alert_after_s: float = setting(
+        "WAITING_ALERT_AFTER_S", "600", "Seconds a conversation may wait for a person before one"
+        " alert says nobody has taken it (and the widget asks for the shopper's email); 0: never.",
+        number(0, 7 * 86400))
+    reply_email_delay_s: float = setting(
+        "REPLY_EMAIL_DELAY_S", "60", "Seconds an agent's reply to a shopper who has left waits"
+        " before it is emailed to them (later replies join it); at most one email per"
+        " conversation this often.", number(0.1, 86400))
     rate_limit_admin_ip: str = setting("RATE_LIMIT_ADMIN_IP", "600/15minutes",
                                        "Back-office API requests (/admin/api/...) per client IP.",
                                        rate)

@@ -350,6 +350,8 @@ async def handoff(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "sessionId")
     site = site_param(request)
     desk = services(request).desk
+    why = await nobody_available(request, site)
+    emails = services(request).shopper_emails
     try:
         async with lookup(request, limited=False):
             summary = await desk.move(session_id, [site.id], "handoff", None)
@@ -357,6 +359,8 @@ async def handoff(request: Request) -> Response:
         async with lookup(request, limited=False):
             summary = await desk.summary(session_id, [site.id])
     else:
+        if emails is not None:
+            await emails.waiting(session_id, str(request.url_for("inbox_page")))
         # The question before it is one the knowledge base did not answer (a knowledge gap).
         await FeedbackStore(services(request).pool).mark_handoff(session_id, site.id)
         await announce(request, site.id, session_id, "status", status_payload(summary))
@@ -364,10 +368,13 @@ async def handoff(request: Request) -> Response:
         if alerts is not None:
             last = summary.last_text if summary.last_sender == "user" else None
             alerts.conversation_waiting(site.name, session_id, last,
-                                        str(request.url_for("inbox_page")),
-                                        await nobody_available(request, site))
+                                        str(request.url_for("inbox_page")), why)
+    # Nobody may reply soon: the widget offers to email the reply (app/shopper_email.py).
+    ask_email = (why is not None and emails is not None and emails.mailer is not None
+                 and summary.status == "waiting" and summary.shopper_email is None)
     return JSONResponse({"sessionId": str(session_id), "status": summary.status,
-                         "supportHours": site.profile.support_hours or None})
+                         "supportHours": site.profile.support_hours or None,
+                         "askEmail": ask_email})
 
 
 async def nobody_available(request: Request, site: Site) -> str | None:
@@ -395,6 +402,8 @@ async def conversation_stream(request: Request) -> Response:
     async with lookup(request, limited=False):
         await app_services.desk.summary(session_id, [site.id])  # another site's id: a 404
     events = app_services.feeds.follow(conversation_key(site.id, session_id), after)
+    if app_services.shopper_emails is not None:  # the shopper is present while it is open
+        events = app_services.shopper_emails.following(session_id, events)
     return event_stream(events, app_services.connections)
 
 

@@ -294,6 +294,8 @@ async def agent_message(request: Request) -> Response:
             from None
     summary = await app_services.desk.summary(conversation_id(request), session.staff.site_ids)
     await announce(request, summary.site_id, summary.id, "message", message.to_json())
+    if app_services.shopper_emails is not None:  # emailed later if the shopper has left
+        await app_services.shopper_emails.reply_written(summary.id)
     return JSONResponse({"message": message.to_json()}, status_code=201)
 
 

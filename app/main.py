@@ -19,7 +19,16 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
-from . import db, endpoints, endpoints_admin, endpoints_analytics, endpoints_feedback, endpoints_team, openapi
+from . import (
+    db,
+    endpoints,
+    endpoints_admin,
+    endpoints_analytics,
+    endpoints_feedback,
+    endpoints_shopper_email,
+    endpoints_team,
+    openapi,
+)
 from .access import AccessMiddleware
 from .alerts import build_alerts
 from .analytics import Analytics, roll_up_every
@@ -58,10 +67,12 @@ from .ratelimit import RateLimits, Rule, parse_limit
 from .redis_connection import SharedRedis
 from .redis_eventlog import RedisEventLog
 from .services import Services, services_of
+from .shopper_email import ShopperEmails
 from .sites import SiteDirectory, SiteStore, ensure_default_site
 from .spend_alerts import SpendAlerts
 from .sse import Connections
 from .store_profile import DEFAULT_PROFILE_PATH, StoreProfile, load_profile
+from .waiting_alerts import WaitingAlerts
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +138,9 @@ routes = [
     Route("/chat/conversations/{session_id}/stream", endpoints.conversation_stream,
           methods=["GET"]),
     Route("/chat/conversations/{session_id}/typing", endpoints.shopper_typing, methods=["POST"]),
+    Route("/chat/conversations/{session_id}/email", endpoints_shopper_email.leave_email,
+          methods=["POST"]),
+    Route("/chat/reopen", endpoints_shopper_email.reopen, methods=["POST"]),
     Route("/chat/messages/{message_id}/feedback", endpoints_feedback.message_feedback,
           methods=["POST"]),
     Route("/chat/conversations/{session_id}/csat", endpoints_feedback.conversation_csat,
@@ -264,6 +278,17 @@ def start_spend_alerts(services: Services, pool: Any) -> asyncio.Task[None] | No
     return asyncio.create_task(watch.run(), name="spend-alerts")
 
 
+def start_waiting_alerts(services: Services, pool: Any) -> asyncio.Task[None] | None:
+    """The "nobody took it" check (app/waiting_alerts.py), unless it is off or has no effect."""
+    settings = services.settings
+    if not settings.waiting_alert_after_s or (services.alerts is None and services.mailer is None):
+        return None
+    watch = WaitingAlerts(pool, services.sites, services.alerts, services.feeds,
+                          after_s=settings.waiting_alert_after_s,
+                          ask_email=services.mailer is not None)
+    return asyncio.create_task(watch.run(), name="waiting-alerts")
+
+
 def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
     """The app; `llm_http_client` lets tests route the model's HTTP calls through respx.
 
@@ -332,12 +357,17 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             log.warning("marked %d answers from a previous run as interrupted", interrupted)
         services.started(pool, chat)
         spend_watch = start_spend_alerts(services, pool)
+        shopper_emails = services.shopper_emails = ShopperEmails(
+            pool, sites, mailer, settings.reply_email_delay_s)
+        reply_sender = (asyncio.create_task(shopper_emails.run(), name="reply-emails")
+                        if mailer is not None else None)
+        waiting_watch = start_waiting_alerts(services, pool)
         roll_ups = asyncio.create_task(
             roll_up_every(Analytics(pool, settings.model_prices), sites), name="analytics")
         try:
             yield
         finally:
-            for background in (spend_watch, roll_ups):
+            for background in (spend_watch, roll_ups, reply_sender, waiting_watch):
                 if background is not None:
                     background.cancel()
                     await asyncio.gather(background, return_exceptions=True)
@@ -347,6 +377,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             await events.aclose()
             if services.alerts is not None:
                 await services.alerts.aclose()
+            await shopper_emails.aclose()
             await orders_http.aclose()
             if llm is not None:
                 await llm.aclose()

@@ -367,6 +367,7 @@ class ConversationSummary:
     customer_id: str | None = None
     customer_email: str | None = None
     language: str | None = None  # of the newest question (app/language.py); None: none yet
+    shopper_email: str | None = None  # left in the widget out of hours (app/shopper_email.py)
 
     @property
     def cursor(self) -> tuple[datetime, uuid.UUID]:
@@ -384,13 +385,14 @@ class ConversationSummary:
                 "lastMessage": None if self.last_sender is None
                 else {"sender": self.last_sender, "text": self.last_text},
                 "customer": None if self.customer_id is None
-                else {"id": self.customer_id, "email": self.customer_email}}
+                else {"id": self.customer_id, "email": self.customer_email},
+                "shopperEmail": self.shopper_email}
 
 
 _SUMMARY_SQL = (
     "SELECT c.id, c.site_id, c.status, c.agent_id, a.display_name AS agent_name,"
     " c.waiting_since, c.last_activity_at, c.created_at, lm.sender AS last_sender,"
-    " lm.text AS last_text, c.customer_id, c.customer_email, c.language"
+    " lm.text AS last_text, c.customer_id, c.customer_email, c.language, c.shopper_email"
     " FROM conversations c LEFT JOIN staff a ON a.id = c.agent_id"
     " LEFT JOIN LATERAL (SELECT sender, text FROM messages m WHERE m.conversation_id = c.id"
     " AND m.text <> '' ORDER BY m.seq DESC LIMIT 1) lm ON true")

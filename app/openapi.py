@@ -22,6 +22,7 @@ from .answer_events import ORDER_SUMMARY_SCHEMA, PAYLOAD_SCHEMAS, UUID_SCHEMA
 from .endpoints import HISTORY_PAGE_MAX
 from .feedback import MAX_COMMENT_CHARS
 from .services import services
+from .shopper_email import EMAIL_MAX_CHARS, EMAIL_PATTERN, PAGE_URL_MAX_CHARS, TOKEN_PATTERN
 
 UUID = UUID_SCHEMA
 
@@ -427,6 +428,49 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     },
                 },
             },
+            "/chat/conversations/{sessionId}/email": {
+                "post": {
+                    "operationId": "leaveEmail",
+                    "summary": "The shopper leaves an email address for a person's reply.",
+                    "description": "Out of hours or when nobody is available (the handoff's"
+                                   " `askEmail`), the widget asks for an address. An agent's"
+                                   " later reply that the shopper does not see live is emailed"
+                                   " to it, at most one email per conversation per"
+                                   " REPLY_EMAIL_DELAY_S, with a link to `pageUrl` that"
+                                   " reopens the conversation (POST /chat/reopen). `email`"
+                                   " null forgets the address. A bad address is a 400.",
+                    "parameters": [
+                        {"name": "sessionId", "in": "path", "required": True, "schema": UUID,
+                         "description": "The conversation's id."},
+                        _site_query(),
+                    ],
+                    "requestBody": {"required": True, "content": _json("EmailRequest")},
+                    "responses": {
+                        "200": {"description": "The address as kept.",
+                                "content": _json("ShopperEmail")},
+                        **_error_responses(413, 415),
+                        **chat_reads,
+                    },
+                },
+            },
+            "/chat/reopen": {
+                "post": {
+                    "operationId": "reopenConversation",
+                    "summary": "A reply email's link: its token for the conversation it reopens.",
+                    "description": "The link is the store page with `#chat-reopen=<token>`;"
+                                   " the widget sends the token here and continues the"
+                                   " conversation it names. A token works for 7 days; an"
+                                   " unknown, expired or another site's token is a 404.",
+                    "parameters": [_site_query()],
+                    "requestBody": {"required": True, "content": _json("ReopenRequest")},
+                    "responses": {
+                        "200": {"description": "The conversation to continue.",
+                                "content": _json("Reopened")},
+                        **_error_responses(413, 415),
+                        **chat_reads,
+                    },
+                },
+            },
             "/chat/conversations/{sessionId}/typing": {
                 "post": {
                     "operationId": "shopperTyping",
@@ -605,8 +649,35 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                     "additionalProperties": False,
                     "properties": {"sessionId": UUID, "csat": {"enum": ["yes", "no"]}},
                 },
+                "EmailRequest": {
+                    "type": "object", "required": ["email"],
+                    "properties": {
+                        "email": {"type": ["string", "null"], "maxLength": EMAIL_MAX_CHARS,
+                                  "pattern": EMAIL_PATTERN,
+                                  "description": "An address as <input type=email> accepts"
+                                                 " it; null forgets it."},
+                        "pageUrl": {"type": "string", "maxLength": PAGE_URL_MAX_CHARS,
+                                    "description": "The page the widget is on (an origin of"
+                                                   " the site): the email's link opens it."},
+                    },
+                },
+                "ShopperEmail": {
+                    "type": "object", "required": ["sessionId", "email"],
+                    "additionalProperties": False,
+                    "properties": {"sessionId": UUID, "email": {"type": ["string", "null"]}},
+                },
+                "ReopenRequest": {
+                    "type": "object", "required": ["token"],
+                    "properties": {"token": {"type": "string", "pattern": TOKEN_PATTERN,
+                                             "description": "From the link's #chat-reopen=."}},
+                },
+                "Reopened": {
+                    "type": "object", "required": ["sessionId"], "additionalProperties": False,
+                    "properties": {"sessionId": UUID},
+                },
                 "Handoff": {
-                    "type": "object", "required": ["sessionId", "status", "supportHours"],
+                    "type": "object", "required": ["sessionId", "status", "supportHours",
+                                                   "askEmail"],
                     "additionalProperties": False,
                     "properties": {
                         "sessionId": UUID,
@@ -615,6 +686,10 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                         "supportHours": {"type": ["string", "null"],
                                          "description": "The site's support hours, to tell the"
                                                         " shopper."},
+                        "askEmail": {"type": "boolean",
+                                     "description": "Nobody may reply soon (outside support"
+                                                    " hours, or no staff active) and email is"
+                                                    " configured: offer to email the reply."},
                     },
                 },
                 "Sources": {

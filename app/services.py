@@ -27,6 +27,7 @@ from .middleware import RefusedOrigins
 from .passwords import Passwords
 from .ratelimit import RateLimits
 from .redis_connection import SharedRedis
+from .shopper_email import ShopperEmails
 from .sites import SiteDirectory
 from .sse import Connections
 from .staff import StaffStore
@@ -64,6 +65,8 @@ class Services:
     mailer: Mailer | None = None  # None: no SMTP_URL
     budget: TokenBudget | None = None  # None: the limits turned off
     running: Running | None = None
+    # The shopper's email and the replies sent to it (app/shopper_email.py): set in the lifespan.
+    shopper_emails: ShopperEmails | None = None
 
     def started(self, pool: AsyncConnectionPool, chat: ChatService) -> None:
         self.running = Running(pool, chat, StaffStore(pool), ConversationDesk(pool))

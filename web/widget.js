@@ -76,6 +76,8 @@ textarea:focus-visible{outline-offset:0}
 .stop{background:var(--sc-ai);color:var(--sc-fg);border:1px solid var(--sc-line)}
 .rate{display:flex;flex-wrap:wrap;align-items:center;gap:6px;margin-top:6px}.rate button{border:1px solid var(--sc-line);border-radius:99px;background:var(--sc-bg);color:inherit;padding:2px 10px}
 .rate svg{width:16px;display:block}.rate [data-rating=down] svg{rotate:180deg}.rate [aria-pressed=true]{background:var(--sc-accent);color:var(--sc-on-accent)}form.why{padding:4px 0 0;border:0;gap:4px}.why input{flex:1;min-width:0;font:inherit;padding:3px 8px}
+.ask{flex-wrap:wrap;align-items:center;align-self:stretch;padding:10px;border:1px solid var(--sc-line);border-radius:12px}.ask p{margin:0}
+.ask p,.ask label{flex-basis:100%}.ask input{flex:1;min-width:0;font:inherit;padding:7px 10px;border:1px solid var(--sc-line);border-radius:8px;background:var(--sc-bg);color:inherit}.ask .send{height:38px}
 .sr-only{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 @media (max-width:480px){.panel{position:fixed;inset:0;width:100%;height:100%;border:0;border-radius:0}
 :host([open]) .launcher{display:none}}`;
@@ -321,6 +323,9 @@ const EN = {
   asked: "We've asked a person to join.", hoursAre: "Support hours: {hours}.", joined: "{name} joined the conversation.",
   aPerson: "A person", agent: "Agent", agentTyping: "{name} is typing", back: "The assistant is back.",
   helpful: "Helpful", notHelpful: "Not helpful", whatWrong: "What was missing? (optional)",
+  emailAsk: "Nobody can reply right now. Leave your email and we'll send you the reply.", emailLabel: "Your email",
+  emailSave: "Email me", emailSaved: "Thanks! We'll email {email} when someone replies.",
+  linkExpired: "This link has expired or is not valid. Please start a new conversation.",
   thanks: "Thanks for your feedback.", solved: "Did we solve your problem?", yes: "Yes, thanks", no: "Not really",
 };
 // Catalogues served at /locales/<language>.json; any other language reads English.
@@ -479,8 +484,12 @@ class SupportChat extends HTMLElement {
       this.#notice(this.#t("offline"), 0, "offline"));
     addEventListener("online", () => { if (this.#noticeKind === "offline") this.#clearNotice(); });
 
+    // A reply email's link (app/shopper_email.py): the token leaves the address bar at once.
+    const reopen = /^#chat-reopen=([\w-]{20,100})$/.exec(location.hash);
+    if (reopen) history.replaceState(history.state, "", location.pathname + location.search);
     this.#sessionId = storage()?.getItem(this.#storageKey()) || null;
-    if (this.#sessionId) this.#historyLoaded = this.#loadHistory();
+    if (reopen) this.#historyLoaded = this.#reopen(reopen[1]);
+    else if (this.#sessionId) this.#historyLoaded = this.#loadHistory();
     const openAtLoad = this.getAttribute("open-at-load");
     if (openAtLoad !== null && openAtLoad !== "false") this.open();
   }
@@ -553,9 +562,41 @@ class SupportChat extends HTMLElement {
     if (!this.#sessionId) return;
     const response = await fetch(this.#url(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/handoff`, {}), { method: "POST" }).catch(() => null);
     if (!response || !response.ok) return response ? this.#httpNotice(response) : this.#networkNotice();
-    const { supportHours } = await response.json();
+    const { supportHours, askEmail } = await response.json();
     this.#say(this.#t("asked") + (supportHours ? " " + this.#t("hoursAre", { hours: supportHours }) : ""));
     this.#follow(true);
+    if (askEmail) this.#askEmail();
+  }
+
+  async #reopen(token) {
+    const response = await fetch(this.#url("/chat/reopen", {}), { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token }) }).catch(() => null);
+    const found = response?.ok && (await response.json()).sessionId;
+    if (found) {
+      this.#sessionId = found;
+      storage()?.setItem(this.#storageKey(), found);
+      await this.#loadHistory();
+    }
+    this.open();
+    if (!found) this.#notice(this.#t("linkExpired"));
+  }
+
+  // Nobody can reply soon: the shopper may leave an address for the reply (once per widget).
+  #askEmail() {
+    if (this.#root.querySelector("[data-chat-email]")) return;
+    const form = node("form", "ask"), input = document.createElement("input");
+    const label = node("label", "", this.#t("emailLabel"));
+    form.setAttribute("data-chat-email", "");
+    Object.assign(input, { type: "email", required: true, autocomplete: "email", id: "email" });
+    label.htmlFor = "email";
+    const save = node("button", "send", this.#t("emailSave"));
+    form.append(node("p", "", this.#t("emailAsk")), label, input, save);
+    form.onsubmit = async (e) => {
+      e.preventDefault();
+      const email = input.value.trim();
+      if (await this.#post(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/email`, {}, { email, pageUrl: location.href })) form.replaceChildren(node("p", "", this.#t("emailSaved", { email })));
+    };
+    this.#el.log.append(form);
+    this.#scrollToBottom();
   }
 
   #say(text) {
@@ -579,7 +620,8 @@ class SupportChat extends HTMLElement {
       this.#scrollToBottom();
     });
     source.addEventListener("status", (e) => {
-      const { status, agentName } = parseJson(e.data) || {};
+      const { status, agentName, askEmail } = parseJson(e.data) || {};
+      if (askEmail) this.#askEmail();
       if (status === "human") this.#say(this.#t("joined", { name: agentName || this.#t("aPerson") }));
       if (status === "bot" || status === "resolved") { this.#say(this.#t("back")); this.#follow(false); }
       if (status === "resolved") this.#askSolved();

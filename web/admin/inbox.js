@@ -82,6 +82,7 @@
     if (c.language) top.firstChild.after(el("abbr", { class: "lang", title: languageName(c.language) }, c.language.toUpperCase()));
     link.append(top, el("span", { class: "last" }, c.lastMessage ? c.lastMessage.text : "(no messages)"));
     if (c.customer) link.append(el("span", { class: "last" }, `Signed in: ${c.customer.email || c.customer.id}`));
+    if (c.shopperEmail) link.append(el("span", { class: "last" }, `Email for replies: ${c.shopperEmail}`));
     item.append(link);
     return item;
   }
@@ -93,6 +94,10 @@
     customer.hidden = !conversation.customer;
     // Signed by the store's server (the identity token), so it is who the shop says it is.
     if (conversation.customer) customer.textContent = `Signed-in customer: ${conversation.customer.id}${conversation.customer.email ? ` · ${conversation.customer.email}` : ""}`;
+    // Left by the shopper out of hours: an agent's reply they miss is emailed there.
+    const replyTo = $("reply-email");
+    replyTo.hidden = !conversation.shopperEmail;
+    replyTo.textContent = conversation.shopperEmail ? `Replies are emailed to ${conversation.shopperEmail} when the shopper has left.` : "";
     $("note-count").textContent = String(notes.length);
     $("notes").replaceChildren(...notes.map((n) => {
       const item = el("li");
