@@ -132,6 +132,19 @@ def detect_language(text: str) -> str:
     return ENGLISH if found is None else _CODES[found]
 
 
+# A language lingua gives at least this confidence to is worth a search in a site's articles
+# when the language it picked finds nothing: "el envio es gratis?" is French to lingua (0.89),
+# Spanish only 0.01, but the Spanish articles answer it.
+POSSIBLE_LANGUAGE_CONFIDENCE = 0.005
+
+
+def possible_languages(text: str, detected: str) -> list[str]:
+    """The other languages `text` might be in, most likely first (not `detected`)."""
+    return [_CODES[value.language]
+            for value in detector().compute_language_confidence_values(text)
+            if value.value >= POSSIBLE_LANGUAGE_CONFIDENCE and _CODES[value.language] != detected]
+
+
 def language_name(code: str) -> str:
     return LANGUAGES[code][1] if code in LANGUAGES else LANGUAGES[ENGLISH][1]
 

@@ -224,20 +224,37 @@ def _units(text: str) -> list[str]:
 
 # What a question asks for, and what a sentence that answers it holds: "how long" wants a
 # duration, "how much" an amount, "when" a time or a date. A sentence with the kind of fact
-# asked for beats one that only shares the question's words.
+# asked for beats one that only shares the question's words. In every language the store has
+# articles in (English, German, Spanish): "wie lange" and "cuánto tarda" ask for a duration
+# as "how long" does, and "Werktage" and "días hábiles" are one as "business days" is.
 _ASKS_FOR = (
     (re.compile(r"\bhow (?:long|many days|soon|fast|quickly)\b|\bwhen (?:will|does|do|can|is)\b"
-                r"|\b(?:days?|weeks?)\b|\bby (?:when|friday|monday)\b", re.IGNORECASE),
+                r"|\b(?:days?|weeks?)\b|\bby (?:when|friday|monday)\b"
+                r"|\bwie (?:lange|schnell|bald|viele tage)\b|\bwann\b|\b(?:tage|wochen)\b"
+                r"|\bcu[aá]nto (?:tiempo|tarda|tardan|tardar[aá]n?)\b|\bcu[aá]ndo\b|\bplazo\b"
+                r"|\bd[ií]as\b|\bsemanas\b|\btarda\b|\bdauert?\b",
+                re.IGNORECASE),
      re.compile(r"\d\s*(?:-\s*\d+\s*)?(?:business |working )?(?:days?|weeks?|months?|hours?"
                 r"|minutes?)\b|-(?:day|week|month|hour)\b|\bsame day\b|\bnext[- ]day\b"
-                r"|\b(?:one|two|three) (?:business )?(?:days?|weeks?|months?)\b",
+                r"|\b(?:one|two|three) (?:business )?(?:days?|weeks?|months?)\b"
+                r"|\d\s*(?:-\s*\d+\s*)?(?:Werktage?n?|Tage?n?|Wochen|Monate?n?|Stunden?)\b"
+                r"|\d\s*(?:-\s*\d+\s*)?(?:d[ií]as?(?: h[aá]biles)?|semanas?|meses|horas?)\b",
                 re.IGNORECASE)),
     (re.compile(r"\bhow much\b|\bcosts?\b|\bprice\b|\bfees?\b|\bcharges?\b|\bfree\b"
-                r"|\bpay\b|\bexpensive\b|\bminimum\b", re.IGNORECASE),
-     re.compile(r"[$€₹£]\s?\d|\d\s?%|\bfree\b|\bfee\b", re.IGNORECASE)),
-    (re.compile(r"\bwhat time\b|\bwhen\b|\bwhich day\b|\bhours\b", re.IGNORECASE),
-     re.compile(r"\d\s?(?:am|pm)\b|\b(?:january|february|march|april|may|june|july|august|"
-                r"september|october|november|december|monday|friday|weekends?)\b",
+                r"|\bpay\b|\bexpensive\b|\bminimum\b"
+                r"|\bwie ?viel\b|\bkoste[tn]?\b|\bpreis\b|\bgeb[üu]hre?n?\b|\bkostenlos\b"
+                r"|\bgratis\b|\bcu[aá]nto (?:cuesta|vale|cobr[aá]is)\b|\bcoste\b|\bcosto\b"
+                r"|\bprecio\b|\btarifa\b|\bcuesta\b",
+                re.IGNORECASE),
+     re.compile(r"[$€₹£]\s?\d|\d\s?(?:%|€|\$|₹)|\bfree\b|\bfee\b|\bkostenlos\b|\bgratis\b"
+                r"|\bgeb[üu]hr\b",
+                re.IGNORECASE)),
+    (re.compile(r"\bwhat time\b|\bwhen\b|\bwhich day\b|\bhours\b|\bum wie ?viel uhr\b"
+                r"|\bwann\b|\b[aá] qu[eé] hora\b|\bcu[aá]ndo\b|\bhorario\b", re.IGNORECASE),
+     re.compile(r"\d\s?(?:am|pm|uhr|h)\b|\b(?:january|february|march|april|may|june|july|august|"
+                r"september|october|november|december|monday|friday|weekends?)\b"
+                r"|\b(?:montag|freitag|wochenende|oktober|dezember|lunes|viernes|octubre"
+                r"|diciembre|fines? de semana)\b",
                 re.IGNORECASE)),
 )
 # What a sentence gains when it holds the kind of fact asked for, against the question's
