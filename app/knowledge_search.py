@@ -312,7 +312,7 @@ class KnowledgeSearch:
             "SELECT region, country_codes FROM knowledge_regions WHERE site_id = %s", site)
         regions: dict[str, Any] = dict(await cursor.fetchall())
         return ShopperWords(vocabulary, synonyms,
-                            Places(self._profile.shipping_regions, regions))
+                            Places(self._profile.shipping_regions, regions, self._language))
 
     async def _stem_words(self, conn: AsyncConnection, words: list[str]) -> None:
         """Add the stems of the question's words the index does not hold ("arrives")."""

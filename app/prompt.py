@@ -179,16 +179,20 @@ def _place_lead(retrieval: Retrieval, body: str) -> list[str]:
     phrases = answer_phrases(retrieval.language)
     return [_place_sentence(place, phrases) for place in retrieval.places
             if place.country.lower() not in body.lower()
+            and (place.local_country or place.country).lower() not in body.lower()
             and place.name.lower() not in body.lower()][:1]
 
 
 def _place_sentence(place: Place, phrases: AnswerPhrases) -> str:
     name = place.name.title() if len(place.name) > 3 else place.name.upper()
-    if place.region is None:
-        return phrases.not_delivered.format(country=place.country)
+    # The names in the articles' language ("Europa"), as the search found them.
+    country = place.local_country or place.country
+    region = place.local_region or place.region
+    if place.region is None or region is None:
+        return phrases.not_delivered.format(country=country)
     if place.region.lower() in (place.country.lower(), place.name.lower()):
-        return phrases.delivered.format(region=place.region)
-    return phrases.in_region.format(name=name, region=place.region)
+        return phrases.delivered.format(region=region)
+    return phrases.in_region.format(name=name, region=region)
 
 
 def _stem(word: str) -> str:

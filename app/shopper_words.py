@@ -303,8 +303,12 @@ class ShopperWords:
                     # A place asks where the store delivers: "countries" finds where it says so.
                     region = ([*place.region.lower().split(), "countries"] if place.region
                               else list(OUTSIDE_REGIONS_TERMS))
+                    # The names in the search's language too: German articles say "Schweiz".
+                    local = [*place.local_country.lower().split(),
+                             *(place.local_region or "").lower().split()]
                     groups.append(tuple(dict.fromkeys(
-                        [*place.name.split(), *place.country.lower().split(), *region])))
+                        [*place.name.split(), *place.country.lower().split(), *region,
+                         *local])))
                     place_groups.add(groups[-1])
                 continue
             phrase = phrase_at.get(index)
