@@ -39,7 +39,9 @@ _CODES = {language: code for code, (language, _) in LANGUAGES.items()}
 # ein Gedicht" would look like a question the German articles know half of ("bitte" is in
 # them), and a Hindi question the English articles answer ("रिफंड कब मिलेगा?") like one about
 # things they never mention: PostgreSQL has no Hindi stop words. Hindi both in Devanagari and
-# romanised; only words no other served language uses as a word of its own.
+# romanised; only words no other served language uses as a word of its own. Spanish "cuál" too,
+# as "which" is an English stop word (PostgreSQL's Spanish list has only the unaccented "cual"):
+# "¿Cuál es la capital de Francia?" matched the curated answers asked as "¿Cuál es ...?".
 FILLER_WORDS_BY_LANGUAGE = {
     "de": frozenset("""
         bitte danke hallo moin servus mal gern gerne kurz eigentlich möchte möchten würde
@@ -47,6 +49,7 @@ FILLER_WORDS_BY_LANGUAGE = {
         """.split()),  # noqa: SIM905
     "es": frozenset("""
         hola gracias favor porfa quiero quisiera saber dime necesito pregunta
+        cuál cuáles
         """.split()),  # noqa: SIM905
     "hi": frozenset("""
         है हैं क्या का की के में से को कर करें करूँ करूं सकते सकता सकती मैं मेरा मेरी मेरे मुझे आप

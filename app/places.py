@@ -69,6 +69,7 @@ class Place:
     # The country and the region as the search's language names them ("Schweiz", "Europa").
     local_country: str = ""
     local_region: str | None = None
+    is_country: bool = False  # the name is the country's own ("Schweiz"), not a city's
 
     @property
     def shipped(self) -> bool:
@@ -232,5 +233,6 @@ class Places:
                 region = self.region_of(entry.country_code)
                 found.append((start, length, Place(
                     key, country, region, self.local_name(country),
-                    None if region is None else self.local_name(region))))
+                    None if region is None else self.local_name(region),
+                    entry.kind == "country")))
         return sorted(found, key=lambda item: item[0])

@@ -185,6 +185,9 @@ def _place_lead(retrieval: Retrieval, body: str) -> list[str]:
 
 def _place_sentence(place: Place, phrases: AnswerPhrases) -> str:
     name = place.name.title() if len(place.name) > 3 else place.name.upper()
+    if place.is_country:
+        # In the answer's language: an English answer to "in der Schweiz" says "Switzerland".
+        name = place.local_country or place.country
     # The names in the articles' language ("Europa"), as the search found them.
     country = place.local_country or place.country
     region = place.local_region or place.region
