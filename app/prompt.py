@@ -277,6 +277,14 @@ RANK_COST = 0.25
 POSITION_COST = 0.02
 
 
+# What a further sentence of the first one's chunk gains when that chunk's title or heading is
+# what the question asks and the sentence holds a figure (a number, a time, an amount).
+FIGURE_BONUS = 0.15
+# ... "what the question asks": this share of its weight found in the title or heading.
+ABOUT_SHARE = 0.5
+_FIGURE = re.compile(r"\d")
+
+
 @dataclass(frozen=True)
 class _Candidate:
     rank: int
@@ -286,6 +294,16 @@ class _Candidate:
     in_sentence: frozenset[int]  # the question's groups the sentence itself holds
     in_context: frozenset[int]  # ... found only in its title or heading
     holds: frozenset[int]  # the kinds of fact asked for (indices of _ASKS_FOR) it holds
+
+
+def _continues(candidate: _Candidate, chosen: list[_Candidate], weights: list[float]) -> bool:
+    """True for a sentence with a figure in the chunk of the first sentence chosen, when that
+    chunk's title or heading holds most of what is asked."""
+    first = chosen[0]
+    about = sum(weights[n] for n in first.in_context | first.in_sentence
+                if n in candidate.in_context | candidate.in_sentence)
+    return (candidate.chunk is first.chunk and bool(_FIGURE.search(candidate.sentence))
+            and not _FIGURE.search(first.sentence) and about >= ABOUT_SHARE)
 
 
 def _choose_parts(retrieval: Retrieval) -> list[tuple[KnowledgeChunk, str]]:
@@ -345,6 +363,10 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
 
     def value(candidate: _Candidate, covered: frozenset[int], facts: frozenset[int]) -> float:
         fact = ASKED_FACT_BONUS if candidate.holds - facts else 0.0
+        if chosen and not fact and _continues(candidate, chosen, weights):
+            # The chunk is about the question (its heading says it), and this sentence gives
+            # the figure that settles it: "Gab es mehr als 4 Werktage keine Aktualisierung".
+            return FIGURE_BONUS - POSITION_COST * candidate.position
         # The words above a sentence count fully only for one that says something itself.
         context = CONTEXT_MATCH if candidate.in_sentence - covered or fact else CONTEXT_MATCH / 2
         gain = sum(weights[n] for n in candidate.in_sentence - covered) + context * sum(
