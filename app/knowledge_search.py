@@ -438,7 +438,7 @@ scored_chunk AS (
 )
 SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
        chunk.article_path AS path, scored_chunk.score::float8 AS score, chunk.kind, chunk.link,
-       linked.title AS link_title,
+       linked.title AS link_title, chunk.examples,
        coalesce(scored_chunk.matched_topic_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
            AS coverage
 FROM scored_chunk

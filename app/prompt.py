@@ -340,7 +340,9 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
                       if question.search(retrieval.question))
     candidates: list[_Candidate] = []
     for rank, chunk in enumerate(retrieval.chunks):
-        context = {stem(word) for word in _WORD.findall(f"{chunk.title} {chunk.heading}")}
+        # A curated answer's example questions are its heading: what the search matched.
+        context = {stem(word) for word in
+                   _WORD.findall(f"{chunk.title} {chunk.heading} {chunk.examples}")}
         in_context = frozenset(n for n, group in enumerate(groups) if group & context)
         for position, sentence in enumerate(_units(chunk.text)):
             if len(sentence.split()) < MIN_SENTENCE_WORDS and len(chunk.text.split()) > 10:
