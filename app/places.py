@@ -144,9 +144,10 @@ def _name_index() -> tuple[dict[str, _Entry], dict[str, str], dict[str, str]]:
             continue
         city_names = [city["name"]]
         if population >= MIN_LOWERCASE_CITY_POPULATION:
-            # Big cities are known by older or English names too ("Bombay", "Bangalore").
+            # Big cities are known by older, English or German and Spanish names too
+            # ("Bombay", "Bangalore", "München", "Londres"): any in Latin letters.
             city_names += [alt for alt in city["alternatenames"]
-                           if alt.isascii() and alt[:1].isupper()
+                           if _folded(alt).isascii() and alt[:1].isupper()
                            and alt.replace(" ", "").isalpha()]
         for name in city_names:
             add(name, _Entry(city["countrycode"], population, "city"))
@@ -179,6 +180,12 @@ class Places:
         entry = self._names.get(key)
         return [entry.country_code] if entry is not None and entry.kind == "country" else []
 
+    def is_sure_name(self, word: str) -> bool:
+        """True for a country's name or a big city's, whatever the case: never a typo."""
+        entry = self._names.get(_folded(word))
+        return entry is not None and (entry.kind == "country"
+                                      or entry.population >= MIN_LOWERCASE_CITY_POPULATION)
+
     def country_name(self, code: str) -> str:
         return self._country_names.get(code, code)
 
@@ -210,7 +217,7 @@ class Places:
         it in `original` (not as the first word).
         """
         capitalised = {word.lower() for word in original.split() if word[:1].isupper()}
-        capitalised = {"".join(c for c in word if c.isalpha()) for word in capitalised}
+        capitalised = {_folded("".join(c for c in word if c.isalpha())) for word in capitalised}
         found: list[tuple[int, int, Place]] = []
         taken: set[int] = set()
         for length in range(_LONGEST_NAME_WORDS, 0, -1):
@@ -218,7 +225,8 @@ class Places:
                 span = range(start, start + length)
                 if any(index in taken for index in span):
                     continue
-                key = " ".join(words[start : start + length])
+                # Folded as the names are: "München" and "Japón" are "munchen" and "japon".
+                key = _folded(" ".join(words[start : start + length]))
                 entry = self._names.get(key)
                 if entry is None:
                     continue
@@ -232,7 +240,7 @@ class Places:
                 country = self.country_name(entry.country_code)
                 region = self.region_of(entry.country_code)
                 found.append((start, length, Place(
-                    key, country, region, self.local_name(country),
+                    " ".join(words[start : start + length]), country, region, self.local_name(country),
                     None if region is None else self.local_name(region),
                     entry.kind == "country")))
         return sorted(found, key=lambda item: item[0])

@@ -268,8 +268,8 @@ class ShopperWords:
     def _may_be_typo(self, word: str) -> bool:
         if len(word) < _MIN_TYPO_LENGTH or not word.isalpha() or word in self._phrase_words:
             return False
-        if word in self.vocabulary or word in FILLER_WORDS:
-            return False
+        if word in self.vocabulary or word in FILLER_WORDS or self._places.is_sure_name(word):
+            return False  # "münchen" is not a misspelt "manchen"
         for ending in _INFLECTIONS:
             stem = word[: -len(ending)]
             if word.endswith(ending) and stem in self.vocabulary:
