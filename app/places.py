@@ -192,8 +192,8 @@ class Places:
     def local_name(self, name: str) -> str:
         """A country's or continent's name (as the profile or pycountry spells it in English)
         in the search's language; any other name as it is."""
-        if self._language == "en":
-            return name
+        if self._language == "en" or name.isupper():
+            return name  # the profile's "USA" reads as well in German and Spanish
         key = _folded(name)
         if key in _CONTINENTS:
             return _CONTINENT_NAMES[_CONTINENTS[key]].get(self._language, name)
