@@ -278,11 +278,12 @@ POSITION_COST = 0.02
 
 
 # What a further sentence of the first one's chunk gains when that chunk's title or heading is
-# what the question asks and the sentence holds a figure (a number, a time, an amount).
+# what the question asks and the sentence holds a figure (a number, a time, an amount) or a
+# name in capitals ("DHL": "¿Qué mensajería usáis?").
 FIGURE_BONUS = 0.15
 # ... "what the question asks": this share of its weight found in the title or heading.
 ABOUT_SHARE = 0.5
-_FIGURE = re.compile(r"\d")
+_FIGURE = re.compile(r"\d|\b[A-Z]{3,}\b")
 
 
 @dataclass(frozen=True)
