@@ -140,7 +140,12 @@ _NEEDS_PERSON = re.compile(
     r"\b[A-Z]{2,3}-?\d{3,}\b|\border (?:number|no|#)|\b(?:never|not|hasnt|didnt|still no)\b"
     r".{0,20}\b(?:arriv|receiv|came|come|got|refund|money)|\bwhere is my (?:refund|money)\b"
     r"|\bstill no(?:t)? (?:money|refund)|\b(?:refund|money)\s+(?:is\s+)?(?:still\s+)?(?:not|never"
-    r"|hasnt|didnt)\b|\bcheck (?:the status|my order)|\bspeak\b|\bperson\b",
+    r"|hasnt|didnt)\b|\bcheck (?:the status|my order)|\bspeak\b|\bperson\b"
+    # ... in German and Spanish: "noch nicht erhalten", "no he recibido", "mit einem Menschen".
+    r"|\b(?:nicht|nie|noch kein\w*)\b.{0,30}\b(?:angekommen|erhalten|bekommen|gekommen)\b"
+    r"|\bwo (?:ist|bleibt) mein(?:e)? (?:erstattung|geld)\b|\bmenschen\b|\bmitarbeiter"
+    r"|\bno (?:he|hemos) recibido\b|\bno (?:me )?ha llegado\b|\btodav[ií]a no\b.{0,20}"
+    r"(?:recib|lleg)|\bd[oó]nde est[aá] mi (?:reembolso|dinero)\b|\bhablar con\b",
     re.IGNORECASE)
 _CONTACT_US = re.compile(r"\b(?:contact us|write to us|email us|call us)\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"(₹$€£0-9])")

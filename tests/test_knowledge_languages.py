@@ -205,3 +205,12 @@ async def test_places_named_in_german_or_spanish_are_placed_in_that_language(
     done = await knowledge_only_answer(start_app, "Muss ich in der Schweiz Zollgebühren zahlen?")
     assert "Schweiz" in done["text"] and done["sources"][0]["path"] == (
         "de/international-customs.md")
+
+
+async def test_a_refund_not_received_in_german_or_spanish_gets_who_can_help(
+        start_app: Any) -> None:
+    # As "i have not received my refund" does: the answer, then the team's contact.
+    for question in ("Ich habe meine Erstattung noch nicht erhalten",
+                     "No he recibido mi reembolso"):
+        done = await knowledge_only_answer(start_app, question)
+        assert "help@saffronloom.example" in done["text"], question
