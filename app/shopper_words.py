@@ -268,8 +268,8 @@ class ShopperWords:
     def _may_be_typo(self, word: str) -> bool:
         if len(word) < _MIN_TYPO_LENGTH or not word.isalpha() or word in self._phrase_words:
             return False
-        if word in self.vocabulary or word in FILLER_WORDS:
-            return False
+        if word in self.vocabulary or word in FILLER_WORDS or self._places.is_sure_name(word):
+            return False  # "münchen" is not a misspelt "manchen"
         for ending in _INFLECTIONS:
             stem = word[: -len(ending)]
             if word.endswith(ending) and stem in self.vocabulary:
@@ -303,8 +303,12 @@ class ShopperWords:
                     # A place asks where the store delivers: "countries" finds where it says so.
                     region = ([*place.region.lower().split(), "countries"] if place.region
                               else list(OUTSIDE_REGIONS_TERMS))
+                    # The names in the search's language too: German articles say "Schweiz".
+                    local = [*place.local_country.lower().split(),
+                             *(place.local_region or "").lower().split()]
                     groups.append(tuple(dict.fromkeys(
-                        [*place.name.split(), *place.country.lower().split(), *region])))
+                        [*place.name.split(), *place.country.lower().split(), *region,
+                         *local])))
                     place_groups.add(groups[-1])
                 continue
             phrase = phrase_at.get(index)

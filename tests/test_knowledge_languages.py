@@ -168,3 +168,49 @@ async def test_questions_are_counted_by_language(client: httpx.AsyncClient) -> N
     await stream_chat(client, {"message": "Kann ich mit PayPal bezahlen?"})
     await stream_chat(client, {"message": "¿Cuánto tarda el envío?"})
     assert (await counted("de"), await counted("es")) == (german + 2, spanish + 1)
+
+
+async def test_a_short_spanish_question_read_as_french_is_answered_from_the_spanish_articles(
+        start_app: Any, query: Any) -> None:
+    # lingua reads "el envio es gratis?" as French (0.89), Spanish only just possible; the
+    # store has no French articles, so the Spanish ones are tried, and they answer it.
+    done = await knowledge_only_answer(start_app, "el envio es gratis?")
+    assert "gratis" in done["text"] and "70 €" in done["text"]
+    assert not done["text"].startswith(HELP_CENTRE_IN_ENGLISH["fr"])
+    assert done["sources"][0]["path"].startswith(("answers.es.toml", "es/"))
+
+
+async def test_a_weak_match_in_the_shoppers_language_loses_to_a_strong_english_one(
+        start_app: Any) -> None:
+    # The Spanish articles hold no warranty: "garantía" half-matches the damaged-item answer,
+    # while the English warranty article answers the question (with the note).
+    done = await knowledge_only_answer(start_app, "¿Qué garantía tienen los productos?")
+    note, _, answer = done["text"].partition("\n\n")
+    assert note == HELP_CENTRE_IN_ENGLISH["es"]
+    assert "Quality promise and warranty" in answer
+    assert done["sources"][0]["path"] == "warranty.md"
+    # The German size guide answers its question, before the German size-exchange answer.
+    done = await knowledge_only_answer(start_app, "Welche Größe passt mir?")
+    assert not done["text"].startswith(HELP_CENTRE_IN_ENGLISH["de"])
+    assert done["sources"][0]["path"] == "de/sizing.md"
+
+
+async def test_places_named_in_german_or_spanish_are_placed_in_that_language(
+        start_app: Any) -> None:
+    done = await knowledge_only_answer(start_app, "Liefert ihr nach München?")
+    assert "München liegt in unserem Liefergebiet Europa" in done["text"]
+    done = await knowledge_only_answer(start_app, "¿Hacéis envíos a Japón?")
+    assert done["text"].startswith("Todavía no enviamos a Japón.")
+    # An English article for a German shopper names the country in English.
+    done = await knowledge_only_answer(start_app, "Muss ich in der Schweiz Zollgebühren zahlen?")
+    assert "Schweiz" in done["text"] and done["sources"][0]["path"] == (
+        "de/international-customs.md")
+
+
+async def test_a_refund_not_received_in_german_or_spanish_gets_who_can_help(
+        start_app: Any) -> None:
+    # As "i have not received my refund" does: the answer, then the team's contact.
+    for question in ("Ich habe meine Erstattung noch nicht erhalten",
+                     "No he recibido mi reembolso"):
+        done = await knowledge_only_answer(start_app, question)
+        assert "help@saffronloom.example" in done["text"], question
