@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from .conversation_events import site_key
 from .endpoints import parse_uuid, read_json_body, site_param
 from .errors import BadRequest, NotFound, NotFoundError, ServiceUnavailable
-from .middleware import origin_allowed
+from .middleware import browser_scheme, origin_allowed
 from .services import services
 from .shopper_email import PAGE_URL_MAX_CHARS, ShopperEmails, page_origin, valid_email, valid_token
 from .sites import Site
@@ -35,6 +35,7 @@ def parse_page_url(raw: object, request: Request, site: Site) -> str | None:
         raise BadRequest(f"pageUrl must be a URL of at most {PAGE_URL_MAX_CHARS} characters.")
     origin = page_origin(raw)
     if origin is None or not origin_allowed(origin, request.headers.get("host"),
+                                            browser_scheme(request.scope),
                                             site.allowed_origins):
         raise BadRequest("pageUrl must be a page of the store's site (http or https).")
     return raw.split("#", 1)[0]

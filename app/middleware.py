@@ -117,14 +117,18 @@ def origin_allowed(origin: str, host: str | None, scheme: str, allowed: Collecti
 SCHEME_STATE = "browser_scheme"
 
 
+def browser_scheme(scope: Scope) -> str:
+    """The scheme the browser used, as OriginGuard read it (behind a trusted proxy too)."""
+    return scope.get("state", {}).get(SCHEME_STATE) or str(scope.get("scheme", "http")).lower()
+
+
 def refused_origin(scope: Scope, allowed: Collection[str]) -> str | None:
     """The request's Origin when a browser page outside `allowed` sent it, else None (a
     request with no Origin, such as curl's, is not a browser page's and is let through)."""
     origin = _header(scope, b"origin")
     if origin is None:
         return None
-    scheme = scope.get("state", {}).get(SCHEME_STATE) or str(scope.get("scheme", "http")).lower()
-    if not origin_allowed(origin, _header(scope, b"host"), scheme, allowed):
+    if not origin_allowed(origin, _header(scope, b"host"), browser_scheme(scope), allowed):
         return origin
     return None
 
