@@ -1,0 +1,45 @@
+"""Small talk: a shopper's message made only of greetings, thanks and goodbyes ("hello",
+"Thanks a lot!", "¡Hola!", "danke schön", "नमस्ते"). It asks nothing, so with a model its answer
+cites no article, which is not a gap in the knowledge base: app/knowledge_gaps.py leaves it out.
+
+The words are the languages the widget ships (English, German, French, Spanish, Hindi, romanised
+and in Devanagari). A message is small talk when every word of it is one of them (after the
+punctuation and emoji around words are trimmed) and it has at most MAX_WORDS words, so
+"hi, where is my order?" is a question, not small talk. The check runs in PostgreSQL
+(`SMALL_TALK_SQL`), beside the gaps query, with these words as its parameters.
+"""
+
+from __future__ import annotations
+
+MAX_WORDS = 6
+
+SMALL_TALK_WORDS: frozenset[str] = frozenset("""
+hi hii hiya hey heya hello helo hullo yo howdy greetings morning afternoon evening good day
+there all everyone team guys folks thanks thank thankyou thanx thx ty tysm cheers you so much
+very lot a great cool nice perfect awesome ok okay k kk alright fine bye goodbye see ya later
+cya
+hallo servus moin guten tag morgen abend danke schön schon sehr vielen dank tschüss tschüs
+ciao
+bonjour bonsoir salut coucou merci beaucoup bien au revoir
+hola buenos buenas días dias tardes noches gracias muchas muchísimas adiós adios chao vale
+namaste namaskar namaskaar dhanyavad dhanyavaad dhanyawad shukriya shukria ji bahut accha acha
+theek hai नमस्ते नमस्कार धन्यवाद शुक्रिया जी बहुत
+""".split())
+
+# Trimmed from both ends of each word: punctuation in the shipped languages and common emoji.
+TRIMMED = "!?.,;:¡¿…।'\"()-~*🙏😊🙂👍❤️👋😀"
+
+# True when the text column `text` is small talk; %(small_talk_words)s, %(small_talk_trim)s and
+# %(small_talk_max)s are the constants above (`sql_params`).
+SMALL_TALK_SQL = """
+(SELECT count(*) BETWEEN 1 AND %(small_talk_max)s
+        AND bool_and(word = ANY(%(small_talk_words)s::text[]))
+ FROM regexp_split_to_table(lower(text), '\\s+') AS raw (word_with_marks),
+      LATERAL btrim(word_with_marks, %(small_talk_trim)s) AS word
+ WHERE word <> '')
+"""
+
+
+def sql_params() -> dict[str, object]:
+    return {"small_talk_words": sorted(SMALL_TALK_WORDS), "small_talk_trim": TRIMMED,
+            "small_talk_max": MAX_WORDS}
