@@ -181,3 +181,41 @@ def test_did_we_solve_your_problem_is_asked_once_after_a_person_resolves(
     open_chat(shopper)
     expect(shopper.locator(AGENT).last).to_contain_text("A new one is on its way.")
     expect(shopper.get_by_text("Did we solve your problem?")).to_have_count(0)  # asked once
+
+
+def test_a_bot_only_conversation_resolved_by_staff_asks_when_the_shopper_comes_back(
+        new_context: Callable[..., BrowserContext], chat_app: AppProcess,
+        fake_model: FakeModel, database_url: str, servers: BackgroundLoop) -> None:
+    # No person joined, so the widget holds no stream; it reads the status again when the
+    # shopper returns to the tab or opens the panel.
+    shopper = new_context().new_page()
+    shopper.goto(chat_app.url)
+    open_chat(shopper)
+    asked = question("Can I change my delivery address")
+    fake_model.answer(asked, "Yes, until it ships: reply with the new address.")
+    ask(shopper, asked)
+    expect(shopper.locator(AI).last).to_have_attribute("data-status", "complete")
+
+    member = servers.run(make_staff(database_url, [1], name="Rosa"))
+    agent = new_context().new_page()
+    sign_in(agent, chat_app.url, member.email, member.password)
+    agent.locator("#conversations a").filter(has_text="Yes, until it ships").click()
+    agent.get_by_role("button", name="Resolve", exact=True).click()
+    expect(agent.locator("#detail-status")).to_contain_text("resolved")
+
+    survey = shopper.get_by_role("group").filter(has_text="Did we solve your problem?")
+    expect(survey).to_have_count(0)  # nothing pops up while the shopper reads
+    shopper.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # back to the tab
+    expect(survey).to_be_visible()
+    survey.get_by_role("button", name="Not really").click()
+    expect(shopper.get_by_text("Thanks for your feedback.").last).to_be_visible()
+    session_id = shopper.evaluate(
+        "Object.keys(localStorage).filter(k => k.endsWith(':sessionId'))"
+        ".map(k => localStorage.getItem(k))[0]")
+    assert one(database_url, "SELECT csat FROM conversations WHERE id = %s", session_id) == "no"
+
+    # Closing and opening the panel again (another status check) asks no second time.
+    shopper.locator("[data-chat-launcher]").click()
+    open_chat(shopper)
+    expect(shopper.get_by_text("Thanks for your feedback.")).to_have_count(1)
+    expect(shopper.get_by_role("button", name="Not really")).to_have_count(0)

@@ -126,7 +126,8 @@
     }
   }
 
-  function say(text) { $("status").textContent = text; }
+  // Said at the top of the page, brought into view: after a publish the editor is gone.
+  function say(text) { $("status").textContent = text; $("status").scrollIntoView({ block: "nearest" }); }
 
   async function load() {
     const query = `site=${state.site}`;
