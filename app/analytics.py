@@ -204,6 +204,20 @@ class QuestionGroup:
 
 
 @dataclass(frozen=True)
+class LanguageRow:
+    """A question language's numbers over the period ('unknown': asked before detection)."""
+
+    language: str
+    questions: int
+    answered: int  # by the assistant, complete
+    in_language: int  # answered in the question's language
+    in_english: int  # answered in English (the English articles) to a question in another
+
+    def share(self, part: int) -> float | None:
+        return None if self.answered == 0 else part / self.answered
+
+
+@dataclass(frozen=True)
 class Report:
     site_id: int
     period: Period
@@ -212,6 +226,7 @@ class Report:
     costs: list[ModelDay]
     today: Spend
     top_questions: list[QuestionGroup] = field(default_factory=list)
+    languages: list[LanguageRow] = field(default_factory=list)
 
     @property
     def feedback_stored(self) -> bool:
@@ -291,6 +306,22 @@ FROM (
                AND sender = 'ai') a USING (conversation_id, created_at)) grouped
 GROUP BY day, key
 """
+# Questions per day and question language, with how their answers were written (the answer
+# row's language, sql/0017_analytics_languages.sql); joined like the questions above.
+_LANGUAGE_ROWS = """
+SELECT (q.created_at AT TIME ZONE 'UTC')::date AS day, coalesce(q.language, %(unknown)s),
+       count(*)::int, count(a.language)::int,
+       (count(*) FILTER (WHERE a.language = q.language))::int,
+       (count(*) FILTER (WHERE a.language = 'en' AND q.language <> 'en'))::int
+FROM (SELECT conversation_id, created_at, language FROM messages
+      WHERE site_id = %(site)s AND created_at >= %(start)s AND created_at < %(end)s
+      AND sender = 'user') q
+LEFT JOIN (SELECT conversation_id, created_at, language FROM messages
+           WHERE site_id = %(site)s AND created_at >= %(start)s AND created_at < %(end)s
+           AND sender = 'ai' AND status = 'complete') a USING (conversation_id, created_at)
+GROUP BY 1, 2
+"""
+UNKNOWN_LANGUAGE = "unknown"
 _TOP_PER_DAY = """
 SELECT day, key, title, example, questions, thumbs_down, votes FROM (
     SELECT *, row_number() OVER (PARTITION BY day ORDER BY questions DESC, key) AS place
@@ -401,7 +432,7 @@ class Analytics:
     def _bounds(site_id: int, first: date, last: date) -> dict[str, Any]:
         period = Period(first, last)
         return {"site": site_id, "first": first, "last": last, "start": period.start,
-                "end": period.end, "none": NO_MODEL}
+                "end": period.end, "none": NO_MODEL, "unknown": UNKNOWN_LANGUAGE}
 
     async def _settled_part(self, site_id: int, period: Period, today: date) -> Split:
         """The period's settled days (rolled up, rolling up the missing ones now) and its
@@ -450,6 +481,11 @@ class Analytics:
                     " questions, thumbs_down, votes) SELECT %(site)s, r.* FROM ({}) r"
                     " WHERE r.day = ANY(%(days)s) ON CONFLICT DO NOTHING").format(question_rows),
                     bounds)
+                await conn.execute(
+                    "INSERT INTO analytics_language_days (site_id, day, language, questions,"
+                    " answered, in_language, in_english) SELECT %(site)s, r.* FROM ("
+                    + _LANGUAGE_ROWS + ") r WHERE r.day = ANY(%(days)s) ON CONFLICT DO NOTHING",
+                    bounds)
 
     async def report(self, site_id: int, period: Period, budget_tokens: int | None,
                      today: date | None = None) -> Report:
@@ -459,7 +495,8 @@ class Analytics:
         return Report(site_id, period, days, summary,
                       await self.costs(site_id, period, today, split),
                       await self.spend(site_id, today, budget_tokens),
-                      await self.top_questions(site_id, period, today=today, split=split))
+                      await self.top_questions(site_id, period, today=today, split=split),
+                      await self.languages(site_id, period, today=today, split=split))
 
     async def roll_up_recent(self, site_id: int, today: date | None = None,
                              days: int = DEFAULT_DAYS) -> None:
@@ -585,3 +622,27 @@ class Analytics:
         return [QuestionGroup(key, title or example, example, count,
                               down if vote else None, votes if vote else None)
                 for key, title, example, count, down, votes in rows]
+
+    async def languages(self, site_id: int, period: Period, today: date | None = None,
+                        split: Split | None = None) -> list[LanguageRow]:
+        """The period's questions per question language, most asked first."""
+        settled, recent = split or await self._settled_part(site_id, period, today or today_utc())
+        rows: list[tuple[Any, ...]] = []
+        async with db.connection(self._pool) as conn:
+            if settled is not None:
+                cur = await conn.execute(
+                    "SELECT day, language, questions, answered, in_language, in_english"
+                    " FROM analytics_language_days WHERE site_id = %s AND day BETWEEN %s AND %s",
+                    (site_id, settled.first, settled.last))
+                rows += await cur.fetchall()
+            if recent is not None:
+                cur = await conn.execute(_LANGUAGE_ROWS, self._bounds(site_id, recent.first,
+                                                                      recent.last))
+                rows += await cur.fetchall()
+        totals: dict[str, list[int]] = {}
+        for _, language, *counts in rows:
+            total = totals.setdefault(language, [0, 0, 0, 0])
+            for i, count in enumerate(counts):
+                total[i] += count
+        return sorted((LanguageRow(language, *counts) for language, counts in totals.items()),
+                      key=lambda row: (-row.questions, row.language))
