@@ -127,6 +127,7 @@ async def bench(url: str, conversations: int) -> None:
                 ("tokens and cost (costs)", lambda p=period: analytics.costs(1, p)),
                 ("today's spend (spend)", lambda: analytics.spend(1, today, 1_000_000)),
                 ("top questions", lambda p=period: analytics.top_questions(1, p)),
+                ("questions by language", lambda p=period: analytics.languages(1, p)),
                 ("the whole page (report + HTML)",
                  lambda p=period: page(analytics, p)),
             ]

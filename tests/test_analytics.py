@@ -18,8 +18,10 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from app import db
-from app.analytics import FIRST_TOKEN_BUCKET_MS, Analytics, Period
+from app.analytics import FIRST_TOKEN_BUCKET_MS, Analytics, Period, roll_up_every
 from app.pricing import parse_prices
+from app.sites import SiteDirectory, SiteStore, ensure_default_site
+from app.store_profile import DEFAULT_PROFILE_PATH, load_profile
 from tests.conftest import RunningApp, stream_chat
 from tests.test_admin import make_site, make_staff, signed_in
 
@@ -428,3 +430,30 @@ async def test_an_answer_keeps_the_language_it_is_written_in(
     assert answer_language(hindi) == "en"  # from the English articles, with the note
     # With a model, the prompt asks for the shopper's language.
     assert answer_language(await stream_chat(client, {"message": "मेरा रिफंड कब आएगा?"})) == "hi"
+
+
+async def test_the_background_roll_up_covers_a_years_view_before_anyone_opens_it(
+        database_url: str, query: Callable[..., list[tuple[Any, ...]]]) -> None:
+    site_id, _ = await make_site(database_url, f"Yearly{uuid.uuid4().hex[:6]}")
+    long_ago = datetime.now(UTC) - timedelta(days=300)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        s = Seeder(conn, site_id)
+        s.turn(s.conversation(long_ago), long_ago, "Where is my order?", {"model": None})
+    pool = db.create_pool(database_url, 2)
+    await pool.open(wait=True)
+    await ensure_default_site(pool, load_profile(DEFAULT_PROFILE_PATH), "", ())
+    sites = SiteDirectory(SiteStore(pool))
+    await sites.load()
+    rounds = asyncio.create_task(roll_up_every(Analytics(pool, parse_prices(PRICES)), sites,
+                                               every_s=0.2))
+    try:
+        async with asyncio.timeout(60):
+            while not query("SELECT 1 FROM analytics_days WHERE site_id = %s AND day = %s",
+                            site_id, long_ago.date()):
+                await asyncio.sleep(0.1)
+    finally:
+        rounds.cancel()
+        await asyncio.gather(rounds, return_exceptions=True)
+        await pool.close()
+    assert query("SELECT questions FROM analytics_days WHERE site_id = %s AND day = %s",
+                 site_id, long_ago.date()) == [(1,)]
