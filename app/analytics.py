@@ -612,8 +612,13 @@ class Analytics:
         if recent is not None:
             parts.append(question_rows)
             params.update(self._bounds(site_id, recent.first, recent.last))
+        # The example is the wording of the group's biggest day. Picked with max() over
+        # "questions, zero-padded, then the wording" (in "C" order: byte order, digits first)
+        # rather than an ordered array_agg, so a year's 36,000 rows are one hash aggregate
+        # instead of a sort that spills to disk (bench/analytics_bench.py: about 2 to 4x faster).
         query = sql.SQL(
-            "SELECT key, max(title), (array_agg(example ORDER BY questions DESC))[1],"
+            "SELECT key, max(title),"
+            " substr(max((lpad(questions::text, 10, '0') || example) COLLATE \"C\"), 11),"
             " sum(questions)::int, sum(thumbs_down)::int, sum(votes)::int"
             " FROM ({}) AS g (day, key, title, example, questions, thumbs_down, votes)"
             " GROUP BY key ORDER BY sum(questions) DESC, key LIMIT %(limit)s"

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .analytics import Report
+from .language import LANGUAGES
 from .svg_charts import Series, legend, stacked_bars
 
 Table = tuple[list[str], list[list[Any]]]
@@ -200,7 +201,8 @@ def render(report: Report, sites: Sequence[tuple[int, str]], site_name: str) -> 
     languages_html: Table = (
         ["language", "questions", "answered_by_assistant", "in_their_language",
          "in_english_instead"],
-        [[row.language, row.questions, row.answered,
+        [[f"{LANGUAGES[row.language][1]} ({row.language})" if row.language in LANGUAGES
+          else row.language, row.questions, row.answered,
           f"{_percent(row.share(row.in_language))} ({row.in_language:,})",
           f"{_percent(row.share(row.in_english))} ({row.in_english:,})"]
          for row in report.languages])
