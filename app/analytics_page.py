@@ -277,7 +277,8 @@ def render(report: Report, sites: Sequence[tuple[int, str]], site_name: str) -> 
 </section>
 <section aria-labelledby="h-languages">
 <h2 id="h-languages">Questions by language</h2>
-<p class="hint">The language each question was written in, and whether the assistant answered in it or from the English articles instead (a language the help centre has no articles in).</p>
+<p class="hint">The language each question was written in, and whether the assistant answered
+in it or from the English articles instead (a language the help centre has no articles in).</p>
 {_html_table(languages_html, "Questions by language", csv_url("languages"))}
 </section>
 <p><a class="csv" href="{html.escape(csv_url("summary"))}" download>Download the summary as CSV</a></p>

@@ -32,7 +32,7 @@ MAX_QUESTIONS_SCANNED = 20000
 MAX_QUESTIONS_READ = 2000
 EXAMPLES_PER_GROUP = 5
 
-_GAPS_SQL = """
+_GAPS_SQL = f"""
 WITH asked AS (
     SELECT q.id, q.conversation_id, q.text, q.created_at, q.handoff_at IS NOT NULL AS handoff,
            a.sender AS answer_sender, a.status AS answer_status, a.sources, a.tools,
@@ -63,10 +63,10 @@ SELECT id, conversation_id, text, created_at, handoff, fallback, not_found, thum
        CASE WHEN sources <> '[]'::jsonb THEN sources -> 0 ->> 'title' END AS article_title
 FROM gap
 WHERE (handoff OR fallback OR not_found OR thumbs_down)
-  AND NOT coalesce({small_talk}, false)
+  AND NOT coalesce({SMALL_TALK_SQL}, false)
 ORDER BY created_at DESC
 LIMIT %(max_read)s
-""".format(small_talk=SMALL_TALK_SQL)
+"""
 
 # A group is closed by a curated answer written from it after its latest question.
 _CLOSED_SQL = ("SELECT gap_key, max(created_at) FROM curated_answers WHERE site_id = %s"

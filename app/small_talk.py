@@ -24,7 +24,7 @@ bonjour bonsoir salut coucou merci beaucoup bien au revoir
 hola buenos buenas días dias tardes noches gracias muchas muchísimas adiós adios chao vale
 namaste namaskar namaskaar dhanyavad dhanyavaad dhanyawad shukriya shukria ji bahut accha acha
 theek hai नमस्ते नमस्कार धन्यवाद शुक्रिया जी बहुत
-""".split())
+""".split())  # noqa: SIM905
 
 # Trimmed from both ends of each word: punctuation in the shipped languages and common emoji.
 TRIMMED = "!?.,;:¡¿…।'\"()-~*🙏😊🙂👍❤️👋😀"
