@@ -5,7 +5,9 @@ person resolved the conversation. Screenshots (desktop and phone) go to test-art
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 from axe_playwright_python.sync_playwright import Axe
@@ -40,10 +42,13 @@ PHONE = {"width": 390, "height": 844}
 
 def shots(page: Page, name: str) -> None:
     """Desktop and phone screenshots into test-artifacts/ (and SHOTS_DIR, when set)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
-        page.set_viewport_size(viewport)
-        page.screenshot(path=str(ARTIFACTS / f"{name}-{size}.png"))
+    folders = [ARTIFACTS] + ([Path(os.environ["SHOTS_DIR"])] if os.environ.get("SHOTS_DIR")
+                             else [])
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+            page.set_viewport_size(viewport)
+            page.screenshot(path=str(folder / f"{name}-{size}.png"))
     page.set_viewport_size(DESKTOP)
 
 
@@ -207,6 +212,7 @@ def test_a_bot_only_conversation_resolved_by_staff_asks_when_the_shopper_comes_b
     expect(survey).to_have_count(0)  # nothing pops up while the shopper reads
     shopper.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # back to the tab
     expect(survey).to_be_visible()
+    shots(shopper, "widget-csat-on-return")
     survey.get_by_role("button", name="Not really").click()
     expect(shopper.get_by_text("Thanks for your feedback.").last).to_be_visible()
     session_id = shopper.evaluate(
