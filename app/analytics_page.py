@@ -240,6 +240,7 @@ def render(report: Report, sites: Sequence[tuple[int, str]], site_name: str) -> 
 <header class="bar">
   <h1>Analytics</h1>
   <a href="/admin">Inbox</a>
+  <a href="/admin/gaps">Knowledge gaps</a>
 </header>
 <main>
 <form class="period" method="get" action="/admin/analytics">

@@ -96,6 +96,8 @@ def test_an_owner_reads_the_last_30_days_on_a_desktop_and_a_phone(
     expect(page.get_by_role("heading", name="Analytics", exact=True)).to_be_visible()
     expect(page.locator("select[name=site] option:checked")).to_have_text("Saffron Loom")
     expect(page.locator(".period-note")).to_contain_text("30 days")
+    # What was missing is one click away.
+    expect(page.get_by_role("link", name="Knowledge gaps")).to_have_attribute("href", "/admin/gaps")
     questions = page.locator(".figure").filter(has_text="Questions")
     expect(questions.locator("dd")).not_to_have_text("0")
     expect(page.locator(".figure").filter(has_text="Thumbs up")).to_contain_text("no votes yet")
