@@ -12,6 +12,8 @@ punctuation and emoji around words are trimmed) and it has at most MAX_WORDS wor
 from __future__ import annotations
 
 MAX_WORDS = 6
+# Longer than this is never small talk, so most questions skip the word check.
+MAX_CHARS = 80
 
 SMALL_TALK_WORDS: frozenset[str] = frozenset("""
 hi hii hiya hey heya hello helo hullo yo howdy greetings morning afternoon evening good day
@@ -29,17 +31,17 @@ theek hai नमस्ते नमस्कार धन्यवाद शु�
 # Trimmed from both ends of each word: punctuation in the shipped languages and common emoji.
 TRIMMED = "!?.,;:¡¿…।'\"()-~*🙏😊🙂👍❤️👋😀"
 
-# True when the text column `text` is small talk; %(small_talk_words)s, %(small_talk_trim)s and
-# %(small_talk_max)s are the constants above (`sql_params`).
+# True when the text column `text` is small talk; its parameters are the constants above
+# (`sql_params`).
 SMALL_TALK_SQL = """
-(SELECT count(*) BETWEEN 1 AND %(small_talk_max)s
+(char_length(text) <= %(small_talk_chars)s AND (SELECT count(*) BETWEEN 1 AND %(small_talk_max)s
         AND bool_and(word = ANY(%(small_talk_words)s::text[]))
  FROM regexp_split_to_table(lower(text), '\\s+') AS raw (word_with_marks),
       LATERAL btrim(word_with_marks, %(small_talk_trim)s) AS word
- WHERE word <> '')
+ WHERE word <> ''))
 """
 
 
 def sql_params() -> dict[str, object]:
     return {"small_talk_words": sorted(SMALL_TALK_WORDS), "small_talk_trim": TRIMMED,
-            "small_talk_max": MAX_WORDS}
+            "small_talk_max": MAX_WORDS, "small_talk_chars": MAX_CHARS}
