@@ -3,10 +3,10 @@
 cites no article, which is not a gap in the knowledge base: app/knowledge_gaps.py leaves it out.
 
 The words are the languages the widget ships (English, German, French, Spanish, Hindi, romanised
-and in Devanagari). A message is small talk when every word of it is one of them (after the
-punctuation and emoji around words are trimmed) and it has at most MAX_WORDS words, so
+and in Devanagari). A message is small talk when every word of it is one of them (apart from the
+punctuation and emoji around words) and it has at most MAX_WORDS words, so
 "hi, where is my order?" is a question, not small talk. The check runs in PostgreSQL
-(`SMALL_TALK_SQL`), beside the gaps query, with these words as its parameters.
+(`SMALL_TALK_SQL`), beside the gaps query: one regular expression made from these words.
 """
 
 from __future__ import annotations
@@ -28,20 +28,25 @@ namaste namaskar namaskaar dhanyavad dhanyavaad dhanyawad shukriya shukria ji ba
 theek hai नमस्ते नमस्कार धन्यवाद शुक्रिया जी बहुत
 """.split())  # noqa: SIM905
 
-# Trimmed from both ends of each word: punctuation in the shipped languages and common emoji.
-TRIMMED = "!?.,;:¡¿…।'\"()-~*🙏😊🙂👍❤️👋😀"
+# Between and around the words: spaces, punctuation in the shipped languages and common emoji.
+# ("-" last, so the bracket expression reads it as itself.)
+SEPARATORS = "!?.,;:¡¿…।'\"()~*🙏😊🙂👍❤️👋😀-"
 
-# True when the text column `text` is small talk; its parameters are the constants above
-# (`sql_params`).
-SMALL_TALK_SQL = """
-(char_length(text) <= %(small_talk_chars)s AND (SELECT count(*) BETWEEN 1 AND %(small_talk_max)s
-        AND bool_and(word = ANY(%(small_talk_words)s::text[]))
- FROM regexp_split_to_table(lower(text), '\\s+') AS raw (word_with_marks),
-      LATERAL btrim(word_with_marks, %(small_talk_trim)s) AS word
- WHERE word <> ''))
-"""
+
+def _pattern() -> str:
+    """One PostgreSQL regular expression for the whole message (compiled once and cached by
+    the server, so a row costs one match): words of the list, separated, at most MAX_WORDS."""
+    separator = f"[\\s{SEPARATORS}]"
+    word = "(?:" + "|".join(sorted(SMALL_TALK_WORDS, key=lambda w: (-len(w), w))) + ")"
+    return f"^{separator}*{word}(?:{separator}+{word}){{0,{MAX_WORDS - 1}}}{separator}*$"
+
+
+SMALL_TALK_PATTERN = _pattern()
+
+# True when the text column `text` is small talk (case-insensitive); its parameters are
+# `sql_params()`.
+SMALL_TALK_SQL = "(char_length(text) <= %(small_talk_chars)s AND text ~* %(small_talk_pattern)s)"
 
 
 def sql_params() -> dict[str, object]:
-    return {"small_talk_words": sorted(SMALL_TALK_WORDS), "small_talk_trim": TRIMMED,
-            "small_talk_max": MAX_WORDS, "small_talk_chars": MAX_CHARS}
+    return {"small_talk_pattern": SMALL_TALK_PATTERN, "small_talk_chars": MAX_CHARS}
