@@ -204,6 +204,20 @@ class QuestionGroup:
 
 
 @dataclass(frozen=True)
+class LanguageRow:
+    """A question language's numbers over the period ('unknown': asked before detection)."""
+
+    language: str
+    questions: int
+    answered: int  # by the assistant, complete
+    in_language: int  # answered in the question's language
+    in_english: int  # answered in English (the English articles) to a question in another
+
+    def share(self, part: int) -> float | None:
+        return None if self.answered == 0 else part / self.answered
+
+
+@dataclass(frozen=True)
 class Report:
     site_id: int
     period: Period
@@ -212,6 +226,7 @@ class Report:
     costs: list[ModelDay]
     today: Spend
     top_questions: list[QuestionGroup] = field(default_factory=list)
+    languages: list[LanguageRow] = field(default_factory=list)
 
     @property
     def feedback_stored(self) -> bool:
@@ -291,6 +306,22 @@ FROM (
                AND sender = 'ai') a USING (conversation_id, created_at)) grouped
 GROUP BY day, key
 """
+# Questions per day and question language, with how their answers were written (the answer
+# row's language, sql/0017_analytics_languages.sql); joined like the questions above.
+_LANGUAGE_ROWS = """
+SELECT (q.created_at AT TIME ZONE 'UTC')::date AS day, coalesce(q.language, %(unknown)s),
+       count(*)::int, count(a.language)::int,
+       (count(*) FILTER (WHERE a.language = q.language))::int,
+       (count(*) FILTER (WHERE a.language = 'en' AND q.language <> 'en'))::int
+FROM (SELECT conversation_id, created_at, language FROM messages
+      WHERE site_id = %(site)s AND created_at >= %(start)s AND created_at < %(end)s
+      AND sender = 'user') q
+LEFT JOIN (SELECT conversation_id, created_at, language FROM messages
+           WHERE site_id = %(site)s AND created_at >= %(start)s AND created_at < %(end)s
+           AND sender = 'ai' AND status = 'complete') a USING (conversation_id, created_at)
+GROUP BY 1, 2
+"""
+UNKNOWN_LANGUAGE = "unknown"
 _TOP_PER_DAY = """
 SELECT day, key, title, example, questions, thumbs_down, votes FROM (
     SELECT *, row_number() OVER (PARTITION BY day ORDER BY questions DESC, key) AS place
@@ -340,14 +371,16 @@ Split = tuple[Period | None, Period | None]
 
 async def roll_up_every(analytics: Analytics, sites: SiteDirectory,
                         every_s: float = ROLL_UP_EVERY_S) -> None:
-    """Keep every site's last 30 settled days rolled up, so the default page's first view is
-    as fast as the next; a failed round (the database away) waits for the next one. The first
-    round waits too: a start (or a test's short-lived app) is not slowed by it."""
+    """Keep every site's settled days of the longest period the page shows (MAX_DAYS) rolled
+    up, so no view, not even a year's first, counts a year of messages while the owner waits;
+    a failed round (the database away) waits for the next one. The first round waits too: a
+    start (or a test's short-lived app) is not slowed by it. Only the first round after a
+    deploy has much to do (a year of a big site: seconds, once); the next ones find a day."""
     while True:
         await asyncio.sleep(every_s / 20)
         for site in sites.sites:
             try:
-                await analytics.roll_up_recent(site.id)
+                await analytics.roll_up_recent(site.id, days=MAX_DAYS)
             except Exception:
                 log.exception("analytics roll-up of site %d failed; next round in %.0f s",
                               site.id, every_s)
@@ -401,7 +434,7 @@ class Analytics:
     def _bounds(site_id: int, first: date, last: date) -> dict[str, Any]:
         period = Period(first, last)
         return {"site": site_id, "first": first, "last": last, "start": period.start,
-                "end": period.end, "none": NO_MODEL}
+                "end": period.end, "none": NO_MODEL, "unknown": UNKNOWN_LANGUAGE}
 
     async def _settled_part(self, site_id: int, period: Period, today: date) -> Split:
         """The period's settled days (rolled up, rolling up the missing ones now) and its
@@ -450,6 +483,11 @@ class Analytics:
                     " questions, thumbs_down, votes) SELECT %(site)s, r.* FROM ({}) r"
                     " WHERE r.day = ANY(%(days)s) ON CONFLICT DO NOTHING").format(question_rows),
                     bounds)
+                await conn.execute(
+                    "INSERT INTO analytics_language_days (site_id, day, language, questions,"
+                    " answered, in_language, in_english) SELECT %(site)s, r.* FROM ("
+                    + _LANGUAGE_ROWS + ") r WHERE r.day = ANY(%(days)s) ON CONFLICT DO NOTHING",
+                    bounds)
 
     async def report(self, site_id: int, period: Period, budget_tokens: int | None,
                      today: date | None = None) -> Report:
@@ -459,11 +497,12 @@ class Analytics:
         return Report(site_id, period, days, summary,
                       await self.costs(site_id, period, today, split),
                       await self.spend(site_id, today, budget_tokens),
-                      await self.top_questions(site_id, period, today=today, split=split))
+                      await self.top_questions(site_id, period, today=today, split=split),
+                      await self.languages(site_id, period, today=today, split=split))
 
     async def roll_up_recent(self, site_id: int, today: date | None = None,
                              days: int = DEFAULT_DAYS) -> None:
-        """Roll up the settled days of the default page's period ahead of its first view."""
+        """Roll up the settled days of the last `days` ahead of a page's first view."""
         today = today or today_utc()
         await self._settled_part(site_id, Period(today - timedelta(days=days - 1), today), today)
 
@@ -475,13 +514,22 @@ class Analytics:
         day_rows, _, _ = await self._sql()
         rows: list[tuple[Any, ...]] = []
         async with db.connection(self._pool) as conn:
+            settled_histogram: list[tuple[Any, ...]] = []
             if settled is not None:
                 cur = await conn.execute(
                     "SELECT day, conversations, handoffs, questions, by_model, by_knowledge,"
                     " errors, cancelled, interrupted, thumbs_up, thumbs_down, csat_yes,"
-                    " csat_answers, first_token_ms FROM analytics_days WHERE site_id = %s"
+                    " csat_answers, '{}'::jsonb FROM analytics_days WHERE site_id = %s"
                     " AND day BETWEEN %s AND %s", (site_id, settled.first, settled.last))
                 rows += await cur.fetchall()
+                # The days' histograms summed by the server: a year's are some 50,000
+                # buckets, a few rows once added up.
+                cur = await conn.execute(
+                    "SELECT bucket::int, sum(answers::int)::bigint FROM analytics_days,"
+                    " jsonb_each_text(first_token_ms) AS h (bucket, answers)"
+                    " WHERE site_id = %s AND day BETWEEN %s AND %s GROUP BY 1",
+                    (site_id, settled.first, settled.last))
+                settled_histogram = await cur.fetchall()
             if recent is not None:
                 cur = await conn.execute(day_rows, self._bounds(site_id, recent.first,
                                                                 recent.last))
@@ -495,7 +543,7 @@ class Analytics:
                 " AND agent_joined_at >= handoff_at", (site_id, period.start, period.end))
             join_row = await cur.fetchone()
         by_day: dict[date, Day] = {}
-        histogram: dict[int, int] = {}
+        histogram: dict[int, int] = dict(settled_histogram)
         for (day, conversations, handoffs, questions, by_model, by_knowledge, errors, cancelled,
              interrupted, up, down, _csat_yes, _csat_answers, first_tokens) in rows:
             by_day[day] = Day(day, conversations, questions, by_model, by_knowledge,
@@ -573,8 +621,13 @@ class Analytics:
         if recent is not None:
             parts.append(question_rows)
             params.update(self._bounds(site_id, recent.first, recent.last))
+        # The example is the wording of the group's biggest day. Picked with max() over
+        # "questions, zero-padded, then the wording" (in "C" order: byte order, digits first)
+        # rather than an ordered array_agg, so a year's 36,000 rows are one hash aggregate
+        # instead of a sort that spills to disk (bench/analytics_bench.py: about 2 to 4x faster).
         query = sql.SQL(
-            "SELECT key, max(title), (array_agg(example ORDER BY questions DESC))[1],"
+            "SELECT key, max(title),"
+            " substr(max((lpad(questions::text, 10, '0') || example) COLLATE \"C\"), 11),"
             " sum(questions)::int, sum(thumbs_down)::int, sum(votes)::int"
             " FROM ({}) AS g (day, key, title, example, questions, thumbs_down, votes)"
             " GROUP BY key ORDER BY sum(questions) DESC, key LIMIT %(limit)s"
@@ -585,3 +638,27 @@ class Analytics:
         return [QuestionGroup(key, title or example, example, count,
                               down if vote else None, votes if vote else None)
                 for key, title, example, count, down, votes in rows]
+
+    async def languages(self, site_id: int, period: Period, today: date | None = None,
+                        split: Split | None = None) -> list[LanguageRow]:
+        """The period's questions per question language, most asked first."""
+        settled, recent = split or await self._settled_part(site_id, period, today or today_utc())
+        rows: list[tuple[Any, ...]] = []
+        async with db.connection(self._pool) as conn:
+            if settled is not None:
+                cur = await conn.execute(
+                    "SELECT day, language, questions, answered, in_language, in_english"
+                    " FROM analytics_language_days WHERE site_id = %s AND day BETWEEN %s AND %s",
+                    (site_id, settled.first, settled.last))
+                rows += await cur.fetchall()
+            if recent is not None:
+                cur = await conn.execute(_LANGUAGE_ROWS, self._bounds(site_id, recent.first,
+                                                                      recent.last))
+                rows += await cur.fetchall()
+        totals: dict[str, list[int]] = {}
+        for _, language, *counts in rows:
+            total = totals.setdefault(language, [0, 0, 0, 0])
+            for i, count in enumerate(counts):
+                total[i] += count
+        return sorted((LanguageRow(language, *counts) for language, counts in totals.items()),
+                      key=lambda row: (-row.questions, row.language))

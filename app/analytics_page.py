@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .analytics import Report
+from .language import LANGUAGES
 from .svg_charts import Series, legend, stacked_bars
 
 Table = tuple[list[str], list[list[Any]]]
@@ -69,6 +70,16 @@ def top_questions_table(report: Report) -> Table:
              for group in report.top_questions])
 
 
+def languages_table(report: Report) -> Table:
+    """Questions per language: answered by the assistant in the shopper's language, or in
+    English from the English articles (the fall back where the store has none in theirs)."""
+    return (["language", "questions", "answered_by_assistant", "in_their_language",
+             "in_english_instead", "share_in_their_language", "share_in_english_instead"],
+            [[row.language, row.questions, row.answered, row.in_language, row.in_english,
+              _rate(row.share(row.in_language)), _rate(row.share(row.in_english))]
+             for row in report.languages])
+
+
 def summary_table(report: Report) -> Table:
     s = report.summary
     rows: list[list[Any]] = [
@@ -90,7 +101,7 @@ def summary_table(report: Report) -> Table:
 
 TABLES: dict[str, Callable[[Report], Table]] = {
     "daily": daily_table, "costs": costs_table, "top_questions": top_questions_table,
-    "summary": summary_table,
+    "languages": languages_table, "summary": summary_table,
 }
 
 # A spreadsheet runs a cell that starts like a formula; shoppers write the questions.
@@ -187,6 +198,14 @@ def render(report: Report, sites: Sequence[tuple[int, str]], site_name: str) -> 
         [group.label, "" if group.example == group.label else group.example, group.questions,
          _percent(group.thumbs_down_rate, "–" if report.feedback_stored else NO_VOTES)]
         for group in report.top_questions])
+    languages_html: Table = (
+        ["language", "questions", "answered_by_assistant", "in_their_language",
+         "in_english_instead"],
+        [[f"{LANGUAGES[row.language][1]} ({row.language})" if row.language in LANGUAGES
+          else row.language, row.questions, row.answered,
+          f"{_percent(row.share(row.in_language))} ({row.in_language:,})",
+          f"{_percent(row.share(row.in_english))} ({row.in_english:,})"]
+         for row in report.languages])
     figures = "".join([
         _figure("Conversations", f"{s.conversations:,}"),
         _figure("Questions", f"{s.questions:,}"),
@@ -221,6 +240,7 @@ def render(report: Report, sites: Sequence[tuple[int, str]], site_name: str) -> 
 <header class="bar">
   <h1>Analytics</h1>
   <a href="/admin">Inbox</a>
+  <a href="/admin/gaps">Knowledge gaps</a>
 </header>
 <main>
 <form class="period" method="get" action="/admin/analytics">
@@ -255,6 +275,12 @@ def render(report: Report, sites: Sequence[tuple[int, str]], site_name: str) -> 
 <h2 id="h-top">Top questions</h2>
 <p class="hint">Grouped by the article or curated answer that answered them, else by their wording.</p>
 {_html_table(top_html, "Top questions", csv_url("top_questions"))}
+</section>
+<section aria-labelledby="h-languages">
+<h2 id="h-languages">Questions by language</h2>
+<p class="hint">The language each question was written in, and whether the assistant answered
+in it or from the English articles instead (a language the help centre has no articles in).</p>
+{_html_table(languages_html, "Questions by language", csv_url("languages"))}
 </section>
 <p><a class="csv" href="{html.escape(csv_url("summary"))}" download>Download the summary as CSV</a></p>
 </main>

@@ -462,7 +462,17 @@ class AnswerRun:
             fallback=self._fallback, tools=self._tools_used, offer_person=self._offer_person,
             # For the analytics page's median time to first token (sql/0011_analytics.sql).
             first_token_ms=None if self._first_token_at is None
-            else round((self._first_token_at - self._asked_at) * 1000))
+            else round((self._first_token_at - self._asked_at) * 1000),
+            language=self._answer_language)
+
+    @property
+    def _answer_language(self) -> str:
+        """The language the answer is written in (analytics, sql/0017): a model's is the
+        shopper's, as the prompt asks; a composed one (no model, or its fallback) is that of the
+        articles it came from, English when it fell back to them."""
+        if self._tools.llm is not None and not self._fallback:
+            return self._language
+        return self._retrieval.language
 
     def _end_event(self, saved: bool) -> tuple[answer_events.Kind, object]:
         if not saved:

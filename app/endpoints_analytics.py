@@ -94,6 +94,9 @@ async def analytics_json(request: Request) -> Response:
         "today": {**_jsonable(asdict(report.today)), "budgetShare": report.today.budget_share},
         "topQuestions": [{**_jsonable(asdict(group)), "thumbsDownRate": group.thumbs_down_rate}
                          for group in report.top_questions],
+        "languages": [{**_jsonable(asdict(row)), "inLanguageShare": row.share(row.in_language),
+                       "inEnglishShare": row.share(row.in_english)}
+                      for row in report.languages],
     }
     return JSONResponse(body, headers=NO_STORE)
 

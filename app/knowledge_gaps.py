@@ -9,7 +9,8 @@ stemmed words without stop words, in order (PostgreSQL's own `english` configura
 search uses), so "Do you ship to Mars?" and "can you ship to mars" are one group. Newest first.
 
 A group an owner closed with a curated answer (its `gap_key`) is left out, unless a shopper has
-asked it again since.
+asked it again since. Small talk ("hello", "thanks!", app/small_talk.py) is never a gap:
+it asks nothing, and with a model its answer cites no article.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from . import db
+from .small_talk import SMALL_TALK_SQL, sql_params
 
 REASONS = ("not_found", "fallback", "thumbs_down", "handoff")
 # Bounds on a big site: the newest questions of the period looked at, and the newest gap
@@ -30,7 +32,7 @@ MAX_QUESTIONS_SCANNED = 20000
 MAX_QUESTIONS_READ = 2000
 EXAMPLES_PER_GROUP = 5
 
-_GAPS_SQL = """
+_GAPS_SQL = f"""
 WITH asked AS (
     SELECT q.id, q.conversation_id, q.text, q.created_at, q.handoff_at IS NOT NULL AS handoff,
            a.sender AS answer_sender, a.status AS answer_status, a.sources, a.tools,
@@ -60,7 +62,8 @@ SELECT id, conversation_id, text, created_at, handoff, fallback, not_found, thum
                 to_tsvector('english', text)), ' '), ''), lower(text)) END AS key,
        CASE WHEN sources <> '[]'::jsonb THEN sources -> 0 ->> 'title' END AS article_title
 FROM gap
-WHERE handoff OR fallback OR not_found OR thumbs_down
+WHERE (handoff OR fallback OR not_found OR thumbs_down)
+  AND NOT coalesce({SMALL_TALK_SQL}, false)
 ORDER BY created_at DESC
 LIMIT %(max_read)s
 """
@@ -100,7 +103,8 @@ class KnowledgeGaps:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(_GAPS_SQL, {"site": site_id, "days": days,
                                           "max_read": MAX_QUESTIONS_READ,
-                                          "max_scan": MAX_QUESTIONS_SCANNED})
+                                          "max_scan": MAX_QUESTIONS_SCANNED,
+                                          **sql_params()})
             rows = await cur.fetchall()
             groups: dict[str, GapGroup] = {}
             for row in rows:  # newest first, so a group's first row is its latest question

@@ -229,8 +229,9 @@ class MessageStore:
                           sources: Sequence[Mapping[str, object]], fallback: bool,
                           tools: Sequence[Mapping[str, object]] = (),
                           offer_person: bool = False,
-                          first_token_ms: int | None = None) -> bool:
-        """Write the answer's one row; retry through a short database outage. False: not saved."""
+                          first_token_ms: int | None = None, language: str | None = None) -> bool:
+        """Write the answer's one row (with the language it is written in, for analytics);
+        retry through a short database outage. False: not saved."""
         delay = 0.5
         for attempt in range(1, SAVE_ATTEMPTS + 1):
             try:
@@ -238,9 +239,11 @@ class MessageStore:
                     await conn.execute(
                         "UPDATE messages SET text = %s, status = %s, prompt_tokens = %s,"
                         " completion_tokens = %s, sources = %s, fallback = %s, tools = %s,"
-                        " offer_person = %s, first_token_ms = %s, finished_at = now() WHERE id = %s",
+                        " offer_person = %s, first_token_ms = %s, language = %s,"
+                        " finished_at = now() WHERE id = %s",
                         (text, status, prompt_tokens, completion_tokens, Jsonb(sources),
-                         fallback, Jsonb(list(tools)), offer_person, first_token_ms, answer_id),
+                         fallback, Jsonb(list(tools)), offer_person, first_token_ms, language,
+                         answer_id),
                     )
                 return True
             except StoreUnavailable:

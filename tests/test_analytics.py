@@ -18,9 +18,11 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from app import db
-from app.analytics import FIRST_TOKEN_BUCKET_MS, Analytics, Period
+from app.analytics import FIRST_TOKEN_BUCKET_MS, Analytics, Period, roll_up_every
 from app.pricing import parse_prices
-from tests.conftest import RunningApp
+from app.sites import SiteDirectory, SiteStore, ensure_default_site
+from app.store_profile import DEFAULT_PROFILE_PATH, load_profile
+from tests.conftest import RunningApp, stream_chat
 from tests.test_admin import make_site, make_staff, signed_in
 
 PRICES = "gpt-4o-mini=0.15/0.60,gpt-4o=2.5/10"
@@ -136,8 +138,9 @@ async def test_the_numbers_of_a_seeded_period_are_its_true_values(
     # Of 30, 50, 400, 600, 800, read from the days' histograms.
     assert summary["medianFirstTokenMs"] == pytest.approx(400, abs=FIRST_TOKEN_BUCKET_MS)
     assert summary["medianPersonJoinS"] == 360  # of 120 s and 600 s
-    # Nobody voted in this period: no rate, rather than a made-up 0%.
+    # Feedback is stored (sql/0010) but nobody voted: no rate, rather than a made-up 0%.
     assert body["feedbackStored"] is True
+    assert (summary["thumbsUp"], summary["thumbsDown"]) == (0, 0)
     assert summary["thumbsUpRate"] is None and summary["csatRate"] is None
 
     days = {day["day"]: day for day in body["days"]}
@@ -352,3 +355,106 @@ async def test_votes_and_csat_count_once_the_feedback_columns_exist(
         assert (shipping.label, shipping.questions, shipping.votes) == ("Shipping", 3, 3)
         assert shipping.thumbs_down_rate == pytest.approx(1 / 3)
     assert rolled.days == live.days
+
+
+async def test_questions_by_language_say_how_many_were_answered_in_the_shoppers_language(
+        database_url: str, start_app: Callable[..., Any]) -> None:
+    site_id, _ = await make_site(database_url, f"Languages{uuid.uuid4().hex[:6]}")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        s = Seeder(conn, site_id)
+        c = s.conversation(at(1, 10))
+        # German: two answered in German (the German articles, or a model), one from the
+        # English articles; one forwarded to a person. Hindi: from English. English: in English.
+        for minute, answer_language in ((0, "de"), (1, "de"), (2, "en"), (3, None)):
+            s.turn(c, at(1, 10, minute), "Wie lange dauert der Versand?",
+                   None if answer_language is None else {"model": None})
+            conn.execute("UPDATE messages SET language = CASE sender WHEN 'user' THEN 'de'"
+                         " ELSE %s END WHERE conversation_id = %s AND created_at = %s",
+                         (answer_language, c, at(1, 10, minute)))
+        s.turn(c, at(2, 9), "Kya aap India mein deliver karte hain?", {"model": None})
+        conn.execute("UPDATE messages SET language = CASE sender WHEN 'user' THEN 'hi'"
+                     " ELSE 'en' END WHERE conversation_id = %s AND created_at = %s",
+                     (c, at(2, 9)))
+        s.turn(c, at(2, 9, 1), "Where is my order?", {"model": "gpt-4o-mini"})
+        conn.execute("UPDATE messages SET language = 'en' WHERE conversation_id = %s"
+                     " AND created_at = %s", (c, at(2, 9, 1)))
+        s.turn(c, at(2, 9, 2), "asked before languages were detected", {"model": None})
+    expected = [("de", 4, 3, 2, 1), ("en", 1, 1, 1, 0), ("hi", 1, 1, 0, 1),
+                ("unknown", 1, 0, 0, 0)]
+
+    period = Period(date(2026, 3, 1), date(2026, 3, 2))
+    pool = db.create_pool(database_url, 2)
+    await pool.open(wait=True)
+    try:
+        analytics = Analytics(pool, parse_prices(PRICES))
+        live = await analytics.report(site_id, period, None, today=date(2026, 3, 2))
+        rolled = await analytics.report(site_id, period, None, today=date(2026, 9, 1))
+    finally:
+        await pool.close()
+    for report in (live, rolled):
+        assert [(r.language, r.questions, r.answered, r.in_language, r.in_english)
+                for r in report.languages] == expected
+    german = rolled.languages[0]
+    assert german.share(german.in_language) == pytest.approx(2 / 3)
+
+    app: RunningApp = await start_app()
+    owner = await make_staff(database_url, [site_id], role="owner", name="Lena")
+    http, _ = await signed_in(app, owner)
+    async with aclosing(http):
+        body = (await http.get(f"/admin/api/sites/{site_id}/analytics", params=PERIOD)).json()
+        table = await http.get(f"/admin/api/sites/{site_id}/analytics.csv",
+                               params={**PERIOD, "table": "languages"})
+        page = await http.get("/admin/analytics", params={**PERIOD, "site": site_id})
+    assert body["languages"][0] == {
+        "language": "de", "questions": 4, "answered": 3, "inLanguage": 2, "inEnglish": 1,
+        "inLanguageShare": pytest.approx(2 / 3), "inEnglishShare": pytest.approx(1 / 3)}
+    rows = list(csv.DictReader(io.StringIO(table.text)))
+    assert [(r["language"], r["questions"], r["in_their_language"], r["in_english_instead"])
+            for r in rows] == [(lang, str(q), str(i), str(e)) for lang, q, _, i, e in expected]
+    assert rows[0]["share_in_their_language"] == "0.666667"
+    assert "Questions by language" in page.text and "67% (2)" in page.text
+
+
+async def test_an_answer_keeps_the_language_it_is_written_in(
+        start_app: Callable[..., Any], client: Any,
+        query: Callable[..., list[tuple[Any, ...]]]) -> None:
+    def answer_language(events: list[Any]) -> Any:
+        answer_id = next(e.data for e in events if e.event == "meta")["messageId"]
+        return query("SELECT language FROM messages WHERE id = %s", answer_id)[0][0]
+
+    app = await start_app(openai_api_key="", openai_base_url="")
+    async with app.client() as http:
+        german = await stream_chat(http, {"message": "Wie lange habe ich Zeit für eine Rücksendung?"})
+        hindi = await stream_chat(http, {"message": "मेरा रिफंड कब आएगा?"})  # no Hindi articles
+    assert answer_language(german) == "de"
+    assert answer_language(hindi) == "en"  # from the English articles, with the note
+    # With a model, the prompt asks for the shopper's language.
+    assert answer_language(await stream_chat(client, {"message": "मेरा रिफंड कब आएगा?"})) == "hi"
+
+
+async def test_the_background_roll_up_covers_a_years_view_before_anyone_opens_it(
+        database_url: str, query: Callable[..., list[tuple[Any, ...]]]) -> None:
+    site_id, _ = await make_site(database_url, f"Yearly{uuid.uuid4().hex[:6]}")
+    long_ago = datetime.now(UTC) - timedelta(days=300)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        s = Seeder(conn, site_id)
+        s.turn(s.conversation(long_ago), long_ago, "Where is my order?", {"model": None})
+    pool = db.create_pool(database_url, 2)
+    await pool.open(wait=True)
+    await ensure_default_site(pool, load_profile(DEFAULT_PROFILE_PATH), "", ())
+    sites = SiteDirectory(SiteStore(pool))
+    await sites.load()
+    rounds = asyncio.create_task(roll_up_every(Analytics(pool, parse_prices(PRICES)), sites,
+                                               every_s=0.2))
+    try:
+        for _ in range(600):  # a minute at most
+            if query("SELECT 1 FROM analytics_days WHERE site_id = %s AND day = %s", site_id,
+                     long_ago.date()):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        rounds.cancel()
+        await asyncio.gather(rounds, return_exceptions=True)
+        await pool.close()
+    assert query("SELECT questions FROM analytics_days WHERE site_id = %s AND day = %s",
+                 site_id, long_ago.date()) == [(1,)]

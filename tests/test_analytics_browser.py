@@ -6,10 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -55,8 +57,10 @@ def seeded_app(database_url: str, redis_url: str, fake_model: FakeModel
             for turn in range(picker.randint(1, 3)):
                 when = created + timedelta(minutes=turn)
                 question = picker.choice(QUESTIONS)
+                # Mostly English; German answered from German articles, Hindi from English.
+                language = picker.choice(["en"] * 16 + ["de"] * 3 + ["hi"])
                 messages.append((conversation_id, site_id, "user", question, "complete", None,
-                                 None, None, None, False, "[]", when))
+                                 None, None, None, False, "[]", when, language))
                 if joined and turn == 2:
                     continue  # forwarded to the person
                 model = "gpt-4o" if picker.random() < 0.2 else "gpt-4o-mini"
@@ -65,14 +69,16 @@ def seeded_app(database_url: str, redis_url: str, fake_model: FakeModel
                 messages.append((conversation_id, site_id, "ai", "An answer.", status, model,
                                  picker.randint(900, 1800), picker.randint(60, 300),
                                  picker.randint(200, 1400), picker.random() < 0.05,
-                                 json.dumps(source), when))
+                                 json.dumps(source), when,
+                                 "en" if language == "hi" else language))
         conn.cursor().executemany(
             "INSERT INTO conversations (id, site_id, created_at, handoff_at, agent_joined_at)"
             " VALUES (%s, %s, %s, %s, %s)", conversations)
         conn.cursor().executemany(
             "INSERT INTO messages (id, conversation_id, site_id, sender, text, status, model,"
-            " prompt_tokens, completion_tokens, first_token_ms, fallback, sources, created_at)"
-            " VALUES (gen_random_uuid(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " prompt_tokens, completion_tokens, first_token_ms, fallback, sources, created_at,"
+            " language)"
+            " VALUES (gen_random_uuid(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             messages)
     with test_widget.app_process(database_url, redis_url, fake_model, test_widget.RATE_LIMITS,
                                  "analytics-app.log") as app:
@@ -90,12 +96,21 @@ def test_an_owner_reads_the_last_30_days_on_a_desktop_and_a_phone(
     expect(page.get_by_role("heading", name="Analytics", exact=True)).to_be_visible()
     expect(page.locator("select[name=site] option:checked")).to_have_text("Saffron Loom")
     expect(page.locator(".period-note")).to_contain_text("30 days")
+    # What was missing is one click away.
+    expect(page.get_by_role("link", name="Knowledge gaps")).to_have_attribute("href", "/admin/gaps")
     questions = page.locator(".figure").filter(has_text="Questions")
     expect(questions.locator("dd")).not_to_have_text("0")
     expect(page.locator(".figure").filter(has_text="Thumbs up")).to_contain_text("no votes yet")
     expect(page.get_by_role("img", name="Questions per day, by who answered")).to_be_visible()
     expect(page.get_by_role("img", name="Cost per day, by model (USD)")).to_be_visible()
-    expect(page.locator("table").last).to_contain_text("Shipping and delivery")
+    top = page.locator("section").filter(has=page.get_by_role("heading", name="Top questions"))
+    expect(top.locator("table")).to_contain_text("Shipping and delivery")
+    languages = page.locator("section").filter(
+        has=page.get_by_role("heading", name="Questions by language"))
+    expect(languages.locator("tbody tr").first.locator("td").first).to_have_text("English (en)")
+    hindi = languages.locator("tbody tr").filter(has_text="Hindi (hi)")
+    expect(hindi.locator("td").nth(3)).to_have_text("0% (0)")  # none in Hindi: all from English
+    expect(hindi.locator("td").nth(4)).to_contain_text("100%")
 
     with page.expect_download() as download_info:
         page.get_by_role("link", name="Download CSV").first.click()
@@ -112,3 +127,8 @@ def test_an_owner_reads_the_last_30_days_on_a_desktop_and_a_phone(
     expect(chart).to_be_visible()
     chart.screenshot(path=str(ARTIFACTS / "analytics-phone-chart.png"))
     page.screenshot(path=str(ARTIFACTS / "analytics-phone.png"), full_page=True)
+    shots = os.environ.get("SHOTS_DIR")
+    if shots:
+        languages.screenshot(path=str(Path(shots) / "analytics-languages-phone.png"))
+        page.set_viewport_size({"width": 1280, "height": 800})
+        languages.screenshot(path=str(Path(shots) / "analytics-languages-desktop.png"))

@@ -5,7 +5,9 @@ person resolved the conversation. Screenshots (desktop and phone) go to test-art
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 from axe_playwright_python.sync_playwright import Axe
@@ -40,10 +42,13 @@ PHONE = {"width": 390, "height": 844}
 
 def shots(page: Page, name: str) -> None:
     """Desktop and phone screenshots into test-artifacts/ (and SHOTS_DIR, when set)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
-        page.set_viewport_size(viewport)
-        page.screenshot(path=str(ARTIFACTS / f"{name}-{size}.png"))
+    folders = [ARTIFACTS] + ([Path(os.environ["SHOTS_DIR"])] if os.environ.get("SHOTS_DIR")
+                             else [])
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+            page.set_viewport_size(viewport)
+            page.screenshot(path=str(folder / f"{name}-{size}.png"))
     page.set_viewport_size(DESKTOP)
 
 
@@ -181,3 +186,42 @@ def test_did_we_solve_your_problem_is_asked_once_after_a_person_resolves(
     open_chat(shopper)
     expect(shopper.locator(AGENT).last).to_contain_text("A new one is on its way.")
     expect(shopper.get_by_text("Did we solve your problem?")).to_have_count(0)  # asked once
+
+
+def test_a_bot_only_conversation_resolved_by_staff_asks_when_the_shopper_comes_back(
+        new_context: Callable[..., BrowserContext], chat_app: AppProcess,
+        fake_model: FakeModel, database_url: str, servers: BackgroundLoop) -> None:
+    # No person joined, so the widget holds no stream; it reads the status again when the
+    # shopper returns to the tab or opens the panel.
+    shopper = new_context().new_page()
+    shopper.goto(chat_app.url)
+    open_chat(shopper)
+    asked = question("Can I change my delivery address")
+    fake_model.answer(asked, "Yes, until it ships: reply with the new address.")
+    ask(shopper, asked)
+    expect(shopper.locator(AI).last).to_have_attribute("data-status", "complete")
+
+    member = servers.run(make_staff(database_url, [1], name="Rosa"))
+    agent = new_context().new_page()
+    sign_in(agent, chat_app.url, member.email, member.password)
+    agent.locator("#conversations a").filter(has_text="Yes, until it ships").click()
+    agent.get_by_role("button", name="Resolve", exact=True).click()
+    expect(agent.locator("#detail-status")).to_contain_text("resolved")
+
+    survey = shopper.get_by_role("group").filter(has_text="Did we solve your problem?")
+    expect(survey).to_have_count(0)  # nothing pops up while the shopper reads
+    shopper.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # back to the tab
+    expect(survey).to_be_visible()
+    shots(shopper, "widget-csat-on-return")
+    survey.get_by_role("button", name="Not really").click()
+    expect(shopper.get_by_text("Thanks for your feedback.").last).to_be_visible()
+    session_id = shopper.evaluate(
+        "Object.keys(localStorage).filter(k => k.endsWith(':sessionId'))"
+        ".map(k => localStorage.getItem(k))[0]")
+    assert one(database_url, "SELECT csat FROM conversations WHERE id = %s", session_id) == "no"
+
+    # Closing and opening the panel again (another status check) asks no second time.
+    shopper.locator("[data-chat-launcher]").click()
+    open_chat(shopper)
+    expect(shopper.get_by_text("Thanks for your feedback.")).to_have_count(1)
+    expect(shopper.get_by_role("button", name="Not really")).to_have_count(0)

@@ -11,7 +11,7 @@ from typing import Any
 from app import db
 from app.knowledge import BACK_OFFICE_PREFIX, DEFAULT_KNOWLEDGE_DIR, KnowledgeChunk, sync_knowledge
 from app.knowledge_search import _close_curated
-from tests.conftest import RunningApp
+from tests.conftest import FakeUpstream, Reply, RunningApp
 from tests.test_admin import make_staff, signed_in
 from tests.test_feedback import ask, feedback_url
 
@@ -147,3 +147,22 @@ def test_a_back_office_answer_wins_over_a_file_answer_that_matches_as_closely() 
     # Only when both are close: a back-office answer matching little does not displace one.
     assert _close_curated((file_answer, chunk(f"{BACK_OFFICE_PREFIX}8", 0.3, 0.1))) \
         is file_answer
+
+
+async def test_with_a_model_greetings_and_thanks_are_not_listed_as_gaps(
+        chat_app: RunningApp, upstream: FakeUpstream, database_url: str) -> None:
+    owner = await make_staff(database_url, [1], role="owner", name="Olive")
+    small_talk = ["hello", "Thanks a lot!", "¡Hola!", "Danke schön", "नमस्ते 🙏", "hi there :)"]
+    asked = small_talk + ["hi, is there a loyalty programme?"]
+    upstream.queue(*[Reply(tokens=["Hello! How can I help?"]) for _ in asked])
+    async with chat_app.client() as shopper:
+        session = None
+        for message in asked:
+            session, _, done = await ask(shopper, message, session)
+            assert done["sources"] == []  # the model cited no article: each one looks "not found"
+    http, _ = await signed_in(chat_app, owner)
+    async with aclosing(http):
+        gaps = (await http.get("/admin/api/gaps")).json()["gaps"]
+    listed = {question for gap in gaps for question in gap["questions"]}
+    assert "hi, is there a loyalty programme?" in listed  # a question after a greeting is one
+    assert listed.isdisjoint(small_talk)

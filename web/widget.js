@@ -368,6 +368,7 @@ class SupportChat extends HTMLElement {
   #noticeTimer = 0;
   #noticeKind = "";
   #historyLoaded = null;
+  #checkedAt = 0;
   #hours = null; // GET /chat/hours, asked for when the panel opens (at most once a minute)
   #hoursAt = -Infinity;
   #layers = [{}, {}, {}]; // the language's catalogue, data-strings, setStrings: later ones win
@@ -490,6 +491,7 @@ class SupportChat extends HTMLElement {
     this.#sessionId = storage()?.getItem(this.#storageKey()) || null;
     if (reopen) this.#historyLoaded = this.#reopen(reopen[1]);
     else if (this.#sessionId) this.#historyLoaded = this.#loadHistory();
+    document.addEventListener("visibilitychange", () => { if (!document.hidden && this.hasAttribute("open")) this.#checkResolved(); });
     const openAtLoad = this.getAttribute("open-at-load");
     if (openAtLoad !== null && openAtLoad !== "false") this.open();
   }
@@ -505,6 +507,7 @@ class SupportChat extends HTMLElement {
     this.#el.input.focus();
     this.#fillIfShort();
     this.#loadHours();
+    this.#checkResolved();
   }
 
   close() {
@@ -968,8 +971,17 @@ class SupportChat extends HTMLElement {
     el.after(button);
   }
 
-  async #fetchHistory(before) {
-    const params = { limit: String(HISTORY_PAGE) };
+  // Staff may resolve a conversation no person joined, while the widget holds no stream for it:
+  // its status is read again when the shopper comes back (opens the panel, returns to the tab).
+  async #checkResolved() {
+    if (!this.#sessionId || this.#convo || this.#turn || Date.now() - this.#checkedAt < 5000) return;
+    this.#checkedAt = Date.now();
+    const page = await this.#fetchHistory(null, 1).catch(() => null);
+    if (page?.status === "resolved") this.#askSolved();
+  }
+
+  async #fetchHistory(before, limit = HISTORY_PAGE) {
+    const params = { limit: String(limit) };
     if (before) params.before = before;
     const response = await fetch(this.#url(`/chat/history/${encodeURIComponent(this.#sessionId)}`, params));
     if (response.status === 404) return null;
@@ -989,6 +1001,7 @@ class SupportChat extends HTMLElement {
     const { log } = this.#el;
     log.setAttribute("aria-busy", "true"); // a page of old messages is not news to announce
     try {
+      this.#checkedAt = Date.now();
       const page = await this.#fetchHistory(null);
       if (!page) { // the server no longer knows this session: start afresh
         this.#sessionId = null;

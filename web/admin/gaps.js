@@ -3,7 +3,8 @@
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
-  const state = { me: null, site: null, days: 30, gap: null };
+  // gap: the group an answer is being written from; editing: the published answer being edited.
+  const state = { me: null, site: null, days: 30, gap: null, editing: null };
   const REASONS = { not_found: "not found", fallback: "fallback", thumbs_down: "thumbs down", handoff: "handed to a person" };
 
   async function api(path, options = {}) {
@@ -60,6 +61,11 @@
       el("time", { datetime: answer.updatedAt }, `updated ${when(answer.updatedAt)}`));
     item.append(meta);
     if (isOwner()) {
+      const change = el("button", { type: "button" }, "Edit");
+      change.setAttribute("aria-label", `Edit “${answer.title}”`);
+      change.addEventListener("click", () => openEditor({ title: answer.title, questions: answer.questions,
+        answer: answer.answer }, null, answer));
+      item.append(change, " ");
       const withdraw = el("button", { type: "button" }, "Withdraw");
       withdraw.setAttribute("aria-label", `Withdraw “${answer.title}”`);
       withdraw.addEventListener("click", async () => {
@@ -76,27 +82,43 @@
 
   // The editor opens prefilled from the group: its questions as the examples shoppers used.
   function edit(gap) {
-    state.gap = gap;
+    openEditor({ title: gap.articleTitle || gap.label, questions: gap.questions, answer: "" }, gap, null);
+  }
+
+  // One editor for a new answer (from a gap) and for a published one (PUT replaces it).
+  function openEditor(draft, gap, editing) {
+    Object.assign(state, { gap, editing });
     $("editor").hidden = false;
-    $("title").value = gap.articleTitle || gap.label;
-    $("questions").value = gap.questions.join("\n");
-    $("answer").value = "";
+    $("editor-title").textContent = editing ? `Edit “${editing.title}”` : "Write a curated answer";
+    $("save").textContent = editing ? "Save changes" : "Publish";
+    $("title").value = draft.title;
+    $("questions").value = draft.questions.join("\n");
+    $("answer").value = draft.answer;
     $("editor-error").hidden = true;
+    $("editor").scrollIntoView({ block: "start" });
     $("answer").focus();
+  }
+
+  function closeEditor() {
+    $("editor").hidden = true;
+    Object.assign(state, { gap: null, editing: null });
   }
 
   async function publish(event) {
     event.preventDefault();
     const questions = $("questions").value.split("\n").map((q) => q.trim()).filter(Boolean);
+    const draft = { title: $("title").value, questions, answer: $("answer").value };
     try {
-      await api("/admin/api/curated-answers", {
-        method: "POST",
-        body: JSON.stringify({ siteId: state.site, title: $("title").value, questions, answer: $("answer").value,
-          gapKey: state.gap ? state.gap.key : null }),
-      });
-      $("editor").hidden = true;
-      say(`Published: shoppers asking “${questions[0]}” get this answer now.`);
-      state.gap = null;
+      if (state.editing) {
+        await api(`/admin/api/curated-answers/${state.editing.id}`, { method: "PUT", body: JSON.stringify(draft) });
+        say(`Saved: shoppers asking “${questions[0]}” get the new answer now.`);
+      } else {
+        await api("/admin/api/curated-answers", {
+          method: "POST", body: JSON.stringify({ ...draft, siteId: state.site, gapKey: state.gap ? state.gap.key : null }),
+        });
+        say(`Published: shoppers asking “${questions[0]}” get this answer now.`);
+      }
+      closeEditor();
       load();
     } catch (error) {
       $("editor-error").textContent = error.message;
@@ -104,7 +126,8 @@
     }
   }
 
-  function say(text) { $("status").textContent = text; }
+  // Said at the top of the page, brought into view: after a publish the editor is gone.
+  function say(text) { $("status").textContent = text; $("status").scrollIntoView({ block: "nearest" }); }
 
   async function load() {
     const query = `site=${state.site}`;
@@ -121,10 +144,10 @@
     const sites = $("site");
     sites.replaceChildren(...state.me.sites.map((s) => el("option", { value: String(s.id) }, s.name)));
     state.site = state.me.sites.length ? state.me.sites[0].id : null;
-    sites.addEventListener("change", () => { state.site = Number(sites.value); $("editor").hidden = true; load(); });
+    sites.addEventListener("change", () => { state.site = Number(sites.value); closeEditor(); load(); });
     $("days").addEventListener("change", () => { state.days = Number($("days").value); load(); });
     $("curated").addEventListener("submit", publish);
-    $("cancel").addEventListener("click", () => { $("editor").hidden = true; state.gap = null; });
+    $("cancel").addEventListener("click", closeEditor);
     if (state.site !== null) await load();
   }
 
