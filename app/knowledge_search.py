@@ -39,6 +39,7 @@ from app.language import ENGLISH
 from app.places import Place, Places
 from app.shopper_words import ShopperWords, asks_about_a_product
 from app.sites import DEFAULT_SITE_ID
+from app.small_talk import is_small_talk
 from app.store_profile import StoreProfile
 
 # ts_rank_cd weights for the D, C, B, A labels: body words (C) count for a fifth of a title word.
@@ -162,7 +163,10 @@ class KnowledgeSearch:
 
     async def search(self, question: str, previous_question: str | None = None) -> Retrieval:
         """The chunks that best answer `question`; a follow-up that finds nothing alone ("and to
-        Europe?") is searched again together with `previous_question`."""
+        Europe?") is searched again together with `previous_question`; small talk ("thanks!")
+        asks for no article, alone or with the question before it."""
+        if is_small_talk(question):
+            return Retrieval(question, (), language=self._language)
         async with self._pool.connection() as conn:
             retrieval = await self._search(conn, question)
             parts = question_parts(question)

@@ -6,10 +6,13 @@ The words are the languages the widget ships (English, German, French, Spanish, 
 and in Devanagari). A message is small talk when every word of it is one of them (apart from the
 punctuation and emoji around words) and it has at most MAX_WORDS words, so
 "hi, where is my order?" is a question, not small talk. The check runs in PostgreSQL
-(`SMALL_TALK_SQL`), beside the gaps query: one regular expression made from these words.
+(`SMALL_TALK_SQL`), beside the gaps query: one regular expression made from these words; the
+knowledge search uses the same one (`is_small_talk`) to search nothing for it.
 """
 
 from __future__ import annotations
+
+import re
 
 MAX_WORDS = 6
 # Longer than this is never small talk, so most questions skip the word check.
@@ -42,6 +45,12 @@ def _pattern() -> str:
 
 
 SMALL_TALK_PATTERN = _pattern()
+_SMALL_TALK = re.compile(SMALL_TALK_PATTERN, re.IGNORECASE)
+
+
+def is_small_talk(text: str) -> bool:
+    """The same test in Python, for the knowledge search: "danke schön" asks for no article."""
+    return len(text) <= MAX_CHARS and _SMALL_TALK.match(text) is not None
 
 # True when the text column `text` is small talk (case-insensitive); its parameters are
 # `sql_params()`.
