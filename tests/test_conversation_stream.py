@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 
 from app.conversation_events import MemoryFeeds, typing_payload, without_stale_typing
-
 from tests.conftest import FakeUpstream, RunningApp, SSEEvent, read_events, stream_chat
 from tests.test_admin import make_staff, signed_in
 
