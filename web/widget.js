@@ -414,7 +414,7 @@ class SupportChat extends HTMLElement {
   #renderHours() {
     const hours = this.#hours, el = this.#root.querySelector(".hours");
     const opens = hours && hours.known && new Date(hours.opensAt);
-    // Not "online now" beside the email form's "Nobody can reply".
+    // Never "online now" beside "Nobody can reply" (#askEmail).
     el.hidden = !hours || !hours.known || (hours.open ? this.#nobody : !(opens > 0));
     if (el.hidden) return;
     if (hours.open) { el.textContent = this.#t("onlineNow"); return; }
@@ -609,8 +609,7 @@ class SupportChat extends HTMLElement {
   }
 
   // The conversation's own stream, open only while a person is asked for or involved (an idle
-  // widget holds no connection). EventSource resumes it with Last-Event-ID by itself;
-  // a reload starts it where the history was read (`after`), so nothing is replayed.
+  // widget holds no connection), from `after` (where the history was read); Last-Event-ID resumes it.
   #follow(on, after) {
     this.#el.handoff.hidden = on || !this.#sessionId;
     if (on) for (const offer of this.#el.log.querySelectorAll("[data-chat-offer]")) offer.remove();
