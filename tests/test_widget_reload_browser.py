@@ -153,6 +153,7 @@ def test_a_waiting_shopper_who_reloads_is_asked_for_an_email_again_and_never_tol
     form = shopper.locator("[data-chat-email]")
     expect(form).to_contain_text("Nobody can reply right now.")
     expect(form).to_have_count(1)
+    expect(shopper.get_by_text("We've asked a person to join.")).to_have_count(1)  # still waiting
     expect(hours).to_be_hidden()
     expect(shopper.get_by_label("Your email")).to_be_visible()
     form.scroll_into_view_if_needed()

@@ -1001,6 +1001,7 @@ class SupportChat extends HTMLElement {
       }
       const messages = this.#addPage(page, null);
       this.#follow(page.status === "waiting" || page.status === "human", page.streamEventId);
+      if (page.status === "waiting") this.#say(this.#t("asked"));
       if (page.askEmail) this.#askEmail();
       const last = messages[messages.length - 1];
       if (last?.offerPerson && page.status === "bot") this.#offer(log.querySelector(`[data-message-id="${CSS.escape(last.id)}"]`));
