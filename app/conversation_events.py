@@ -15,7 +15,9 @@ PostgreSQL stays the record: a reload reads the history, then follows from the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,6 +32,9 @@ from .redis_connection import SharedRedis
 # a widget reconnecting within a day resumes; a later reload reads the record.
 FEED_TTL_S = 86_400
 FEED_MAXLEN = 2_000
+# A typing event older than this is not shown: a reload replaying the stream must not show
+# "Grace is typing" minutes after Grace stopped (senders repeat it every few seconds).
+TYPING_FRESH_S = 5.0
 # A blocking read waits this long before it looks again (and notices a closed client).
 FEED_BLOCK_MS = 2_000
 
@@ -50,12 +55,31 @@ def encode(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
+def typing_payload(sender: str, **extra: Any) -> dict[str, Any]:
+    """A `typing` event's data, with `at` (server time, ms) so a replay can tell it is old."""
+    return {"sender": sender, **extra, "at": int(time.time() * 1000)}
+
+
+async def without_stale_typing(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """The events, less `typing` ones older than TYPING_FRESH_S (those a resume replays)."""
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            if event.kind == "typing":
+                at = event.payload.get("at")
+                if not isinstance(at, int) or at < (time.time() - TYPING_FRESH_S) * 1000:
+                    continue
+            yield event
+
+
 class Feeds(Protocol):
     async def publish(self, key: str, kind: str, payload: Any) -> int:
         """Append an event; its id. Never raises: a lost live event costs a reload, not a 500."""
 
     def follow(self, key: str, after: int) -> AsyncIterator[Event]:
         """The events with id > after, then new ones as they come, until the caller leaves."""
+
+    async def last_id(self, key: str) -> int:
+        """The id of the feed's last event (0: none): where a reader of the record resumes."""
 
 
 @dataclass
@@ -78,6 +102,10 @@ class MemoryFeeds:
         waiters, feed.changed = feed.changed, asyncio.Event()
         waiters.set()
         return seq
+
+    async def last_id(self, key: str) -> int:
+        feed = self._feeds.get(key)
+        return feed.events[-1].seq if feed and feed.events else 0
 
     async def follow(self, key: str, after: int) -> AsyncIterator[Event]:
         feed = self._feeds.setdefault(key, _Feed())
@@ -118,6 +146,14 @@ class RedisFeeds:
         except (RedisError, OSError):
             return await self._memory.publish(key, kind, payload)
         return int(seq)
+
+    async def last_id(self, key: str) -> int:
+        counter, _ = self._keys(key)
+        try:
+            value = await self._redis.get(counter)
+        except (RedisError, OSError):
+            return 0  # the widget then reads from the start, as before
+        return int(value or 0)
 
     async def follow(self, key: str, after: int) -> AsyncIterator[Event]:
         _, stream = self._keys(key)

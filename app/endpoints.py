@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from . import db
 from .chat import ChatService, StartedAnswer
 from .clientip import limit_key
-from .conversation_events import conversation_key, site_key
+from .conversation_events import conversation_key, site_key, typing_payload, without_stale_typing
 from .errors import (
     BadRequest,
     DatabaseUnavailable,
@@ -337,11 +337,19 @@ async def history(request: Request) -> Response:
     raw_before = request.query_params.get("before")
     before = None if raw_before is None else parse_uuid(raw_before, "before")
     site = site_param(request)
+    # Read before the history, so the stream resumed from here misses nothing written meanwhile
+    # (a message in both is shown once: the widget knows messages by id).
+    stream_id = await services(request).feeds.last_id(conversation_key(site.id, session_id))
     async with lookup(request):
         page = await chat_service(request).history(session_id, limit, before, site.id)
+        ask_email = False
+        if page.status == "waiting" and before is None:  # a reload while waiting: the form again
+            summary = await services(request).desk.summary(session_id, [site.id])
+            ask_email = offers_email(request, summary, await nobody_available(request, site))
     return JSONResponse({"sessionId": str(page.session_id),
                          "messages": [m.to_json() for m in page.messages],
-                         "hasMore": page.has_more, "status": page.status})
+                         "hasMore": page.has_more, "status": page.status,
+                         "streamEventId": stream_id, "askEmail": ask_email})
 
 
 async def handoff(request: Request) -> Response:
@@ -369,9 +377,7 @@ async def handoff(request: Request) -> Response:
             last = summary.last_text if summary.last_sender == "user" else None
             alerts.conversation_waiting(site.name, session_id, last,
                                         str(request.url_for("inbox_page")), why)
-    # Nobody may reply soon: the widget offers to email the reply (app/shopper_email.py).
-    ask_email = (why is not None and emails is not None and emails.mailer is not None
-                 and summary.status == "waiting" and summary.shopper_email is None)
+    ask_email = offers_email(request, summary, why)
     return JSONResponse({"sessionId": str(session_id), "status": summary.status,
                          "supportHours": site.profile.support_hours or None,
                          "askEmail": ask_email})
@@ -388,6 +394,14 @@ async def nobody_available(request: Request, site: Site) -> str | None:
     return None
 
 
+def offers_email(request: Request, summary: ConversationSummary, why: str | None) -> bool:
+    """Whether the widget offers to email the reply (app/shopper_email.py): nobody may reply
+    soon (`why`), the shopper waits and has left no address, and replies can be emailed."""
+    emails = services(request).shopper_emails
+    return (why is not None and emails is not None and emails.mailer is not None
+            and summary.status == "waiting" and summary.shopper_email is None)
+
+
 def status_payload(summary: ConversationSummary) -> dict[str, Any]:
     return {"status": summary.status, "agentName": summary.agent_name}
 
@@ -401,7 +415,8 @@ async def conversation_stream(request: Request) -> Response:
     app_services = services(request)
     async with lookup(request, limited=False):
         await app_services.desk.summary(session_id, [site.id])  # another site's id: a 404
-    events = app_services.feeds.follow(conversation_key(site.id, session_id), after)
+    events = without_stale_typing(
+        app_services.feeds.follow(conversation_key(site.id, session_id), after))
     if app_services.shopper_emails is not None:  # the shopper is present while it is open
         events = app_services.shopper_emails.following(session_id, events)
     return event_stream(events, app_services.connections)
@@ -414,7 +429,7 @@ async def shopper_typing(request: Request) -> Response:
     async with lookup(request, limited=False):
         await app_services.desk.summary(session_id, [site.id])
     await app_services.feeds.publish(conversation_key(site.id, session_id), "typing",
-                                     {"sender": "user"})
+                                     typing_payload("user"))
     return Response(status_code=204)
 
 

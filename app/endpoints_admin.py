@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from .clientip import limit_key
-from .conversation_events import conversation_key, site_key
+from .conversation_events import conversation_key, site_key, typing_payload, without_stale_typing
 from .conversation_notes import ConversationNotes
 from .endpoints import (
     announce,
@@ -306,7 +306,7 @@ async def conversation_stream(request: Request) -> Response:
     app_services = services(request)
     summary = await app_services.desk.summary(conversation_id(request), session.staff.site_ids)
     events = app_services.feeds.follow(conversation_key(summary.site_id, summary.id), after)
-    return event_stream(events, app_services.connections)
+    return event_stream(without_stale_typing(events), app_services.connections)
 
 
 async def site_stream(request: Request) -> Response:
@@ -328,5 +328,5 @@ async def agent_typing(request: Request) -> Response:
     app_services = services(request)
     summary = await app_services.desk.summary(conversation_id(request), session.staff.site_ids)
     await app_services.feeds.publish(conversation_key(summary.site_id, summary.id), "typing",
-                                     {"sender": "agent", "agentName": session.staff.display_name})
+                                     typing_payload("agent", agentName=session.staff.display_name))
     return Response(status_code=204)

@@ -67,7 +67,11 @@ conversation (`human`), and closes it when the conversation is the assistant's a
 - `event: message`, `data:` a message as in the history (`id`, `sender` user|ai|agent, `text`;
   an agent's with `agentName` and `createdAt`);
 - `event: status`, `data:` `{"status": "bot"|"waiting"|"human"|"resolved", "agentName"}`;
-- `event: typing`, `data:` `{"sender": "user"|"agent", "agentName"?}`.
+- `event: typing`, `data:` `{"sender": "user"|"agent", "agentName"?, "at"}` (`at`: server time
+  in ms; a typing event older than 5 s is never sent, so a resume shows no stale "is typing").
+
+A reload reads the history, then opens the stream with the history's `streamEventId` as
+`lastEventId`, so nothing already shown comes again.
 
 An answer's tokens stay on its own stream (POST /chat/stream).
 """
@@ -714,6 +718,16 @@ def build_openapi(max_message_chars: int) -> dict[str, Any]:
                                      "items": _ref("schemas", "HistoryMessage")},
                         "hasMore": {"type": "boolean",
                                     "description": "Older messages exist before this page."},
+                        "streamEventId": {
+                            "type": "integer", "minimum": 0,
+                            "description": "The conversation stream's last event id when the"
+                                           " page was read: open the stream with it as"
+                                           " `lastEventId` and nothing shown is replayed."},
+                        "askEmail": {
+                            "type": "boolean",
+                            "description": "The shopper still waits, nobody can reply soon and"
+                                           " no address was left: offer the email form again"
+                                           " (first page only)."},
                     },
                 },
                 "MessageStatus": {

@@ -5,12 +5,14 @@ stream."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
 import httpx
 
+from app.conversation_events import MemoryFeeds, typing_payload, without_stale_typing
 from tests.conftest import FakeUpstream, RunningApp, SSEEvent, read_events, stream_chat
 from tests.test_admin import make_staff, signed_in
 
@@ -111,3 +113,42 @@ async def test_a_conversation_stream_of_another_site_or_a_stranger_is_refused(
     assert bad.status_code == 400
     staff_only = await client.get(f"/admin/api/conversations/{session_id}/stream")
     assert staff_only.status_code == 401
+
+
+async def test_a_resume_never_shows_a_typing_event_that_is_seconds_old() -> None:
+    """A reload replaying the stream must not show "Grace is typing" long after Grace stopped."""
+    feeds = MemoryFeeds()
+    stale = {**typing_payload("agent", agentName="Grace"), "at": int(time.time() * 1000) - 60_000}
+    await feeds.publish("conv", "typing", stale)
+    await feeds.publish("conv", "message", {"sender": "agent", "text": "Hi, I'm Grace."})
+    await feeds.publish("conv", "typing", typing_payload("agent", agentName="Grace"))
+    assert await feeds.last_id("conv") == 3
+    seen = []
+    async with aclosing(without_stale_typing(feeds.follow("conv", 0))) as events:
+        async for event in events:
+            seen.append((event.seq, event.kind))
+            if event.seq == 3:
+                break
+    assert seen == [(2, "message"), (3, "typing")]
+
+
+async def test_the_history_names_the_stream_position_it_was_read_at(
+        chat_app: RunningApp, upstream: FakeUpstream, database_url: str) -> None:
+    """A reload opens the stream with the history's streamEventId: only what came later."""
+    agent = await make_staff(database_url, [1], name="Grace")
+    http, csrf = await signed_in(chat_app, agent)
+    async with chat_app.client() as shopper, aclosing(http):
+        session_id = (await stream_chat(shopper, {"message": "hello"}))[0].data["sessionId"]
+        act = f"/admin/api/conversations/{session_id}"
+        await shopper.post(f"/chat/conversations/{session_id}/handoff")
+        await http.post(f"{act}/takeover", headers={"X-CSRF-Token": csrf})
+        await http.post(f"{act}/messages", json={"message": "Hi, I'm Grace."},
+                        headers={"X-CSRF-Token": csrf})
+        page = (await shopper.get(f"/chat/history/{session_id}")).json()
+        assert page["messages"][-1]["text"] == "Hi, I'm Grace." and page["askEmail"] is False
+        await http.post(f"{act}/messages", json={"message": "Still there?"},
+                        headers={"X-CSRF-Token": csrf})
+        async with shopper.stream("GET", f"/chat/conversations/{session_id}/stream",
+                                  params={"lastEventId": page["streamEventId"]}) as live:
+            [later] = await events_until(read_events(live), lambda e: e.event == "message")
+        assert later.data["text"] == "Still there?"

@@ -371,6 +371,7 @@ class SupportChat extends HTMLElement {
   #checkedAt = 0;
   #hours = null; // GET /chat/hours, asked for when the panel opens (at most once a minute)
   #hoursAt = -Infinity;
+  #nobody = false; // askEmail: nobody can reply soon
   #layers = [{}, {}, {}]; // the language's catalogue, data-strings, setStrings: later ones win
 
   // A string from the catalogues, {name} replaced by vars[name].
@@ -414,7 +415,8 @@ class SupportChat extends HTMLElement {
   #renderHours() {
     const hours = this.#hours, el = this.#root.querySelector(".hours");
     const opens = hours && hours.known && new Date(hours.opensAt);
-    el.hidden = !hours || !hours.known || (!hours.open && !(opens > 0));
+    // Never "online now" beside "Nobody can reply" (#askEmail).
+    el.hidden = !hours || !hours.known || (hours.open ? this.#nobody : !(opens > 0));
     if (el.hidden) return;
     if (hours.open) { el.textContent = this.#t("onlineNow"); return; }
     const today = opens.toDateString() === new Date().toDateString();
@@ -585,6 +587,8 @@ class SupportChat extends HTMLElement {
 
   // Nobody can reply soon: the shopper may leave an address for the reply (once per widget).
   #askEmail() {
+    this.#nobody = true;
+    this.#renderHours();
     if (this.#root.querySelector("[data-chat-email]")) return;
     const form = node("form", "ask"), input = document.createElement("input");
     const label = node("label", "", this.#t("emailLabel"));
@@ -608,13 +612,13 @@ class SupportChat extends HTMLElement {
   }
 
   // The conversation's own stream, open only while a person is asked for or involved (an idle
-  // widget holds no connection). EventSource resumes it with Last-Event-ID by itself.
-  #follow(on) {
+  // widget holds no connection), from `after` (where the history was read); Last-Event-ID resumes it.
+  #follow(on, after) {
     this.#el.handoff.hidden = on || !this.#sessionId;
     if (on) for (const offer of this.#el.log.querySelectorAll("[data-chat-offer]")) offer.remove();
     if (!on) { this.#convo?.close(); this.#convo = null; return; }
     if (this.#convo) return;
-    const source = this.#convo = new EventSource(this.#url(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/stream`, {}));
+    const source = this.#convo = new EventSource(this.#url(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/stream`, after ? { lastEventId: after } : {}));
     source.addEventListener("message", (e) => {
       const m = parseJson(e.data) || {};
       if (m.sender !== "agent" || this.#el.log.querySelector(`[data-message-id="${CSS.escape(m.id)}"]`)) return;
@@ -1009,7 +1013,9 @@ class SupportChat extends HTMLElement {
         return;
       }
       const messages = this.#addPage(page, null);
-      this.#follow(page.status === "waiting" || page.status === "human");
+      this.#follow(page.status === "waiting" || page.status === "human", page.streamEventId);
+      if (page.status === "waiting") this.#say(this.#t("asked"));
+      if (page.askEmail) this.#askEmail();
       const last = messages[messages.length - 1];
       if (last?.offerPerson && page.status === "bot") this.#offer(log.querySelector(`[data-message-id="${CSS.escape(last.id)}"]`));
       if (page.status === "resolved") this.#askSolved();
