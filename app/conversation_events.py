@@ -57,6 +57,9 @@ class Feeds(Protocol):
     def follow(self, key: str, after: int) -> AsyncIterator[Event]:
         """The events with id > after, then new ones as they come, until the caller leaves."""
 
+    async def last_id(self, key: str) -> int:
+        """The id of the feed's last event (0: none): where a reader of the record resumes."""
+
 
 @dataclass
 class _Feed:
@@ -78,6 +81,10 @@ class MemoryFeeds:
         waiters, feed.changed = feed.changed, asyncio.Event()
         waiters.set()
         return seq
+
+    async def last_id(self, key: str) -> int:
+        feed = self._feeds.get(key)
+        return feed.events[-1].seq if feed and feed.events else 0
 
     async def follow(self, key: str, after: int) -> AsyncIterator[Event]:
         feed = self._feeds.setdefault(key, _Feed())
@@ -118,6 +125,14 @@ class RedisFeeds:
         except (RedisError, OSError):
             return await self._memory.publish(key, kind, payload)
         return int(seq)
+
+    async def last_id(self, key: str) -> int:
+        counter, _ = self._keys(key)
+        try:
+            value = await self._redis.get(counter)
+        except (RedisError, OSError):
+            return 0  # the widget then reads from the start, as before
+        return int(value or 0)
 
     async def follow(self, key: str, after: int) -> AsyncIterator[Event]:
         _, stream = self._keys(key)

@@ -338,10 +338,14 @@ async def history(request: Request) -> Response:
     before = None if raw_before is None else parse_uuid(raw_before, "before")
     site = site_param(request)
     async with lookup(request):
+        # Read before the history, so the stream resumed from here misses nothing written meanwhile
+        # (a message in both is shown once: the widget knows messages by id).
+        stream_id = await services(request).feeds.last_id(conversation_key(site.id, session_id))
         page = await chat_service(request).history(session_id, limit, before, site.id)
     return JSONResponse({"sessionId": str(page.session_id),
                          "messages": [m.to_json() for m in page.messages],
-                         "hasMore": page.has_more, "status": page.status})
+                         "hasMore": page.has_more, "status": page.status,
+                         "streamEventId": stream_id})
 
 
 async def handoff(request: Request) -> Response:
@@ -387,7 +391,7 @@ def status_payload(summary: ConversationSummary) -> dict[str, Any]:
 
 async def conversation_stream(request: Request) -> Response:
     """The shopper's view of a conversation, live: messages, status changes, typing. The widget
-    opens it only while a person is asked for or involved; Last-Event-ID resumes it."""
+    holds it while its panel is open or a person is involved; Last-Event-ID resumes it."""
     session_id = parse_uuid(request.path_params["session_id"], "sessionId")
     site = site_param(request)
     after = last_event_id(request)
