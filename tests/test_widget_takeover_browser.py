@@ -14,7 +14,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 
 from tests import test_backoffice_browser, test_widget
 from tests.test_admin import make_staff
-from tests.test_backoffice_browser import AGENT, sign_in
+from tests.test_backoffice_browser import AGENT, shots, sign_in
 from tests.test_widget import AI, AppProcess, BackgroundLoop, FakeModel, ask, open_chat, question
 
 # The fixtures shared with tests/test_widget.py and tests/test_backoffice_browser.py
@@ -41,6 +41,14 @@ def wait_for_streams(app: AppProcess, count: int) -> None:
     while (held := open_streams(app)) != count:
         assert time.monotonic() < deadline, f"{held} streams open, not {count}"
         time.sleep(0.1)
+
+
+def set_tab_hidden(page: Page, hidden: bool) -> None:
+    """What switching to another tab and back does to the page (Chromium has no such switch)."""
+    page.evaluate("""(hidden) => {
+        Object.defineProperty(document, "hidden", {value: hidden, configurable: true});
+        document.dispatchEvent(new Event("visibilitychange"));
+    }""", hidden)
 
 
 def chat_with_the_assistant(shopper: Page, app: AppProcess, fake_model: FakeModel) -> str:
@@ -88,6 +96,7 @@ def test_an_agent_taking_over_a_bot_only_chat_appears_in_the_open_panel_at_once(
     expect(shopper.locator(AGENT).last).to_contain_text("Anything else?")
     expect(shopper.get_by_text(JOINED)).to_have_count(1)
     expect(shopper.locator(AGENT)).to_have_count(2)
+    shots(shopper, "widget-takeover")
 
 
 def test_a_closed_panel_holds_no_stream_and_reopening_it_shows_what_was_missed_once(
@@ -98,6 +107,10 @@ def test_a_closed_panel_holds_no_stream_and_reopening_it_shows_what_was_missed_o
     shopper = new_context().new_page()
     asked = chat_with_the_assistant(shopper, shopper_app, fake_model)
     wait_for_streams(shopper_app, 1)  # the open panel follows its conversation
+    set_tab_hidden(shopper, True)
+    wait_for_streams(shopper_app, 0)  # a tab in the background holds none
+    set_tab_hidden(shopper, False)
+    wait_for_streams(shopper_app, 1)
     shopper.locator("[data-chat-close]").click()
     wait_for_streams(shopper_app, 0)  # an idle widget holds no connection
 
