@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 import httpx
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import BrowserContext, Page, Route, expect
 
 from tests import test_backoffice_browser, test_widget
 from tests.test_admin import make_staff
@@ -28,6 +28,7 @@ two_instances = test_backoffice_browser.two_instances
 
 WAIT_S = 15.0
 JOINED = "Grace joined the conversation."
+STREAM = re.compile(r"/chat/conversations/[^/]+/stream")
 
 
 def open_streams(app: AppProcess) -> int:
@@ -122,3 +123,27 @@ def test_a_closed_panel_holds_no_stream_and_reopening_it_shows_what_was_missed_o
     # "joined" came before the message, in the stream's order, and nothing else came twice.
     assert shopper.locator(".note, [data-chat-message]").all_inner_texts()[-2:][0] == JOINED
     expect(shopper.locator(AGENT)).to_have_count(1)
+
+
+def test_a_refused_stream_is_asked_for_again_when_the_panel_opens_again(
+        two_instances: tuple[AppProcess, AppProcess], new_context: Callable[..., BrowserContext],
+        database_url: str, fake_model: FakeModel, servers: BackgroundLoop) -> None:
+    shopper_app, agent_app = two_instances
+    staff = servers.run(make_staff(database_url, [1], name="Grace"))
+    shopper = new_context().new_page()
+    refused: list[str] = []
+
+    def refuse_once(route: Route) -> None:
+        refused.append(route.request.url)
+        route.fulfill(status=503, body="")
+        shopper.unroute(STREAM, refuse_once)
+
+    shopper.route(STREAM, refuse_once)  # e.g. the instance was restarting
+    asked = chat_with_the_assistant(shopper, shopper_app, fake_model)
+    assert len(refused) == 1  # an EventSource does not retry a refusal by itself
+    shopper.locator("[data-chat-close]").click()
+    open_chat(shopper)
+    wait_for_streams(shopper_app, 1)
+    take_over_and_write(new_context().new_page(), agent_app, asked, staff.email, staff.password,
+                        "Hi, I'm Grace.")
+    expect(shopper.locator(AGENT).last).to_contain_text("Hi, I'm Grace.")
