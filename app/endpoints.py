@@ -341,6 +341,9 @@ async def history(request: Request) -> Response:
     # (a message in both is shown once: the widget knows messages by id).
     stream_id = await services(request).feeds.last_id(conversation_key(site.id, session_id))
     async with lookup(request):
+        # Read before the history, so the stream resumed from here misses nothing written meanwhile
+        # (a message in both is shown once: the widget knows messages by id).
+        stream_id = await services(request).feeds.last_id(conversation_key(site.id, session_id))
         page = await chat_service(request).history(session_id, limit, before, site.id)
         ask_email = False
         if page.status == "waiting" and before is None:  # a reload while waiting: the form again
@@ -408,7 +411,7 @@ def status_payload(summary: ConversationSummary) -> dict[str, Any]:
 
 async def conversation_stream(request: Request) -> Response:
     """The shopper's view of a conversation, live: messages, status changes, typing. The widget
-    opens it only while a person is asked for or involved; Last-Event-ID resumes it."""
+    holds it while its panel is open or a person is involved; Last-Event-ID resumes it."""
     session_id = parse_uuid(request.path_params["session_id"], "sessionId")
     site = site_param(request)
     after = last_event_id(request)

@@ -61,8 +61,11 @@ Once the stream has started, every failure is an `error` event followed by a cle
 CONVERSATION_STREAM_DESCRIPTION = """\
 Server-Sent Events about one conversation, every one with an `id:` (1, 2, 3, ... in one
 sequence per conversation), so `Last-Event-ID` resumes it on any instance. It never ends by
-itself; the widget opens it only while a person is asked for (`waiting`) or has the
-conversation (`human`), and closes it when the conversation is the assistant's again.
+itself; the widget holds it while a person is asked for (`waiting`) or has the conversation
+(`human`), and while its panel is open in a visible tab (so an agent who takes over a bot-only
+conversation appears at once); otherwise it is closed. The widget opens it with the history's
+`streamEventId` as `lastEventId`, and reopens it from the last id it saw, so nothing is missed
+or shown twice.
 
 - `event: message`, `data:` a message as in the history (`id`, `sender` user|ai|agent, `text`;
   an agent's with `agentName` and `createdAt`);

@@ -356,6 +356,8 @@ class SupportChat extends HTMLElement {
   #el;
   #sessionId = null;
   #convo = null;
+  #convoAt = null; // the conversation stream's last event id seen (null: history not read yet)
+  #involved = false; // a person is asked for or involved
   #typedAt = 0;
   #typingTimer = 0;
   #turn = null; // the answer in flight: at most one at a time
@@ -486,6 +488,7 @@ class SupportChat extends HTMLElement {
     addEventListener("offline", () =>
       this.#notice(this.#t("offline"), 0, "offline"));
     addEventListener("online", () => { if (this.#noticeKind === "offline") this.#clearNotice(); });
+    document.addEventListener("visibilitychange", () => this.#stream());
 
     // A reply email's link (app/shopper_email.py): the token leaves the address bar at once.
     const reopen = /^#chat-reopen=([\w-]{20,100})$/.exec(location.hash);
@@ -510,6 +513,7 @@ class SupportChat extends HTMLElement {
     this.#fillIfShort();
     this.#loadHours();
     this.#checkResolved();
+    this.#stream();
   }
 
   close() {
@@ -518,6 +522,7 @@ class SupportChat extends HTMLElement {
     this.#el.panel.hidden = true;
     this.#el.launcher.setAttribute("aria-expanded", "false");
     this.#renderBadge();
+    this.#stream();
     if (hadFocus) this.#el.launcher.focus();
   }
 
@@ -558,6 +563,7 @@ class SupportChat extends HTMLElement {
   #rememberSession(id) {
     if (!id || id === this.#sessionId) return;
     this.#sessionId = id;
+    this.#convoAt = 0; // a conversation new to this widget: its stream from the start
     storage()?.setItem(this.#storageKey(), id);
     this.#follow(false);
   }
@@ -611,30 +617,43 @@ class SupportChat extends HTMLElement {
     this.#scrollToBottom();
   }
 
-  // The conversation's own stream, open only while a person is asked for or involved (an idle
-  // widget holds no connection), from `after` (where the history was read); Last-Event-ID resumes it.
-  #follow(on, after) {
+  // The conversation's own stream: open while a person is asked for or involved, and while the
+  // panel is open in a visible tab, so an agent who steps in appears at once; else closed, so an
+  // idle widget holds no connection. It reopens from the last event id seen (at first the
+  // history's streamEventId): nothing is missed or shown twice. EventSource resumes by itself.
+  #follow(on) {
+    this.#involved = on;
     this.#el.handoff.hidden = on || !this.#sessionId;
     if (on) for (const offer of this.#el.log.querySelectorAll("[data-chat-offer]")) offer.remove();
-    if (!on) { this.#convo?.close(); this.#convo = null; return; }
+    this.#stream();
+  }
+
+  #stream() {
+    if (!this.#sessionId || this.#convoAt === null || !(this.#involved || this.hasAttribute("open") && !document.hidden)) {
+      this.#convo?.close();
+      this.#convo = null;
+      return;
+    }
     if (this.#convo) return;
-    const source = this.#convo = new EventSource(this.#url(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/stream`, after ? { lastEventId: after } : {}));
-    source.addEventListener("message", (e) => {
-      const m = parseJson(e.data) || {};
+    const source = this.#convo = new EventSource(this.#url(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/stream`, this.#convoAt ? { lastEventId: this.#convoAt } : {}));
+    const on = (kind, handle) => source.addEventListener(kind, (e) => {
+      this.#convoAt = Math.max(this.#convoAt, Number(e.lastEventId) || 0);
+      handle(parseJson(e.data) || {});
+    });
+    on("message", (m) => {
       if (m.sender !== "agent" || this.#el.log.querySelector(`[data-message-id="${CSS.escape(m.id)}"]`)) return;
       this.#el.typing.hidden = true;
       this.#addMessage("agent", m.text || "", m);
       this.#scrollToBottom();
     });
-    source.addEventListener("status", (e) => {
-      const { status, agentName, askEmail } = parseJson(e.data) || {};
+    on("status", ({ status, agentName, askEmail }) => {
       if (askEmail) this.#askEmail();
       if (status === "human") this.#say(this.#t("joined", { name: agentName || this.#t("aPerson") }));
+      if (status === "human" || status === "waiting") this.#follow(true);
       if (status === "bot" || status === "resolved") { this.#say(this.#t("back")); this.#follow(false); }
       if (status === "resolved") this.#askSolved();
     });
-    source.addEventListener("typing", (e) => {
-      const { sender, agentName } = parseJson(e.data) || {};
+    on("typing", ({ sender, agentName }) => {
       if (sender !== "agent" || this.#turn) return;
       const { typing } = this.#el;
       typing.firstChild.textContent = this.#t("agentTyping", { name: agentName || this.#t("agent") });
@@ -648,7 +667,7 @@ class SupportChat extends HTMLElement {
   }
 
   #typing() {
-    if (!this.#convo || Date.now() - this.#typedAt < 3000) return;
+    if (!this.#involved || Date.now() - this.#typedAt < 3000) return;
     this.#typedAt = Date.now();
     fetch(this.#url(`/chat/conversations/${encodeURIComponent(this.#sessionId)}/typing`, {}), { method: "POST" }).catch(() => {});
   }
@@ -966,7 +985,7 @@ class SupportChat extends HTMLElement {
 
   // The assistant could not help, or a person was asked for in words: offer one (app/person_offer.py).
   #offer(el) {
-    if (this.#convo || !el) return;
+    if (this.#involved || !el) return;
     for (const old of this.#el.log.querySelectorAll("[data-chat-offer]")) old.remove();
     const button = node("button", "handoff", this.#t("handoff"));
     button.type = "button";
@@ -1013,7 +1032,8 @@ class SupportChat extends HTMLElement {
         return;
       }
       const messages = this.#addPage(page, null);
-      this.#follow(page.status === "waiting" || page.status === "human", page.streamEventId);
+      this.#convoAt = page.streamEventId || 0;
+      this.#follow(page.status === "waiting" || page.status === "human");
       if (page.status === "waiting") this.#say(this.#t("asked"));
       if (page.askEmail) this.#askEmail();
       const last = messages[messages.length - 1];
