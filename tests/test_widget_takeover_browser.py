@@ -140,6 +140,13 @@ def test_a_refused_stream_is_asked_for_again_when_the_panel_opens_again(
 
     shopper.route(STREAM, refuse_once)  # e.g. the instance was restarting
     asked = chat_with_the_assistant(shopper, shopper_app, fake_model)
+    # The stream is asked for once the answer has named the conversation: wait for the refusal
+    # (the route handler runs while Playwright waits), with a deadline.
+    for _ in range(200):
+        if refused:
+            break
+        shopper.wait_for_timeout(50)
+    shopper.wait_for_timeout(300)  # time enough for a retry, which must not come
     assert len(refused) == 1  # an EventSource does not retry a refusal by itself
     shopper.locator("[data-chat-close]").click()
     open_chat(shopper)
