@@ -132,6 +132,12 @@ def test_a_shopper_asks_for_a_person_and_an_agent_takes_over_and_hands_back(
     agent.get_by_role("button", name="Resolve", exact=True).click()
     expect(shopper.get_by_text("Did we solve your problem?")).to_be_visible()
     expect(shopper.get_by_text("The assistant is back.")).to_have_count(1)
+    # A new conversation starts clean: the old one's notices and question are gone with it.
+    shopper.locator("[data-chat-new]").click()
+    expect(shopper.locator(USER)).to_have_count(0)
+    expect(shopper.get_by_text("The assistant is back.")).to_have_count(0)
+    expect(shopper.get_by_text("Grace joined the conversation.")).to_have_count(0)
+    expect(shopper.get_by_text("Did we solve your problem?")).to_have_count(0)
 
 
 def test_the_inbox_filters_by_language_and_the_transcript_names_it(

@@ -543,7 +543,7 @@ class SupportChat extends HTMLElement {
     this.#follow(false);
     this.#hasMore = false;
     storage()?.removeItem(this.#storageKey());
-    for (const message of this.#el.log.querySelectorAll("[data-chat-message]")) message.remove();
+    for (const old of this.#el.log.querySelectorAll("[data-chat-message],:scope>.note,.csat,[data-chat-offer]")) old.remove();
     this.#clearNotice();
     this.#stickToBottom = true;
     if (this.hasAttribute("open")) this.#el.input.focus();
