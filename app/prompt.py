@@ -153,6 +153,15 @@ _LIST_MARK = re.compile(r"^\s*(?:[-*]|\d+\.)\s+")
 _WORD = re.compile(WORD_PATTERN)
 
 
+def _read_more(template: str, title: str) -> str:
+    """The "More in our help centre: {title}." line; a title that is a question ("How much is
+    shipping?") keeps its own mark rather than getting a second one ("shipping?.")."""
+    line = template.format(title=title)
+    if title.rstrip().endswith(("?", "!", ".", "।")) and line.endswith((".", "।")):
+        return line[:-1]
+    return line
+
+
 def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswer:
     """A short answer made of the sources' own words; or, with none, who can help. Its own
     few words are in the language of the articles searched (app/language.py)."""
@@ -165,7 +174,7 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
         curated = retrieval.curated
         lines = [" ".join([*_place_lead(retrieval, curated.text), curated.text.strip()])]
         if curated.link_title:
-            lines.append(phrases.more.format(title=curated.link_title))
+            lines.append(_read_more(phrases.more, curated.link_title))
         return ComposedAnswer("\n\n".join(lines), sources_of([curated]))
 
     chosen = _choose_parts(retrieval) if retrieval.parts else _choose_sentences(retrieval)
@@ -173,7 +182,7 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
     body = " ".join(sentence for _, sentence in chosen)
     lines = [" ".join([*_place_lead(retrieval, body), body])]
     best = used[0]
-    lines.append(phrases.more.format(title=best.title))
+    lines.append(_read_more(phrases.more, best.title))
     if _NEEDS_PERSON.search(retrieval.question) or _CONTACT_US.search(body):
         lines.append(footer)
     return ComposedAnswer("\n\n".join(lines), sources_of(used))

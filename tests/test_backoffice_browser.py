@@ -106,6 +106,8 @@ def test_a_shopper_asks_for_a_person_and_an_agent_takes_over_and_hands_back(
     shopper.locator("[data-chat-input]").press("Enter")
     expect(shopper.locator(USER).last).to_have_text("Thanks! It is order 1234.")
     expect(agent.locator("#transcript")).to_contain_text("Thanks! It is order 1234.")
+    # The message ends the indicator at once (it used to linger for 4 s after the message).
+    assert agent.locator("#shopper-typing").is_hidden()
     assert len(fake_model.questions) == asked  # the assistant stayed quiet
     agent.get_by_label("Message").fill("Order 1234 ships on Friday.")
     agent.get_by_role("button", name="Send").click()
@@ -125,6 +127,17 @@ def test_a_shopper_asks_for_a_person_and_an_agent_takes_over_and_hands_back(
     assert fake_model.questions[-1] == later
     expect(agent.locator("#transcript")).to_contain_text("As Grace said, on Friday.")
     expect(agent.locator("#detail-status")).to_have_text("assistant")
+
+    # Resolving what the assistant has again asks the shopper once, without a second "back".
+    agent.get_by_role("button", name="Resolve", exact=True).click()
+    expect(shopper.get_by_text("Did we solve your problem?")).to_be_visible()
+    expect(shopper.get_by_text("The assistant is back.")).to_have_count(1)
+    # A new conversation starts clean: the old one's notices and question are gone with it.
+    shopper.locator("[data-chat-new]").click()
+    expect(shopper.locator(USER)).to_have_count(0)
+    expect(shopper.get_by_text("The assistant is back.")).to_have_count(0)
+    expect(shopper.get_by_text("Grace joined the conversation.")).to_have_count(0)
+    expect(shopper.get_by_text("Did we solve your problem?")).to_have_count(0)
 
 
 def test_the_inbox_filters_by_language_and_the_transcript_names_it(

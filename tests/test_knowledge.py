@@ -217,6 +217,14 @@ def test_a_composed_answer_is_the_sentences_that_answer_and_one_line_for_more() 
     assert answer.sources == [{"title": "Returns and exchanges", "path": "returns.md"}]
 
 
+def test_an_article_titled_as_a_question_keeps_its_own_question_mark() -> None:
+    shipping = chunk("How much is shipping?", "Shipping costs",
+                     "Shipping is free over $75 in the USA.", "shipping-cost.md", 2.0)
+    retrieval = Retrieval("how much is shipping", (shipping,), terms=(("shipping",),))
+    more = compose_answer(PROFILE, retrieval).text.split("\n\n")[1]
+    assert more == "More in our help centre: How much is shipping?"
+
+
 def test_a_two_part_question_is_answered_in_both_parts_and_lists_both_sources() -> None:
     retrieval = Retrieval("can i return it and how long does the refund take",
                           (RETURNS_WINDOW, REFUND_TIME), terms=(("return",), ("refund",)))

@@ -543,7 +543,7 @@ class SupportChat extends HTMLElement {
     this.#follow(false);
     this.#hasMore = false;
     storage()?.removeItem(this.#storageKey());
-    for (const message of this.#el.log.querySelectorAll("[data-chat-message]")) message.remove();
+    for (const old of this.#el.log.querySelectorAll("[data-chat-message],:scope>.note,.csat,[data-chat-offer]")) old.remove();
     this.#clearNotice();
     this.#stickToBottom = true;
     if (this.hasAttribute("open")) this.#el.input.focus();
@@ -650,7 +650,7 @@ class SupportChat extends HTMLElement {
       if (askEmail) this.#askEmail();
       if (status === "human") this.#say(this.#t("joined", { name: agentName || this.#t("aPerson") }));
       if (status === "human" || status === "waiting") this.#follow(true);
-      if (status === "bot" || status === "resolved") { this.#say(this.#t("back")); this.#follow(false); }
+      if (status === "bot" || status === "resolved") { if (this.#involved) this.#say(this.#t("back")); this.#follow(false); } // back from a person only
       if (status === "resolved") this.#askSolved();
     });
     on("typing", ({ sender, agentName }) => {

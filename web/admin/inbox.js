@@ -136,7 +136,14 @@
     if (state.convo) state.convo.close();
     state.convo = id ? new EventSource(`/admin/api/conversations/${id}/stream`) : null;
     if (!state.convo) return;
-    state.convo.addEventListener("message", () => refresh());
+    state.convo.addEventListener("message", (event) => {
+      // The shopper's message is what they were typing: the indicator ends with it, not 4 s later.
+      if (JSON.parse(event.data).sender === "user") {
+        clearTimeout(state.typingTimer);
+        $("shopper-typing").hidden = true;
+      }
+      refresh();
+    });
     state.convo.addEventListener("status", () => refresh());
     state.convo.addEventListener("typing", (event) => {
       const { sender } = JSON.parse(event.data);
