@@ -69,6 +69,21 @@ VOCABULARY_CHECK_S = 5.0
 DEFAULT_LIMIT = 3
 
 
+# A question that finds nothing alone is read together with the one before only when it reads
+# as a follow-up: short ("and to Europe?", "how much?") or opening with a connective. A whole
+# new question ("Do you have a loyalty programme?") is not one: searched with the question
+# before, it would get that question's article, and never be seen as a gap.
+FOLLOW_UP_MAX_WORDS = 4
+_FOLLOW_UP_OPENINGS = re.compile(
+    r"^\W*(and|also|what about|how about|what if|or|und|auch|et|aussi|y|también|o|और)\b",
+    re.IGNORECASE)
+
+
+def reads_as_follow_up(question: str) -> bool:
+    return (len(question.split()) <= FOLLOW_UP_MAX_WORDS
+            or _FOLLOW_UP_OPENINGS.match(question) is not None)
+
+
 @dataclass(frozen=True)
 class Retrieval:
     """What the knowledge base holds for one question."""
@@ -163,7 +178,8 @@ class KnowledgeSearch:
 
     async def search(self, question: str, previous_question: str | None = None) -> Retrieval:
         """The chunks that best answer `question`; a follow-up that finds nothing alone ("and to
-        Europe?") is searched again together with `previous_question`; small talk ("thanks!")
+        Europe?", read so by `reads_as_follow_up`) is searched again together with
+        `previous_question`; small talk ("thanks!")
         asks for no article, alone or with the question before it."""
         if is_small_talk(question):
             return Retrieval(question, (), language=self._language)
@@ -172,7 +188,7 @@ class KnowledgeSearch:
             parts = question_parts(question)
             if len(parts) > 1:
                 retrieval = await self._search_parts(conn, retrieval, parts)
-            if not retrieval.found and previous_question:
+            if not retrieval.found and previous_question and reads_as_follow_up(question):
                 retrieval = await self._search(conn, f"{previous_question} {question}")
         return retrieval
 

@@ -72,6 +72,19 @@ async def test_a_follow_up_is_searched_with_the_previous_question(
         "payment-methods.md", "answers.toml#payment-methods")
 
 
+async def test_a_new_question_is_not_read_as_a_follow_up_of_the_one_before(
+        start_app: Any, upstream: FakeUpstream) -> None:
+    # Searched with "Can I return a sale item?", it got the returns article's list of items
+    # that cannot be returned, and never showed as a gap in the knowledge base.
+    app = await start_app(openai_api_key="", openai_base_url="")
+    async with app.client() as http:
+        first = await stream_chat(http, {"message": "Can I return a sale item?"})
+        assert first[-1].data["sources"]
+        new = await stream_chat(http, {"message": "Do you have a loyalty programme?",
+                                       "sessionId": first[0].data["sessionId"]})
+    assert new[-1].data["sources"] == []
+
+
 async def test_the_prompt_carries_the_profile_and_the_matching_articles(
         client: httpx.AsyncClient, upstream: FakeUpstream, query: Any) -> None:
     assert (await client.get("/readyz")).json()["mode"] == "llm"
