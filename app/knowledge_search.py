@@ -70,18 +70,28 @@ DEFAULT_LIMIT = 3
 
 
 # A question that finds nothing alone is read together with the one before only when it reads
-# as a follow-up: short ("and to Europe?", "how much?") or opening with a connective. A whole
-# new question ("Do you have a loyalty programme?") is not one: searched with the question
-# before, it would get that question's article, and never be seen as a gap.
-FOLLOW_UP_MAX_WORDS = 4
+# as a follow-up: very short ("how much?"), opening with a connective ("and to Europe?"), or
+# pointing back with a pronoun ("how long does it take?"). A whole new question ("Do you have a
+# loyalty programme?") is not one: searched with the question before, it would get that
+# question's article, and never be seen as a gap.
+FOLLOW_UP_MAX_WORDS = 3
 _FOLLOW_UP_OPENINGS = re.compile(
     r"^\W*(and|also|what about|how about|what if|or|und|auch|et|aussi|y|también|o|और)\b",
     re.IGNORECASE)
+_POINTING_BACK = frozenset("""
+it its that this those these they them there one
+das dies diese dafür dort ihn
+ça cela celui celle y
+eso esto ese esa lo allí ahí
+यह वह इसका उसका इसे उसे
+""".split())  # noqa: SIM905
 
 
 def reads_as_follow_up(question: str) -> bool:
-    return (len(question.split()) <= FOLLOW_UP_MAX_WORDS
-            or _FOLLOW_UP_OPENINGS.match(question) is not None)
+    words = re.findall(r"[^\W\d_]+", question.lower())
+    return (len(words) <= FOLLOW_UP_MAX_WORDS
+            or _FOLLOW_UP_OPENINGS.match(question) is not None
+            or not _POINTING_BACK.isdisjoint(words))
 
 
 @dataclass(frozen=True)
