@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 hypothesis_settings.register_profile("suite", deadline=None)
 hypothesis_settings.load_profile("suite")
 UPSTREAM_URL = "http://upstream.test/v1"
+# How long an app started by a test may take to stop (its grace is 2 s) before that is a failure.
+STOP_DEADLINE_S = 30
 
 
 def _admin_database_url() -> str:
@@ -257,7 +259,17 @@ async def start_app(database_url: str, redis_url: str) -> AsyncIterator[Callable
     yield start
     for server, task in running:
         server.should_exit = True
-        await task
+    # The server's own grace is 2 s: a stop that takes far longer is a hang to report, not to
+    # wait out until CI's deadline.
+    stuck = []
+    for server, task in running:
+        try:
+            async with asyncio.timeout(STOP_DEADLINE_S):
+                await task
+        except TimeoutError:
+            task.cancel()
+            stuck.append(server)
+    assert not stuck, f"{len(stuck)} app(s) still running {STOP_DEADLINE_S} s after being told to stop"
 
 
 @pytest.fixture
