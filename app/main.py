@@ -346,6 +346,9 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         # One search per site, made on the site's first question: each caches its site's
         # vocabulary, synonyms and typo fixes for the app's lifetime.
         knowledge = SiteSearches(pool, profile)
+        # The default site's first question would otherwise pay for loading its vocabulary and
+        # the world's place names (about 0.5 s, several seconds on a busy machine): pay it now.
+        await knowledge.for_site().search("Do you ship to Germany?")
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
                            profile=profile, knowledge=knowledge, metrics=metrics, orders=orders,
                            answer_cap=answer_caps(settings.max_tokens))
