@@ -55,6 +55,11 @@ MIN_KNOWN_SHARE = 0.5
 # Weighing the words the articles never use more (x1.5 to x3) lost more in-scope questions
 # than it kept out-of-scope ones out: shoppers' slang is unknown to the articles too.
 MIN_COVERAGE = 0.15
+# A best chunk whose title and heading hold none of what is asked, matched only by a word or
+# two of its body, must match this much more: "do you have an iphone app" shares "app" with a
+# sentence on banking apps, "can you book me a flight" "book" with "book a pickup". A chunk
+# whose heading names part of the question is on topic however few words it shares.
+MIN_BODY_ONLY_COVERAGE = 0.45
 # A curated answer is given word for word only when it matches the question this closely.
 CURATED_COVERAGE = 0.6
 # ... and leads the next result by this factor: "is shipping available in mumbai" is close to
@@ -62,6 +67,9 @@ CURATED_COVERAGE = 0.6
 CURATED_LEAD = 1.3
 # A misspelt word is replaced by an index word at least this similar (pg_trgm similarity).
 TYPO_SIMILARITY = 0.4
+# ... and of about its length: a slip adds or drops a letter or two, whereas a longer word that
+# contains a shorter one is another word ("wholesale" is not "whole", "timeline" not "time").
+TYPO_LENGTH_CHANGE = 2
 # A term matching more chunks than this (a store of thousands of articles) makes a chunk a
 # candidate only where it is in the title or heading; below it, every chunk it matches is ranked.
 BROAD_TERM_CHUNKS = 200
@@ -228,7 +236,9 @@ class KnowledgeSearch:
                 "site_id": self._site_id, "language": self._language,
             })
             rows = await cursor.fetchall()
-        if not rows or rows[0].coverage < MIN_COVERAGE:
+        if not rows or rows[0].coverage < MIN_COVERAGE or not any(
+                row.heading_coverage > 0 or row.coverage >= MIN_BODY_ONLY_COVERAGE
+                for row in rows):
             return nothing
         # Once the best chunk is on topic, the others only need to be relevant.
         chunks = tuple(rows)
@@ -360,7 +370,8 @@ class KnowledgeSearch:
         if unseen:
             cursor = await conn.execute(_TYPO_SQL, {"words": unseen, "site_id": self._site_id,
                                                     "language": self._language,
-                                                    "similarity": TYPO_SIMILARITY})
+                                                    "similarity": TYPO_SIMILARITY,
+                                                    "length_change": TYPO_LENGTH_CHANGE})
             for word, fix in await cursor.fetchall():
                 self._typo_fixes[word] = fix or words.one_slip_away(word) or word
         return {word: self._typo_fixes[word] for word in candidates}
@@ -399,6 +410,7 @@ LEFT JOIN LATERAL (
     WHERE known.site_id = %(site_id)s AND known.language = %(language)s
       AND known.word %% input.word AND left(known.word, 1) = left(input.word, 1)
       AND similarity(known.word, input.word) >= %(similarity)s
+      AND abs(length(known.word) - length(input.word)) <= %(length_change)s
     ORDER BY similarity(known.word, input.word) DESC, known.word
     LIMIT 1
 ) AS best ON true
@@ -435,25 +447,28 @@ any_term AS MATERIALIZED (
     FROM term
 ),
 candidate AS MATERIALIZED (
-    SELECT id, article_path, position, search_vector FROM knowledge_chunks
+    SELECT id, article_path, position, search_vector, heading_vector FROM knowledge_chunks
     WHERE site_id = %(site_id)s AND language = %(language)s
       AND search_vector @@ (SELECT narrow FROM any_term)
     UNION
-    SELECT id, article_path, position, search_vector FROM knowledge_chunks
+    SELECT id, article_path, position, search_vector, heading_vector FROM knowledge_chunks
     WHERE site_id = %(site_id)s AND language = %(language)s
       AND heading_vector @@ (SELECT broad FROM any_term)
 ),
 chunk_group AS (
     SELECT candidate.id, candidate.article_path, candidate.position, term.group_id,
            max(term.idf * ts_rank_cd(%(weights)s::real[], candidate.search_vector, term.query,
-                                     %(normalization)s)) AS rank
+                                     %(normalization)s)) AS rank,
+           bool_or(candidate.heading_vector @@ term.query) AS in_heading
     FROM candidate JOIN term ON candidate.search_vector @@ term.query
     GROUP BY candidate.id, candidate.article_path, candidate.position, term.group_id
 ),
 scored_chunk AS (
     SELECT chunk_group.id, chunk_group.article_path, chunk_group.position,
            sum(chunk_group.rank) AS score, sum(group_weight.idf) AS matched_idf,
-           sum(group_weight.topic_idf) AS matched_topic_idf
+           sum(group_weight.topic_idf) AS matched_topic_idf,
+           coalesce(sum(group_weight.topic_idf) FILTER (WHERE chunk_group.in_heading), 0)
+               AS heading_topic_idf
     FROM chunk_group
     JOIN unnest(%(group_weights)s::float8[], %(topic_weights)s::float8[])
          WITH ORDINALITY AS group_weight(idf, topic_idf, number)
@@ -470,7 +485,9 @@ SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
        chunk.article_path AS path, scored_chunk.score::float8 AS score, chunk.kind, chunk.link,
        linked.title AS link_title, chunk.examples,
        coalesce(scored_chunk.matched_topic_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
-           AS coverage
+           AS coverage,
+       coalesce(scored_chunk.heading_topic_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
+           AS heading_coverage
 FROM scored_chunk
 JOIN knowledge_chunks AS chunk USING (id)
 LEFT JOIN knowledge_articles AS linked
