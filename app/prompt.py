@@ -298,6 +298,11 @@ FIGURE_BONUS = 0.15
 # ... "what the question asks": this share of its weight found in the title or heading.
 ABOUT_SHARE = 0.5
 _FIGURE = re.compile(r"\d|\b[A-Z]{3,}\b")
+# What a sentence gains when it defines a word of the question: a list item "Packed: your
+# items are checked and boxed." for "what does packed mean", "Credit cards: 5-10 business
+# days." for a credit card refund.
+DEFINES_BONUS = 0.3
+_DEFINED_TERM = re.compile(r"^([^:]{1,40}):\s")
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,7 @@ class _Candidate:
     in_sentence: frozenset[int]  # the question's groups the sentence itself holds
     in_context: frozenset[int]  # ... found only in its title or heading
     holds: frozenset[int]  # the kinds of fact asked for (indices of _ASKS_FOR) it holds
+    defines: bool = False  # it is "Term: what it means", the term a word of the question
 
 
 def _continues(candidate: _Candidate, chosen: list[_Candidate], weights: list[float]) -> bool:
@@ -366,8 +372,12 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
             in_sentence = frozenset(n for n, group in enumerate(groups)
                                     if group & sentence_stems)
             holds = frozenset(n for n in asked if _ASKS_FOR[n][1].search(sentence))
+            term = _DEFINED_TERM.match(sentence)
+            defines = term is not None and any(
+                group & {stem(word) for word in _WORD.findall(term.group(1))}
+                for group in groups)
             candidates.append(_Candidate(rank, position, chunk, sentence, in_sentence,
-                                         in_context - in_sentence, holds))
+                                         in_context - in_sentence, holds, defines))
     # A group found in few sentences tells them apart; one found everywhere does not.
     for number in range(len(groups)):
         found_in = sum(1 for c in candidates if number in c.in_sentence)
@@ -390,7 +400,8 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
             weights[n] for n in candidate.in_context - covered)
         if gain == 0:
             return 0.0
-        return (gain + fact - RANK_COST * candidate.rank
+        defines = DEFINES_BONUS if candidate.defines and not chosen else 0.0
+        return (gain + fact + defines - RANK_COST * candidate.rank
                 - POSITION_COST * candidate.position)
 
     chosen: list[_Candidate] = []
