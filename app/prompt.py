@@ -302,6 +302,10 @@ _FIGURE = re.compile(r"\d|\b[A-Z]{3,}\b")
 # items are checked and boxed." for "what does packed mean", "Credit cards: 5-10 business
 # days." for a credit card refund.
 DEFINES_BONUS = 0.3
+# What a sentence gains when it holds a number of the question: "I'm usually a US 8" is
+# answered by "US sizes: ... M is 8-10".
+NUMBER_BONUS = 0.2
+_NUMBER = re.compile(r"\d+")
 _DEFINED_TERM = re.compile(r"^([^:]{1,40}):\s")
 
 
@@ -315,6 +319,7 @@ class _Candidate:
     in_context: frozenset[int]  # ... found only in its title or heading
     holds: frozenset[int]  # the kinds of fact asked for (indices of _ASKS_FOR) it holds
     defines: bool = False  # it is "Term: what it means", the term a word of the question
+    same_number: bool = False  # it holds a number of the question
 
 
 def _continues(candidate: _Candidate, chosen: list[_Candidate], weights: list[float]) -> bool:
@@ -359,6 +364,7 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
             weights[number] *= 0.3
     asked = frozenset(number for number, (question, _) in enumerate(_ASKS_FOR)
                       if question.search(retrieval.question))
+    numbers = set(_NUMBER.findall(retrieval.question))
     candidates: list[_Candidate] = []
     for rank, chunk in enumerate(retrieval.chunks):
         # A curated answer's example questions are its heading: what the search matched.
@@ -377,7 +383,8 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
                 group & {stem(word) for word in _WORD.findall(term.group(1))}
                 for group in groups)
             candidates.append(_Candidate(rank, position, chunk, sentence, in_sentence,
-                                         in_context - in_sentence, holds, defines))
+                                         in_context - in_sentence, holds, defines,
+                                         not numbers.isdisjoint(_NUMBER.findall(sentence))))
     # A group found in few sentences tells them apart; one found everywhere does not.
     for number in range(len(groups)):
         found_in = sum(1 for c in candidates if number in c.in_sentence)
@@ -401,7 +408,8 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
         if gain == 0:
             return 0.0
         defines = DEFINES_BONUS if candidate.defines and not chosen else 0.0
-        return (gain + fact + defines - RANK_COST * candidate.rank
+        number = NUMBER_BONUS if candidate.same_number and not chosen else 0.0
+        return (gain + fact + defines + number - RANK_COST * candidate.rank
                 - POSITION_COST * candidate.position)
 
     chosen: list[_Candidate] = []

@@ -32,6 +32,7 @@ SHOPPER_PHRASES: dict[str, str] = {
     "pkg": "parcel",
     "deliver": "delivery shipping",
     "delivers": "delivery shipping",
+    "delivery": "delivery deliver",
     "arrive": "delivery",
     "arrives": "delivery",
     "arriving": "delivery",
@@ -66,6 +67,7 @@ SHOPPER_PHRASES: dict[str, str] = {
     "too late": "window",
     "swap": "exchange",
     "money back": "refund",
+    "no money": "refund received",
     "reimburse": "refund",
     "reimbursement": "refund",
     "refundable": "refund",
@@ -219,7 +221,7 @@ _SIZE_NOTATION = re.compile(r"\b(?:US|UK|EU|usa?|uk|eu)\s?(?=\d{1,2}\b)")
 def question_words(question: str) -> list[str]:
     """The question's words, lower-cased; a capitalised "US" is the country, not "us"; a
     size in a country's notation ("US 8") is a size."""
-    question = _SIZE_NOTATION.sub("size ", question)
+    question = _SIZE_NOTATION.sub("size chart ", question)
     return [
         "usa" if word == "US" else word.lower()
         for word in _WORD.findall(question.replace("’", "").replace("'", ""))
