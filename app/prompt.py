@@ -285,6 +285,8 @@ ASKED_FACT_BONUS = 0.45
 CONTEXT_MATCH = 0.8
 # A further sentence is added only when it answers this much more of the question.
 MIN_FURTHER_GAIN = 0.1
+# An answer of one sentence shorter than this goes on with the sentence after it.
+SHORT_ANSWER_WORDS = 25
 MIN_SENTENCE_WORDS = 4
 # How much a sentence loses per chunk rank and per position in its chunk.
 RANK_COST = 0.25
@@ -431,6 +433,14 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
         covered |= best.in_sentence | best.in_context
         facts |= best.holds
         words += len(best.sentence.split())
+    if len(chosen) == 1 and words < SHORT_ANSWER_WORDS:
+        # One short sentence rarely settles a question alone: the sentence after it in its
+        # section says how, how long or what next ("Sign in and open My account to change
+        # your email address." -> "Changing it sends a confirmation link to the new address.").
+        after = [c for c in candidates if c.chunk is chosen[0].chunk
+                 and c.position == chosen[0].position + 1]
+        if after and words + len(after[0].sentence.split()) <= word_budget:
+            chosen.append(after[0])
     # Read in the articles' order: by chunk rank, then position within the chunk.
     chosen.sort(key=lambda c: (c.rank, c.position))
     return [(c.chunk, c.sentence) for c in chosen]
