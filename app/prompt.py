@@ -411,7 +411,9 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
             return 0.0
         defines = DEFINES_BONUS if candidate.defines and not chosen else 0.0
         number = NUMBER_BONUS if candidate.same_number and not chosen else 0.0
-        return (gain + fact + defines + number - RANK_COST * candidate.rank
+        # The kind of fact asked for ("how long": a duration) is worth a look further down.
+        rank_cost = RANK_COST * (min(candidate.rank, 1) if fact else candidate.rank)
+        return (gain + fact + defines + number - rank_cost
                 - POSITION_COST * candidate.position)
 
     chosen: list[_Candidate] = []
