@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from psycopg_pool import AsyncConnectionPool
 from app.knowledge import BACK_OFFICE_PREFIX, KnowledgeChunk
 from app.language import ENGLISH
 from app.places import Place, Places
-from app.shopper_words import ShopperWords, asks_about_a_product
+from app.shopper_words import FILLER_WORDS, ShopperWords, asks_about_a_product, question_words
 from app.sites import DEFAULT_SITE_ID
 from app.small_talk import is_small_talk
 from app.store_profile import StoreProfile
@@ -141,6 +141,39 @@ def _close_curated(chunks: tuple[KnowledgeChunk, ...]) -> KnowledgeChunk | None:
     return best
 
 
+def _word_pairs(question: str, meaning: Callable[[str], str | None]
+                ) -> list[tuple[str, str]]:
+    """The stems of each two neighbouring words of the question that both mean something
+    ("gift wrapping" -> ("gift", "wrap")): in English the second names the thing, the first
+    what kind of thing it is."""
+    words = [meaning(word) for word in question_words(question)]
+    return [(first, second) for first, second in zip(words, words[1:], strict=False)
+            if first and second and first != second]
+
+
+def _names_another_thing(chunk: KnowledgeChunk, pairs: list[tuple[str, str]],
+                         meaning: Callable[[str], str | None]) -> bool:
+    """Whether the chunk's title names another thing of the same kind as the question's:
+    "do you sell gift wrapping" and the article "Gift cards", which never says "wrapping",
+    ask and answer about two different things."""
+    if not pairs:
+        return False
+    # Words side by side in the title, not across a comma: "Customs, duties and taxes".
+    title_pairs = set()
+    for phrase in _TITLE_PHRASE_BREAK.split(chunk.title):
+        title = [meaning(word.lower()) for word in _EXAMPLE_WORD.findall(phrase)]
+        title_pairs |= set(zip(title, title[1:], strict=False))
+    text = {meaning(word.lower()) for word in _EXAMPLE_WORD.findall(
+        f"{chunk.title}\n{chunk.heading}\n{chunk.examples}\n{chunk.text}")}
+    return any(second not in text and any(
+        first == mine and other is not None and other != second for mine, other in title_pairs)
+        for first, second in pairs)
+
+
+_EXAMPLE_WORD = re.compile(r"[^\W\d_]+")
+_TITLE_PHRASE_BREAK = re.compile(r"[,;:()&/]")
+
+
 def _collide(first: KnowledgeChunk, second: KnowledgeChunk) -> bool:
     """Two curated answers, one from the back office and one from answers.toml, both close."""
     return (first.kind == second.kind == "answer"
@@ -188,6 +221,7 @@ class KnowledgeSearch:
         # Per vocabulary: how many chunks match each term (None: a stop word, not searchable).
         self._term_chunks: dict[str, int | None] = {}
         self._stems: dict[str, str] = {}
+        self._stop_words: set[str] = set()  # words the text search configuration drops
         self._total_chunks = 0
 
     @property
@@ -236,13 +270,15 @@ class KnowledgeSearch:
                 "site_id": self._site_id, "language": self._language,
             })
             rows = await cursor.fetchall()
+        await self._stem_words(conn, [w for g in widened.groups for t in g for w in t.split()])
+        pairs = _word_pairs(question, self._meaning)
+        rows = [row for row in rows if not _names_another_thing(row, pairs, self._meaning)]
         if not rows or rows[0].coverage < MIN_COVERAGE or not any(
                 row.heading_coverage > 0 or row.coverage >= MIN_BODY_ONLY_COVERAGE
                 for row in rows):
             return nothing
         # Once the best chunk is on topic, the others only need to be relevant.
         chunks = tuple(rows)
-        await self._stem_words(conn, [w for g in widened.groups for t in g for w in t.split()])
         return Retrieval(question, chunks, widened.places, _close_curated(chunks), widened.groups,
                          self._language, tuple(group_weights), widened.place_groups, self._stems)
 
@@ -264,6 +300,12 @@ class KnowledgeSearch:
         return Retrieval(whole.question, tuple(chunks[: max(self._limit, len(parts))]),
                          whole.places, None, whole.terms, whole.language, whole.weights,
                          whole.place_groups, self._stems, tuple(found_parts))
+
+    def _meaning(self, word: str) -> str | None:
+        """The stem of a word that means something: not a stop word or a filler."""
+        if word in self._stop_words or word in FILLER_WORDS:
+            return None
+        return self._stems.get(word)
 
     async def _weigh(self, conn: AsyncConnection, groups: tuple[tuple[str, ...], ...],
                      place_groups: frozenset[int] = frozenset(),
@@ -337,7 +379,9 @@ class KnowledgeSearch:
             self._term_chunks = {}
             cursor = await conn.execute(_STEMS_SQL, {"site_id": self._site_id,
                                                      "language": self._language})
-            self._stems = {word: stem for word, stem in await cursor.fetchall() if stem}
+            rows = await cursor.fetchall()
+            self._stems = {word: stem for word, stem in rows if stem}
+            self._stop_words = {word for word, stem in rows if not stem}
         return self._words
 
     async def _load_words(self, conn: AsyncConnection) -> ShopperWords:
@@ -363,6 +407,8 @@ class KnowledgeSearch:
                                                           "language": self._language})
             for word, stem in await cursor.fetchall():
                 self._stems[word] = stem or word
+                if not stem:
+                    self._stop_words.add(word)
 
     async def _fix_typos(self, conn: AsyncConnection, words: ShopperWords,
                          candidates: list[str]) -> Mapping[str, str]:
