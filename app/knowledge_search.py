@@ -493,28 +493,25 @@ any_term AS MATERIALIZED (
     FROM term
 ),
 candidate AS MATERIALIZED (
-    SELECT id, article_path, position, search_vector, heading_vector FROM knowledge_chunks
+    SELECT id, article_path, position, search_vector FROM knowledge_chunks
     WHERE site_id = %(site_id)s AND language = %(language)s
       AND search_vector @@ (SELECT narrow FROM any_term)
     UNION
-    SELECT id, article_path, position, search_vector, heading_vector FROM knowledge_chunks
+    SELECT id, article_path, position, search_vector FROM knowledge_chunks
     WHERE site_id = %(site_id)s AND language = %(language)s
       AND heading_vector @@ (SELECT broad FROM any_term)
 ),
 chunk_group AS (
     SELECT candidate.id, candidate.article_path, candidate.position, term.group_id,
            max(term.idf * ts_rank_cd(%(weights)s::real[], candidate.search_vector, term.query,
-                                     %(normalization)s)) AS rank,
-           bool_or(candidate.heading_vector @@ term.query) AS in_heading
+                                     %(normalization)s)) AS rank
     FROM candidate JOIN term ON candidate.search_vector @@ term.query
     GROUP BY candidate.id, candidate.article_path, candidate.position, term.group_id
 ),
 scored_chunk AS (
     SELECT chunk_group.id, chunk_group.article_path, chunk_group.position,
            sum(chunk_group.rank) AS score, sum(group_weight.idf) AS matched_idf,
-           sum(group_weight.topic_idf) AS matched_topic_idf,
-           coalesce(sum(group_weight.topic_idf) FILTER (WHERE chunk_group.in_heading), 0)
-               AS heading_topic_idf
+           sum(group_weight.topic_idf) AS matched_topic_idf
     FROM chunk_group
     JOIN unnest(%(group_weights)s::float8[], %(topic_weights)s::float8[])
          WITH ORDINALITY AS group_weight(idf, topic_idf, number)
@@ -532,8 +529,14 @@ SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
        linked.title AS link_title, chunk.examples,
        coalesce(scored_chunk.matched_topic_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
            AS coverage,
-       coalesce(scored_chunk.heading_topic_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
-           AS heading_coverage
+       -- Read for the best few chunks only: what of the question their title, heading or
+       -- example questions hold.
+       coalesce((SELECT sum(group_weight.topic_idf)
+                 FROM unnest(%(topic_weights)s::float8[])
+                      WITH ORDINALITY AS group_weight(topic_idf, number)
+                 WHERE EXISTS (SELECT FROM term WHERE term.group_id + 1 = group_weight.number
+                                                AND chunk.heading_vector @@ term.query))
+                / nullif(%(question_idf)s::float8, 0), 0)::float8 AS heading_coverage
 FROM scored_chunk
 JOIN knowledge_chunks AS chunk USING (id)
 LEFT JOIN knowledge_articles AS linked
