@@ -60,6 +60,7 @@ class KnowledgeChunk:
     link: str | None = None  # a curated answer's article, for more
     link_title: str | None = None
     coverage: float = 1.0  # the share of the question's weight this chunk matches
+    heading_coverage: float = 1.0  # ... in its title, heading or example questions alone
     examples: str = ""  # a curated answer's example questions (what the search matched)
 
     @property

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from psycopg_pool import AsyncConnectionPool
 from app.knowledge import BACK_OFFICE_PREFIX, KnowledgeChunk
 from app.language import ENGLISH
 from app.places import Place, Places
-from app.shopper_words import ShopperWords, asks_about_a_product
+from app.shopper_words import FILLER_WORDS, ShopperWords, asks_about_a_product, question_words
 from app.sites import DEFAULT_SITE_ID
 from app.small_talk import is_small_talk
 from app.store_profile import StoreProfile
@@ -55,6 +55,11 @@ MIN_KNOWN_SHARE = 0.5
 # Weighing the words the articles never use more (x1.5 to x3) lost more in-scope questions
 # than it kept out-of-scope ones out: shoppers' slang is unknown to the articles too.
 MIN_COVERAGE = 0.15
+# A best chunk whose title and heading hold none of what is asked, matched only by a word or
+# two of its body, must match this much more: "do you have an iphone app" shares "app" with a
+# sentence on banking apps, "can you book me a flight" "book" with "book a pickup". A chunk
+# whose heading names part of the question is on topic however few words it shares.
+MIN_BODY_ONLY_COVERAGE = 0.45
 # A curated answer is given word for word only when it matches the question this closely.
 CURATED_COVERAGE = 0.6
 # ... and leads the next result by this factor: "is shipping available in mumbai" is close to
@@ -62,6 +67,9 @@ CURATED_COVERAGE = 0.6
 CURATED_LEAD = 1.3
 # A misspelt word is replaced by an index word at least this similar (pg_trgm similarity).
 TYPO_SIMILARITY = 0.4
+# ... and of about its length: a slip adds or drops a letter or two, whereas a longer word that
+# contains a shorter one is another word ("wholesale" is not "whole", "timeline" not "time").
+TYPO_LENGTH_CHANGE = 2
 # A term matching more chunks than this (a store of thousands of articles) makes a chunk a
 # candidate only where it is in the title or heading; below it, every chunk it matches is ranked.
 BROAD_TERM_CHUNKS = 200
@@ -133,6 +141,39 @@ def _close_curated(chunks: tuple[KnowledgeChunk, ...]) -> KnowledgeChunk | None:
     return best
 
 
+def _word_pairs(question: str, meaning: Callable[[str], str | None]
+                ) -> list[tuple[str, str]]:
+    """The stems of each two neighbouring words of the question that both mean something
+    ("gift wrapping" -> ("gift", "wrap")): in English the second names the thing, the first
+    what kind of thing it is."""
+    words = [meaning(word) for word in question_words(question)]
+    return [(first, second) for first, second in zip(words, words[1:], strict=False)
+            if first and second and first != second]
+
+
+def _names_another_thing(chunk: KnowledgeChunk, pairs: list[tuple[str, str]],
+                         meaning: Callable[[str], str | None]) -> bool:
+    """Whether the chunk's title names another thing of the same kind as the question's:
+    "do you sell gift wrapping" and the article "Gift cards", which never says "wrapping",
+    ask and answer about two different things."""
+    if not pairs:
+        return False
+    # Words side by side in the title, not across a comma: "Customs, duties and taxes".
+    title_pairs = set()
+    for phrase in _TITLE_PHRASE_BREAK.split(chunk.title):
+        title = [meaning(word.lower()) for word in _EXAMPLE_WORD.findall(phrase)]
+        title_pairs |= set(zip(title, title[1:], strict=False))
+    text = {meaning(word.lower()) for word in _EXAMPLE_WORD.findall(
+        f"{chunk.title}\n{chunk.heading}\n{chunk.examples}\n{chunk.text}")}
+    return any(second not in text and any(
+        first == mine and other is not None and other != second for mine, other in title_pairs)
+        for first, second in pairs)
+
+
+_EXAMPLE_WORD = re.compile(r"[^\W\d_]+")
+_TITLE_PHRASE_BREAK = re.compile(r"[,;:()&/]")
+
+
 def _collide(first: KnowledgeChunk, second: KnowledgeChunk) -> bool:
     """Two curated answers, one from the back office and one from answers.toml, both close."""
     return (first.kind == second.kind == "answer"
@@ -180,6 +221,7 @@ class KnowledgeSearch:
         # Per vocabulary: how many chunks match each term (None: a stop word, not searchable).
         self._term_chunks: dict[str, int | None] = {}
         self._stems: dict[str, str] = {}
+        self._stop_words: set[str] = set()  # words the text search configuration drops
         self._total_chunks = 0
 
     @property
@@ -228,11 +270,15 @@ class KnowledgeSearch:
                 "site_id": self._site_id, "language": self._language,
             })
             rows = await cursor.fetchall()
-        if not rows or rows[0].coverage < MIN_COVERAGE:
+        await self._stem_words(conn, [w for g in widened.groups for t in g for w in t.split()])
+        pairs = _word_pairs(question, self._meaning)
+        rows = [row for row in rows if not _names_another_thing(row, pairs, self._meaning)]
+        if not rows or rows[0].coverage < MIN_COVERAGE or not any(
+                row.heading_coverage > 0 or row.coverage >= MIN_BODY_ONLY_COVERAGE
+                for row in rows):
             return nothing
         # Once the best chunk is on topic, the others only need to be relevant.
         chunks = tuple(rows)
-        await self._stem_words(conn, [w for g in widened.groups for t in g for w in t.split()])
         return Retrieval(question, chunks, widened.places, _close_curated(chunks), widened.groups,
                          self._language, tuple(group_weights), widened.place_groups, self._stems)
 
@@ -254,6 +300,12 @@ class KnowledgeSearch:
         return Retrieval(whole.question, tuple(chunks[: max(self._limit, len(parts))]),
                          whole.places, None, whole.terms, whole.language, whole.weights,
                          whole.place_groups, self._stems, tuple(found_parts))
+
+    def _meaning(self, word: str) -> str | None:
+        """The stem of a word that means something: not a stop word or a filler."""
+        if word in self._stop_words or word in FILLER_WORDS:
+            return None
+        return self._stems.get(word)
 
     async def _weigh(self, conn: AsyncConnection, groups: tuple[tuple[str, ...], ...],
                      place_groups: frozenset[int] = frozenset(),
@@ -327,7 +379,9 @@ class KnowledgeSearch:
             self._term_chunks = {}
             cursor = await conn.execute(_STEMS_SQL, {"site_id": self._site_id,
                                                      "language": self._language})
-            self._stems = {word: stem for word, stem in await cursor.fetchall() if stem}
+            rows = await cursor.fetchall()
+            self._stems = {word: stem for word, stem in rows if stem}
+            self._stop_words = {word for word, stem in rows if not stem}
         return self._words
 
     async def _load_words(self, conn: AsyncConnection) -> ShopperWords:
@@ -353,6 +407,8 @@ class KnowledgeSearch:
                                                           "language": self._language})
             for word, stem in await cursor.fetchall():
                 self._stems[word] = stem or word
+                if not stem:
+                    self._stop_words.add(word)
 
     async def _fix_typos(self, conn: AsyncConnection, words: ShopperWords,
                          candidates: list[str]) -> Mapping[str, str]:
@@ -360,7 +416,8 @@ class KnowledgeSearch:
         if unseen:
             cursor = await conn.execute(_TYPO_SQL, {"words": unseen, "site_id": self._site_id,
                                                     "language": self._language,
-                                                    "similarity": TYPO_SIMILARITY})
+                                                    "similarity": TYPO_SIMILARITY,
+                                                    "length_change": TYPO_LENGTH_CHANGE})
             for word, fix in await cursor.fetchall():
                 self._typo_fixes[word] = fix or words.one_slip_away(word) or word
         return {word: self._typo_fixes[word] for word in candidates}
@@ -399,6 +456,7 @@ LEFT JOIN LATERAL (
     WHERE known.site_id = %(site_id)s AND known.language = %(language)s
       AND known.word %% input.word AND left(known.word, 1) = left(input.word, 1)
       AND similarity(known.word, input.word) >= %(similarity)s
+      AND abs(length(known.word) - length(input.word)) <= %(length_change)s
     ORDER BY similarity(known.word, input.word) DESC, known.word
     LIMIT 1
 ) AS best ON true
@@ -470,7 +528,15 @@ SELECT chunk.article_title AS title, chunk.heading, chunk.body AS text,
        chunk.article_path AS path, scored_chunk.score::float8 AS score, chunk.kind, chunk.link,
        linked.title AS link_title, chunk.examples,
        coalesce(scored_chunk.matched_topic_idf / nullif(%(question_idf)s::float8, 0), 0)::float8
-           AS coverage
+           AS coverage,
+       -- Read for the best few chunks only: what of the question their title, heading or
+       -- example questions hold.
+       coalesce((SELECT sum(group_weight.topic_idf)
+                 FROM unnest(%(topic_weights)s::float8[])
+                      WITH ORDINALITY AS group_weight(topic_idf, number)
+                 WHERE EXISTS (SELECT FROM term WHERE term.group_id + 1 = group_weight.number
+                                                AND chunk.heading_vector @@ term.query))
+                / nullif(%(question_idf)s::float8, 0), 0)::float8 AS heading_coverage
 FROM scored_chunk
 JOIN knowledge_chunks AS chunk USING (id)
 LEFT JOIN knowledge_articles AS linked

@@ -285,6 +285,8 @@ ASKED_FACT_BONUS = 0.45
 CONTEXT_MATCH = 0.8
 # A further sentence is added only when it answers this much more of the question.
 MIN_FURTHER_GAIN = 0.1
+# An answer of one sentence shorter than this goes on with the sentence after it.
+SHORT_ANSWER_WORDS = 25
 MIN_SENTENCE_WORDS = 4
 # How much a sentence loses per chunk rank and per position in its chunk.
 RANK_COST = 0.25
@@ -298,6 +300,15 @@ FIGURE_BONUS = 0.15
 # ... "what the question asks": this share of its weight found in the title or heading.
 ABOUT_SHARE = 0.5
 _FIGURE = re.compile(r"\d|\b[A-Z]{3,}\b")
+# What a sentence gains when it defines a word of the question: a list item "Packed: your
+# items are checked and boxed." for "what does packed mean", "Credit cards: 5-10 business
+# days." for a credit card refund.
+DEFINES_BONUS = 0.3
+# What a sentence gains when it holds a number of the question: "I'm usually a US 8" is
+# answered by "US sizes: ... M is 8-10".
+NUMBER_BONUS = 0.2
+_NUMBER = re.compile(r"\d+")
+_DEFINED_TERM = re.compile(r"^([^:]{1,40}):\s")
 
 
 @dataclass(frozen=True)
@@ -309,6 +320,8 @@ class _Candidate:
     in_sentence: frozenset[int]  # the question's groups the sentence itself holds
     in_context: frozenset[int]  # ... found only in its title or heading
     holds: frozenset[int]  # the kinds of fact asked for (indices of _ASKS_FOR) it holds
+    defines: bool = False  # it is "Term: what it means", the term a word of the question
+    same_number: bool = False  # it holds a number of the question
 
 
 def _continues(candidate: _Candidate, chosen: list[_Candidate], weights: list[float]) -> bool:
@@ -353,6 +366,7 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
             weights[number] *= 0.3
     asked = frozenset(number for number, (question, _) in enumerate(_ASKS_FOR)
                       if question.search(retrieval.question))
+    numbers = set(_NUMBER.findall(retrieval.question))
     candidates: list[_Candidate] = []
     for rank, chunk in enumerate(retrieval.chunks):
         # A curated answer's example questions are its heading: what the search matched.
@@ -366,8 +380,13 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
             in_sentence = frozenset(n for n, group in enumerate(groups)
                                     if group & sentence_stems)
             holds = frozenset(n for n in asked if _ASKS_FOR[n][1].search(sentence))
+            term = _DEFINED_TERM.match(sentence)
+            defines = term is not None and any(
+                group & {stem(word) for word in _WORD.findall(term.group(1))}
+                for group in groups)
             candidates.append(_Candidate(rank, position, chunk, sentence, in_sentence,
-                                         in_context - in_sentence, holds))
+                                         in_context - in_sentence, holds, defines,
+                                         not numbers.isdisjoint(_NUMBER.findall(sentence))))
     # A group found in few sentences tells them apart; one found everywhere does not.
     for number in range(len(groups)):
         found_in = sum(1 for c in candidates if number in c.in_sentence)
@@ -390,7 +409,11 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
             weights[n] for n in candidate.in_context - covered)
         if gain == 0:
             return 0.0
-        return (gain + fact - RANK_COST * candidate.rank
+        defines = DEFINES_BONUS if candidate.defines and not chosen else 0.0
+        number = NUMBER_BONUS if candidate.same_number and not chosen else 0.0
+        # The kind of fact asked for ("how long": a duration) is worth a look further down.
+        rank_cost = RANK_COST * (min(candidate.rank, 1) if fact else candidate.rank)
+        return (gain + fact + defines + number - rank_cost
                 - POSITION_COST * candidate.position)
 
     chosen: list[_Candidate] = []
@@ -412,6 +435,14 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
         covered |= best.in_sentence | best.in_context
         facts |= best.holds
         words += len(best.sentence.split())
+    if len(chosen) == 1 and words < SHORT_ANSWER_WORDS:
+        # One short sentence rarely settles a question alone: the sentence after it in its
+        # section says how, how long or what next ("Sign in and open My account to change
+        # your email address." -> "Changing it sends a confirmation link to the new address.").
+        after = [c for c in candidates if c.chunk is chosen[0].chunk
+                 and c.position == chosen[0].position + 1]
+        if after and words + len(after[0].sentence.split()) <= word_budget:
+            chosen.append(after[0])
     # Read in the articles' order: by chunk rank, then position within the chunk.
     chosen.sort(key=lambda c: (c.rank, c.position))
     return [(c.chunk, c.sentence) for c in chosen]

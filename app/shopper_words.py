@@ -32,6 +32,7 @@ SHOPPER_PHRASES: dict[str, str] = {
     "pkg": "parcel",
     "deliver": "delivery shipping",
     "delivers": "delivery shipping",
+    "delivery": "delivery deliver",
     "arrive": "delivery",
     "arrives": "delivery",
     "arriving": "delivery",
@@ -66,6 +67,7 @@ SHOPPER_PHRASES: dict[str, str] = {
     "too late": "window",
     "swap": "exchange",
     "money back": "refund",
+    "no money": "refund received",
     "reimburse": "refund",
     "reimbursement": "refund",
     "refundable": "refund",
@@ -176,8 +178,10 @@ FILLER_WORDS = frozenset(
     want wanna need know tell ask asking question help get got getting take make give
     would could should also still really just like one thing something anything long
     or and not
+    whats wheres hows hasnt havent didnt doesnt wasnt arent gimme lemme gonna yo rn sir
+    madam maam kindly guys stuff r able possible someone anyone actually
     """.split()  # noqa: SIM905
-) | OTHER_LANGUAGES_FILLER_WORDS
+) | OTHER_LANGUAGES_FILLER_WORDS | {"gibt", "hay"}  # "there is": "Gibt es Ratenzahlung?"
 _WORD = re.compile(WORD_PATTERN)
 _MAPPED_TERM = re.compile(r'"[^"]+"|\S+')
 # Shorter words are too often close to an unrelated word ("fit" -> "gift").
@@ -210,8 +214,14 @@ def asks_about_a_product(question: str) -> bool:
     return bool(_CATALOGUE_QUESTION.search(question.strip()))
 
 
+# "US 8", "UK 10", "EU 38": a clothing size in a country's sizes, not the country.
+_SIZE_NOTATION = re.compile(r"\b(?:US|UK|EU|usa?|uk|eu)\s?(?=\d{1,2}\b)")
+
+
 def question_words(question: str) -> list[str]:
-    """The question's words, lower-cased; a capitalised "US" is the country, not "us"."""
+    """The question's words, lower-cased; a capitalised "US" is the country, not "us"; a
+    size in a country's notation ("US 8") is a size."""
+    question = _SIZE_NOTATION.sub("size chart ", question)
     return [
         "usa" if word == "US" else word.lower()
         for word in _WORD.findall(question.replace("’", "").replace("'", ""))
@@ -240,6 +250,18 @@ class ShopperWords:
         self._longest_first = sorted(self._phrases, key=lambda phrase: -len(phrase.split()))
         self._phrase_words = frozenset(w for phrase in self._phrases for w in phrase.split())
         self._places = places
+
+    def base_word(self, word: str) -> str | None:
+        """The article word that `word` is a regular form of, when the articles do not use
+        `word` itself: "deliverd" and "orderd" are "deliver" and "order" (the stemmer leaves
+        a misspelt ending alone, so the full-text search would miss them)."""
+        if word in self.vocabulary or len(word) < _MIN_TYPO_LENGTH:
+            return None
+        for ending in _INFLECTIONS:
+            stem = word[: -len(ending)]
+            if word.endswith(ending) and len(stem) >= 3 and stem in self.vocabulary:
+                return stem
+        return None
 
     def typo_candidates(self, question: str) -> list[str]:
         """The question's words that may be misspelt: long enough, and not the articles' own
@@ -319,7 +341,9 @@ class ShopperWords:
                 continue
             if word in FILLER_WORDS:
                 continue
-            group = [word, fixed[index], *(self._mapped_terms(phrase) if phrase else ())]
+            base = self.base_word(fixed[index])
+            group = [word, fixed[index], *([base] if base else ()),
+                     *(self._mapped_terms(phrase) if phrase else ())]
             groups.append(tuple(dict.fromkeys(group)))
         unique = tuple(dict.fromkeys(groups))
         return WidenedQuestion(unique, tuple(place for _, _, place in places),

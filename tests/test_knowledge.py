@@ -397,3 +397,66 @@ async def test_an_order_number_does_not_make_a_question_out_of_scope(
     plain = await search_knowledge(pool, "can i send back a kurta i dont like")
     with_order = await search_knowledge(pool, "can i send back a kurta i dont like, order 0f5019")
     assert plain and [c.path for c in with_order] == [c.path for c in plain]
+
+
+async def test_a_thing_the_store_does_not_offer_is_not_the_article_sharing_one_word(
+        pool: AsyncConnectionPool) -> None:
+    # "Gift cards" shares "gift" with "gift wrapping" but is about another thing.
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    search = KnowledgeSearch(pool, PROFILE)
+    for question in ("do you sell gift wrapping", "can you gift wrap my order"):
+        assert not (await search.search(question)).found, question
+    assert (await search.search("can i buy a gift card for my sister")).found
+
+
+async def test_a_match_only_in_body_text_must_cover_more_of_the_question(
+        pool: AsyncConnectionPool) -> None:
+    # "app" is in a sentence on banking apps, "book" in "book a pickup": stray words.
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    search = KnowledgeSearch(pool, PROFILE)
+    for question in ("do you have an iphone app", "can you book me a flight to delhi"):
+        assert not (await search.search(question)).found, question
+
+
+async def test_a_size_in_a_countrys_notation_is_a_size_not_the_country(
+        pool: AsyncConnectionPool) -> None:
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    retrieval = await KnowledgeSearch(pool, PROFILE).search(
+        "what size should i get im usually a US 8")
+    assert retrieval.places == ()
+    assert "M is 8-10" in compose_answer(PROFILE, retrieval).text
+
+
+async def test_a_misspelt_ending_keeps_the_word_it_ends(pool: AsyncConnectionPool) -> None:
+    # The stemmer leaves "deliverd" alone, so without "deliver" nothing would match it.
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    retrieval = await KnowledgeSearch(pool, PROFILE).search("it says deliverd")
+    assert any("deliver" in group for group in retrieval.terms)
+
+
+async def test_a_longer_word_holding_an_index_word_is_not_its_typo(
+        pool: AsyncConnectionPool) -> None:
+    await sync_knowledge(pool, DEFAULT_KNOWLEDGE_DIR)
+    retrieval = await KnowledgeSearch(pool, PROFILE).search("do you do wholesale for boutiques")
+    assert not any("whole" in group for group in retrieval.terms)
+    assert not retrieval.found
+
+
+def test_a_list_item_defining_the_word_asked_about_answers() -> None:
+    statuses = chunk("Tracking your order", "What the order statuses mean",
+                     "- Confirmed: we have your payment and the order is waiting to be packed.\n"
+                     "- Packed: your items are checked and boxed.\n"
+                     "- Shipped: the courier has collected the parcel.", "order-tracking.md")
+    answer = compose_answer(PROFILE, Retrieval("what does packed mean", (statuses,),
+                                               terms=(("packed",),)))
+    assert answer.text.startswith("Packed: your items are checked and boxed.")
+
+
+def test_one_short_sentence_goes_on_with_the_next_of_its_section() -> None:
+    account = chunk("Your account and password", "Changing your email, name or address",
+                    "Sign in and open My account to change your email address. Changing your "
+                    "email address sends a confirmation link to the new address. Changes do "
+                    "not affect orders already placed.", "account-password.md")
+    answer = compose_answer(PROFILE, Retrieval("can i change my email address", (account,),
+                                               terms=(("change",), ("email",), ("address",))))
+    assert "confirmation link" in answer.text
