@@ -42,14 +42,19 @@ _CODES = {language: code for code, (language, _) in LANGUAGES.items()}
 # romanised; only words no other served language uses as a word of its own. Spanish "cuál" too,
 # as "which" is an English stop word (PostgreSQL's Spanish list has only the unaccented "cual"):
 # "¿Cuál es la capital de Francia?" matched the curated answers asked as "¿Cuál es ...?".
+# And the words around what is asked: "use" ("Welchen Kurierdienst nutzt ihr?" matched the
+# account article's "nutzen Sie ..."), "any" (Spanish "algún", which PostgreSQL keeps) and the
+# "mehr" of "nicht mehr" (no longer).
 FILLER_WORDS_BY_LANGUAGE = {
     "de": frozenset("""
         bitte danke hallo moin servus mal gern gerne kurz eigentlich möchte möchten würde
-        würden sag sagen sagt wissen weiß frage fragen
+        würden sag sagen sagt wissen weiß frage fragen mehr
+        nutzt nutzen nutze benutzt benutzen verwendet verwenden
         """.split()),  # noqa: SIM905
     "es": frozenset("""
         hola gracias favor porfa quiero quisiera saber dime necesito pregunta
-        cuál cuáles
+        cuál cuáles algún alguna algo
+        usáis usan usas usar utilizáis utilizan
         """.split()),  # noqa: SIM905
     "hi": frozenset("""
         है हैं क्या का की के में से को कर करें करूँ करूं सकते सकता सकती मैं मेरा मेरी मेरे मुझे आप
