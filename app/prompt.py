@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from app.answer_events import Source
 from app.knowledge import KnowledgeChunk
 from app.knowledge_search import Retrieval
-from app.language import WORD_PATTERN, AnswerPhrases, answer_phrases
+from app.language import WORD_PATTERN, AnswerPhrases, answer_phrases, team_can_help
 from app.places import Place
 from app.store_profile import StoreProfile
 
@@ -166,8 +166,7 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
     """A short answer made of the sources' own words; or, with none, who can help. Its own
     few words are in the language of the articles searched (app/language.py)."""
     phrases = answer_phrases(retrieval.language)
-    footer = phrases.team_can_help.format(contact=profile.human_contact,
-                                          hours=profile.support_hours)
+    footer = team_can_help(profile, retrieval.language)
     if not retrieval.found:
         return ComposedAnswer(f"{phrases.not_covered} {footer}", [])
     if retrieval.curated is not None:
@@ -177,7 +176,8 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
             lines.append(_read_more(phrases.more, curated.link_title))
         return ComposedAnswer("\n\n".join(lines), sources_of([curated]))
 
-    chosen = _choose_parts(retrieval) if retrieval.parts else _choose_sentences(retrieval)
+    chosen = _choose_parts(retrieval) if retrieval.parts \
+        else _choose_sentences(_echoing_heading_first(retrieval))
     used = [chunk for chunk, _ in chosen]
     body = " ".join(sentence for _, sentence in chosen)
     lines = [" ".join([*_place_lead(retrieval, body), body])]
@@ -186,6 +186,26 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
     if _NEEDS_PERSON.search(retrieval.question) or _CONTACT_US.search(body):
         lines.append(footer)
     return ComposedAnswer("\n\n".join(lines), sources_of(used))
+
+
+# A heading that says what the shopper wrote, nearly word for word ("I have not received my
+# refund", "No he recibido mi reembolso"), is the section that answers them: at least this share
+# of the question's words are the heading's, and of the heading's the question's.
+ECHO_SHARE = 0.8
+
+
+def _echoing_heading_first(retrieval: Retrieval) -> Retrieval:
+    """The retrieval with a chunk whose heading echoes the question first; the search ranks
+    by the question's rarer words, which "When you will be refunded" holds as well."""
+    asked = {_stem(word) for word in _WORD.findall(retrieval.question)}
+    for rank, chunk in enumerate(retrieval.chunks):
+        heading = {_stem(word) for word in _WORD.findall(chunk.heading)}
+        shared = len(asked & heading)
+        if rank and asked and heading and min(shared / len(asked),
+                                              shared / len(heading)) >= ECHO_SHARE:
+            chunks = (chunk, *retrieval.chunks[:rank], *retrieval.chunks[rank + 1:])
+            return replace(retrieval, chunks=chunks)
+    return retrieval
 
 
 def _place_lead(retrieval: Retrieval, body: str) -> list[str]:
