@@ -12,7 +12,7 @@ talked into repeating its prompt, so the prompt must be safe to leak.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from app.answer_events import Source
@@ -341,6 +341,18 @@ def _continues(candidate: _Candidate, chosen: list[_Candidate], weights: list[fl
             and not _FIGURE.search(first.sentence) and about >= ABOUT_SHARE)
 
 
+def _heading_asking_all(retrieval: Retrieval, groups: list[frozenset[str]], weights: list[float],
+                        stem: Callable[[str], str]) -> KnowledgeChunk | None:
+    """The best chunk, when its own heading (not the article's title) holds every word of the
+    question that weighs something: that section is about exactly what was asked."""
+    if not retrieval.chunks or retrieval.chunks[0].heading == retrieval.chunks[0].title:
+        return None
+    best = retrieval.chunks[0]
+    heading = {stem(word) for word in _WORD.findall(best.heading)}
+    asked = [group for group, weight in zip(groups, weights, strict=True) if weight > 0]
+    return best if asked and all(group & heading for group in asked) else None
+
+
 def _choose_parts(retrieval: Retrieval) -> list[tuple[KnowledgeChunk, str]]:
     """The sentences that answer each part of a question of several, in the shopper's order."""
     share = max(1, MAX_SENTENCES // len(retrieval.parts))
@@ -397,6 +409,7 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
             weights[number] = 0.0
     total = sum(weights) or 1.0
     weights = [weight / total for weight in weights]
+    heading_asks = _heading_asking_all(retrieval, groups, weights, stem)
 
     def value(candidate: _Candidate, covered: frozenset[int], facts: frozenset[int]) -> float:
         fact = ASKED_FACT_BONUS if candidate.holds - facts else 0.0
@@ -404,8 +417,11 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
             # The chunk is about the question (its heading says it), and this sentence gives
             # the figure that settles it: "Gab es mehr als 4 Werktage keine Aktualisierung".
             return FIGURE_BONUS - POSITION_COST * candidate.position
-        # The words above a sentence count fully only for one that says something itself.
-        context = CONTEXT_MATCH if candidate.in_sentence - covered or fact else CONTEXT_MATCH / 2
+        # The words above a sentence count fully only for one that says something itself, or
+        # one under a heading that asks the whole question ("Ist das Bezahlen auf Ihrer Website
+        # sicher?" over "Zahlungen werden ... verschlüsselt").
+        context = CONTEXT_MATCH if (candidate.in_sentence - covered or fact
+                                    or candidate.chunk is heading_asks) else CONTEXT_MATCH / 2
         gain = sum(weights[n] for n in candidate.in_sentence - covered) + context * sum(
             weights[n] for n in candidate.in_context - covered)
         if gain == 0:

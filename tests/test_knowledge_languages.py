@@ -223,3 +223,11 @@ async def test_a_refund_not_received_in_german_or_spanish_gets_who_can_help(
         done = await knowledge_only_answer(start_app, question)
         assert bank in done["text"] and contact in done["text"], question
         assert "help@saffronloom.example" in done["text"], question
+
+
+async def test_a_section_headed_with_the_whole_question_gives_the_answer(start_app: Any) -> None:
+    # "Ist das Bezahlen auf Ihrer Website sicher?" heads the section whose sentences answer it
+    # without repeating its words; the article's opening sentence repeats them and says nothing.
+    done = await knowledge_only_answer(start_app, "Ist das Bezahlen bei euch sicher?")
+    assert "verschlüsselte Verbindung" in done["text"]
+    assert done["sources"][0]["path"] == "de/payment-methods.md"
