@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 from lingua import Language, LanguageDetector, LanguageDetectorBuilder
 
+from app.store_profile import StoreProfile
+from app.support_hours import hours_in_words, read_hours
+
 ENGLISH = "en"
 
 # A word of a question or an article, in any of LANGUAGES. Python's \w leaves out the vowel
@@ -42,14 +45,19 @@ _CODES = {language: code for code, (language, _) in LANGUAGES.items()}
 # romanised; only words no other served language uses as a word of its own. Spanish "cuál" too,
 # as "which" is an English stop word (PostgreSQL's Spanish list has only the unaccented "cual"):
 # "¿Cuál es la capital de Francia?" matched the curated answers asked as "¿Cuál es ...?".
+# And the words around what is asked: "use" ("Welchen Kurierdienst nutzt ihr?" matched the
+# account article's "nutzen Sie ..."), "any" (Spanish "algún", which PostgreSQL keeps) and the
+# "mehr" of "nicht mehr" (no longer).
 FILLER_WORDS_BY_LANGUAGE = {
     "de": frozenset("""
         bitte danke hallo moin servus mal gern gerne kurz eigentlich möchte möchten würde
-        würden sag sagen sagt wissen weiß frage fragen
+        würden sag sagen sagt wissen weiß frage fragen mehr
+        nutzt nutzen nutze benutzt benutzen verwendet verwenden
         """.split()),  # noqa: SIM905
     "es": frozenset("""
         hola gracias favor porfa quiero quisiera saber dime necesito pregunta
-        cuál cuáles
+        cuál cuáles algún alguna algo
+        usáis usan usas usar utilizáis utilizan
         """.split()),  # noqa: SIM905
     "hi": frozenset("""
         है हैं क्या का की के में से को कर करें करूँ करूं सकते सकता सकती मैं मेरा मेरी मेरे मुझे आप
@@ -79,6 +87,7 @@ class AnswerPhrases:
 
     not_covered: str
     team_can_help: str  # {contact}, {hours}
+    email_or_phone: str  # {email}, {phone}
     more: str  # {title}: the article to read for more
     # A place the shopper named (the country and region names are the profile's, in English).
     not_delivered: str  # {country}
@@ -89,27 +98,29 @@ class AnswerPhrases:
 # By the language of the articles an answer is made from (or the shopper's, when none matched).
 ANSWER_PHRASES = {
     "en": AnswerPhrases("Sorry, our help centre does not cover that.",
-                        "Our team can help: {contact}, {hours}.",
+                        "Our team can help: {contact}, {hours}.", "{email} or {phone}",
                         "More in our help centre: {title}.",
                         "We do not deliver to {country} yet.", "Yes, we deliver to {region}.",
                         "Yes, {name} is in our {region} delivery region."),
     "de": AnswerPhrases("Dazu steht leider nichts in unserem Hilfe-Center.",
-                        "Unser Team hilft gern: {contact}, {hours}.",
+                        "Unser Team hilft gern: {contact}, {hours}.", "{email} oder {phone}",
                         "Mehr in unserem Hilfe-Center: {title}.",
                         "Nach {country} liefern wir noch nicht.", "Ja, wir liefern nach {region}.",
                         "Ja, {name} liegt in unserem Liefergebiet {region}."),
     "fr": AnswerPhrases("Désolé, notre centre d'aide ne traite pas ce sujet.",
                         "Notre équipe peut vous aider : {contact}, {hours}.",
+                        "{email} ou {phone}",
                         "Plus d'informations dans notre centre d'aide : {title}.",
                         "Nous ne livrons pas encore : {country}.", "Oui, nous livrons : {region}.",
                         "Oui, {name} fait partie de notre zone de livraison {region}."),
     "es": AnswerPhrases("Lo siento, nuestro centro de ayuda no trata ese tema.",
                         "Nuestro equipo puede ayudarte: {contact}, {hours}.",
+                        "{email} o {phone}",
                         "Más en nuestro centro de ayuda: {title}.",
                         "Todavía no enviamos a {country}.", "Sí, enviamos a {region}.",
                         "Sí, {name} está en nuestra zona de entrega {region}."),
     "hi": AnswerPhrases("माफ़ कीजिए, हमारे सहायता केंद्र में इसकी जानकारी नहीं है।",
-                        "हमारी टीम मदद कर सकती है: {contact}, {hours}।",
+                        "हमारी टीम मदद कर सकती है: {contact}, {hours}।", "{email} या {phone}",
                         "सहायता केंद्र में और जानकारी: {title}।",
                         "हम अभी {country} में डिलीवरी नहीं करते।", "हाँ, हम {region} में डिलीवरी करते हैं।",
                         "हाँ, {name} हमारे {region} डिलीवरी क्षेत्र में है।"),
@@ -118,6 +129,21 @@ ANSWER_PHRASES = {
 
 def answer_phrases(code: str) -> AnswerPhrases:
     return ANSWER_PHRASES.get(code, ANSWER_PHRASES[ENGLISH])
+
+
+def team_can_help(profile: StoreProfile, code: str) -> str:
+    """The contact line of an answer composed without a model, in the answer's language: the
+    store's email and phone, and its support hours in that language when they read as a weekly
+    schedule (app/support_hours.py); hours that do not ("by appointment"), and English, as the
+    profile writes them."""
+    phrases = answer_phrases(code)
+    contact = (phrases.email_or_phone.format(email=profile.contact_email,
+                                             phone=profile.contact_phone)
+               if profile.contact_phone else profile.contact_email)
+    schedule = read_hours(profile.support_hours, profile.time_zone)
+    hours = (hours_in_words(schedule, code) if schedule is not None else None) \
+        or profile.support_hours
+    return phrases.team_can_help.format(contact=contact, hours=hours)
 
 
 @functools.cache

@@ -12,13 +12,13 @@ talked into repeating its prompt, so the prompt must be safe to leak.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from app.answer_events import Source
 from app.knowledge import KnowledgeChunk
 from app.knowledge_search import Retrieval
-from app.language import WORD_PATTERN, AnswerPhrases, answer_phrases
+from app.language import WORD_PATTERN, AnswerPhrases, answer_phrases, team_can_help
 from app.places import Place
 from app.store_profile import StoreProfile
 
@@ -166,8 +166,7 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
     """A short answer made of the sources' own words; or, with none, who can help. Its own
     few words are in the language of the articles searched (app/language.py)."""
     phrases = answer_phrases(retrieval.language)
-    footer = phrases.team_can_help.format(contact=profile.human_contact,
-                                          hours=profile.support_hours)
+    footer = team_can_help(profile, retrieval.language)
     if not retrieval.found:
         return ComposedAnswer(f"{phrases.not_covered} {footer}", [])
     if retrieval.curated is not None:
@@ -177,7 +176,8 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
             lines.append(_read_more(phrases.more, curated.link_title))
         return ComposedAnswer("\n\n".join(lines), sources_of([curated]))
 
-    chosen = _choose_parts(retrieval) if retrieval.parts else _choose_sentences(retrieval)
+    chosen = _choose_parts(retrieval) if retrieval.parts \
+        else _choose_sentences(_echoing_heading_first(retrieval))
     used = [chunk for chunk, _ in chosen]
     body = " ".join(sentence for _, sentence in chosen)
     lines = [" ".join([*_place_lead(retrieval, body), body])]
@@ -186,6 +186,26 @@ def compose_answer(profile: StoreProfile, retrieval: Retrieval) -> ComposedAnswe
     if _NEEDS_PERSON.search(retrieval.question) or _CONTACT_US.search(body):
         lines.append(footer)
     return ComposedAnswer("\n\n".join(lines), sources_of(used))
+
+
+# A heading that says what the shopper wrote, nearly word for word ("I have not received my
+# refund", "No he recibido mi reembolso"), is the section that answers them: at least this share
+# of the question's words are the heading's, and of the heading's the question's.
+ECHO_SHARE = 0.8
+
+
+def _echoing_heading_first(retrieval: Retrieval) -> Retrieval:
+    """The retrieval with a chunk whose heading echoes the question first; the search ranks
+    by the question's rarer words, which "When you will be refunded" holds as well."""
+    asked = {_stem(word) for word in _WORD.findall(retrieval.question)}
+    for rank, chunk in enumerate(retrieval.chunks):
+        heading = {_stem(word) for word in _WORD.findall(chunk.heading)}
+        shared = len(asked & heading)
+        if rank and asked and heading and min(shared / len(asked),
+                                              shared / len(heading)) >= ECHO_SHARE:
+            chunks = (chunk, *retrieval.chunks[:rank], *retrieval.chunks[rank + 1:])
+            return replace(retrieval, chunks=chunks)
+    return retrieval
 
 
 def _place_lead(retrieval: Retrieval, body: str) -> list[str]:
@@ -334,6 +354,18 @@ def _continues(candidate: _Candidate, chosen: list[_Candidate], weights: list[fl
             and not _FIGURE.search(first.sentence) and about >= ABOUT_SHARE)
 
 
+def _heading_asking_all(retrieval: Retrieval, groups: list[frozenset[str]], weights: list[float],
+                        stem: Callable[[str], str]) -> KnowledgeChunk | None:
+    """The best chunk, when its own heading (not the article's title) holds every word of the
+    question that weighs something: that section is about exactly what was asked."""
+    if not retrieval.chunks or retrieval.chunks[0].heading == retrieval.chunks[0].title:
+        return None
+    best = retrieval.chunks[0]
+    heading = {stem(word) for word in _WORD.findall(best.heading)}
+    asked = [group for group, weight in zip(groups, weights, strict=True) if weight > 0]
+    return best if asked and all(group & heading for group in asked) else None
+
+
 def _choose_parts(retrieval: Retrieval) -> list[tuple[KnowledgeChunk, str]]:
     """The sentences that answer each part of a question of several, in the shopper's order."""
     share = max(1, MAX_SENTENCES // len(retrieval.parts))
@@ -396,6 +428,7 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
             weights[number] = 0.0
     total = sum(weights) or 1.0
     weights = [weight / total for weight in weights]
+    heading_asks = _heading_asking_all(retrieval, groups, weights, stem)
 
     def value(candidate: _Candidate, covered: frozenset[int], facts: frozenset[int]) -> float:
         fact = ASKED_FACT_BONUS if candidate.holds - facts else 0.0
@@ -403,8 +436,11 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
             # The chunk is about the question (its heading says it), and this sentence gives
             # the figure that settles it: "Gab es mehr als 4 Werktage keine Aktualisierung".
             return FIGURE_BONUS - POSITION_COST * candidate.position
-        # The words above a sentence count fully only for one that says something itself.
-        context = CONTEXT_MATCH if candidate.in_sentence - covered or fact else CONTEXT_MATCH / 2
+        # The words above a sentence count fully only for one that says something itself, or
+        # one under a heading that asks the whole question ("Ist das Bezahlen auf Ihrer Website
+        # sicher?" over "Zahlungen werden ... verschlüsselt").
+        context = CONTEXT_MATCH if (candidate.in_sentence - covered or fact
+                                    or candidate.chunk is heading_asks) else CONTEXT_MATCH / 2
         gain = sum(weights[n] for n in candidate.in_sentence - covered) + context * sum(
             weights[n] for n in candidate.in_context - covered)
         if gain == 0:

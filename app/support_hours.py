@@ -8,6 +8,8 @@ give no schedule, and the widget then says nothing about hours.
 
 Read: day ranges and lists in English ("Mon-Fri", "Monday to Friday", "Mon, Wed, Sat",
 "daily", "every day", "weekdays") and one window ("9am-6pm", "9:30 - 17:00", "09:00–18:00").
+Said back in the other languages the answers are written in (`hours_in_words`), for the contact
+line of an answer composed without a model.
 """
 
 from __future__ import annotations
@@ -111,3 +113,52 @@ def hours_status(hours: WeeklyHours | None, now: datetime) -> dict[str, object]:
 
 def _utc(moment: datetime) -> str:
     return moment.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- the hours in the shopper's language ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class _HoursWords:
+    days: tuple[str, ...]  # Monday .. Sunday
+    every_day: str
+    day_range: str  # {first}, {last}
+    window: str  # {opens}, {closes}: clock times, 24-hour
+
+
+# Per language the store may answer in (app/language.py); English keeps the profile's own text.
+_HOURS_WORDS = {
+    "de": _HoursWords(("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag",
+                       "Sonntag"), "täglich", "{first} bis {last}", "{opens}–{closes} Uhr"),
+    "fr": _HoursWords(("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche"),
+                      "tous les jours", "du {first} au {last}", "de {opens} à {closes}"),
+    "es": _HoursWords(("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"),
+                      "todos los días", "de {first} a {last}", "de {opens} a {closes}"),
+    "hi": _HoursWords(("सोमवार", "मंगलवार", "बुधवार", "गुरुवार", "शुक्रवार", "शनिवार", "रविवार"),
+                      "हर दिन", "{first} से {last}", "{opens}–{closes}"),
+}
+
+
+def hours_in_words(hours: WeeklyHours, language: str, now: datetime | None = None) -> str | None:
+    """The schedule as a shopper reading `language` says it ("Montag bis Freitag 9:00–18:00 Uhr
+    IST"), in the store's time zone, named as its clocks do; None for a language without
+    words here (English: the profile's text is already the store's own English)."""
+    words = _HOURS_WORDS.get(language)
+    if words is None:
+        return None
+    days = sorted(hours.days)
+    if len(days) == 7:
+        day_text = words.every_day
+    elif len(days) > 2 and days == list(range(days[0], days[-1] + 1)):
+        day_text = words.day_range.format(first=words.days[days[0]], last=words.days[days[-1]])
+    else:
+        day_text = ", ".join(words.days[day] for day in days)
+    window = words.window.format(opens=_clock_text(hours.opens), closes=_clock_text(hours.closes))
+    zone = ZoneInfo(hours.time_zone)
+    # As the store's clocks name it at `now`: "IST"; "CET" or "CEST" for Berlin; "+04" for a
+    # zone without a name.
+    abbreviation = (now or datetime.now(zone)).astimezone(zone).tzname() or hours.time_zone
+    return f"{day_text} {window} {abbreviation}"
+
+
+def _clock_text(moment: time) -> str:
+    return f"{moment.hour}:{moment.minute:02d}"

@@ -137,7 +137,13 @@ async def test_a_hindi_question_is_answered_from_the_english_articles_with_the_n
 async def test_a_question_nothing_answers_is_told_so_in_its_language(start_app: Any) -> None:
     done = await knowledge_only_answer(start_app, "Schreib mir bitte ein Gedicht über Katzen")
     assert done["text"].startswith("Dazu steht leider nichts in unserem Hilfe-Center.")
-    assert "help@saffronloom.example" in done["text"]
+    # The contact line too, hours and all (the profile says "Monday-Friday 9am-6pm IST").
+    assert done["text"].endswith("Unser Team hilft gern: help@saffronloom.example oder"
+                                 " +91 141 555 0134, Montag bis Freitag 9:00–18:00 Uhr IST.")
+    done = await knowledge_only_answer(start_app, "¿Quién ganó el mundial de fútbol?")
+    assert done["text"] == (
+        "Lo siento, nuestro centro de ayuda no trata ese tema. Nuestro equipo puede ayudarte:"
+        " help@saffronloom.example o +91 141 555 0134, de lunes a viernes de 9:00 a 18:00 IST.")
 
 
 async def test_with_a_model_a_german_question_gets_the_german_sources(
@@ -209,8 +215,19 @@ async def test_places_named_in_german_or_spanish_are_placed_in_that_language(
 
 async def test_a_refund_not_received_in_german_or_spanish_gets_who_can_help(
         start_app: Any) -> None:
-    # As "i have not received my refund" does: the answer, then the team's contact.
-    for question in ("Ich habe meine Erstattung noch nicht erhalten",
-                     "No he recibido mi reembolso"):
+    # As "i have not received my refund" does: the answer, then the team's contact. The answer
+    # is the section headed with the shopper's words (ask the bank), not when refunds are made.
+    for question, bank, contact in (
+            ("Ich habe meine Erstattung noch nicht erhalten", "Ihrer Bank", "Unser Team hilft"),
+            ("No he recibido mi reembolso", "tu banco", "Nuestro equipo puede ayudarte")):
         done = await knowledge_only_answer(start_app, question)
+        assert bank in done["text"] and contact in done["text"], question
         assert "help@saffronloom.example" in done["text"], question
+
+
+async def test_a_section_headed_with_the_whole_question_gives_the_answer(start_app: Any) -> None:
+    # "Ist das Bezahlen auf Ihrer Website sicher?" heads the section whose sentences answer it
+    # without repeating its words; the article's opening sentence repeats them and says nothing.
+    done = await knowledge_only_answer(start_app, "Ist das Bezahlen bei euch sicher?")
+    assert "verschlüsselte Verbindung" in done["text"]
+    assert done["sources"][0]["path"] == "de/payment-methods.md"

@@ -15,9 +15,11 @@ from app.store_profile import DEFAULT_PROFILE_PATH, load_profile
 from tests.language_eval import evaluate_languages, load_language_questions
 
 # Measured (make eval) minus a small margin; raise them when the figures improve.
-FLOORS = {"de": {"top3": 0.95, "key_fact": 0.80, "out_of_scope": 0.8},
-          "es": {"top3": 0.95, "key_fact": 0.87, "out_of_scope": 0.6},
-          "hi": {"top3": 0.80, "key_fact": 0.85, "out_of_scope": 0.8}}
+# Measured: German 100% top-3 and 97.2% key fact, Spanish 97.2% and 97.2% (36 questions each,
+# one miss is 2.8%), Hindi 83.3% top-3 and 100% key fact (12 questions).
+FLOORS = {"de": {"top3": 0.95, "key_fact": 0.94, "out_of_scope": 0.8},
+          "es": {"top3": 0.94, "key_fact": 0.94, "out_of_scope": 0.6},
+          "hi": {"top3": 0.80, "key_fact": 0.90, "out_of_scope": 0.8}}
 
 
 @pytest.fixture

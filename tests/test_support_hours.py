@@ -7,7 +7,7 @@ from datetime import UTC, datetime, time
 import httpx
 import pytest
 
-from app.support_hours import hours_status, read_hours
+from app.support_hours import hours_in_words, hours_status, read_hours
 
 KOLKATA = "Asia/Kolkata"
 
@@ -47,6 +47,23 @@ def test_the_status_is_computed_in_the_stores_time_zone() -> None:
     early = hours_status(hours, datetime(2026, 12, 7, 3, 29, tzinfo=UTC))
     assert early["open"] is False and early["opensAt"] == "2026-12-07T03:30:00Z"
     assert hours_status(None, datetime.now(UTC)) == {"known": False}
+
+
+@pytest.mark.parametrize(("text", "time_zone", "language", "said"), [
+    ("Monday-Friday 9am-6pm IST", KOLKATA, "de", "Montag bis Freitag 9:00–18:00 Uhr IST"),
+    ("Monday-Friday 9am-6pm IST", KOLKATA, "es", "de lunes a viernes de 9:00 a 18:00 IST"),
+    ("Mon, Wed and Sat 8:30 am to 12 pm", KOLKATA, "fr",
+     "lundi, mercredi, samedi de 8:30 à 12:00 IST"),
+    ("daily 10:00–22:00", KOLKATA, "hi", "हर दिन 10:00–22:00 IST"),
+    # Named as the store's clocks are at the time: Berlin in winter is CET.
+    ("Mon-Fri 9-17", "Europe/Berlin", "de", "Montag bis Freitag 9:00–17:00 Uhr CET"),
+    ("Monday-Friday 9am-6pm IST", KOLKATA, "en", None),  # the profile's own words stand
+])
+def test_the_hours_are_said_in_the_answers_language(text: str, time_zone: str, language: str,
+                                                    said: str | None) -> None:
+    hours = read_hours(text, time_zone)
+    assert hours is not None
+    assert hours_in_words(hours, language, datetime(2026, 12, 2, 4, 30, tzinfo=UTC)) == said
 
 
 async def test_the_endpoint_reads_the_sites_profile(client: httpx.AsyncClient) -> None:
