@@ -22,6 +22,17 @@ from tests.conftest import FakeUpstream, Reply, stream_chat
     ("How long does shipping take?", "en"),
     ("ok", "en"),  # too short to tell: the help centre's language
     ("#4711", "en"),
+    # Short English questions the letter models alone read as German or Spanish: the model
+    # would have been told to answer them in German.
+    ("Where is my order?", "en"),
+    ("Can I cancel my order?", "en"),
+    ("I forgot my password", "en"),
+    ("Do you ship to Canada?", "en"),
+    # ... while short German, Spanish and French ones stay theirs.
+    ("Wo ist meine Bestellung?", "de"),
+    ("Kann ich stornieren?", "de"),
+    ("¿Dónde está mi pedido?", "es"),
+    ("Où est ma commande ?", "fr"),
 ])
 def test_the_question_language_is_detected(question: str, language: str) -> None:
     assert detect_language(question) == language
