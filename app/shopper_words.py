@@ -249,6 +249,16 @@ class ShopperWords:
         self._phrases = {**SHOPPER_PHRASES, **store_phrases}
         self._longest_first = sorted(self._phrases, key=lambda phrase: -len(phrase.split()))
         self._phrase_words = frozenset(w for phrase in self._phrases for w in phrase.split())
+        # Per first word: (rank in _longest_first, phrase, its words). A question is checked
+        # only against the phrases that start with one of its words, not against every phrase
+        # (hundreds with the store's and the other languages' synonyms: the search's largest
+        # cost in Python). A phrase with odd spacing could never match, and is left out.
+        self._phrases_by_first: dict[str, list[tuple[int, str, tuple[str, ...]]]] = {}
+        for rank, phrase in enumerate(self._longest_first):
+            phrase_words = tuple(phrase.split())
+            if phrase_words and " ".join(phrase_words) == phrase:
+                self._phrases_by_first.setdefault(phrase_words[0], []).append(
+                    (rank, phrase, phrase_words))
         self._places = places
 
     def base_word(self, word: str) -> str | None:
@@ -356,15 +366,20 @@ class ShopperWords:
         positions = [index for index, word in enumerate(words)
                      if word not in _SKIPPED_IN_PHRASES and index not in exclude]
         sequence = [words[index] for index in positions]
+        # Every match, then claimed in the order of the longest-first scan (phrase by phrase,
+        # left to right), so the outcome is that scan's.
+        matches: list[tuple[int, int, int, str]] = []
+        for start, word in enumerate(sequence):
+            for rank, phrase, phrase_words in self._phrases_by_first.get(word, ()):
+                end = start + len(phrase_words)
+                if tuple(sequence[start:end]) == phrase_words:
+                    matches.append((rank, start, end, phrase))
+        matches.sort()
         phrase_at: dict[int, str] = {}
-        for phrase in self._longest_first:
-            length = len(phrase.split())
-            for start in range(len(sequence) - length + 1):
-                span = positions[start : start + length]
-                if " ".join(sequence[start : start + length]) == phrase and not any(
-                    index in phrase_at for index in span
-                ):
-                    phrase_at.update(dict.fromkeys(span, phrase))
+        for _, start, end, phrase in matches:
+            span = positions[start:end]
+            if not any(index in phrase_at for index in span):
+                phrase_at.update(dict.fromkeys(span, phrase))
         return phrase_at
 
     def _mapped_terms(self, phrase: str) -> tuple[str, ...]:
