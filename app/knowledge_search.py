@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -236,16 +237,26 @@ class KnowledgeSearch:
         if is_small_talk(question):
             return Retrieval(question, (), language=self._language)
         async with self._pool.connection() as conn:
-            retrieval = await self._search(conn, question)
-            parts = question_parts(question)
-            if len(parts) > 1:
-                retrieval = await self._search_parts(conn, retrieval, parts)
-            if not retrieval.found and previous_question and reads_as_follow_up(question):
-                retrieval = await self._search(conn, f"{previous_question} {question}")
+            # Reads only, each complete alone: without a transaction, no BEGIN and COMMIT
+            # round trips before the answer's first token. The pool's connections stay in
+            # transactions for everyone else.
+            await conn.set_autocommit(True)
+            try:
+                words = await self._current_words(conn)  # once per question, not per part
+                retrieval = await self._search(conn, words, question)
+                parts = question_parts(question)
+                if len(parts) > 1:
+                    retrieval = await self._search_parts(conn, words, retrieval, parts)
+                if not retrieval.found and previous_question and reads_as_follow_up(question):
+                    retrieval = await self._search(conn, words, f"{previous_question} {question}")
+            finally:
+                if conn.info.transaction_status == TransactionStatus.IDLE:
+                    await conn.set_autocommit(False)
+                # Otherwise the connection is broken, and the pool will not hand it out again.
         return retrieval
 
-    async def _search(self, conn: AsyncConnection, question: str) -> Retrieval:
-        words = await self._current_words(conn)
+    async def _search(self, conn: AsyncConnection, words: ShopperWords,
+                      question: str) -> Retrieval:
         fixes = await self._fix_typos(conn, words, words.typo_candidates(question))
         widened = words.widen(question, fixes)
         nothing = Retrieval(question, (), widened.places, None, widened.groups, self._language)
@@ -282,15 +293,15 @@ class KnowledgeSearch:
         return Retrieval(question, chunks, widened.places, _close_curated(chunks), widened.groups,
                          self._language, tuple(group_weights), widened.place_groups, self._stems)
 
-    async def _search_parts(self, conn: AsyncConnection, whole: Retrieval,
-                            parts: list[str]) -> Retrieval:
+    async def _search_parts(self, conn: AsyncConnection, words: ShopperWords,
+                            whole: Retrieval, parts: list[str]) -> Retrieval:
         """A question of several parts ("can I return it and how long does the refund take"):
         the best chunk of each part first, in the shopper's order, then the whole question's
         others; no curated answer, since one entry answers one part."""
         chunks: list[KnowledgeChunk] = []
         found_parts: list[Retrieval] = []
         for part in parts:
-            found = await self._search(conn, part)
+            found = await self._search(conn, words, part)
             if found.found and found.chunks[0] not in chunks:
                 chunks.append(found.chunks[0])
                 found_parts.append(found)
