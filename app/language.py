@@ -159,15 +159,16 @@ def detector() -> LanguageDetector:
 # with them: "Where is my order?" is German to them (0.79), "Do you ship to Canada?" Spanish
 # (0.56). They are sure of real German or Spanish ("Wo ist meine Bestellung?" 1.0). So a pick
 # below this confidence is English after all when at least half of the question's words are
-# common English ones (function words, and the nouns shoppers ask with). (The high-accuracy models know better, but cost
-# some 150 MB more per process.)
+# common English ones (function words, and the nouns shoppers ask with). The high-accuracy
+# models know better, but cost some 150 MB more per process.
 SURE_CONFIDENCE = 0.9
-ENGLISH_WORDS = frozenset(
+_ENGLISH_WORDS_TEXT = (
     "a about after am an and any are at be been but by can can't could did do does doesn't"
     " don't for from get got has hasn't have haven't how i i'm if in is isn't it it's my me"
     " need not of on or please should so than that the their them there they this to too"
     " was wasn't we what when where which who why will with won't would you your yet still"
-    " order ship shipping delivery forgot password refund return cancel".split())
+    " order ship shipping delivery forgot password refund return cancel")
+ENGLISH_WORDS = frozenset(_ENGLISH_WORDS_TEXT.split())
 
 
 def detect_language(text: str) -> str:

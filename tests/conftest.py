@@ -257,7 +257,7 @@ async def start_app(database_url: str, redis_url: str) -> AsyncIterator[Callable
         return RunningApp(f"http://127.0.0.1:{port}", server, app)
 
     yield start
-    for server, task in running:
+    for server, _task in running:
         server.should_exit = True
     # The server's own grace is 2 s: a stop that takes far longer is a hang to report, not to
     # wait out until CI's deadline.
