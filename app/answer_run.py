@@ -148,6 +148,11 @@ class AnswerRun:
         # save and the terminal event must run to the end, or the text is lost and the stream
         # never ends.
         self.generating = False
+
+    @property
+    def text(self) -> str:
+        """The answer's text as saved (empty until it ends)."""
+        return self._text
         self.task: asyncio.Task[str] | None = None
 
     @property

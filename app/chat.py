@@ -15,9 +15,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -52,13 +52,21 @@ _UNCONFIRMED_MAX_DELAY_S = 4.0
 _AFTER_EVERY_TOKEN = 2**53
 
 
+# Told of an answer that ended: (site id, conversation id, the message's summary).
+Answered = Callable[[int, uuid.UUID, dict[str, Any]], Coroutine[Any, Any, None]]
+
+
 class ChatService:
     def __init__(self, pool: AsyncConnectionPool, events: EventLog, llm: LLM | None, *,
                  history_window: int, profile: StoreProfile,
                  knowledge: SiteSearches, metrics: Metrics | None = None,
                  orders: OrdersClient | None = None,
-                 answer_cap: tuple[int, int] = answer_caps(500)) -> None:
+                 answer_cap: tuple[int, int] = answer_caps(500),
+                 answered: Answered | None = None) -> None:
         self._messages = MessageStore(pool, history_window=history_window)
+        # Told of every answer that ended (site, conversation, the message): the back office
+        # showing the conversation reads it again, on whichever instance it is open.
+        self._answered = answered
         detector()  # built now (about 0.15 s), not on the first shopper's question
         self._events = events
         self._llm = llm
@@ -76,6 +84,7 @@ class ChatService:
         # Answers whose question's commit went unconfirmed, looked after until their row is
         # known to be settled (see _end_unconfirmed); they count as produced here meanwhile.
         self._settling: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._telling: set[asyncio.Task[None]] = set()  # the `answered` calls under way
 
     @property
     def running_count(self) -> int:
@@ -160,7 +169,18 @@ class ChatService:
         self._running[answer_id] = run
         assert run.task is not None
         run.task.add_done_callback(lambda _: self._running.pop(answer_id, None))
+        if self._answered is not None:
+            answered, site_id = self._answered, DEFAULT_SITE_ID if site is None else site.id
+            run.task.add_done_callback(lambda _: self._tell_answered(answered, site_id, run))
         return started
+
+    def _tell_answered(self, answered: Answered, site_id: int, run: AnswerRun) -> None:
+        message = {"id": str(run.started.answer_id), "sender": "ai", "text": run.text,
+                   "status": run.status}
+        task = asyncio.create_task(answered(site_id, run.started.session_id, message),
+                                   name=f"answered-{run.started.answer_id}")
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
 
     def _settle_unconfirmed(self, answer_id: uuid.UUID, writer_pid: int) -> None:
         task = asyncio.create_task(self._end_unconfirmed(answer_id, writer_pid),

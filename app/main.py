@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from .bulkhead import Bulkhead, lookup_slots
 from .chat import ChatService, answer_caps
 from .clientip import parse_networks
 from .config import Settings
-from .conversation_events import build_feeds
+from .conversation_events import build_feeds, site_key
 from .errors import (
     AppError,
     NotFoundError,
@@ -346,12 +347,20 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
         # One search per site, made on the site's first question: each caches its site's
         # vocabulary, synonyms and typo fixes for the app's lifetime.
         knowledge = SiteSearches(pool, profile)
+
+        async def tell_inbox_answered(site_id: int, conversation_id: uuid.UUID,
+                                      message: dict[str, Any]) -> None:
+            # An agent with the conversation open sees the assistant's answer once it ends
+            # (the inbox reads the conversation again on this event), not only on the next one.
+            await services.feeds.publish(site_key(site_id), "conversation", {
+                "id": str(conversation_id), "siteId": site_id, "lastMessage": message})
         # The default site's first question would otherwise pay for loading its vocabulary and
         # the world's place names (about 0.5 s, several seconds on a busy machine): pay it now.
         await knowledge.for_site().search("Do you ship to Germany?")
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
                            profile=profile, knowledge=knowledge, metrics=metrics, orders=orders,
-                           answer_cap=answer_caps(settings.max_tokens))
+                           answer_cap=answer_caps(settings.max_tokens),
+                           answered=tell_inbox_answered)
         await events.open(on_cancel_request=chat.cancel_running)
         # An answer left 'streaming' that no instance produces had its producer die: with one
         # instance, with the previous process; with Redis, whichever instance let its lease go.

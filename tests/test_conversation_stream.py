@@ -103,6 +103,28 @@ async def test_the_shoppers_typing_and_messages_reach_the_agent_and_the_inbox(
             assert updates[-1].data["lastMessage"]["sender"] == "user"
 
 
+async def test_the_inbox_on_another_instance_hears_when_an_answer_ends(
+        start_app: Callable[..., Any], upstream: FakeUpstream, database_url: str,
+        shared_settings: dict[str, Any]) -> None:
+    # An agent watching a conversation the assistant has (after a hand-back, say) must see the
+    # answer when it ends, not only when the shopper writes again.
+    shopper_side: RunningApp = await start_app(**shared_settings)
+    agent_side: RunningApp = await start_app(**shared_settings)
+    agent = await make_staff(database_url, [1], name="Grace")
+    http, csrf = await signed_in(agent_side, agent)
+    async with shopper_side.client() as shopper, aclosing(http), \
+            http.stream("GET", "/admin/api/stream") as inbox:
+        assert inbox.status_code == 200
+        events = await stream_chat(shopper, {"message": "do you ship abroad?"})
+        session_id, answer_id = events[0].data["sessionId"], events[0].data["messageId"]
+        text = events[-1].data["text"]
+        told = await events_until(read_events(inbox), lambda e: e.data.get("id") == session_id
+                                  and e.data["lastMessage"]["sender"] == "ai")
+    assert told[-1].event == "conversation"
+    assert told[-1].data["lastMessage"] == {"id": answer_id, "sender": "ai", "text": text,
+                                            "status": "complete"}
+
+
 async def test_a_conversation_stream_of_another_site_or_a_stranger_is_refused(
         client: httpx.AsyncClient) -> None:
     session_id = (await stream_chat(client, {"message": "hi"}))[0].data["sessionId"]
