@@ -53,6 +53,7 @@ _AFTER_EVERY_TOKEN = 2**53
 
 
 # Told of an answer that ended: (site id, conversation id, the message's summary).
+ANSWERED_PREVIEW_CHARS = 200
 Answered = Callable[[int, uuid.UUID, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
@@ -175,8 +176,10 @@ class ChatService:
         return started
 
     def _tell_answered(self, answered: Answered, site_id: int, run: AnswerRun) -> None:
-        message = {"id": str(run.started.answer_id), "sender": "ai", "text": run.text,
-                   "status": run.status}
+        # A preview: the inbox reads the conversation again, and the site's feed keeps 2,000
+        # of these for a day, so whole answers there would only cost Redis memory.
+        message = {"id": str(run.started.answer_id), "sender": "ai",
+                   "text": run.text[:ANSWERED_PREVIEW_CHARS], "status": run.status}
         task = asyncio.create_task(answered(site_id, run.started.session_id, message),
                                    name=f"answered-{run.started.answer_id}")
         self._telling.add(task)
