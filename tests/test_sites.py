@@ -450,3 +450,16 @@ def test_sites_cli_mistakes_are_one_line_and_status_2(migrated_database: str, tm
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_no_new_site_key_starts_with_a_dash(database_url: str) -> None:
+    # The CLI reads "-AbC…" as an option: `sites secret KEY` failed for one key in 64.
+    with psycopg.connect(database_url) as conn:
+        [(default,)] = conn.execute(
+            "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a"
+            " ON a.attrelid = d.adrelid AND a.attnum = d.adnum"
+            " WHERE d.adrelid = 'sites'::regclass AND a.attname = 'site_key'").fetchall()
+        keys = [key for (key,) in conn.execute(
+            f"SELECT {default} FROM generate_series(1, 2000)").fetchall()]
+    assert len(set(keys)) == 2000
+    assert not [key for key in keys if key.startswith("-")]
