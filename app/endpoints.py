@@ -337,9 +337,6 @@ async def history(request: Request) -> Response:
     raw_before = request.query_params.get("before")
     before = None if raw_before is None else parse_uuid(raw_before, "before")
     site = site_param(request)
-    # Read before the history, so the stream resumed from here misses nothing written meanwhile
-    # (a message in both is shown once: the widget knows messages by id).
-    stream_id = await services(request).feeds.last_id(conversation_key(site.id, session_id))
     async with lookup(request):
         # Read before the history, so the stream resumed from here misses nothing written meanwhile
         # (a message in both is shown once: the widget knows messages by id).
