@@ -35,6 +35,10 @@ class Upstream:
     # Close it just before the server sends these bytes: a cut at a known point of a stream,
     # whatever the size of what comes before (headers grow).
     cut_before: bytes | None = None
+    # With cut_before: send nothing more, but close only once this is set (by a test that knows
+    # the client used what came before). Chromium can drop the last bytes of a body when the
+    # close arrives right behind them, and a resume test then sees no Last-Event-ID.
+    cut_when: asyncio.Event | None = None
 
 
 _HTTP_REQUEST = re.compile(rb"[A-Z]+ \S+ HTTP/1\.")
@@ -203,7 +207,8 @@ class TcpProxy:
                                                     watch=progress)),
                      asyncio.create_task(self._pipe(upstream_reader, writer, limit, b"",
                                                     muted=progress,
-                                                    cut_before=target.cut_before))}
+                                                    cut_before=target.cut_before,
+                                                    cut_when=target.cut_when))}
             try:
                 await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -237,7 +242,8 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     limit: int | None, first: bytes, watch: dict[str, int | bool] | None = None,
                     muted: dict[str, int | bool] | None = None,
-                    cut_before: bytes | None = None) -> None:
+                    cut_before: bytes | None = None,
+                    cut_when: asyncio.Event | None = None) -> None:
         sent = 0
         chunk = first
         # With cut_before: the bytes held back because they may be the start of the marker.
@@ -257,6 +263,8 @@ class TcpProxy:
                     if at >= 0:
                         writer.write(held[:at])
                         await writer.drain()
+                        if cut_when is not None:
+                            await cut_when.wait()
                         return  # the connection closes just before the marker
                     split = max(0, len(held) - (len(cut_before) - 1))
                     chunk, held = held[:split], held[split:]

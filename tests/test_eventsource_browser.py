@@ -33,8 +33,11 @@ CUT_BEFORE_TOKEN = 4
 PAGE_HTML = b"<!doctype html><title>resume</title><link rel=icon href='data:,'>"
 PAGE_RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nconnection: close\r\n"
                  b"content-length: " + str(len(PAGE_HTML)).encode() + b"\r\n\r\n" + PAGE_HTML)
+NO_CONTENT_RESPONSE = b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
 
-FOLLOW_IN_PAGE = """(url) => new Promise((resolve) => {
+# The page tells the proxy it has token 3 (a request to /has-token), and only then is the first
+# connection closed: a close right behind the bytes can make Chromium drop them unread.
+FOLLOW_IN_PAGE = """([url, cutAfterId]) => new Promise((resolve) => {
   const tokens = [], ids = [];
   let opened = 0;
   const source = new EventSource(url);
@@ -42,6 +45,7 @@ FOLLOW_IN_PAGE = """(url) => new Promise((resolve) => {
   source.addEventListener("token", (e) => {
     ids.push(e.lastEventId);
     tokens.push(JSON.parse(e.data).text);
+    if (e.lastEventId === String(cutAfterId)) fetch("/has-token");  // the proxy may cut now
   });
   source.addEventListener("done", (e) => {
     source.close();
@@ -63,16 +67,21 @@ async def test_eventsource_reconnects_to_another_instance_and_continues(
         shared_settings: dict[str, Any]) -> None:
     a, b = await start_app(**shared_settings), await start_app(**shared_settings)
     stream_requests = 0
+    browser_has_tokens = asyncio.Event()
 
     def balance(head: bytes) -> Upstream | bytes:
         nonlocal stream_requests
         if head.startswith(b"GET /page "):
             return PAGE_RESPONSE
+        if head.startswith(b"GET /has-token "):
+            browser_has_tokens.set()
+            return NO_CONTENT_RESPONSE
         if head.startswith(b"GET /chat/stream/"):
             stream_requests += 1
             if stream_requests == 1:
                 return Upstream("127.0.0.1", port_of(a),
-                                cut_before=b"id: %d\n" % CUT_BEFORE_TOKEN)
+                                cut_before=b"id: %d\n" % CUT_BEFORE_TOKEN,
+                                cut_when=browser_has_tokens)
             return Upstream("127.0.0.1", port_of(b))
         return Upstream("127.0.0.1", port_of(a))
 
@@ -90,7 +99,8 @@ async def test_eventsource_reconnects_to_another_instance_and_continues(
             page = await browser.new_page()
             await page.goto(f"http://{proxy.url_host}/page")
             async with asyncio.timeout(60):
-                result = await page.evaluate(FOLLOW_IN_PAGE, stream_url)
+                result = await page.evaluate(FOLLOW_IN_PAGE,
+                                             [stream_url, CUT_BEFORE_TOKEN - 1])
         finally:
             await browser.close()
     await proxy.stop()
@@ -99,6 +109,7 @@ async def test_eventsource_reconnects_to_another_instance_and_continues(
     assert result["ids"] == [str(n) for n in range(1, 51)], result
     assert "".join(result["tokens"]) == "".join(tokens)
     assert result["done"]["status"] == "complete" and result["done"]["text"] == "".join(tokens)
+    assert browser_has_tokens.is_set()
     stream_heads = [h.decode("latin-1") for h in proxy.heads if h.startswith(b"GET /chat/stream/")]
     assert len(stream_heads) == 2
     assert "last-event-id" not in stream_heads[0].lower()
