@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -279,6 +280,17 @@ def start_spend_alerts(services: Services, pool: Any) -> asyncio.Task[None] | No
     return asyncio.create_task(watch.run(), name="spend-alerts")
 
 
+async def warm_up_search(knowledge: SiteSearches) -> None:
+    """Load the default site's vocabulary and the world's place names now: the first question
+    would otherwise pay for them (about 0.5 s, several seconds on a busy machine). Best effort:
+    a database too slow for it now must not stop the start, the first question loads them."""
+    try:
+        await knowledge.for_site().search("Do you ship to Germany?")
+    except (psycopg.Error, TimeoutError) as exc:  # PoolTimeout is a psycopg.Error
+        log.warning("the knowledge search was not warmed up (%s): the first question loads it",
+                    type(exc).__name__)
+
+
 def start_waiting_alerts(services: Services, pool: Any) -> asyncio.Task[None] | None:
     """The "nobody took it" check (app/waiting_alerts.py), unless it is off or has no effect."""
     settings = services.settings
@@ -354,9 +366,7 @@ def create_app(settings: Settings, *, llm_http_client: Any = None) -> Starlette:
             # (the inbox reads the conversation again on this event), not only on the next one.
             await services.feeds.publish(site_key(site_id), "conversation", {
                 "id": str(conversation_id), "siteId": site_id, "lastMessage": message})
-        # The default site's first question would otherwise pay for loading its vocabulary and
-        # the world's place names (about 0.5 s, several seconds on a busy machine): pay it now.
-        await knowledge.for_site().search("Do you ship to Germany?")
+        await warm_up_search(knowledge)
         chat = ChatService(pool, events, llm, history_window=settings.history_window,
                            profile=profile, knowledge=knowledge, metrics=metrics, orders=orders,
                            answer_cap=answer_caps(settings.max_tokens),

@@ -4,6 +4,7 @@ knowledge base when the model fails before its first token."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
+from app.knowledge_search import KnowledgeSearch
 from app.store_profile import DEFAULT_PROFILE_PATH
 from tests.conftest import ROOT, FakeUpstream, Reply, stream_chat
 
@@ -221,3 +224,28 @@ def test_the_sync_command_indexes_the_folder(database_url: str, tmp_path: Path) 
     assert first.stdout.strip().endswith(": 1 added, 0 updated, 0 removed, 0 unchanged") or \
         first.stdout.strip().endswith("removed, 0 unchanged")
     assert second.stdout.strip().endswith(": 0 added, 0 updated, 0 removed, 1 unchanged")
+
+
+async def test_a_start_too_slow_for_the_search_warm_up_still_starts_and_answers(
+        start_app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # On a busy machine the warm-up's statements can time out (the pool drops the connection):
+    # the app must start anyway, and its first question loads the search instead.
+    real_search, calls = KnowledgeSearch.search, []
+
+    async def too_slow_at_first(self: KnowledgeSearch, question: str,
+                                previous_question: str | None = None) -> Any:
+        calls.append(question)
+        if len(calls) == 1:
+            raise psycopg.OperationalError("consuming input failed: server closed the connection")
+        return await real_search(self, question, previous_question)
+
+    monkeypatch.setattr(KnowledgeSearch, "search", too_slow_at_first)
+    with caplog.at_level(logging.WARNING, logger="app.main"):
+        app = await start_app(openai_api_key="", openai_base_url="")
+    assert any("not warmed up" in r.getMessage() for r in caplog.records)
+    async with app.client() as http:
+        assert (await http.get("/readyz")).status_code == 200
+        events = await stream_chat(http, {"message": "how long do i have to send something back?"})
+    assert len(calls) == 2
+    done = events[-1].data
+    assert events[-1].event == "done" and done["status"] == "complete" and "14 days" in done["text"]
