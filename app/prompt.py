@@ -201,11 +201,33 @@ def _echoing_heading_first(retrieval: Retrieval) -> Retrieval:
     for rank, chunk in enumerate(retrieval.chunks):
         heading = {_stem(word) for word in _WORD.findall(chunk.heading)}
         shared = len(asked & heading)
-        if rank and asked and heading and min(shared / len(asked),
-                                              shared / len(heading)) >= ECHO_SHARE:
+        if rank and (asked and heading and min(shared / len(asked),
+                                               shared / len(heading)) >= ECHO_SHARE
+                     or _echoes_what_weighs(retrieval, chunk.heading)):
             chunks = (chunk, *retrieval.chunks[:rank], *retrieval.chunks[rank + 1:])
             return replace(retrieval, chunks=chunks)
     return retrieval
+
+
+def _echoes_what_weighs(retrieval: Retrieval, heading: str) -> bool:
+    """Whether a heading says what the question asks once the words that say nothing are left
+    out of both ("whats your address" and "Our address"): every group of the question that
+    weighs something is in the heading, and the heading's stop-word-free stems are all asked."""
+    if len(retrieval.weights) != len(retrieval.terms):
+        return False
+    stems = retrieval.stems
+    asked = [{stems.get(word.lower()) or _stem(word) for term in group
+              for word in _WORD.findall(term)}
+             for group, weight in zip(retrieval.terms, retrieval.weights, strict=True)
+             if weight > 0]
+    # A word the index has no stem for is a stop word ("our", "the"), or unknown to it.
+    said = {stems[word.lower()] for word in _WORD.findall(heading) if word.lower() in stems}
+    if not asked or not said:
+        return False
+    in_heading = sum(1 for group in asked if group & said)
+    asked_words = set().union(*asked)
+    return (in_heading / len(asked) >= ECHO_SHARE
+            and len(said & asked_words) / len(said) >= ECHO_SHARE)
 
 
 def _place_lead(retrieval: Retrieval, body: str) -> list[str]:
