@@ -290,6 +290,8 @@ def _units(text: str) -> list[str]:
 # asked for beats one that only shares the question's words. In every language the store has
 # articles in (English, German, Spanish): "wie lange" and "cuánto tarda" ask for a duration
 # as "how long" does, and "Werktage" and "días hábiles" are one as "business days" is.
+# "pay" alone does not ask for an amount: "do i pay duties for US orders" asks whether, and
+# "how much do i pay" says "how much".
 _ASKS_FOR = (
     (re.compile(r"\bhow (?:long|many days|soon|fast|quickly)\b|\bwhen (?:will|does|do|can|is)\b"
                 r"|\b(?:days?|weeks?)\b|\bby (?:when|friday|monday)\b"
@@ -304,7 +306,7 @@ _ASKS_FOR = (
                 r"|\d\s*(?:-\s*\d+\s*)?(?:d[ií]as?(?: h[aá]biles)?|semanas?|meses|horas?)\b",
                 re.IGNORECASE)),
     (re.compile(r"\bhow much\b|\bcosts?\b|\bprice\b|\bfees?\b|\bcharges?\b|\bfree\b"
-                r"|\bpay\b|\bexpensive\b|\bminimum\b"
+                r"|\bexpensive\b|\bminimum\b"
                 r"|\bwie ?viel\b|\bkoste[tn]?\b|\bpreis\b|\bgeb[üu]hre?n?\b|\bkostenlos\b"
                 r"|\bgratis\b|\bcu[aá]nto (?:cuesta|vale|cobr[aá]is)\b|\bcoste\b|\bcosto\b"
                 r"|\bprecio\b|\btarifa\b|\bcuesta\b",
