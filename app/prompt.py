@@ -331,6 +331,8 @@ CONTEXT_MATCH = 0.8
 MIN_FURTHER_GAIN = 0.1
 # An answer of one sentence shorter than this goes on with the sentence after it.
 SHORT_ANSWER_WORDS = 25
+# An answer starting mid-section takes the section's opening too, within this many words over.
+OPENING_ALLOWANCE = 15
 MIN_SENTENCE_WORDS = 4
 # How much a sentence loses per chunk rank and per position in its chunk.
 RANK_COST = 0.25
@@ -503,6 +505,16 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
                  and c.position == chosen[0].position + 1]
         if after and words + len(after[0].sentence.split()) <= word_budget:
             chosen.append(after[0])
+            words += len(after[0].sentence.split())
+    opening = [c for c in candidates if chosen and c.chunk is chosen[0].chunk
+               and c.position == 0 and c not in chosen]
+    if (opening and chosen[0].rank == 0 and not chosen[0].defines
+            and not _DEFINED_TERM.match(opening[0].sentence)
+            and words + len(opening[0].sentence.split()) <= word_budget + OPENING_ALLOWANCE):
+        # An answer that starts mid-section skips what the section says first, which is what
+        # its heading promises ("Passwords are case-sensitive, so check Caps Lock."); not so
+        # in a list of terms, whose first item is just another term.
+        chosen.append(opening[0])
     # Read in the articles' order: by chunk rank, then position within the chunk.
     chosen.sort(key=lambda c: (c.rank, c.position))
     return [(c.chunk, c.sentence) for c in chosen]
