@@ -412,13 +412,17 @@ class KnowledgeSearch:
     async def _stem_words(self, conn: AsyncConnection, words: list[str]) -> None:
         """Add the stems of the question's words the index does not hold ("arrives")."""
         unseen = list(dict.fromkeys(w.strip('"').lower() for w in words
-                                    if w.strip('"').lower() not in self._stems))
+                                    if w.strip('"').lower() not in self._stems
+                                    and w.strip('"').lower() not in self._stop_words))
         if unseen:
             cursor = await conn.execute(_STEM_WORDS_SQL, {"words": unseen,
                                                           "language": self._language})
             for word, stem in await cursor.fetchall():
-                self._stems[word] = stem or word
-                if not stem:
+                # A stop word gets no stem, as in the index: the answer's sentence picking
+                # tells "our" in a heading from a word that says something by its absence.
+                if stem:
+                    self._stems[word] = stem
+                else:
                     self._stop_words.add(word)
 
     async def _fix_typos(self, conn: AsyncConnection, words: ShopperWords,

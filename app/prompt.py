@@ -201,11 +201,33 @@ def _echoing_heading_first(retrieval: Retrieval) -> Retrieval:
     for rank, chunk in enumerate(retrieval.chunks):
         heading = {_stem(word) for word in _WORD.findall(chunk.heading)}
         shared = len(asked & heading)
-        if rank and asked and heading and min(shared / len(asked),
-                                              shared / len(heading)) >= ECHO_SHARE:
+        if rank and (asked and heading and min(shared / len(asked),
+                                               shared / len(heading)) >= ECHO_SHARE
+                     or _echoes_what_weighs(retrieval, chunk.heading)):
             chunks = (chunk, *retrieval.chunks[:rank], *retrieval.chunks[rank + 1:])
             return replace(retrieval, chunks=chunks)
     return retrieval
+
+
+def _echoes_what_weighs(retrieval: Retrieval, heading: str) -> bool:
+    """Whether a heading says what the question asks once the words that say nothing are left
+    out of both ("whats your address" and "Our address"): every group of the question that
+    weighs something is in the heading, and the heading's stop-word-free stems are all asked."""
+    if len(retrieval.weights) != len(retrieval.terms):
+        return False
+    stems = retrieval.stems
+    asked = [{stems.get(word.lower()) or _stem(word) for term in group
+              for word in _WORD.findall(term)}
+             for group, weight in zip(retrieval.terms, retrieval.weights, strict=True)
+             if weight > 0]
+    # A word the index has no stem for is a stop word ("our", "the"), or unknown to it.
+    said = {stems[word.lower()] for word in _WORD.findall(heading) if word.lower() in stems}
+    if not asked or not said:
+        return False
+    in_heading = sum(1 for group in asked if group & said)
+    asked_words = set().union(*asked)
+    return (in_heading / len(asked) >= ECHO_SHARE
+            and len(said & asked_words) / len(said) >= ECHO_SHARE)
 
 
 def _place_lead(retrieval: Retrieval, body: str) -> list[str]:
@@ -268,6 +290,8 @@ def _units(text: str) -> list[str]:
 # asked for beats one that only shares the question's words. In every language the store has
 # articles in (English, German, Spanish): "wie lange" and "cuánto tarda" ask for a duration
 # as "how long" does, and "Werktage" and "días hábiles" are one as "business days" is.
+# "pay" alone does not ask for an amount: "do i pay duties for US orders" asks whether, and
+# "how much do i pay" says "how much".
 _ASKS_FOR = (
     (re.compile(r"\bhow (?:long|many days|soon|fast|quickly)\b|\bwhen (?:will|does|do|can|is)\b"
                 r"|\b(?:days?|weeks?)\b|\bby (?:when|friday|monday)\b"
@@ -282,7 +306,7 @@ _ASKS_FOR = (
                 r"|\d\s*(?:-\s*\d+\s*)?(?:d[ií]as?(?: h[aá]biles)?|semanas?|meses|horas?)\b",
                 re.IGNORECASE)),
     (re.compile(r"\bhow much\b|\bcosts?\b|\bprice\b|\bfees?\b|\bcharges?\b|\bfree\b"
-                r"|\bpay\b|\bexpensive\b|\bminimum\b"
+                r"|\bexpensive\b|\bminimum\b"
                 r"|\bwie ?viel\b|\bkoste[tn]?\b|\bpreis\b|\bgeb[üu]hre?n?\b|\bkostenlos\b"
                 r"|\bgratis\b|\bcu[aá]nto (?:cuesta|vale|cobr[aá]is)\b|\bcoste\b|\bcosto\b"
                 r"|\bprecio\b|\btarifa\b|\bcuesta\b",
@@ -307,6 +331,8 @@ CONTEXT_MATCH = 0.8
 MIN_FURTHER_GAIN = 0.1
 # An answer of one sentence shorter than this goes on with the sentence after it.
 SHORT_ANSWER_WORDS = 25
+# An answer starting mid-section takes the section's opening too, within this many words over.
+OPENING_ALLOWANCE = 15
 MIN_SENTENCE_WORDS = 4
 # How much a sentence loses per chunk rank and per position in its chunk.
 RANK_COST = 0.25
@@ -479,6 +505,16 @@ def _choose_sentences(retrieval: Retrieval, max_sentences: int = MAX_SENTENCES,
                  and c.position == chosen[0].position + 1]
         if after and words + len(after[0].sentence.split()) <= word_budget:
             chosen.append(after[0])
+            words += len(after[0].sentence.split())
+    opening = [c for c in candidates if chosen and c.chunk is chosen[0].chunk
+               and c.position == 0 and c not in chosen]
+    if (opening and chosen[0].rank == 0 and not chosen[0].defines
+            and not _DEFINED_TERM.match(opening[0].sentence)
+            and words + len(opening[0].sentence.split()) <= word_budget + OPENING_ALLOWANCE):
+        # An answer that starts mid-section skips what the section says first, which is what
+        # its heading promises ("Passwords are case-sensitive, so check Caps Lock."); not so
+        # in a list of terms, whose first item is just another term.
+        chosen.append(opening[0])
     # Read in the articles' order: by chunk rank, then position within the chunk.
     chosen.sort(key=lambda c: (c.rank, c.position))
     return [(c.chunk, c.sentence) for c in chosen]

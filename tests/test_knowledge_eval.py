@@ -17,7 +17,7 @@ from tests.knowledge_eval import evaluate, load_questions
 
 # Measured (make eval) minus a small margin; raise them when the figures improve.
 FLOORS = {"top1": 0.86, "top3": 0.96, "out_of_scope_recall": 0.82,
-          "out_of_scope_precision": 0.95, "key_fact": 0.80}
+          "out_of_scope_precision": 0.95, "key_fact": 0.83}
 MAX_MEDIAN_WORDS = 60
 
 
