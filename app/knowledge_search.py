@@ -80,6 +80,9 @@ DEFAULT_LIMIT = 3
 # Shoppers ask the same few things ("where is my order?"): the retrievals of the last this many
 # questions are kept, for the knowledge as it is, so a repeated one costs a revision read only.
 RECENT_QUESTIONS = 512
+# What a search learns of words the index does not hold (their stems, typo fixes, chunk counts)
+# is kept up to this many words each, then forgotten: what shoppers type cannot grow memory.
+LEARNED_WORDS = 10_000
 
 
 # A question that finds nothing alone is read together with the one before only when it reads
@@ -262,6 +265,8 @@ class KnowledgeSearch:
         self._term_chunks: dict[str, int | None] = {}
         self._stems: dict[str, str] = {}
         self._stop_words: set[str] = set()  # words the text search configuration drops
+        self._index_stems: dict[str, str] = {}  # ... of the index's own words, kept
+        self._index_stop_words: frozenset[str] = frozenset()
         self._total_chunks = 0
         self._recent = _RecentRetrievals(RECENT_QUESTIONS)
 
@@ -293,6 +298,7 @@ class KnowledgeSearch:
                 remembered = self._recent.get(key)
                 if remembered is not None:
                     return remembered
+                self._forget_learned_words()
                 retrieval = await self._search(conn, words, question)
                 parts = question_parts(question)
                 if len(parts) > 1:
@@ -362,6 +368,18 @@ class KnowledgeSearch:
         return Retrieval(whole.question, tuple(chunks[: max(self._limit, len(parts))]),
                          whole.places, None, whole.terms, whole.language, whole.weights,
                          whole.place_groups, self._stems, tuple(found_parts))
+
+    def _forget_learned_words(self) -> None:
+        """Past LEARNED_WORDS, back to what the index holds. Between searches only: a search
+        uses what it learns with no await in between, so none loses a word it just learned."""
+        if len(self._stems) > len(self._index_stems) + LEARNED_WORDS:
+            # New objects, not cleared ones: a Retrieval keeps the stems it was given.
+            self._stems = dict(self._index_stems)
+            self._stop_words = set(self._index_stop_words)
+        if len(self._typo_fixes) > LEARNED_WORDS:
+            self._typo_fixes = {}
+        if len(self._term_chunks) > LEARNED_WORDS:
+            self._term_chunks = {}
 
     def _meaning(self, word: str) -> str | None:
         """The stem of a word that means something: not a stop word or a filler."""
@@ -444,8 +462,10 @@ class KnowledgeSearch:
             cursor = await conn.execute(_STEMS_SQL, {"site_id": self._site_id,
                                                      "language": self._language})
             rows = await cursor.fetchall()
-            self._stems = {word: stem for word, stem in rows if stem}
-            self._stop_words = {word for word, stem in rows if not stem}
+            self._index_stems = {word: stem for word, stem in rows if stem}
+            self._index_stop_words = frozenset(word for word, stem in rows if not stem)
+            self._stems = dict(self._index_stems)
+            self._stop_words = set(self._index_stop_words)
             # Again: a search begun while these loaded, with the words before, stores nothing.
             self._recent.clear()
         return self._words

@@ -1,9 +1,11 @@
 """The knowledge search's memory, against the real PostgreSQL: a repeated question is answered
 from the retrievals it keeps, a change to the knowledge is seen on the very next question, and
-what it keeps is bounded."""
+neither what it keeps nor what it learns of shoppers' words grows without bound."""
 
 from __future__ import annotations
 
+import random
+import string
 from collections.abc import AsyncIterator
 
 import pytest
@@ -99,3 +101,26 @@ def test_what_is_kept_is_bounded_and_a_search_of_the_knowledge_before_stores_not
     recent.put(("question 6", ""), Retrieval("question 6", ()), began_under)
     assert recent.get(("question 6", "")) is None
 
+
+async def test_words_learned_from_questions_stay_bounded(pool: AsyncConnectionPool,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          ) -> None:
+    monkeypatch.setattr(knowledge_search, "LEARNED_WORDS", 20)
+    search = KnowledgeSearch(pool, PROFILE)
+    await search.search("How long does delivery take?")
+    index_stems = len(search._index_stems)
+    rng = random.Random(15)
+    most_stems = most_fixes = most_counts = 0
+    for _ in range(60):
+        # One made-up word a question, so that the question is still about the store.
+        made_up = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(6, 9)))
+        await search.search(f"how long does delivery take for {made_up}")
+        most_stems = max(most_stems, len(search._stems) - index_stems)
+        most_fixes = max(most_fixes, len(search._typo_fixes))
+        most_counts = max(most_counts, len(search._term_chunks))
+    # Past LEARNED_WORDS, forgotten before the next question: at most one question's more.
+    assert 20 < most_stems <= 20 + 10
+    assert 20 < most_fixes <= 20 + 10
+    assert 20 < most_counts <= 20 + 10
+    # The index's own words are never forgotten.
+    assert len(search._stems) >= index_stems
