@@ -434,8 +434,9 @@ class KnowledgeSearch:
         return terms, group_ids, idfs, group_weights
 
     async def _current_words(self, conn: AsyncConnection) -> ShopperWords:
-        # A change made in the back office (app/curated_answers.py) bumps the site's revision:
-        # one primary-key read per question, so every instance sees it on its next question.
+        # A change made in the back office (app/curated_answers.py) or by a sync (app/knowledge.py)
+        # bumps the site's revision: one primary-key read per question, so every instance sees
+        # it on its next question.
         cursor = await conn.execute(
             "SELECT revision FROM knowledge_revisions WHERE site_id = %s", [self._site_id])
         row = await cursor.fetchone()

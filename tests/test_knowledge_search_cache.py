@@ -5,8 +5,10 @@ neither what it keeps nor what it learns of shoppers' words grows without bound.
 from __future__ import annotations
 
 import random
+import shutil
 import string
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from psycopg_pool import AsyncConnectionPool
@@ -84,6 +86,25 @@ async def test_a_curated_answer_changed_is_seen_on_the_next_question(
     assert edited.curated is not None and "linen" in edited.curated.text
     await answers.withdraw(published.id, [DEFAULT_SITE_ID])
     assert (await search.search(question)).curated is None
+
+
+async def test_a_sync_that_changes_the_articles_is_seen_on_the_next_question(
+        pool: AsyncConnectionPool, tmp_path: Path) -> None:
+    folder = tmp_path / "knowledge"
+    shutil.copytree(DEFAULT_KNOWLEDGE_DIR, folder)
+    search = KnowledgeSearch(pool, PROFILE)
+    question = "Can I have it gift wrapped?"
+    before = await search.search(question)
+    assert await search.search(question) is before
+    assert "Gift wrapping" not in [chunk.title for chunk in before.chunks]
+    (folder / "gift-wrapping.md").write_text(
+        "# Gift wrapping\n\n## Can I have my order gift wrapped?\n\n"
+        "Yes: tick gift wrapping at checkout and we wrap it in recycled paper.\n")
+    assert (await sync_knowledge(pool, folder)).added == ("gift-wrapping.md",)
+    after = await search.search(question)
+    assert [chunk.title for chunk in after.chunks][:1] == ["Gift wrapping"]
+    assert (await sync_knowledge(pool, folder)).added == ()  # nothing new: nothing bumped
+    assert await search.search(question) is after
 
 
 def test_what_is_kept_is_bounded_and_a_search_of_the_knowledge_before_stores_nothing() -> None:
