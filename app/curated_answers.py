@@ -36,6 +36,7 @@ from .knowledge import (
     ArticleSection,
     _index_article,
     _index_words,
+    bump_revision,
 )
 
 MAX_TITLE_CHARS = 200
@@ -182,16 +183,9 @@ class CuratedAnswers:
             await conn.execute("DELETE FROM knowledge_articles WHERE site_id = %s AND path = %s",
                                (site_id, f"{BACK_OFFICE_PREFIX}{answer_id}"))
             await _index_words(conn, site_id)
-            await _bump_revision(conn, site_id)
+            await bump_revision(conn, site_id)
 
     async def _index(self, conn: AsyncConnection[Any], answer: CuratedAnswer) -> None:
         await _index_article(conn, as_article(answer), answer.site_id)
         await _index_words(conn, answer.site_id)
-        await _bump_revision(conn, answer.site_id)
-
-
-async def _bump_revision(conn: AsyncConnection[Any], site_id: int) -> None:
-    await conn.execute(
-        "INSERT INTO knowledge_revisions (site_id, revision) VALUES (%s, 1)"
-        " ON CONFLICT (site_id) DO UPDATE SET revision = knowledge_revisions.revision + 1",
-        (site_id,))
+        await bump_revision(conn, answer.site_id)

@@ -285,6 +285,8 @@ async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path,
 
     Safe to run from several instances at once: the whole sync is one transaction holding an
     advisory lock, so syncs run one after another and all but the first find nothing to do.
+    A sync that changes anything bumps the site's revision, so every instance's search (and
+    the retrievals it keeps) sees the change on its next question, not seconds later.
     """
     articles = read_articles(knowledge_dir)
     store_words = read_store_words(knowledge_dir)
@@ -312,9 +314,20 @@ async def sync_knowledge(pool: AsyncConnectionPool, knowledge_dir: Path,
         if added or updated or removed:
             await _index_words(conn, site_id)
         words_changed = await _index_store_words(conn, store_words, site_id)
+        if added or updated or removed or words_changed:
+            await bump_revision(conn, site_id)
 
     unchanged = len(articles) - len(added) - len(updated)
     return SyncReport(tuple(added), tuple(updated), tuple(removed), unchanged, words_changed)
+
+
+async def bump_revision(conn: AsyncConnection, site_id: int) -> None:
+    """Mark the site's knowledge changed: every search reads this row on every question
+    (app/knowledge_search.py), so every instance sees the change on its next one."""
+    await conn.execute(
+        "INSERT INTO knowledge_revisions (site_id, revision) VALUES (%s, 1)"
+        " ON CONFLICT (site_id) DO UPDATE SET revision = knowledge_revisions.revision + 1",
+        (site_id,))
 
 
 async def _index_words(conn: AsyncConnection, site_id: int) -> None:

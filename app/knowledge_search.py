@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,12 @@ TYPO_LENGTH_CHANGE = 2
 BROAD_TERM_CHUNKS = 200
 VOCABULARY_CHECK_S = 5.0
 DEFAULT_LIMIT = 3
+# Shoppers ask the same few things ("where is my order?"): the retrievals of the last this many
+# questions are kept, for the knowledge as it is, so a repeated one costs a revision read only.
+RECENT_QUESTIONS = 512
+# What a search learns of words the index does not hold (their stems, typo fixes, chunk counts)
+# is kept up to this many words each, then forgotten: what shoppers type cannot grow memory.
+LEARNED_WORDS = 10_000
 
 
 # A question that finds nothing alone is read together with the one before only when it reads
@@ -201,6 +208,41 @@ def question_parts(question: str) -> list[str]:
     return [part for part in parts if len(part.split()) >= MIN_PART_WORDS]
 
 
+class _RecentRetrievals:
+    """The retrievals of the last RECENT_QUESTIONS questions, least recently asked dropped
+    first, for one version of the knowledge.
+
+    `clear` starts a new version. A search begun before it passes the version it began under to
+    `put`, and stores nothing: a result of the old knowledge never outlives the change.
+    Retrievals are frozen and nobody changes them, so one can be handed to every asker."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[str, str], Retrieval] = OrderedDict()
+        self.version = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, str]) -> Retrieval | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[str, str], retrieval: Retrieval, version: int) -> None:
+        if version != self.version or self._size <= 0:
+            return
+        self._entries[key] = retrieval
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.version += 1
+
+
 class KnowledgeSearch:
     """Search one site's indexed knowledge; `await search(question)` -> Retrieval."""
 
@@ -223,7 +265,10 @@ class KnowledgeSearch:
         self._term_chunks: dict[str, int | None] = {}
         self._stems: dict[str, str] = {}
         self._stop_words: set[str] = set()  # words the text search configuration drops
+        self._index_stems: dict[str, str] = {}  # ... of the index's own words, kept
+        self._index_stop_words: frozenset[str] = frozenset()
         self._total_chunks = 0
+        self._recent = _RecentRetrievals(RECENT_QUESTIONS)
 
     @property
     def profile(self) -> StoreProfile:
@@ -236,6 +281,12 @@ class KnowledgeSearch:
         asks for no article, alone or with the question before it."""
         if is_small_talk(question):
             return Retrieval(question, (), language=self._language)
+        # The question as searched and remembered: spacing never changes what it asks. Its case
+        # does ("US" is the country, a capitalised word may be a town), so that stays.
+        question = " ".join(question.split())
+        follow_up = bool(previous_question) and reads_as_follow_up(question)
+        previous = " ".join((previous_question or "").split()) if follow_up else ""
+        key = (question, previous)  # the question before counts only where it may be read
         async with self._pool.connection() as conn:
             # Reads only, each complete alone: without a transaction, no BEGIN and COMMIT
             # round trips before the answer's first token. The pool's connections stay in
@@ -243,16 +294,22 @@ class KnowledgeSearch:
             await conn.set_autocommit(True)
             try:
                 words = await self._current_words(conn)  # once per question, not per part
+                version = self._recent.version
+                remembered = self._recent.get(key)
+                if remembered is not None:
+                    return remembered
+                self._forget_learned_words()
                 retrieval = await self._search(conn, words, question)
                 parts = question_parts(question)
                 if len(parts) > 1:
                     retrieval = await self._search_parts(conn, words, retrieval, parts)
-                if not retrieval.found and previous_question and reads_as_follow_up(question):
-                    retrieval = await self._search(conn, words, f"{previous_question} {question}")
+                if not retrieval.found and follow_up:
+                    retrieval = await self._search(conn, words, f"{previous} {question}")
             finally:
                 if conn.info.transaction_status == TransactionStatus.IDLE:
                     await conn.set_autocommit(False)
                 # Otherwise the connection is broken, and the pool will not hand it out again.
+        self._recent.put(key, retrieval, version)
         return retrieval
 
     async def _search(self, conn: AsyncConnection, words: ShopperWords,
@@ -312,6 +369,18 @@ class KnowledgeSearch:
                          whole.places, None, whole.terms, whole.language, whole.weights,
                          whole.place_groups, self._stems, tuple(found_parts))
 
+    def _forget_learned_words(self) -> None:
+        """Past LEARNED_WORDS, back to what the index holds. Between searches only: a search
+        uses what it learns with no await in between, so none loses a word it just learned."""
+        if len(self._stems) > len(self._index_stems) + LEARNED_WORDS:
+            # New objects, not cleared ones: a Retrieval keeps the stems it was given.
+            self._stems = dict(self._index_stems)
+            self._stop_words = set(self._index_stop_words)
+        if len(self._typo_fixes) > LEARNED_WORDS:
+            self._typo_fixes = {}
+        if len(self._term_chunks) > LEARNED_WORDS:
+            self._term_chunks = {}
+
     def _meaning(self, word: str) -> str | None:
         """The stem of a word that means something: not a stop word or a filler."""
         if word in self._stop_words or word in FILLER_WORDS:
@@ -365,12 +434,15 @@ class KnowledgeSearch:
         return terms, group_ids, idfs, group_weights
 
     async def _current_words(self, conn: AsyncConnection) -> ShopperWords:
-        # A change made in the back office (app/curated_answers.py) bumps the site's revision:
-        # one primary-key read per question, so every instance sees it on its next question.
+        # A change made in the back office (app/curated_answers.py) or by a sync (app/knowledge.py)
+        # bumps the site's revision: one primary-key read per question, so every instance sees
+        # it on its next question.
         cursor = await conn.execute(
             "SELECT revision FROM knowledge_revisions WHERE site_id = %s", [self._site_id])
         row = await cursor.fetchone()
         revision = row[0] if row else 0
+        if revision != self._revision:
+            self._recent.clear()  # now, before any await: no question after this one sees it
         if (self._words is not None and revision == self._revision
                 and time.monotonic() - self._checked_at < self._check_s):
             return self._words
@@ -391,8 +463,12 @@ class KnowledgeSearch:
             cursor = await conn.execute(_STEMS_SQL, {"site_id": self._site_id,
                                                      "language": self._language})
             rows = await cursor.fetchall()
-            self._stems = {word: stem for word, stem in rows if stem}
-            self._stop_words = {word for word, stem in rows if not stem}
+            self._index_stems = {word: stem for word, stem in rows if stem}
+            self._index_stop_words = frozenset(word for word, stem in rows if not stem)
+            self._stems = dict(self._index_stems)
+            self._stop_words = set(self._index_stop_words)
+            # Again: a search begun while these loaded, with the words before, stores nothing.
+            self._recent.clear()
         return self._words
 
     async def _load_words(self, conn: AsyncConnection) -> ShopperWords:
