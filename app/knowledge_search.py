@@ -249,7 +249,8 @@ class KnowledgeSearch:
     def __init__(self, pool: AsyncConnectionPool, profile: StoreProfile, *,
                  site_id: int = DEFAULT_SITE_ID, limit: int = DEFAULT_LIMIT,
                  vocabulary_check_s: float = VOCABULARY_CHECK_S,
-                 language: str = ENGLISH) -> None:
+                 language: str = ENGLISH, recent_questions: int = RECENT_QUESTIONS) -> None:
+        """`recent_questions` 0: every question searched afresh (what a search costs)."""
         self._pool = pool
         self._language = language
         self._profile = profile
@@ -268,7 +269,7 @@ class KnowledgeSearch:
         self._index_stems: dict[str, str] = {}  # ... of the index's own words, kept
         self._index_stop_words: frozenset[str] = frozenset()
         self._total_chunks = 0
-        self._recent = _RecentRetrievals(RECENT_QUESTIONS)
+        self._recent = _RecentRetrievals(recent_questions)
 
     @property
     def profile(self) -> StoreProfile:

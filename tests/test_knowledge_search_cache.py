@@ -48,12 +48,10 @@ async def test_a_repeated_question_is_answered_from_memory(pool: AsyncConnection
     assert lower is not first and lower.chunks == first.chunks
 
 
-async def test_the_question_before_counts_only_for_a_follow_up(pool: AsyncConnectionPool,
-                                                              monkeypatch: pytest.MonkeyPatch,
+async def test_the_question_before_counts_only_for_a_follow_up(pool: AsyncConnectionPool
                                                               ) -> None:
     search = KnowledgeSearch(pool, PROFILE)
-    monkeypatch.setattr(knowledge_search, "RECENT_QUESTIONS", 0)
-    fresh = KnowledgeSearch(pool, PROFILE)  # remembers nothing
+    fresh = KnowledgeSearch(pool, PROFILE, recent_questions=0)  # remembers nothing
     cases = [("and to Europe?", "how much is shipping?"),
              ("and to Europe?", "can I return a dress?"),
              ("Do gift cards expire?", "how much is shipping?"),
