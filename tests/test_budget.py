@@ -60,9 +60,10 @@ async def peak_of(redis_url: str, key: str) -> AsyncIterator[list[int]]:
     """Watch the counter while the block runs; the list holds every value seen."""
     seen: list[int] = []
     client = redis_asyncio.Redis.from_url(redis_url)
+    stop = asyncio.Event()
 
     async def watch() -> None:
-        while True:
+        while not stop.is_set():
             seen.append(int(await client.get(key) or 0))
             await asyncio.sleep(0.005)
 
@@ -70,9 +71,10 @@ async def peak_of(redis_url: str, key: str) -> AsyncIterator[list[int]]:
     try:
         yield seen
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        # Told to stop, not cancelled: a cancel that lands inside redis-py's command timeout can
+        # come out as a timeout it retries, and the watcher then never ended (a run hung here).
+        stop.set()
+        await asyncio.wait_for(watcher, 10)
         await client.aclose()
 
 
