@@ -8,15 +8,17 @@ failure is final, because a retry would repeat or contradict what the shopper al
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import httpx2
 import openai
+from openai._httpx2 import request_exceptions, timeout_exceptions
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,82 @@ def clean_text(delta: str) -> str:
     return delta
 
 
+# How long the rest of a body after `[DONE]` is read, so that its connection can be reused; the
+# SDK's own drain waits as long.
+DRAIN_S = 0.1
+
+
+async def sse_data(pieces: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """The data of each server-sent event in a byte stream, as the SDK's decoder reads it:
+    lines end in LF, CRLF or CR; an event ends at a blank line, its `data:` lines joined by LF
+    (one leading space dropped); events without data, and an unterminated last one, are
+    skipped. Bytes, for json.loads: no text decoding per line."""
+    pending = b""
+    async for piece in pieces:
+        pending = pending + piece if pending else piece
+        if b"\r" in pending:
+            # A CR at the end may be the first half of a CRLF split across two pieces.
+            held = pending.endswith(b"\r")
+            pending = pending[:-1] if held else pending
+            pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if held:
+                pending += b"\r"
+        start = 0
+        while (end := pending.find(b"\n\n", start)) >= 0:
+            block, start = pending[start:end], end + 2
+            if block.startswith(b"data: ") and b"\n" not in block:
+                yield block[6:]  # the usual event: one data line, nothing else
+                continue
+            lines = [line[5:] for line in block.split(b"\n") if line.startswith(b"data:")]
+            if lines:
+                yield b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
+        pending = pending[start:]
+
+
+class ChunkStream(openai.AsyncStream[object]):
+    """The SDK's stream of chat chunks (cast_to=object: each a parsed JSON dict), read with
+    `sse_data` instead of the SDK's line decoder, and drained after `[DONE]` without an anyio
+    cancel scope: the two were about a third of the upstream client's CPU per short answer
+    (bench/analysis.md). Errors are the SDK's: a read that times out or fails becomes
+    APITimeoutError or APIConnectionError, an error payload mid-stream an APIError."""
+
+    async def __stream__(self) -> AsyncIterator[object]:
+        response = self.response
+        pieces = response.aiter_bytes()
+        events = sse_data(pieces)
+        try:
+            try:
+                async for data in events:
+                    if data.startswith(b"[DONE]"):
+                        if response.http_version == "HTTP/1.1":
+                            await _drain(pieces)
+                        return
+                    chunk = json.loads(data)
+                    if isinstance(chunk, dict) and chunk.get("error"):
+                        error = chunk["error"]
+                        message = error.get("message") if isinstance(error, dict) else None
+                        raise openai.APIError(
+                            message=message if message and isinstance(message, str)
+                            else "An error occurred during streaming",
+                            request=response.request, body=error)
+                    yield chunk
+            except timeout_exceptions() as exc:
+                raise openai.APITimeoutError(request=response.request) from exc
+            except request_exceptions() as exc:
+                raise openai.APIConnectionError(request=response.request) from exc
+        finally:
+            await events.aclose()
+            await response.aclose()
+
+
+async def _drain(pieces: AsyncIterator[bytes]) -> None:
+    """Read what follows `[DONE]` (usually just the body's end) for the connection's reuse."""
+    with contextlib.suppress(TimeoutError, *request_exceptions()):
+        async with asyncio.timeout(DRAIN_S):
+            async for _ in pieces:
+                pass
+
+
 # Far above the streams one worker holds (5,000 open in the benchmark): every answer keeps its
 # upstream connection for its whole length, so a pool cap below that queues answers behind
 # each other until they time out.
@@ -187,13 +265,13 @@ class LLM:
             push_every = min(1.0, self._timeout_s / 10)
             pushed_at = loop.time()
             async with asyncio.timeout(self._timeout_s) as deadline:
-                # The SDK's low-level post with cast_to=object keeps its retries, errors and SSE
-                # decoding but hands us each chunk as the parsed JSON dict: building a pydantic
+                # The SDK's low-level post with cast_to=object keeps its retries and errors but
+                # hands us each chunk as the parsed JSON dict (ChunkStream): building a pydantic
                 # ChatCompletionChunk per token (and transforming the request params) was the
                 # largest share of our CPU per token (bench/RESULTS.md).
                 chunks = await self._client.post(
                     "/chat/completions", body=body, cast_to=object, stream=True,
-                    stream_cls=openai.AsyncStream[object],
+                    stream_cls=ChunkStream,
                 )
                 finished = False
                 try:

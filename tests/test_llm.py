@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from openai._streaming import SSEDecoder
 
+from app.llm import sse_data
 from tests.conftest import FakeUpstream, Reply, stream_chat
 
 
@@ -86,3 +89,22 @@ async def test_connection_reset_mid_stream_keeps_the_partial_text(
     assert events[-1].data["code"] == "upstream_unreachable"
     assert len(upstream.requests) == 1
     assert saved(query, events[0].data["messageId"]) == ("error", "Half")
+
+
+async def pieces_of(parts: tuple[bytes, ...]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_the_upstream_stream_is_read_as_the_sdk_reads_server_sent_events() -> None:
+    # Our reader replaced the SDK's decoder (for its CPU): CRLF split across two reads, a bare
+    # CR, comments and pings, other fields, data on two lines, an event without data, and a
+    # last event cut off before its blank line must come out as the SDK would hand them over.
+    parts = (b'data: {"a": 1}\r', b'\n\r\n', b": keep-alive\n\n", b"event: ping\n\n",
+             b'event: message\nid: 7\ndata: {"b":\ndata:  2}\n\n', b'data:{"c": 3}\r\r',
+             b"data: [DONE]\n", b'\ndata: {"cut')
+    ours = [data async for data in sse_data(pieces_of(parts))]
+    assert ours == [b'{"a": 1}', b'{"b":\n 2}', b'{"c": 3}', b"[DONE]"]
+    sdk = [event.data.encode() async for event in SSEDecoder().aiter_bytes(pieces_of(parts))
+           if event.data]
+    assert ours == sdk
