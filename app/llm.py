@@ -19,6 +19,7 @@ import httpx
 import httpx2
 import openai
 from openai._httpx2 import request_exceptions, timeout_exceptions
+from openai._models import FinalRequestOptions
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,11 @@ class LLM:
             max_retries=max_retries,
             http_client=http_client if http_client is not None else default_http_client(),
         )
+        # What `post()` would build per request: the SDK's options model, whose construction
+        # deep-copies its defaults each time (an eighth of the upstream client's CPU per short
+        # answer). Each request gets a shallow copy with its body instead.
+        self._request = FinalRequestOptions.construct(
+            method="post", url=f"{self._client.base_url}chat/completions", json_data={})
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -265,14 +271,13 @@ class LLM:
             push_every = min(1.0, self._timeout_s / 10)
             pushed_at = loop.time()
             async with asyncio.timeout(self._timeout_s) as deadline:
-                # The SDK's low-level post with cast_to=object keeps its retries and errors but
+                # The SDK's low-level request with cast_to=object keeps its retries and errors but
                 # hands us each chunk as the parsed JSON dict (ChunkStream): building a pydantic
                 # ChatCompletionChunk per token (and transforming the request params) was the
                 # largest share of our CPU per token (bench/RESULTS.md).
-                chunks = await self._client.post(
-                    "/chat/completions", body=body, cast_to=object, stream=True,
-                    stream_cls=ChunkStream,
-                )
+                chunks = await self._client.request(
+                    object, self._request.model_copy(update={"json_data": body}),
+                    stream=True, stream_cls=ChunkStream)
                 finished = False
                 try:
                     async for chunk in chunks:
