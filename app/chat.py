@@ -31,7 +31,7 @@ from .identity import Customer
 from .knowledge_search import Retrieval, SiteSearches
 from .language import detect_language, detector
 from .llm import LLM
-from .messages import AnswerRecord, HistoryPage, MessageStore
+from .messages import AnswerRecord, HistoryPage, MessageStore, Turn
 from .metrics import Metrics
 from .orders import OrdersClient
 from .prompt import build_system_prompt
@@ -130,7 +130,7 @@ class ChatService:
         await self._events.claim(str(answer_id))
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         run: AnswerRun | None = None
-        writer_pid: int | None = None
+        turn: Turn | None = None
         forwarded: StartedAnswer | None = None
         try:
             site_id = DEFAULT_SITE_ID if site is None else site.id
@@ -148,14 +148,15 @@ class ChatService:
                     await turn.save(question, user_message_id, answer_id,
                                     run.model if self._llm else None, customer,
                                     language=language)
-                    writer_pid = turn.writer_pid
         except BaseException:
             # The question is not saved, so there is no answer: stop its task quietly.
             committed.cancel()
             if run is not None and run.task is not None:
                 run.task.cancel()
-            if writer_pid is not None:
-                self._settle_unconfirmed(answer_id, writer_pid)
+            if turn is not None and turn.writer_pid is not None:
+                # The rows may have been committed all the same (a new conversation's commit
+                # is its save's one statement).
+                self._settle_unconfirmed(answer_id, turn.writer_pid)
             raise
         committed.set_result(None)
         self._tools.metrics.questions.labels(language=language).inc()

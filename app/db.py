@@ -252,6 +252,20 @@ def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
 
 
 @asynccontextmanager
+async def autocommit(conn: psycopg.AsyncConnection) -> AsyncIterator[None]:
+    """Statements that each commit alone: no BEGIN and COMMIT round trips around them, which
+    were most of an answer's database round trips (bench/analysis.md, short answers). The
+    pool's connections are in transactions for everyone else, so the mode is put back."""
+    await conn.set_autocommit(True)
+    try:
+        yield
+    finally:
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            await conn.set_autocommit(False)
+        # Otherwise the connection is broken (or mid-statement), and the pool discards it.
+
+
+@asynccontextmanager
 async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection]:
     """A pooled connection in a transaction; database trouble becomes StoreUnavailable."""
     try:

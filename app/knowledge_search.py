@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
+from app import db
 from app.knowledge import BACK_OFFICE_PREFIX, KnowledgeChunk
 from app.language import ENGLISH
 from app.places import Place, Places
@@ -288,28 +288,20 @@ class KnowledgeSearch:
         follow_up = bool(previous_question) and reads_as_follow_up(question)
         previous = " ".join((previous_question or "").split()) if follow_up else ""
         key = (question, previous)  # the question before counts only where it may be read
-        async with self._pool.connection() as conn:
-            # Reads only, each complete alone: without a transaction, no BEGIN and COMMIT
-            # round trips before the answer's first token. The pool's connections stay in
-            # transactions for everyone else.
-            await conn.set_autocommit(True)
-            try:
-                words = await self._current_words(conn)  # once per question, not per part
-                version = self._recent.version
-                remembered = self._recent.get(key)
-                if remembered is not None:
-                    return remembered
-                self._forget_learned_words()
-                retrieval = await self._search(conn, words, question)
-                parts = question_parts(question)
-                if len(parts) > 1:
-                    retrieval = await self._search_parts(conn, words, retrieval, parts)
-                if not retrieval.found and follow_up:
-                    retrieval = await self._search(conn, words, f"{previous} {question}")
-            finally:
-                if conn.info.transaction_status == TransactionStatus.IDLE:
-                    await conn.set_autocommit(False)
-                # Otherwise the connection is broken, and the pool will not hand it out again.
+        # Reads only, each complete alone: no transaction before the answer's first token.
+        async with self._pool.connection() as conn, db.autocommit(conn):
+            words = await self._current_words(conn)  # once per question, not per part
+            version = self._recent.version
+            remembered = self._recent.get(key)
+            if remembered is not None:
+                return remembered
+            self._forget_learned_words()
+            retrieval = await self._search(conn, words, question)
+            parts = question_parts(question)
+            if len(parts) > 1:
+                retrieval = await self._search_parts(conn, words, retrieval, parts)
+            if not retrieval.found and follow_up:
+                retrieval = await self._search(conn, words, f"{previous} {question}")
         self._recent.put(key, retrieval, version)
         return retrieval
 

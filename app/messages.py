@@ -105,8 +105,9 @@ class HistoryPage:
 
 
 class Turn:
-    """A shopper's new turn, inside its transaction: the session and history are read, the two
-    rows are not written yet (`save`). Leaving the block commits; an exception rolls back."""
+    """A shopper's new turn: the session and history are read, the two rows are not written yet
+    (`save`). In a known conversation the turn is a transaction: leaving the block commits, an
+    exception rolls back. A new conversation's rows are one statement that commits alone."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID,
                  history: list[tuple[str, str]], new_session: bool, site_id: int,
@@ -130,29 +131,35 @@ class Turn:
         customer is noted on it (for the inbox, never as authority)."""
         customer_id = None if customer is None else customer.id
         customer_email = None if customer is None else customer.email
-        if self._new_session:
-            await self._conn.execute(
-                "INSERT INTO conversations (id, site_id, language, customer_id, customer_email)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (self.session_id, self.site_id, language, customer_id, customer_email))
-        else:
-            await self._touch(language)
-            if customer is not None:
-                await self._conn.execute(
-                    "UPDATE conversations SET customer_id = %s, customer_email = %s"
-                    " WHERE id = %s AND (customer_id IS DISTINCT FROM %s"
-                    " OR customer_email IS DISTINCT FROM %s)",
-                    (customer_id, customer_email, self.session_id, customer_id,
-                     customer_email))
-        await self._conn.execute(
+        messages = (
             "INSERT INTO messages"
             " (id, conversation_id, site_id, sender, text, status, model, language)"
-            " VALUES (%s, %s, %s, 'user', %s, 'complete', NULL, %s),"
-            " (%s, %s, %s, 'ai', '', 'streaming', %s, NULL)",
-            (user_message_id, self.session_id, self.site_id, question, language, answer_id,
-             self.session_id, self.site_id, model),
-        )
+            " VALUES (%(user_message)s, %(conversation)s, %(site)s, 'user', %(question)s,"
+            " 'complete', NULL, %(language)s),"
+            " (%(answer)s, %(conversation)s, %(site)s, 'ai', '', 'streaming', %(model)s, NULL)")
+        values = {"user_message": user_message_id, "answer": answer_id,
+                  "conversation": self.session_id, "site": self.site_id, "question": question,
+                  "language": language, "model": model, "customer_id": customer_id,
+                  "customer_email": customer_email}
+        # From here the rows may be committed even if no reply says so (a cut, a freeze).
         self.writer_pid = self._conn.info.backend_pid
+        if self._new_session:
+            # One statement, and in a new conversation's turn (autocommit) its own commit.
+            await self._conn.execute(
+                "WITH conversation AS (INSERT INTO conversations"
+                " (id, site_id, language, customer_id, customer_email) VALUES (%(conversation)s,"
+                " %(site)s, %(language)s, %(customer_id)s, %(customer_email)s)) " + messages,
+                values)
+            return
+        await self._touch(language)
+        if customer is not None:
+            await self._conn.execute(
+                "UPDATE conversations SET customer_id = %s, customer_email = %s"
+                " WHERE id = %s AND (customer_id IS DISTINCT FROM %s"
+                " OR customer_email IS DISTINCT FROM %s)",
+                (customer_id, customer_email, self.session_id, customer_id,
+                 customer_email))
+        await self._conn.execute(messages, values)
 
     async def save_forwarded(self, question: str, user_message_id: uuid.UUID,
                              language: str | None = None) -> None:
@@ -184,27 +191,28 @@ class MessageStore:
                        site_id: int = DEFAULT_SITE_ID) -> AsyncIterator[Turn]:
         """Open the transaction of a new turn in `session_id` of the site, or in a new session
         (another site's session id is an unknown one)."""
-        async with db.connection(self._pool) as conn, conn.transaction():
-            history: list[tuple[str, str]] = []
-            known = False
-            status = "bot"
-            if session_id is not None:
+        async with db.connection(self._pool) as conn:
+            if session_id is None:
+                # A new conversation: nothing to read or lock, and its rows go in one statement
+                # that commits alone (Turn.save): one round trip instead of four.
+                async with db.autocommit(conn):
+                    yield Turn(conn, uuid.uuid4(), [], new_session=True, site_id=site_id)
+                return
+            async with conn.transaction():
                 # FOR UPDATE: a takeover committing meanwhile waits, so a message is either
                 # before it (answered) or after it (forwarded), never answered after it.
                 cur = await conn.execute(
                     "SELECT status FROM conversations WHERE id = %s AND site_id = %s FOR UPDATE",
                     (session_id, site_id))
                 row = await cur.fetchone()
-                if row is not None:
-                    known = True
-                    status = row[0]
-                    history = await self._history_window_rows(conn, session_id)
-            if session_id is None or not known:
-                # An unknown id from the client is never adopted: the server makes the id,
-                # so one shopper cannot pick another's future session id.
-                session_id = uuid.uuid4()
-            yield Turn(conn, session_id, history, new_session=not known, site_id=site_id,
-                       status=status)
+                if row is None:
+                    # An unknown id from the client is never adopted: the server makes the id,
+                    # so one shopper cannot pick another's future session id.
+                    yield Turn(conn, uuid.uuid4(), [], new_session=True, site_id=site_id)
+                    return
+                history = await self._history_window_rows(conn, session_id)
+                yield Turn(conn, session_id, history, new_session=False, site_id=site_id,
+                           status=row[0])
 
     async def _history_window_rows(self, conn: psycopg.AsyncConnection[Any],
                                    session_id: uuid.UUID) -> list[tuple[str, str]]:
@@ -235,7 +243,8 @@ class MessageStore:
         delay = 0.5
         for attempt in range(1, SAVE_ATTEMPTS + 1):
             try:
-                async with db.connection(self._pool) as conn:
+                # One statement that commits alone: no BEGIN and COMMIT round trips.
+                async with db.connection(self._pool) as conn, db.autocommit(conn):
                     await conn.execute(
                         "UPDATE messages SET text = %s, status = %s, prompt_tokens = %s,"
                         " completion_tokens = %s, sources = %s, fallback = %s, tools = %s,"

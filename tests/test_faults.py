@@ -32,7 +32,7 @@ from app import answer_run, db, endpoints
 from app import messages as messages_module
 from app.chat import UNCONFIRMED_SETTLE_S
 from app.services import services_of
-from tests.conftest import FakeUpstream, Reply, RunningApp, SSEEvent, read_events
+from tests.conftest import FakeUpstream, Reply, RunningApp, SSEEvent, read_events, stream_chat
 from tests.fake_model import FakeModel, Script
 from tests.own_postgres import OwnPostgres
 from tests.tcp_proxy import TcpProxy
@@ -149,13 +149,16 @@ class Load:
                    key=lambda o: o.finished)
 
 
-async def ask_once(app: RunningApp, text: str = "anyone there?") -> Outcome:
-    """A newcomer's question: its HTTP status (or transport error) and how long it took."""
+async def ask_once(app: RunningApp, text: str = "anyone there?",
+                   session_id: str | None = None) -> Outcome:
+    """A newcomer's question (or one in `session_id`): its HTTP status (or transport error) and
+    how long it took."""
     started = time.monotonic()
     status: int | str
+    body = {"message": text} if session_id is None else {"message": text, "sessionId": session_id}
     async with httpx.AsyncClient(base_url=app.url, timeout=60) as http:
         try:
-            response = await http.post("/chat/stream", json={"message": text})
+            response = await http.post("/chat/stream", json=body)
             status = response.status_code
             if status != 200:
                 assert_canonical_503(response)
@@ -373,10 +376,13 @@ async def test_a_blackholed_path_to_postgres_gives_bounded_503s_then_recovers(
            f"{max(o.finished for o in after) - healed_at:.2f}s after it healed")
 
 
+@pytest.mark.parametrize("known_conversation", [False, True],
+                         ids=["new conversation", "known conversation"])
 async def test_a_question_whose_commit_reply_is_lost_leaves_no_answer_streaming(
         start_app: Any, upstream: FakeUpstream, own_postgres: OwnPostgres,
-        postgres_proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch) -> None:
-    # What a freeze (SIGSTOP) that lands mid-COMMIT does: the server commits the question and
+        postgres_proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch,
+        known_conversation: bool) -> None:
+    # What a freeze (SIGSTOP) that lands mid-commit does: the server commits the question and
     # its 'streaming' answer row, the reply never comes, the request answers 503 and no task
     # produces that answer. Its row must still end, not stay 'streaming' until a restart.
     monkeypatch.setattr(db, "HOLD_DEADLINE_S", 1.0)  # give up on the lost reply sooner
@@ -384,15 +390,23 @@ async def test_a_question_whose_commit_reply_is_lost_leaves_no_answer_streaming(
                                       rate_limit_enabled=False)
     await ask_many(app, 1)
     question = f"lost commit reply {uuid.uuid4().hex[:12]}"
-    postgres_proxy.silence_replies_after(b"INSERT INTO messages", b"COMMIT")
-    outcome = await ask_once(app, question)
+    session_id = None
+    # A new conversation's rows are one statement that commits alone (app/messages.py); a
+    # known conversation's turn is a transaction, committed after its statements.
+    markers: tuple[bytes, ...] = (b"INSERT INTO messages",)
+    if known_conversation:
+        async with app.client() as http:
+            session_id = (await stream_chat(http, {"message": "hello"}))[0].data["sessionId"]
+        markers = (b"INSERT INTO messages", b"COMMIT")
+    postgres_proxy.silence_replies_after(*markers)
+    outcome = await ask_once(app, question, session_id)
     assert postgres_proxy.silenced.is_set()
     assert outcome.status == 503
 
     def answer_status() -> list[tuple[str]]:
         return [(status,) for (status,) in own_query(
             own_postgres.url, "SELECT a.status FROM messages q JOIN messages a"
-            " ON a.conversation_id = q.conversation_id AND a.sender = 'ai'"
+            " ON a.conversation_id = q.conversation_id AND a.sender = 'ai' AND a.seq > q.seq"
             " WHERE q.text = %s", question)]
 
     # The server did commit (else this test proves nothing)...
