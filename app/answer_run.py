@@ -61,6 +61,7 @@ from .store_profile import StoreProfile
 
 log = logging.getLogger(__name__)
 
+INTERNAL_ERROR_MESSAGE = "Something went wrong on our side. Please try again."
 # The `model` of answers in the log when no model is configured (knowledge-only mode).
 KNOWLEDGE_ONLY_MODEL = "knowledge-only"
 # The longest answer the service keeps, whatever the upstream sends: MAX_TOKENS bounds what an
@@ -197,6 +198,14 @@ class AnswerRun:
             self.status = "interrupted" if self._shutting_down else "cancelled"
         except UpstreamError as exc:  # counted where it was caught first, in _generate
             self._failure, self.status = exc, "error"
+        except Exception:
+            # A defect of ours (once, a race in the knowledge search): the answer still ends,
+            # saved as an error with what it had streamed, and its stream gets its `error`.
+            # Without this the task died and the shopper's stream stayed open, waiting.
+            log.exception("answer %s failed", self._key[:8])
+            self._failure = UpstreamError("internal_error", INTERNAL_ERROR_MESSAGE,
+                                          retryable=True)
+            self.status = "error"
         finally:
             self.generating = False
         # A failure can come before the commit; the answer row must exist before its update.

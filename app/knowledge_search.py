@@ -315,12 +315,11 @@ class KnowledgeSearch:
         weighted = await self._weigh(conn, widened.groups, widened.place_groups)
         if weighted is None:
             return nothing
-        terms, group_ids, idfs, group_weights = weighted
+        terms, group_ids, idfs, group_weights, broad = weighted
         # A place says where, not what: the coverage counts the rest of the question, so "the
         # capital of peru" is not a shipping question; the ranking counts the place too.
         topic_weights = [0.0 if number in widened.place_groups else weight
                          for number, weight in enumerate(group_weights)]
-        broad = [(self._term_chunks[term] or 0) > BROAD_TERM_CHUNKS for term in terms]
         async with conn.cursor(row_factory=class_row(KnowledgeChunk)) as cursor:
             await cursor.execute(_SEARCH_SQL, {
                 "terms": terms, "group_ids": group_ids, "idfs": idfs, "broad": broad,
@@ -363,8 +362,8 @@ class KnowledgeSearch:
                          whole.place_groups, self._stems, tuple(found_parts))
 
     def _forget_learned_words(self) -> None:
-        """Past LEARNED_WORDS, back to what the index holds. Between searches only: a search
-        uses what it learns with no await in between, so none loses a word it just learned."""
+        """Past LEARNED_WORDS, back to what the index holds. New objects, never cleared ones: a
+        search under way keeps the ones it took (_weigh, _fix_typos)."""
         if len(self._stems) > len(self._index_stems) + LEARNED_WORDS:
             # New objects, not cleared ones: a Retrieval keeps the stems it was given.
             self._stems = dict(self._index_stems)
@@ -382,7 +381,8 @@ class KnowledgeSearch:
 
     async def _weigh(self, conn: AsyncConnection, groups: tuple[tuple[str, ...], ...],
                      place_groups: frozenset[int] = frozenset(),
-                     ) -> tuple[list[str], list[int], list[float], list[float]] | None:
+                     ) -> tuple[list[str], list[int], list[float], list[float],
+                                list[bool]] | None:
         """Each searchable term with its group and its rarity among the chunks (BM25's idf),
         and what each group weighs; None when the question is mostly words the articles never
         use. The counts are cached per vocabulary, so a search runs one query, not one a term.
@@ -390,15 +390,19 @@ class KnowledgeSearch:
         A group weighs as its rarest term the chunks use, or, for a word they never use, as the
         rarest possible word. Numbers and codes (a word with a digit) weigh nothing: every
         article has some numbers, so "what is 2+2" would look like a question the articles know
-        all about, and an order number ("return order 0f5019") is not what a question is about."""
-        unseen = list(dict.fromkeys(t for g in groups for t in g if t not in self._term_chunks))
+        all about, and an order number ("return order 0f5019") is not what a question is about.
+
+        The counts and the total are taken before the query's await: a search that meanwhile
+        loads a new vocabulary replaces them, and this search still has every count it asked
+        for (a KeyError here once left a shopper's stream open with no answer)."""
+        term_chunks, total = self._term_chunks, self._total_chunks
+        unseen = list(dict.fromkeys(t for g in groups for t in g if t not in term_chunks))
         if unseen:
             cursor = await conn.execute(_TERM_COUNT_SQL, {"words": unseen,
                                                           "site_id": self._site_id,
                                                           "language": self._language})
             for word, searchable, chunks in await cursor.fetchall():
-                self._term_chunks[word] = chunks if searchable else None
-        total = self._total_chunks
+                term_chunks[word] = chunks if searchable else None
 
         def idf(chunks: int) -> float:
             return math.log(1 + (total - chunks + 0.5) / (chunks + 0.5))
@@ -409,7 +413,7 @@ class KnowledgeSearch:
         group_weights: list[float] = []
         known_groups = weighed_groups = 0
         for number, group in enumerate(groups):
-            counts = {term: self._term_chunks[term] for term in group}
+            counts = {term: term_chunks[term] for term in group}
             searchable = {term: count for term, count in counts.items() if count is not None}
             for term, count in searchable.items():
                 terms.append(term)
@@ -424,7 +428,8 @@ class KnowledgeSearch:
             known_groups += bool(known)
         if not terms or not weighed_groups or known_groups / weighed_groups < MIN_KNOWN_SHARE:
             return None
-        return terms, group_ids, idfs, group_weights
+        broad = [(term_chunks[term] or 0) > BROAD_TERM_CHUNKS for term in terms]
+        return terms, group_ids, idfs, group_weights, broad
 
     async def _current_words(self, conn: AsyncConnection) -> ShopperWords:
         # A change made in the back office (app/curated_answers.py) or by a sync (app/knowledge.py)
@@ -496,15 +501,16 @@ class KnowledgeSearch:
 
     async def _fix_typos(self, conn: AsyncConnection, words: ShopperWords,
                          candidates: list[str]) -> Mapping[str, str]:
-        unseen = [word for word in candidates if word not in self._typo_fixes]
+        typo_fixes = self._typo_fixes  # taken before the await, as in _weigh
+        unseen = [word for word in candidates if word not in typo_fixes]
         if unseen:
             cursor = await conn.execute(_TYPO_SQL, {"words": unseen, "site_id": self._site_id,
                                                     "language": self._language,
                                                     "similarity": TYPO_SIMILARITY,
                                                     "length_change": TYPO_LENGTH_CHANGE})
             for word, fix in await cursor.fetchall():
-                self._typo_fixes[word] = fix or words.one_slip_away(word) or word
-        return {word: self._typo_fixes[word] for word in candidates}
+                typo_fixes[word] = fix or words.one_slip_away(word) or word
+        return {word: typo_fixes[word] for word in candidates}
 
 
 _FINGERPRINT_SQL = """

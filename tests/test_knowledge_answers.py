@@ -15,7 +15,10 @@ import httpx
 import psycopg
 import pytest
 
+from app import db
+from app.curated_answers import CuratedAnswers, CuratedDraft
 from app.knowledge_search import KnowledgeSearch
+from app.sites import DEFAULT_SITE_ID
 from app.store_profile import DEFAULT_PROFILE_PATH
 from tests.conftest import ROOT, FakeUpstream, Reply, stream_chat
 
@@ -50,6 +53,37 @@ async def test_knowledge_only_mode_answers_from_the_help_centre(
     status, fallback, sources, model, _ = saved_answer(query, done["messageId"])
     assert (status, fallback, model) == ("complete", False, None)
     assert sources == done["sources"]
+
+
+async def test_a_curated_answer_published_between_two_asks_answers_the_next_one(
+        start_app: Any, upstream: FakeUpstream, database_url: str) -> None:
+    # A repeated question is answered from the search's memory, which must not outlive a
+    # change: in a new conversation and in a known one alike, the next ask sees it.
+    app = await start_app(openai_api_key="", openai_base_url="")
+    question = "Can I have it gift wrapped?"
+    pool = db.create_pool(database_url, 2)
+    await pool.open(wait=True)
+    try:
+        async with app.client() as http:
+            first = await stream_chat(http, {"message": question})
+            again = await stream_chat(http, {"message": question})
+            assert "recycled paper" not in again[-1].data["text"]
+            session = first[0].data["sessionId"]
+            answers = CuratedAnswers(pool)
+            published = await answers.publish(DEFAULT_SITE_ID, CuratedDraft(
+                "Gift wrapping", ("can I have it gift wrapped", "do you gift wrap"),
+                "We wrap any order in recycled paper for 3 EUR."), None)
+            new_conversation = await stream_chat(http, {"message": question})
+            known_conversation = await stream_chat(http, {"message": question,
+                                                          "sessionId": session})
+            await answers.withdraw(published.id, [DEFAULT_SITE_ID])
+            withdrawn = await stream_chat(http, {"message": question, "sessionId": session})
+    finally:
+        await pool.close()
+    assert known_conversation[0].data["sessionId"] == session
+    for events in (new_conversation, known_conversation):
+        assert "recycled paper" in events[-1].data["text"]
+    assert "recycled paper" not in withdrawn[-1].data["text"]
 
 
 async def test_knowledge_only_mode_without_a_match_gives_hours_and_contact(

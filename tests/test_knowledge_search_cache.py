@@ -4,12 +4,14 @@ neither what it keeps nor what it learns of shoppers' words grows without bound.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import string
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
@@ -143,3 +145,31 @@ async def test_words_learned_from_questions_stay_bounded(pool: AsyncConnectionPo
     assert 20 < most_counts <= 20 + 10
     # The index's own words are never forgotten.
     assert len(search._stems) >= index_stems
+
+
+
+async def test_a_search_meeting_a_vocabulary_reload_midway_still_finds(
+        pool: AsyncConnectionPool, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new instance's first shoppers arrive together, and a search may load the vocabulary
+    # while another waits for its word counts: the loader replaces the counts. That once raised
+    # a KeyError in the middle of a search, and the shopper's stream stayed open, unanswered.
+    search = KnowledgeSearch(pool, PROFILE)
+    await search.search("How long does delivery take?")  # the vocabulary, loaded
+    # The word counts' query, held long enough for the reload to happen while it runs.
+    monkeypatch.setattr(knowledge_search, "_TERM_COUNT_SQL", "SELECT t.* FROM ("
+                        + knowledge_search._TERM_COUNT_SQL + ") t CROSS JOIN pg_sleep(3)")
+    # "delivery" is counted already, "gift" and "cards" are not: the query runs for them.
+    waiting = asyncio.create_task(search.search("Do gift cards expire on delivery?"))
+    with psycopg.connect(database_url, autocommit=True) as watcher:
+        running = ("SELECT 1 FROM pg_stat_activity WHERE query LIKE '%%pg_sleep(3)%%'"
+                   " AND pid <> pg_backend_pid()")
+        while not watcher.execute(running).fetchone():  # noqa: ASYNC110 (the server's, no event)
+            await asyncio.sleep(0.02)
+    monkeypatch.undo()
+    search._fingerprint, search._checked_at = "changed", -float("inf")  # the next one reloads
+    await search.search("Can I return a dress?")
+    assert not waiting.done()  # the reload happened while the first search waited
+    found = await waiting
+    assert found.chunks == (await KnowledgeSearch(pool, PROFILE).search(
+        "Do gift cards expire on delivery?")).chunks
+    assert found.found

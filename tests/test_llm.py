@@ -10,6 +10,7 @@ import httpx
 import pytest
 from openai._streaming import SSEDecoder
 
+from app import answer_run
 from app.llm import sse_data
 from tests.conftest import FakeUpstream, Reply, stream_chat
 
@@ -108,3 +109,21 @@ async def test_the_upstream_stream_is_read_as_the_sdk_reads_server_sent_events()
     sdk = [event.data.encode() async for event in SSEDecoder().aiter_bytes(pieces_of(parts))
            if event.data]
     assert ours == sdk
+
+
+async def test_a_defect_of_ours_mid_answer_still_ends_the_stream(
+        client: httpx.AsyncClient, upstream: FakeUpstream, query: Any,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # Once a race in the knowledge search raised inside an answer: its task died, and the
+    # shopper's stream stayed open with nothing more to come. Any such failure ends the answer.
+    async def broken_search(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("delivery")
+
+    monkeypatch.setattr(answer_run, "search_in_language", broken_search)
+    with caplog.at_level(logging.ERROR, logger="app.answer_run"):
+        events = await stream_chat(client, {"message": "hi"})
+    assert [e.event for e in events] == ["meta", "error"]
+    assert events[-1].data["code"] == "internal_error" and events[-1].data["retryable"] is True
+    assert "KeyError" not in events[-1].data["message"]
+    assert saved(query, events[0].data["messageId"]) == ("error", "")
+    assert any(record.exc_info for record in caplog.records)  # the traceback, for us
