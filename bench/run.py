@@ -65,8 +65,8 @@ BENCH_REDIS_DB = 13
 BENCH_REDIS_PREFIX = "bench"
 # The same key is in litellm_config.yaml; it guards a proxy on 127.0.0.1 for one run.
 LITELLM_MASTER_KEY = "sk-bench-0123456789abcdef0123456789abcdef0123456789abcdef"
-# Each slow stream lasts ~50 s: longer than the ramp that opens 5,000 of them.
-SLOW_TIMING = "bench-timing:ttft=200,tokens=20,gap=2500"
+# Each slow stream lasts ~76 s: longer than the ramp that opens 5,000 of them (50 s at 100/s).
+SLOW_TIMING = "bench-timing:ttft=200,tokens=20,gap=4000"
 SLOW_TOKENS = 20
 # Rate limits on, every check done on Redis, but high enough that the load (all from one
 # address) is never refused: what the limits cost, not what they refuse.
@@ -98,8 +98,10 @@ class Plan:
     low_sweep_seconds: float = 10.0  # enough arrivals for a p99 at 1-3 streams/s
     open_streams_app: int = 5000
     # Opening streams costs more than keeping them: a ramp the server can take without
-    # queueing (the point is memory, not how fast streams open).
-    open_ramp_app: float = 150.0
+    # queueing (the point is memory, not how fast streams open). Each opening is a whole
+    # question (a new conversation, a search, both rows written); at 150/s a slow day's core
+    # fell behind and refused 1,667 of them with pool timeouts (bench/analysis.md).
+    open_ramp_app: float = 100.0
     open_streams_litellm: int = 500
     open_ramp_litellm: float = 25.0
     storm_clients: int = 500
@@ -420,7 +422,7 @@ async def open_streams(server: Server, count: int, ramp: float) -> dict[str, Any
                                  model="bench-slow" if server.target.kind == "openai" else "bench")
     await wait_upstream_idle()
     baseline = server.rss()
-    load = Load(target, ramp, count=count, seed=11, stream_timeout_s=90)
+    load = Load(target, ramp, count=count, seed=11, stream_timeout_s=150)
     task = asyncio.create_task(load.run())
     peak, peak_open = baseline, 0
     while not task.done():
