@@ -189,8 +189,8 @@ class MessageStore:
     @contextlib.asynccontextmanager
     async def new_turn(self, session_id: uuid.UUID | None,
                        site_id: int = DEFAULT_SITE_ID) -> AsyncIterator[Turn]:
-        """Open the transaction of a new turn in `session_id` of the site, or in a new session
-        (another site's session id is an unknown one)."""
+        """A new turn in `session_id` of the site (a transaction), or in a new session (another
+        site's session id is an unknown one; a new conversation's turn needs no transaction)."""
         async with db.connection(self._pool) as conn:
             if session_id is None:
                 # A new conversation: nothing to read or lock, and its rows go in one statement
