@@ -62,7 +62,9 @@ async def until_refused(url: str) -> None:
             try:
                 async with httpx.AsyncClient() as fresh:
                     await fresh.get(f"{url}/healthz")
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                # Refused, or accepted from the backlog just as the listener closed and then
+                # dropped unanswered: either way the instance takes no new request.
                 return
             await asyncio.sleep(0.05)
 
