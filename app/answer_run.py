@@ -29,6 +29,7 @@ from psycopg_pool import PoolTimeout
 
 from . import answer_events
 from .budget import Reservation, estimate_tokens
+from .errors import AppError
 from .eventlog import EventLog
 from .identity import Customer
 from .knowledge_languages import needs_english_note, search_in_language
@@ -61,7 +62,6 @@ from .store_profile import StoreProfile
 
 log = logging.getLogger(__name__)
 
-INTERNAL_ERROR_MESSAGE = "Something went wrong on our side. Please try again."
 # The `model` of answers in the log when no model is configured (knowledge-only mode).
 KNOWLEDGE_ONLY_MODEL = "knowledge-only"
 # The longest answer the service keeps, whatever the upstream sends: MAX_TOKENS bounds what an
@@ -132,7 +132,6 @@ class AnswerRun:
         self._usage: Usage | None = None
         self._failure: UpstreamError | None = None
         self._retrieval = Retrieval(question, ())
-        self._prompt: list[dict[str, str]] = []
         self._fallback = False
         # Characters of the answer relayed so far, across its model rounds (for its caps).
         self._answer_chars = 0
@@ -203,8 +202,7 @@ class AnswerRun:
             # saved as an error with what it had streamed, and its stream gets its `error`.
             # Without this the task died and the shopper's stream stayed open, waiting.
             log.exception("answer %s failed", self._key[:8])
-            self._failure = UpstreamError("internal_error", INTERNAL_ERROR_MESSAGE,
-                                          retryable=True)
+            self._failure = UpstreamError(AppError.code, AppError.message, retryable=True)
             self.status = "error"
         finally:
             self.generating = False
@@ -247,7 +245,6 @@ class AnswerRun:
             if not await self._answer_order_directly():
                 self._answer_from_knowledge()
             return
-        self._prompt = prompt
         conversation: list[dict[str, Any]] = list(prompt)
         try:
             # One round per model stream: a round that ends in tool calls runs them and streams

@@ -147,7 +147,6 @@ async def test_words_learned_from_questions_stay_bounded(pool: AsyncConnectionPo
     assert len(search._stems) >= index_stems
 
 
-
 async def test_a_search_meeting_a_vocabulary_reload_midway_still_finds(
         pool: AsyncConnectionPool, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # A new instance's first shoppers arrive together, and a search may load the vocabulary
